@@ -1,0 +1,62 @@
+"""Wiring: configuration in, ready-to-start server / client objects out (shared by CLI, demo, tests)."""
+
+from __future__ import annotations
+
+import logging
+
+from atls_proxy.attest.factory import build_attester
+from atls_proxy.errors import ConfigError
+from atls_proxy.expat.profile import ExpatProfile
+from atls_proxy.ops.config import ClientConfig, ExpatConfig, ServerConfig
+from atls_proxy.ops.policyfile import load_policy
+from atls_proxy.proxy.client import ClientSettings
+from atls_proxy.proxy.server import AttestedServer
+from atls_proxy.tls.context import client_context, load_server_identity, server_context
+from atls_proxy.verify.registry import verifiers_for
+
+log = logging.getLogger("atls_proxy")
+
+
+def profile_from(cfg: ExpatConfig) -> ExpatProfile:
+    try:
+        return ExpatProfile(
+            cfg.exporter_label, cfg.extension_type, cfg.request_header_in_transcript
+        )
+    except ValueError as exc:
+        raise ConfigError("expat", str(exc)) from None
+
+
+def build_server(cfg: ServerConfig) -> AttestedServer:
+    identity = load_server_identity(cfg.certificate, cfg.private_key)
+    ctx = server_context(identity)
+    attester = build_attester(cfg.attester)
+    if cfg.plain_clients == "serve-unattested":
+        log.warning(
+            "plain_clients = serve-unattested: TLS clients without Expat are forwarded UNATTESTED"
+        )
+    return AttestedServer(cfg, identity, ctx, attester, profile_from(cfg.expat))
+
+
+def build_client_settings(cfg: ClientConfig) -> ClientSettings:
+    policy = load_policy(cfg.policy)
+    verifiers = verifiers_for(policy)
+    if not verifiers:
+        raise ConfigError(
+            "client.policy", f"{cfg.policy} enables no verifier: every server would be rejected"
+        )
+    if not cfg.verify_pki:
+        log.warning(
+            "verify_pki = false: the server's PKI identity is NOT checked (insecure; attestation alone)"
+        )
+    if cfg.server.kind != "tcp":
+        raise ConfigError("client.server", "the server is reached over TCP (HOST:PORT)")
+    return ClientSettings(
+        host=cfg.server.host,
+        port=cfg.server.port,
+        server_name=cfg.server_name,
+        ssl_context=client_context(cfg.ca, cfg.verify_pki),
+        verify_pki=cfg.verify_pki,
+        profile=profile_from(cfg.expat),
+        verifiers=verifiers,
+        timeouts=cfg.timeouts,
+    )

@@ -1,0 +1,232 @@
+"""RATS Conceptual Message Wrappers (RFC 9999, from draft-ietf-rats-msg-wrap-23) — sans-IO codec.
+
+    cbor-record     = [ type: media-type / coap-content-format (uint .size 2), value: bytes, ? ind: uint ]
+    cbor-collection = { ? "__cmwc_t": uri / oid, + (int / text) => cbor-cmw }
+    tag CMW         = #6.<TN(cf)>(bytes)     TN(cf) = 1668546817 + (cf // 255) * 256 + cf % 255
+    json-record     = [ type: media-type, value: base64url (no padding), ? ind: uint ]
+    json-collection = { ? "__cmwc_t": ..., + text => json-cmw }
+
+Decoding demultiplexes on the first byte (RFC 9999 "Demuxing"). This profile is strict about CBOR:
+input must be in preferred serialization with definite lengths (RFC 8949 §4.1), which we check by
+re-encoding the decoded value and comparing bytes. That one rule rejects duplicate map keys,
+indefinite lengths and over-long integer encodings — every way two parsers could read one CMW
+differently. Nesting depth, member count and total size are capped.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any
+
+import cbor2
+
+from atls_proxy.errors import DecodeError
+
+# ind bits (RFC 9999 "CM Type").
+IND_REFERENCE_VALUES = 1
+IND_ENDORSEMENTS = 2
+IND_EVIDENCE = 4
+IND_ATTESTATION_RESULT = 8
+IND_APPRAISAL_POLICY = 16
+
+COLLECTION_TYPE_KEY = "__cmwc_t"
+# Expat carries cmw_data in a uint16-prefixed vector inside a uint16 extension (digest §1.3, O-13).
+MAX_CMW_SIZE = 65533
+# Collections of collections deeper than this have no use in Expat (one composite device: CPU + GPU).
+MAX_DEPTH = 4
+# Members of one collection: a CPU, a few accelerators, a TPM.
+MAX_MEMBERS = 16
+# RFC 6838 §4.2 restricts type and subtype names to 127 characters; parameters (eat_profile=...) add
+# a URI. 1 KiB is generous for both.
+MAX_MEDIA_TYPE = 1024
+# TN() range of CMW tags (RFC 9277 App. B as used by RFC 9999).
+TAG_MIN = 1668546817
+TAG_MAX = 1668612095
+
+
+@dataclass(frozen=True, slots=True)
+class CMWRecord:
+    media_type: str | int
+    value: bytes
+    ind: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.media_type, bool) or not isinstance(self.media_type, str | int):
+            raise ValueError("CMW type is a media type string or a CoAP content-format number")
+        if isinstance(self.media_type, int) and not 0 <= self.media_type <= 0xFFFF:
+            raise ValueError("CoAP content-format is uint .size 2")
+        if isinstance(self.media_type, str) and not 0 < len(self.media_type) <= MAX_MEDIA_TYPE:
+            raise ValueError("media type must be 1..1024 characters")
+        if self.ind is not None and not 0 < self.ind < 1 << 32:
+            raise ValueError("ind must be non-zero and at most 4 bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class CMWCollection:
+    members: Mapping[int | str, CMW]
+    ctype: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.members:
+            raise ValueError("a CMW collection has at least one member")
+        if COLLECTION_TYPE_KEY in self.members:
+            raise ValueError(f"{COLLECTION_TYPE_KEY} is reserved")
+
+
+CMW = CMWRecord | CMWCollection
+
+
+def tag_for_content_format(cf: int) -> int:
+    """RFC 9277 App. B: TN(cf)."""
+    return TAG_MIN + (cf // 255) * 256 + cf % 255
+
+
+def content_format_for_tag(tag: int) -> int:
+    off = tag - TAG_MIN
+    if off < 0 or tag > TAG_MAX or off % 256 == 255:
+        raise DecodeError(f"tag {tag} is not a CMW content-format tag")
+    return (off // 256) * 255 + off % 256
+
+
+def _to_cbor_obj(cmw: CMW) -> Any:
+    if isinstance(cmw, CMWRecord):
+        rec: list[Any] = [cmw.media_type, cmw.value]
+        if cmw.ind is not None:
+            rec.append(cmw.ind)
+        return rec
+    out: dict[Any, Any] = {}
+    if cmw.ctype is not None:
+        out[COLLECTION_TYPE_KEY] = cmw.ctype
+    for k, v in cmw.members.items():
+        out[k] = _to_cbor_obj(v)
+    return out
+
+
+def encode_cmw(cmw: CMW) -> bytes:
+    """CBOR-encode a record or collection (preferred serialization)."""
+    data: bytes = cbor2.dumps(_to_cbor_obj(cmw))
+    if len(data) > MAX_CMW_SIZE:
+        raise ValueError(f"CMW of {len(data)} bytes exceeds {MAX_CMW_SIZE}")
+    return data
+
+
+def _record_from(obj: list[Any], json_form: bool) -> CMWRecord:
+    if not 2 <= len(obj) <= 3:
+        raise DecodeError("CMW record has 2 or 3 elements")
+    mtype, value = obj[0], obj[1]
+    ind = obj[2] if len(obj) == 3 else None
+    if json_form:
+        if not isinstance(mtype, str) or not isinstance(value, str):
+            raise DecodeError("JSON CMW record is [media-type string, base64url string, ?ind]")
+        if "=" in value or not value.isascii():
+            raise DecodeError("JSON CMW value must be base64url without padding")
+        try:
+            value = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        except (binascii.Error, ValueError):
+            raise DecodeError("JSON CMW value is not base64url") from None
+    elif not isinstance(value, bytes):
+        raise DecodeError("CBOR CMW record value must be a byte string")
+    if isinstance(ind, bool) or (ind is not None and not isinstance(ind, int)):
+        raise DecodeError("CMW ind must be an unsigned integer")
+    if (
+        isinstance(mtype, bool)
+        or not isinstance(mtype, str | int)
+        or (json_form and not isinstance(mtype, str))
+    ):
+        raise DecodeError("CMW type must be a media type or a CoAP content-format")
+    try:
+        return CMWRecord(mtype, value, ind)
+    except ValueError as exc:
+        raise DecodeError(f"CMW record: {exc}") from None
+
+
+def _from_obj(obj: Any, depth: int, json_form: bool) -> CMW:
+    if depth > MAX_DEPTH:
+        raise DecodeError(f"CMW nested deeper than {MAX_DEPTH}")
+    if isinstance(obj, list):
+        return _record_from(obj, json_form)
+    if isinstance(obj, cbor2.CBORTag) and not json_form:
+        if not isinstance(obj.value, bytes):
+            raise DecodeError("CMW tag content must be a byte string")
+        return CMWRecord(content_format_for_tag(obj.tag), obj.value)
+    if isinstance(obj, dict):
+        if not obj:
+            raise DecodeError("CMW collection is empty")
+        if len(obj) > MAX_MEMBERS + 1:
+            raise DecodeError(f"CMW collection has more than {MAX_MEMBERS} members")
+        ctype = obj.get(COLLECTION_TYPE_KEY)
+        if ctype is not None and not isinstance(ctype, str):
+            raise DecodeError(f"{COLLECTION_TYPE_KEY} must be a URI or OID string")
+        members: dict[int | str, CMW] = {}
+        for k, v in obj.items():
+            if k == COLLECTION_TYPE_KEY:
+                continue
+            if (
+                isinstance(k, bool)
+                or not isinstance(k, int | str)
+                or (json_form and not isinstance(k, str))
+            ):
+                raise DecodeError("CMW collection labels are integers or text")
+            members[k] = _from_obj(v, depth + 1, json_form)
+        if not members:
+            raise DecodeError("CMW collection has no members")
+        return CMWCollection(members, ctype)
+    raise DecodeError(f"not a CMW ({type(obj).__name__})")
+
+
+def decode_cmw(data: bytes) -> CMW:
+    """Decode a CBOR or JSON CMW, choosing by the first byte (RFC 9999 "Demuxing")."""
+    if not data:
+        raise DecodeError("empty CMW")
+    if len(data) > MAX_CMW_SIZE:
+        raise DecodeError(f"CMW of {len(data)} bytes exceeds {MAX_CMW_SIZE}")
+    first = data[0]
+    if first in (0x5B, 0x7B):  # '[' JSON record, '{' JSON collection
+        try:
+            obj = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise DecodeError(f"JSON CMW does not parse: {exc}") from None
+        return _from_obj(obj, 0, json_form=True)
+    if first in (0x82, 0x83, 0xDA) or 0xA1 <= first <= 0xBB:
+        stream = BytesIO(data)
+        try:
+            obj = cbor2.CBORDecoder(stream).decode()
+        except Exception as exc:  # cbor2 raises several types, incl. RecursionError/OverflowError
+            raise DecodeError(f"CBOR CMW does not parse: {exc}") from None
+        if stream.tell() != len(data):
+            raise DecodeError(f"{len(data) - stream.tell()} bytes after the CBOR CMW")
+        try:
+            canonical = cbor2.dumps(obj)
+        except Exception as exc:
+            raise DecodeError(f"CBOR CMW does not re-encode: {exc}") from None
+        if canonical != data:
+            raise DecodeError("CBOR CMW is not in preferred serialization (or has duplicate keys)")
+        return _from_obj(obj, 0, json_form=False)
+    if first in (0x9F, 0xBF, 0xA0):
+        raise DecodeError("indefinite-length or empty CBOR CMW is not accepted by this profile")
+    raise DecodeError(f"first byte 0x{first:02x} is not a CMW")
+
+
+def records(cmw: CMW) -> list[tuple[str, CMWRecord]]:
+    """Flatten to ``(path, record)`` pairs; the path names the collection labels on the way."""
+    if isinstance(cmw, CMWRecord):
+        return [("", cmw)]
+    out: list[tuple[str, CMWRecord]] = []
+    for label, member in cmw.members.items():
+        for sub, rec in records(member):
+            out.append((f"{label}/{sub}" if sub else str(label), rec))
+    return out
+
+
+def json_record(record: CMWRecord) -> bytes:
+    """JSON serialization of a record (RFC 9999: value is base64url without padding)."""
+    if not isinstance(record.media_type, str):
+        raise ValueError("JSON CMW records take a media type string")
+    val = base64.urlsafe_b64encode(record.value).rstrip(b"=").decode()
+    arr: list[Any] = [record.media_type, val] + ([record.ind] if record.ind is not None else [])
+    return json.dumps(arr, separators=(",", ":")).encode()

@@ -1,0 +1,61 @@
+"""Load an appraisal policy from a TOML file (the I/O half of ``atls_proxy.verify.policy``)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from atls_proxy.errors import ConfigError
+from atls_proxy.verify.policy import MAX_KEY_FILE_SIZE, Policy, parse_policy
+
+# A policy lists keys and a few dozen digests: a few KiB. 1 MiB is far beyond any real policy and
+# stops a mistyped path (a log, an image) from being read into memory and parsed.
+MAX_POLICY_FILE_SIZE = 1024 * 1024
+
+
+def _read_bounded(path: Path, limit: int) -> bytes:
+    """Read at most ``limit + 1`` bytes, so the caller can tell an oversized file. OSError passes."""
+    with path.open("rb") as f:
+        return f.read(limit + 1)
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read and validate the policy at ``path``; key files resolve against its folder.
+
+    Raises ``ConfigError``: key ``"policy"`` when the file is missing, unreadable, too large, not
+    UTF-8 or not TOML (the message carries TOML's line and column), otherwise the dotted key that
+    ``parse_policy`` names.
+    """
+    policy_path = Path(path)
+    try:
+        data = _read_bounded(policy_path, MAX_POLICY_FILE_SIZE)
+    except OSError as exc:
+        raise ConfigError(
+            "policy", f"cannot read policy file {str(policy_path)!r}: {exc.strerror or exc}"
+        ) from exc
+    if len(data) > MAX_POLICY_FILE_SIZE:
+        raise ConfigError(
+            "policy",
+            f"policy file {str(policy_path)!r} is larger than {MAX_POLICY_FILE_SIZE} bytes",
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            "policy", f"policy file {str(policy_path)!r} is not UTF-8: {exc}"
+        ) from exc
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message ends with "(at line L, column C)".
+        raise ConfigError(
+            "policy", f"policy file {str(policy_path)!r} is not valid TOML: {exc}"
+        ) from exc
+
+    base = policy_path.parent
+
+    def read_file(name: str) -> bytes:
+        # Relative names are relative to the policy file, not to the working directory.
+        return _read_bounded(base / Path(name), MAX_KEY_FILE_SIZE)
+
+    return parse_policy(doc, read_file, source=str(policy_path))

@@ -1,0 +1,224 @@
+"""The relying-party side: open an attested connection and appraise it, before any application byte.
+
+``open_attested()`` is the Python API (``AttestedConnection`` carries the stream and the full
+``AttestationReport``); ``atls-proxy connect`` and ``atls-proxy attest`` are built on it.
+
+Order of checks, each recorded in the report by name:
+
+    tcp.connect → tls.handshake (chain to the configured CA, TLS 1.3) → tls.hostname (SAN) →
+    expat.* / ea.* (RFC 9261 validation, identity = TLS certificate) → cmw.* → evidence.* (verifier)
+
+The connection is accepted (ACCEPT frame) only when every check passed; otherwise the client sends
+an ERROR frame naming the failed check and closes. Nothing is read from a local client before that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from OpenSSL import SSL
+
+from atls_proxy.errors import AtlsError, DecodeError, ProtocolError, VerificationError
+from atls_proxy.expat import session as xs
+from atls_proxy.expat.framing import ErrorCode
+from atls_proxy.expat.profile import ExpatProfile
+from atls_proxy.ops.config import Timeouts
+from atls_proxy.proxy.stream import TLSStream
+from atls_proxy.tls.context import hostname_matches
+from atls_proxy.tls.engine import TLSEngine, TLSError
+from atls_proxy.verify.appraise import appraise_cmw
+from atls_proxy.verify.base import Verifier
+from atls_proxy.verify.result import AttestationReport, Check
+
+# RFC 9261 §4 / digest §2.2: 32 unpredictable bytes of certificate_request_context.
+CONTEXT_LENGTH = 32
+
+
+class AttestationFailed(AtlsError):
+    """The server was not appraised as trustworthy; ``report`` says which check failed."""
+
+    def __init__(self, report: AttestationReport) -> None:
+        failure = report.first_failure
+        super().__init__(f"{failure.name}: {failure.detail}" if failure else "attestation failed")
+        self.report = report
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSettings:
+    host: str
+    port: int
+    server_name: str
+    ssl_context: SSL.Context
+    verify_pki: bool
+    profile: ExpatProfile
+    verifiers: Sequence[Verifier]
+    timeouts: Timeouts
+
+
+@dataclass(slots=True)
+class AttestedConnection:
+    stream: TLSStream
+    report: AttestationReport
+
+
+async def open_attested(settings: ClientSettings, *, keep_open: bool = True) -> AttestedConnection:
+    """Connect, attest and appraise. Raises ``AttestationFailed`` (with the report) on any failure.
+
+    With ``keep_open=False`` (one-shot appraisal) the connection is closed after the verdict.
+    """
+    report = AttestationReport(target=f"{settings.host}:{settings.port}", issued_at=time.time())
+    to = settings.timeouts
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(settings.host, settings.port, limit=65536), to.connect
+        )
+    except (OSError, TimeoutError) as exc:
+        report.checks.append(Check("tcp.connect", False, _why(exc, "connect")))
+        raise AttestationFailed(report) from None
+    engine = TLSEngine(settings.ssl_context, server_side=False, server_name=settings.server_name)
+    stream = TLSStream(reader, writer, engine)
+    try:
+        await _run(stream, settings, report)
+    except BaseException:
+        await stream.close()
+        raise
+    if not keep_open:
+        await stream.close()
+    return AttestedConnection(stream, report)
+
+
+async def _run(stream: TLSStream, s: ClientSettings, report: AttestationReport) -> None:
+    engine = stream.engine
+    try:
+        await asyncio.wait_for(stream.handshake(), s.timeouts.handshake)
+    except (TLSError, OSError, TimeoutError) as exc:
+        report.checks.append(Check("tls.handshake", False, _why(exc, "TLS handshake")))
+        raise AttestationFailed(report) from None
+    report.checks.append(
+        Check(
+            "tls.handshake",
+            True,
+            "TLS 1.3 handshake complete",
+            observed=f"{engine.version} {engine.cipher}",
+        )
+    )
+    leaf = engine.peer_certificate()
+    if leaf is None:
+        report.checks.append(Check("tls.certificate", False, "server sent no certificate"))
+        raise AttestationFailed(report)
+    if s.verify_pki:
+        report.checks.append(
+            Check("tls.chain", True, "certificate chain verified to the configured CA")
+        )
+        if not hostname_matches(leaf, s.server_name):
+            report.checks.append(
+                Check(
+                    "tls.hostname",
+                    False,
+                    "certificate does not name the server",
+                    observed=_san(leaf),
+                    expected=s.server_name,
+                )
+            )
+            raise AttestationFailed(report)
+        report.checks.append(
+            Check("tls.hostname", True, "subjectAltName matches", expected=s.server_name)
+        )
+    else:
+        report.checks.append(
+            Check("tls.chain", True, "NOT VERIFIED: verify_pki = false (insecure: no PKI identity)")
+        )
+
+    leaf_der = leaf.public_bytes(Encoding.DER)
+    sess = xs.RelyingPartySession(
+        xs.TLSInfo(engine.export, engine.hash_name), s.profile, os.urandom(CONTEXT_LENGTH), leaf_der
+    )
+    try:
+        validated = await asyncio.wait_for(_exchange(stream, sess), s.timeouts.attestation)
+    except (ProtocolError, VerificationError) as exc:
+        report.checks.extend(sess.checks)
+        report.checks.append(
+            Check(
+                exc.check,
+                False,
+                str(exc).split(": ", 1)[-1] if isinstance(exc, VerificationError) else str(exc),
+            )
+        )
+        await _send_reject(stream, sess, exc.check, str(exc))
+        raise AttestationFailed(report) from None
+    except DecodeError as exc:
+        report.checks.extend(sess.checks)
+        report.checks.append(Check("expat.decode", False, str(exc)))
+        await _send_reject(stream, sess, "expat.decode", str(exc))
+        raise AttestationFailed(report) from None
+    except TimeoutError:
+        report.checks.extend(sess.checks)
+        report.checks.append(
+            Check(
+                "expat.response",
+                False,
+                f"no attestation response within {s.timeouts.attestation:g} s",
+            )
+        )
+        raise AttestationFailed(report) from None
+    except (TLSError, OSError) as exc:
+        report.checks.extend(sess.checks)
+        report.checks.append(Check("expat.response", False, _why(exc, "attestation exchange")))
+        raise AttestationFailed(report) from None
+    report.checks.extend(validated.checks)
+    report.appraisals = appraise_cmw(validated.cmw, validated.binding, s.verifiers, time.time())
+    if not report.passed:
+        failure = report.first_failure
+        assert failure is not None
+        await _send_reject(stream, sess, failure.name, failure.detail)
+        raise AttestationFailed(report)
+    await stream.write(sess.accept())
+
+
+async def _exchange(stream: TLSStream, sess: xs.RelyingPartySession) -> xs.AuthenticatorValidated:
+    await stream.write(sess.start())
+    while True:
+        data = await stream.read()
+        if not data:
+            raise ProtocolError("server closed the stream before answering", check="expat.response")
+        for ev in sess.receive(data):
+            if isinstance(ev, xs.AuthenticatorValidated):
+                return ev
+            if isinstance(ev, xs.PeerError):
+                raise VerificationError(
+                    "expat.server-error", f"server error {ev.code}: {ev.reason}"
+                )
+
+
+async def _send_reject(
+    stream: TLSStream, sess: xs.RelyingPartySession, check: str, detail: str
+) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(
+            stream.write(sess.reject(ErrorCode.VERIFICATION_FAILED, f"{check}: {detail}")), 1.0
+        )
+
+
+def _why(exc: BaseException, what: str) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"{what} timed out"
+    return str(exc) or type(exc).__name__
+
+
+def _san(cert: x509.Certificate) -> str:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return "(no subjectAltName)"
+    return ", ".join(
+        str(v)
+        for v in san.get_values_for_type(x509.DNSName)
+        + [str(i) for i in san.get_values_for_type(x509.IPAddress)]
+    )

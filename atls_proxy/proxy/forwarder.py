@@ -1,0 +1,111 @@
+"""``atls-proxy connect``: a local plain listener; each local connection gets its own attested
+connection to the server, appraised before a single byte of the local client is read."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from atls_proxy.proxy.client import AttestationFailed, ClientSettings, open_attested
+from atls_proxy.proxy.pump import IdleTimeout, pump
+from atls_proxy.proxy.server import WRITE_HIGH_WATER
+from atls_proxy.tls.engine import TLSError
+
+log = logging.getLogger("atls_proxy.client")
+
+
+class ClientForwarder:
+    def __init__(
+        self, settings: ClientSettings, listen_host: str, listen_port: int, max_connections: int
+    ) -> None:
+        self.settings = settings
+        self.listen_host = listen_host
+        self.listen_port = listen_port
+        self.max_connections = max_connections
+        self.active = 0
+        self.attested = 0
+        self.failed = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> list[tuple[str, int]]:
+        self._server = await asyncio.start_server(
+            self._on_local, self.listen_host, self.listen_port, limit=65536
+        )
+        return [s.getsockname()[:2] for s in self._server.sockets]
+
+    async def serve_forever(self) -> None:
+        assert self._server is not None
+        async with self._server:
+            await self._server.serve_forever()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for t in list(self._tasks):
+            t.cancel()
+        for t in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await t
+
+    async def _on_local(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.active >= self.max_connections:
+            log.warning(
+                "local connection refused check=client.max-connections limit=%d",
+                self.max_connections,
+            )
+            writer.transport.abort()
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self.active += 1
+        t0 = time.monotonic()
+        target = f"{self.settings.host}:{self.settings.port}"
+        try:
+            writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+            try:
+                conn = await open_attested(self.settings)
+            except AttestationFailed as exc:
+                self.failed += 1
+                failure = exc.report.first_failure
+                log.warning(
+                    "attestation failed server=%s check=%s reason=%r duration_ms=%.1f",
+                    target,
+                    failure.name if failure else "unknown",
+                    failure.detail if failure else str(exc),
+                    (time.monotonic() - t0) * 1000,
+                )
+                return
+            self.attested += 1
+            log.info(
+                "attested server=%s simulated=%s setup_ms=%.1f",
+                target,
+                conn.report.simulated,
+                (time.monotonic() - t0) * 1000,
+            )
+            try:
+                stats = await pump(conn.stream, reader, writer, self.settings.timeouts.idle)
+                log.info(
+                    "connection closed server=%s from_server=%d to_server=%d duration_ms=%.1f",
+                    target,
+                    stats.tls_to_plain,
+                    stats.plain_to_tls,
+                    (time.monotonic() - t0) * 1000,
+                )
+            except IdleTimeout:
+                log.info("connection closed server=%s result=idle-timeout", target)
+            except (TLSError, ConnectionError, OSError) as exc:
+                log.warning("connection broken server=%s reason=%r", target, str(exc))
+            finally:
+                await conn.stream.close()
+        except asyncio.CancelledError:
+            writer.transport.abort()  # shutdown; see AttestedServer._on_client
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+            self.active -= 1
+            self._tasks.discard(task)

@@ -1,0 +1,84 @@
+"""asyncio adapter for ``TLSEngine``: a TLS stream over an asyncio ``StreamReader``/``StreamWriter``.
+
+Thin on purpose (aioquic's habit): it moves ciphertext between the socket and the engine, drains
+the engine's output before every wait for input, and awaits ``drain()`` after writes so a slow peer
+pushes back on the writer instead of growing buffers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from atls_proxy.tls.engine import READ_CHUNK, TLSEngine, TLSError
+
+
+class TLSStream:
+    __slots__ = ("_eof", "engine", "reader", "writer")
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, engine: TLSEngine
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.engine = engine
+        self._eof = False
+
+    def _flush_nowait(self) -> None:
+        out = self.engine.outgoing()
+        if out and not self.writer.is_closing():
+            self.writer.write(out)
+
+    async def _flush(self) -> None:
+        self._flush_nowait()
+        await self.writer.drain()
+
+    async def _fill(self) -> None:
+        raw = await self.reader.read(READ_CHUNK)
+        if raw:
+            self.engine.feed(raw)
+        else:
+            self._eof = True
+            self.engine.feed_eof()
+
+    async def handshake(self) -> None:
+        while not self.engine.handshake():
+            await self._flush()
+            if self._eof:
+                raise TLSError("peer closed the connection during the TLS handshake")
+            await self._fill()
+        await self._flush()
+
+    async def read(self) -> bytes:
+        """Plaintext; ``b""`` once the peer sent close_notify. Truncation raises ``TLSError``."""
+        while True:
+            data = self.engine.read()
+            self._flush_nowait()
+            if data is not None:
+                return data
+            if self._eof:
+                raise TLSError("connection closed without close_notify")
+            await self._fill()
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.engine.write(bytes(data))
+        await self._flush()
+
+    async def close_write(self) -> None:
+        """close_notify: our direction is finished; the peer's may continue (RFC 8446 §6.1)."""
+        self.engine.close_notify()
+        with contextlib.suppress(ConnectionError):
+            await self._flush()
+
+    def abort(self) -> None:
+        self.writer.transport.abort()
+
+    async def close(self, timeout: float = 1.0) -> None:
+        """Send close_notify if we still can, then close the socket (bounded wait)."""
+        if not self.writer.is_closing():
+            self.engine.close_notify()
+            with contextlib.suppress(Exception):
+                self._flush_nowait()
+            self.writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.writer.wait_closed(), timeout)

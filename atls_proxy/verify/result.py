@@ -1,0 +1,163 @@
+"""Appraisal results: every check by name, with observed and expected values, shaped like an EAR.
+
+An ``Appraisal`` is what ``attest``, ``connect``, the logs and (later) metric labels report. Its
+JSON form follows draft-ietf-rats-ear (profile ``tag:ietf.org,2026:rats/ear#03``) with one submod
+per appraised evidence, AR4SI trust tiers (draft-ietf-rats-ar4si), and the project's own
+``atls.checks`` list inside each submod.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+EAR_PROFILE = "tag:ietf.org,2026:rats/ear#03"
+
+
+class Tier(IntEnum):
+    """AR4SI trustworthiness tiers (draft-ietf-rats-ar4si, CBOR values)."""
+
+    NONE = 0
+    AFFIRMING = 2
+    WARNING = 32
+    CONTRAINDICATED = 96
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One named check. ``name`` is dotted and stable (it is used in logs and metric labels)."""
+
+    name: str
+    passed: bool
+    detail: str = ""
+    observed: str | None = None
+    expected: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "passed": self.passed}
+        if self.detail:
+            out["detail"] = self.detail
+        if self.observed is not None:
+            out["observed"] = self.observed
+        if self.expected is not None:
+            out["expected"] = self.expected
+        return out
+
+
+@dataclass(slots=True)
+class Appraisal:
+    """The checks of one evidence appraisal (one EAR submod)."""
+
+    evidence_type: str
+    checks: list[Check] = field(default_factory=list)
+    simulated: bool = False
+    policy_id: str = ""
+    # AR4SI trust vector claims this appraisal supports (name -> int8 value).
+    trust_vector: dict[str, int] = field(default_factory=dict)
+
+    def add(self, check: Check) -> Check:
+        self.checks.append(check)
+        return check
+
+    def extend(self, checks: Iterable[Check]) -> None:
+        self.checks.extend(checks)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(c.passed for c in self.checks)
+
+    @property
+    def first_failure(self) -> Check | None:
+        return next((c for c in self.checks if not c.passed), None)
+
+    @property
+    def tier(self) -> Tier:
+        if not self.checks:
+            return Tier.NONE
+        return Tier.AFFIRMING if self.passed else Tier.CONTRAINDICATED
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "ear.status": self.tier.label,
+            "ear.trustworthiness-vector": dict(self.trust_vector),
+            "ear.appraisal-policy-id": self.policy_id or "atls-proxy:policy",
+            "atls.evidence-type": self.evidence_type,
+            "atls.simulated": self.simulated,
+            "atls.checks": [c.to_json() for c in self.checks],
+        }
+        return out
+
+
+@dataclass(slots=True)
+class AttestationReport:
+    """Everything a relying party checked about one attested connection.
+
+    ``checks`` are the connection-level checks (TLS, PKI identity, RFC 9261, CMW); ``appraisals``
+    one per evidence record. The report passes only if every check of both passed and at least one
+    piece of evidence was appraised.
+    """
+
+    target: str
+    checks: list[Check] = field(default_factory=list)
+    appraisals: list[Appraisal] = field(default_factory=list)
+    issued_at: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return (
+            bool(self.appraisals)
+            and all(c.passed for c in self.checks)
+            and all(a.passed for a in self.appraisals)
+        )
+
+    @property
+    def first_failure(self) -> Check | None:
+        for c in self.checks:
+            if not c.passed:
+                return c
+        for a in self.appraisals:
+            f = a.first_failure
+            if f is not None:
+                return f
+        if not self.appraisals:
+            return Check("evidence.appraised", False, "no evidence was appraised")
+        return None
+
+    @property
+    def simulated(self) -> bool:
+        return any(a.simulated for a in self.appraisals)
+
+    @property
+    def tier(self) -> Tier:
+        return Tier.AFFIRMING if self.passed else Tier.CONTRAINDICATED
+
+    def to_json(self, verifier_build: str = "") -> dict[str, Any]:
+        """EAR-shaped (draft-ietf-rats-ear): overall status, one submod per appraisal."""
+        submods: dict[str, Any] = {
+            "connection": {
+                "ear.status": (
+                    Tier.AFFIRMING if all(c.passed for c in self.checks) else Tier.CONTRAINDICATED
+                ).label,
+                "atls.checks": [c.to_json() for c in self.checks],
+            }
+        }
+        for i, a in enumerate(self.appraisals):
+            submods[f"evidence-{i}" if len(self.appraisals) > 1 else "evidence"] = a.to_json()
+        failure = self.first_failure
+        return {
+            "eat_profile": EAR_PROFILE,
+            "iat": int(self.issued_at),
+            "ear.verifier-id": {"developer": "atls-proxy", "build": verifier_build},
+            "ear.status": self.tier.label,
+            "submods": submods,
+            "atls.target": self.target,
+            "atls.passed": self.passed,
+            "atls.simulated": self.simulated,
+            "atls.failed-check": None if failure is None else failure.to_json(),
+        }

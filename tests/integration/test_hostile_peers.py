@@ -1,0 +1,257 @@
+"""Bad input over real connections, each class with a test, against the real CLI.
+
+* a hostile *client* (Python's stdlib ``ssl``, an independent TLS stack) sends malformed shim traffic
+  to ``atls-proxy serve``: the server logs the specific check, closes, and keeps serving others;
+* a hostile *server* (in-process, our TLS engine with a tampering attester) answers
+  ``atls-proxy attest``: the report names the specific failed check and the exit code is 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from atls_proxy.attest.software import SoftwareAttester
+from atls_proxy.expat import authenticator as ea
+from atls_proxy.expat import framing as f
+from atls_proxy.expat import messages as m
+from atls_proxy.expat import session as xs
+from atls_proxy.expat.cmw import IND_EVIDENCE, CMWRecord, encode_cmw
+from atls_proxy.expat.profile import ExpatProfile
+from atls_proxy.ops.config import load_server_config
+from atls_proxy.proxy.stream import TLSStream
+from atls_proxy.tls.context import load_server_identity, server_context
+from atls_proxy.tls.engine import TLSEngine
+from tests.integration.conftest import Stack
+from tests.support.procs import CLI, env, run_cli
+
+pytestmark = pytest.mark.integration
+
+PROFILE = ExpatProfile()
+
+
+# --- hostile clients against `atls-proxy serve` ------------------------------------------------
+
+
+def _tls_client(port: int, ca: Path) -> ssl.SSLSocket:
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return ctx.wrap_socket(raw, server_hostname="localhost")
+
+
+def _request(context: bytes | None = None, msg_type: int = m.CLIENT_CERTIFICATE_REQUEST, offer: bytes = b"") -> bytes:
+    req = ea.build_request(msg_type, context or os.urandom(32), extra_extensions=[m.Extension(0xFF00, offer)])
+    return req.encode()
+
+
+def _read_all(s: ssl.SSLSocket, limit: float = 10) -> bytes:
+    s.settimeout(limit)
+    out = b""
+    try:
+        while chunk := s.recv(65536):
+            out += chunk
+    except (ssl.SSLError, OSError):
+        pass
+    return out
+
+
+HOSTILE_CLIENTS: dict[str, tuple[bytes, str]] = {
+    "unknown-version": (f.MAGIC + b"\x07", "expat.version"),
+    "unknown-frame": (f.PREAMBLE + b"\x09\x00\x00\x00", "expat.frame"),
+    "oversized-frame": (f.PREAMBLE + b"\x01\xff\xff\xff", "expat.frame"),
+    "malformed-request": (f.PREAMBLE + f.encode_frame(f.FrameType.AUTH_REQUEST, b"\x11\x00\x00\x05abc"), "expat.decode"),
+    "truncated-handshake-message": (
+        f.PREAMBLE + f.encode_frame(f.FrameType.AUTH_REQUEST, _request()[:-3]),
+        "expat.decode",
+    ),
+    "certificate-request-13": (
+        f.PREAMBLE + f.encode_frame(f.FrameType.AUTH_REQUEST, _request(msg_type=m.CERTIFICATE_REQUEST)),
+        "ea.request",
+    ),
+    "non-empty-offer": (f.PREAMBLE + f.encode_frame(f.FrameType.AUTH_REQUEST, _request(offer=b"\x01")), "expat.protocol"),
+    "accept-before-authenticator": (f.PREAMBLE + f.encode_frame(f.FrameType.ACCEPT), "expat.frame"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_CLIENTS))
+def test_hostile_client(stack: Stack, case: str) -> None:
+    payload, check = HOSTILE_CLIENTS[case]
+    with _tls_client(stack.server_port, stack.dev / "ca.pem") as s:
+        s.sendall(payload)
+        got = _read_all(s)
+    # The server answers with nothing but (at most) its preamble and an ERROR frame.
+    assert b"hello" not in got
+    if got:
+        assert got.startswith(f.PREAMBLE + bytes([f.FrameType.ERROR]))
+    _assert_logged(stack, check)
+
+
+def test_reused_context(stack: Stack) -> None:
+    ctx = os.urandom(32)
+    with _tls_client(stack.server_port, stack.dev / "ca.pem") as s:
+        s.sendall(f.PREAMBLE + f.encode_frame(f.FrameType.AUTH_REQUEST, _request(ctx)))
+        time.sleep(0.3)
+        s.sendall(f.encode_frame(f.FrameType.AUTH_REQUEST, _request(ctx)))
+        _read_all(s)
+    _assert_logged(stack, "expat.frame")
+
+
+def test_truncated_frame_then_close(stack: Stack) -> None:
+    with _tls_client(stack.server_port, stack.dev / "ca.pem") as s:
+        s.sendall(f.PREAMBLE + b"\x01\x00\x01\x00" + b"x" * 10)
+    _assert_logged(stack, "expat.exchange")
+
+
+def _assert_logged(stack: Stack, check: str) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and f"check={check}" not in stack.server.output():
+        time.sleep(0.05)
+    log = stack.server.output()
+    assert f"check={check}" in log, log[-3000:]
+    assert "Traceback" not in log
+    # Other connections are unaffected: a genuine client still attests.
+    ok = run_cli("attest", f"127.0.0.1:{stack.server_port}", "--config", str(stack.dev / "connect.toml"))
+    assert ok.returncode == 0, ok.stdout
+
+
+def test_slowloris_handshake_times_out_without_harming_others(stack: Stack, tmp_path: Path) -> None:
+    cfg = tmp_path / "serve-fast.toml"
+    text = (stack.dev / "serve.toml").read_text().replace("[server]", "[server]\nhandshake_timeout = 1.0\nattestation_timeout = 1.0", 1)
+    for name in ("server.pem", "server-key.pem", "platform-key.pem"):
+        text = text.replace(f'"{name}"', f'"{stack.dev / name}"')
+    cfg.write_text(text)
+    from tests.integration.conftest import start_server
+
+    srv, port = start_server(stack.procs, cfg, stack.backend_port)
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(5)]
+    half = _tls_client(port, stack.dev / "ca.pem")  # handshake done, never sends the request
+    ok = run_cli("attest", f"127.0.0.1:{port}", "--config", str(stack.dev / "connect.toml"))
+    assert ok.returncode == 0
+    time.sleep(1.6)
+    log = srv.output()
+    assert log.count("check=tls.handshake") >= 5 and "check=expat.exchange" in log
+    for s in idle:
+        s.close()
+    half.close()
+
+
+# --- hostile servers against `atls-proxy attest` ------------------------------------------------
+
+Tamper = Callable[[xs.AttesterSession, xs.AttestationRequested, "EvilServer"], Awaitable[bytes]]
+
+
+class EvilServer:
+    def __init__(self, dev: Path, behaviour: str) -> None:
+        cfg = load_server_config(dev / "serve.toml")
+        self.identity = load_server_identity(cfg.certificate, cfg.private_key)
+        self.ctx = server_context(self.identity)
+        assert cfg.attester.software is not None
+        key = serialization.load_pem_private_key(cfg.attester.software.platform_key.read_bytes(), None)
+        self.attester = SoftwareAttester(key, dict(cfg.attester.software.measurements))  # type: ignore[arg-type]
+        self.behaviour = behaviour
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        stream = TLSStream(reader, writer, TLSEngine(self.ctx, server_side=True))
+        try:
+            await stream.handshake()
+            e = stream.engine
+            sess = xs.AttesterSession(xs.TLSInfo(e.export, e.hash_name), self.identity.chain_der, self.identity.private_key, PROFILE)
+            events = sess.receive(await stream.read())
+            while not events:
+                events = sess.receive(await stream.read())
+            (ev,) = events
+            assert isinstance(ev, xs.AttestationRequested) and ev.binding is not None
+            await stream.write(await self.answer(sess, ev, e))
+            await asyncio.sleep(0.5)
+        except Exception:
+            pass
+        finally:
+            await stream.close()
+
+    async def answer(self, sess: xs.AttesterSession, ev: xs.AttestationRequested, e: TLSEngine) -> bytes:
+        b = self.behaviour
+        assert ev.binding is not None
+        good = encode_cmw(CMWRecord((await self.attester.attest(ev.binding)).media_type, (await self.attester.attest(ev.binding)).data, IND_EVIDENCE))
+        if b == "no-cmw":
+            return sess.authenticator(None)
+        if b == "refuse":
+            return sess.refuse()
+        if b == "early-data":
+            return sess.authenticator(good) + f.encode_frame(f.FrameType.ACCEPT) + b"HTTP/1.1 200 OK"
+        if b == "app-data-first":
+            return b"HTTP/1.1 200 OK\r\n\r\nsecret"
+        if b == "bad-version":
+            return f.MAGIC + b"\x02"
+        if b == "wrong-binder":
+            from atls_proxy.expat.binding import Binding
+
+            other = Binding(ev.binding.hash_name, os.urandom(len(ev.binding.binder)), ev.binding.aik_hash)
+            ev2 = await self.attester.attest(other)
+            return sess.authenticator(encode_cmw(CMWRecord(ev2.media_type, ev2.data, IND_EVIDENCE)))
+        if b == "garbage-cmw":
+            return sess.authenticator(b"\x82\x61a\x61b")
+        frame = sess.authenticator(good)
+        auth = bytearray(frame[f.PREAMBLE_LEN + 4 :])
+        msgs = m.split_handshake_messages(bytes(auth))
+        cert_len, cv_len = len(msgs[0][2]), len(msgs[1][2])
+        if b == "bad-signature":
+            auth[cert_len + cv_len - 1] ^= 1
+        elif b == "bad-finished":
+            auth[-1] ^= 1
+        elif b == "wrong-context":
+            auth[5] ^= 1  # first byte of the echoed context
+        elif b == "unoffered-extension":
+            # Rebuild with an extension (SCT, 0x0012) the request never offered, validly signed.
+            req = m.AuthenticatorRequest(17, ev.request.context, (*ev.request.extensions, m.Extension(0x0012)))
+            keys = ea.AuthenticatorKeys.derive(e.export, ea.Role.SERVER, e.hash_name)
+            raw = ea.authenticate(keys, req, ev.request.encode(), self.identity.chain_der, self.identity.private_key,
+                                  [PROFILE.attestation_extension(good), m.Extension(0x0012, b"")])
+            return f.PREAMBLE + f.encode_frame(f.FrameType.AUTHENTICATOR, raw)
+        elif b == "truncated":
+            return f.PREAMBLE + f.encode_frame(f.FrameType.AUTHENTICATOR, bytes(auth))[: 40]
+        return f.PREAMBLE + f.encode_frame(f.FrameType.AUTHENTICATOR, bytes(auth))
+
+
+HOSTILE_SERVERS = {
+    "bad-signature": "ea.signature",
+    "bad-finished": "ea.finished",
+    "wrong-context": "ea.context",
+    "unoffered-extension": "ea.extensions",
+    "no-cmw": "cmw.present",
+    "refuse": "ea.refused",
+    "early-data": "expat.early-data",
+    "app-data-first": "expat.preamble",
+    "bad-version": "expat.version",
+    "wrong-binder": "evidence.binder",
+    "garbage-cmw": "cmw.decode",
+    "truncated": "expat.response",
+}
+
+
+@pytest.mark.parametrize("behaviour", sorted(HOSTILE_SERVERS))
+async def test_hostile_server(stack: Stack, behaviour: str) -> None:
+    evil = EvilServer(stack.dev, behaviour)
+    server = await asyncio.start_server(evil.handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *CLI, "attest", f"127.0.0.1:{port}", "--config", str(stack.dev / "connect.toml"), "--json",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env(),
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        server.close()
+    assert proc.returncode == 1, out.decode() + err.decode()
+    doc = json.loads(out)
+    assert doc["atls.failed-check"]["name"] == HOSTILE_SERVERS[behaviour], doc["atls.failed-check"]
+    assert b"Traceback" not in err

@@ -1,0 +1,89 @@
+"""RATS CMW codec (RFC 9999): records, collections, tags, JSON, demux and the strictness rules."""
+
+from __future__ import annotations
+
+import cbor2
+import pytest
+
+from atls_proxy.errors import DecodeError
+from atls_proxy.expat import cmw as c
+
+
+def test_record_golden() -> None:
+    # RFC 9999 example: ["application/vnd.example.rats-conceptual-msg", h'2347da55', 4]
+    rec = c.CMWRecord("application/vnd.example.rats-conceptual-msg", bytes.fromhex("2347da55"), 4)
+    data = c.encode_cmw(rec)
+    assert data == bytes.fromhex("83782b") + b"application/vnd.example.rats-conceptual-msg" + bytes.fromhex("442347da5504")
+    assert c.decode_cmw(data) == rec
+
+
+def test_coap_record_and_tag() -> None:
+    assert c.decode_cmw(cbor2.dumps([64999, b"\x23\x47\xda\x55"])) == c.CMWRecord(64999, b"\x23\x47\xda\x55")
+    # RFC 9999: CF 64999 -> tag 1668612070
+    assert c.tag_for_content_format(64999) == 1668612070
+    assert c.content_format_for_tag(1668612070) == 64999
+    tagged = cbor2.dumps(cbor2.CBORTag(1668612070, b"\x23\x47\xda\x55"))
+    assert tagged[0] == 0xDA
+    assert c.decode_cmw(tagged) == c.CMWRecord(64999, b"\x23\x47\xda\x55")
+
+
+def test_json_record() -> None:
+    # RFC 9999 example: ["application/vnd.example.rats-conceptual-msg","I0faVQ"]
+    data = b'["application/vnd.example.rats-conceptual-msg","I0faVQ"]'
+    rec = c.decode_cmw(data)
+    assert rec == c.CMWRecord("application/vnd.example.rats-conceptual-msg", bytes.fromhex("2347da55"))
+    assert c.json_record(rec) == data
+    with pytest.raises(DecodeError):
+        c.decode_cmw(b'["a/b","I0faVQ=="]')  # padding is not allowed
+
+
+def test_collection_roundtrip_and_flatten() -> None:
+    col = c.CMWCollection(
+        {"cpu": c.CMWRecord("application/a", b"1", 4), "gpu": c.CMWCollection({0: c.CMWRecord(60, b"2")})},
+        ctype="tag:example.com,2026:composite",
+    )
+    data = c.encode_cmw(col)
+    assert c.decode_cmw(data) == col
+    assert [p for p, _ in c.records(col)] == ["cpu", "gpu/0"]
+
+
+@pytest.mark.parametrize(
+    "data,why",
+    [
+        (b"", "empty"),
+        (b"\x81\x01", "first byte"),
+        (cbor2.dumps(["a/b"]), "first byte"),
+        (cbor2.dumps(["a/b", b"x", 1, 2]), "first byte"),
+        (bytes.fromhex("83") + cbor2.dumps("a/b") + bytes.fromhex("41780102"), "after"),
+        (cbor2.dumps(["a/b", "text", 4]), "byte string"),
+        (cbor2.dumps(["a/b", b"x", 0]), "non-zero"),
+        (cbor2.dumps(["a/b", b"x", True]), "unsigned"),
+        (cbor2.dumps([70000, b"x"]), "content-format"),
+        (cbor2.dumps(["", b"x"]), "media type"),
+        (b"\x9f\x63a/b\x41x\xff", "indefinite"),
+        (b"\xa0", "indefinite-length or empty"),
+        (cbor2.dumps(["a/b", b"x"]) + b"\x00", "after"),
+        (bytes.fromhex("82 19 003c 41 78"), "preferred"),  # 60 in a 2-byte argument
+        (bytes.fromhex("a2 61 61 82 01 41 00 61 61 82 01 41 01"), "duplicate"),
+        (cbor2.dumps({"__cmwc_t": "x"}), "no members"),
+        (cbor2.dumps(cbor2.CBORTag(5, b"x")), "not a CMW"),
+    ],
+)
+def test_malformed(data: bytes, why: str) -> None:
+    with pytest.raises(DecodeError, match=why):
+        c.decode_cmw(data)
+
+
+def test_depth_and_size_caps() -> None:
+    inner: object = ["a/b", b"x"]
+    for _ in range(c.MAX_DEPTH + 1):
+        inner = {"n": inner}
+    with pytest.raises(DecodeError, match="deeper"):
+        c.decode_cmw(cbor2.dumps(inner))
+    with pytest.raises(DecodeError, match="exceeds"):
+        c.decode_cmw(b"\x82" + b"\x00" * c.MAX_CMW_SIZE)
+    with pytest.raises(ValueError):
+        c.encode_cmw(c.CMWRecord("a/b", b"\x00" * c.MAX_CMW_SIZE))
+    many = {str(i): ["a/b", b"x"] for i in range(c.MAX_MEMBERS + 2)}
+    with pytest.raises(DecodeError, match="members"):
+        c.decode_cmw(cbor2.dumps(many))

@@ -1,0 +1,65 @@
+"""The shim framing: preamble sniffing, frames split anywhere, caps, sticky errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from atls_proxy.errors import ProtocolError
+from atls_proxy.expat import framing as f
+
+
+def test_golden_preamble_and_frames() -> None:
+    assert f.PREAMBLE == bytes.fromhex("8945585041540d0a01")
+    assert f.encode_frame(f.FrameType.AUTH_REQUEST, b"abc") == bytes.fromhex("01000003616263")
+    assert f.encode_frame(f.FrameType.ACCEPT) == bytes.fromhex("03000000")
+    assert f.encode_error(f.ErrorCode.VERIFICATION_FAILED, "no") == bytes.fromhex("040000040005") + b"no"
+
+
+@pytest.mark.parametrize(
+    "first,expected",
+    [
+        (b"", f.Sniff.NEED_MORE),
+        (b"\x89EXP", f.Sniff.NEED_MORE),
+        (f.PREAMBLE, f.Sniff.EXPAT),
+        (b"GET / HTTP/1.1\r\n", f.Sniff.OTHER),
+        (b"\x16\x03\x01", f.Sniff.OTHER),
+        (b"\x89EXPAX", f.Sniff.OTHER),
+    ],
+)
+def test_sniff(first: bytes, expected: f.Sniff) -> None:
+    assert f.sniff_preamble(first) is expected
+
+
+def test_byte_at_a_time_decoding() -> None:
+    stream = f.PREAMBLE + f.encode_frame(f.FrameType.AUTH_REQUEST, b"x" * 300) + f.encode_frame(f.FrameType.ACCEPT) + b"app"
+    d = f.FrameDecoder()
+    frames = []
+    for i in range(len(stream) - 3):
+        frames += d.feed(stream[i : i + 1])
+    frames += d.feed(b"app")
+    assert [fr.type for fr in frames] == [f.FrameType.AUTH_REQUEST, f.FrameType.ACCEPT]
+    assert d.take_rest() == b"app"
+
+
+@pytest.mark.parametrize(
+    "data,check",
+    [
+        (b"\x89EXPAT\r\n\x02", "expat.version"),
+        (b"HELLO", "expat.preamble"),
+        (f.PREAMBLE + b"\x09\x00\x00\x00", "expat.frame"),
+        (f.PREAMBLE + b"\x02\xff\xff\xff", "expat.frame"),
+    ],
+)
+def test_bad_streams(data: bytes, check: str) -> None:
+    d = f.FrameDecoder()
+    with pytest.raises(ProtocolError) as e:
+        d.feed(data)
+    assert e.value.check == check
+    with pytest.raises(ProtocolError):  # sticky
+        d.feed(f.encode_frame(f.FrameType.ACCEPT))
+
+
+def test_error_payload_bounds() -> None:
+    with pytest.raises(ProtocolError):
+        f.decode_error(b"\x00")
+    assert f.decode_error(b"\x00\x05bad") == (5, "bad")

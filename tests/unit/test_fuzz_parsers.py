@@ -1,0 +1,143 @@
+"""Property tests: random and mutated bytes into every protocol parser.
+
+The property is the same everywhere: a parser either returns a value or raises one of the project's
+own errors (DecodeError / ProtocolError / VerificationError) — never anything else, never hangs.
+"""
+
+from __future__ import annotations
+
+import os
+
+import cbor2
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from atls_proxy.errors import DecodeError, ProtocolError, VerificationError
+from atls_proxy.expat import authenticator as ea
+from atls_proxy.expat import cmw as c
+from atls_proxy.expat import framing as f
+from atls_proxy.expat import messages as m
+from atls_proxy.expat import session as xs
+from atls_proxy.expat.profile import ExpatProfile
+from tests.support.pki import identity, tls_pair
+
+OURS = (DecodeError, ProtocolError, VerificationError)
+IDENT = identity("p256")
+CLIENT, SERVER = tls_pair(IDENT)
+PROFILE = ExpatProfile()
+REQ = ea.build_request(m.CLIENT_CERTIFICATE_REQUEST, os.urandom(32), extra_extensions=[PROFILE.offer()])
+REQ_BYTES = REQ.encode()
+KEYS = ea.AuthenticatorKeys.derive(SERVER.export, ea.Role.SERVER, SERVER.hash_name)
+AUTH = ea.authenticate(
+    KEYS, REQ, REQ_BYTES, IDENT.chain_der, IDENT.private_key, [PROFILE.attestation_extension(b"\x82\x61a\x41\x00")]
+)
+VALID_CMW = c.encode_cmw(c.CMWCollection({"a": c.CMWRecord("a/b", b"x", 4), 1: c.CMWRecord(60, b"y")}))
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _mutate(data: bytes, edits: list[tuple[int, int]]) -> bytes:
+    out = bytearray(data)
+    for pos, val in edits:
+        if out:
+            out[pos % len(out)] = val
+    return bytes(out)
+
+
+edits = st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(0, 255)), min_size=1, max_size=6)
+
+
+@FUZZ
+@given(st.binary(max_size=2048))
+def test_message_decoders_random(data: bytes) -> None:
+    for decode in (m.AuthenticatorRequest.decode, m.Certificate.decode, m.CertificateVerify.decode, m.Finished.decode):
+        try:
+            decode(data)
+        except OURS:
+            pass
+    try:
+        m.split_handshake_messages(data)
+    except OURS:
+        pass
+
+
+@FUZZ
+@given(edits, st.integers(0, 64))
+def test_validate_mutated_authenticator(e: list[tuple[int, int]], cut: int) -> None:
+    bad = _mutate(AUTH, e)
+    bad = bad[: len(bad) - cut] if cut else bad
+    try:
+        res = ea.validate(KEYS, REQ, REQ_BYTES, bad, entry0_only=frozenset({PROFILE.extension_type}))
+    except OURS:
+        return
+    # The only acceptable success is the untouched authenticator (a mutation that wrote the same byte).
+    assert bad == AUTH and not res.empty
+
+
+@FUZZ
+@given(st.binary(max_size=4096))
+def test_cmw_random(data: bytes) -> None:
+    try:
+        c.decode_cmw(data)
+    except DecodeError:
+        pass
+
+
+@FUZZ
+@given(edits)
+def test_cmw_mutated(e: list[tuple[int, int]]) -> None:
+    try:
+        c.decode_cmw(_mutate(VALID_CMW, e))
+    except DecodeError:
+        pass
+
+
+@FUZZ
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers() | st.binary(max_size=8) | st.text(max_size=8),
+    lambda ch: st.lists(ch, max_size=4) | st.dictionaries(st.text(max_size=4) | st.integers(), ch, max_size=4),
+    max_leaves=20,
+))
+def test_cmw_structured(obj: object) -> None:
+    try:
+        c.decode_cmw(cbor2.dumps(obj))
+    except DecodeError:
+        pass
+
+
+@FUZZ
+@given(st.lists(st.binary(max_size=64), max_size=8))
+def test_frame_decoder_chunks(chunks: list[bytes]) -> None:
+    d = f.FrameDecoder()
+    try:
+        for ch in [f.PREAMBLE, *chunks]:
+            for fr in d.feed(ch):
+                assert len(fr.payload) <= f.MAX_FRAME_PAYLOAD
+    except ProtocolError:
+        pass
+
+
+@FUZZ
+@given(st.binary(max_size=1024))
+def test_attester_session_random_after_preamble(data: bytes) -> None:
+    at = xs.AttesterSession(xs.TLSInfo(SERVER.export, SERVER.hash_name), IDENT.chain_der, IDENT.private_key, PROFILE)
+    try:
+        at.receive(f.PREAMBLE + data)
+    except OURS:
+        pass
+
+
+@FUZZ
+@given(st.binary(max_size=1024), edits)
+def test_relying_party_session_hostile_server(data: bytes, e: list[tuple[int, int]]) -> None:
+    leaf = CLIENT.peer_certificate()
+    assert leaf is not None
+    for payload in (data, _mutate(f.PREAMBLE + f.encode_frame(f.FrameType.AUTHENTICATOR, AUTH), e)):
+        rp = xs.RelyingPartySession(
+            xs.TLSInfo(CLIENT.export, CLIENT.hash_name), PROFILE, os.urandom(32), leaf.public_bytes(Encoding.DER)
+        )
+        rp.start()
+        try:
+            rp.receive(payload)
+        except OURS:
+            pass

@@ -1,0 +1,211 @@
+"""The Expat exchange state machines joined in memory over real TLS engines — no sockets."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from atls_proxy.errors import ProtocolError, VerificationError
+from atls_proxy.expat import authenticator as ea
+from atls_proxy.expat import framing as f
+from atls_proxy.expat import messages as m
+from atls_proxy.expat import session as xs
+from atls_proxy.expat.profile import ExpatProfile
+from atls_proxy.tls.context import ServerIdentity
+from tests.support.pki import identity, tls_pair
+
+CMW = bytes.fromhex("82") + b"\x63a/b" + b"\x41\x00"
+PROFILE = ExpatProfile()
+
+
+@pytest.fixture(scope="module")
+def ident() -> ServerIdentity:
+    return identity("p256")
+
+
+def _pair(ident: ServerIdentity, profile: ExpatProfile = PROFILE) -> tuple[xs.RelyingPartySession, xs.AttesterSession]:
+    client, server = tls_pair(ident)
+    leaf = client.peer_certificate()
+    assert leaf is not None
+    rp = xs.RelyingPartySession(
+        xs.TLSInfo(client.export, client.hash_name), profile, os.urandom(32), leaf.public_bytes(Encoding.DER)
+    )
+    at = xs.AttesterSession(xs.TLSInfo(server.export, server.hash_name), ident.chain_der, ident.private_key, profile)
+    return rp, at
+
+
+def test_happy_path_and_binding_agree(ident: ServerIdentity) -> None:
+    rp, at = _pair(ident)
+    (req,) = at.receive(rp.start())
+    assert isinstance(req, xs.AttestationRequested) and req.binding is not None
+    (val,) = rp.receive(at.authenticator(CMW))
+    assert isinstance(val, xs.AuthenticatorValidated)
+    assert val.binding == req.binding and val.cmw == CMW
+    names = [c.name for c in val.checks]
+    assert names == ["expat.preamble", "ea.context", "ea.extensions", "ea.signature", "ea.finished", "ea.identity", "cmw.present"]
+    (acc,) = at.receive(rp.accept() + b"GET /")
+    assert acc == xs.Accepted(b"GET /")
+    assert at.state == "established" and rp.state == "established"
+
+
+@pytest.mark.parametrize("label", [b"EXPORTER-cmw-attestation", b"Attestation"])
+@pytest.mark.parametrize("header", [True, False])
+def test_profile_switches_interoperate(ident: ServerIdentity, label: bytes, header: bool) -> None:
+    prof = ExpatProfile(exporter_label=label, extension_type=0xFFFF, request_header_in_transcript=header)
+    rp, at = _pair(ident, prof)
+    (req,) = at.receive(rp.start())
+    (val,) = rp.receive(at.authenticator(CMW))
+    assert isinstance(req, xs.AttestationRequested) and isinstance(val, xs.AuthenticatorValidated)
+    assert val.binding == req.binding
+
+
+def test_mismatched_label_breaks_binding(ident: ServerIdentity) -> None:
+    client, server = tls_pair(ident)
+    leaf = client.peer_certificate()
+    assert leaf is not None
+    rp = xs.RelyingPartySession(xs.TLSInfo(client.export, client.hash_name), PROFILE, os.urandom(32), leaf.public_bytes(Encoding.DER))
+    other = ExpatProfile(exporter_label=b"Attestation")
+    at = xs.AttesterSession(xs.TLSInfo(server.export, server.hash_name), ident.chain_der, ident.private_key, other)
+    (req,) = at.receive(rp.start())
+    (val,) = rp.receive(at.authenticator(CMW))
+    assert isinstance(req, xs.AttestationRequested) and isinstance(val, xs.AuthenticatorValidated)
+    assert val.binding.binder != req.binding.binder  # type: ignore[union-attr]
+    assert val.binding.aik_hash == req.binding.aik_hash  # type: ignore[union-attr]
+
+
+def test_plain_client_detected(ident: ServerIdentity) -> None:
+    _, at = _pair(ident)
+    assert at.receive(b"GET / HTTP/1.1\r\n") == [xs.PlainClient(b"GET / HTTP/1.1\r\n")]
+
+
+def test_preamble_split_across_reads(ident: ServerIdentity) -> None:
+    rp, at = _pair(ident)
+    data = rp.start()
+    assert at.receive(data[:3]) == []
+    (ev,) = at.receive(data[3:])
+    assert isinstance(ev, xs.AttestationRequested)
+
+
+def test_reused_context_rejected(ident: ServerIdentity) -> None:
+    rp, at = _pair(ident)
+    start = rp.start()
+    at.receive(start)
+    at.authenticator(CMW)
+    # a second request with the same context on the same connection
+    again = f.encode_frame(f.FrameType.AUTH_REQUEST, start[f.PREAMBLE_LEN + 4 :])
+    with pytest.raises(ProtocolError):
+        at.receive(again)
+
+
+def test_certificate_request_type_13_from_client_rejected(ident: ServerIdentity) -> None:
+    _, at = _pair(ident)
+    req = ea.build_request(m.CERTIFICATE_REQUEST, os.urandom(32), extra_extensions=[PROFILE.offer()])
+    with pytest.raises(ProtocolError) as e:
+        at.receive(f.PREAMBLE + f.encode_frame(f.FrameType.AUTH_REQUEST, req.encode()))
+    assert e.value.check == "ea.request"
+    with pytest.raises(ProtocolError):  # sticky
+        at.receive(b"")
+
+
+def test_non_empty_offer_rejected(ident: ServerIdentity) -> None:
+    _, at = _pair(ident)
+    req = ea.build_request(m.CLIENT_CERTIFICATE_REQUEST, os.urandom(32), extra_extensions=[m.Extension(0xFF00, b"\x00")])
+    with pytest.raises(ProtocolError):
+        at.receive(f.PREAMBLE + f.encode_frame(f.FrameType.AUTH_REQUEST, req.encode()))
+
+
+def test_refusal_is_reported(ident: ServerIdentity) -> None:
+    rp, at = _pair(ident)
+    at.receive(rp.start())
+    with pytest.raises(VerificationError) as e:
+        rp.receive(at.refuse())
+    assert e.value.check == "ea.refused"
+
+
+def test_authenticator_without_cmw_fails(ident: ServerIdentity) -> None:
+    rp, at = _pair(ident)
+    at.receive(rp.start())
+    with pytest.raises(VerificationError) as e:
+        rp.receive(at.authenticator(None))
+    assert e.value.check == "cmw.present"
+
+
+def test_identity_must_be_tls_certificate(ident: ServerIdentity) -> None:
+    """Diversion at the protocol level: an authenticator for another identity is refused."""
+    client, server = tls_pair(ident)
+    other = identity("p256")
+    rp = xs.RelyingPartySession(
+        xs.TLSInfo(client.export, client.hash_name), PROFILE, os.urandom(32), client.peer_certificate().public_bytes(Encoding.DER)  # type: ignore[union-attr]
+    )
+    at = xs.AttesterSession(xs.TLSInfo(server.export, server.hash_name), other.chain_der, other.private_key, PROFILE)
+    at.receive(rp.start())
+    with pytest.raises(VerificationError) as e:
+        rp.receive(at.authenticator(CMW))
+    assert e.value.check == "ea.identity"
+
+
+def test_relayed_authenticator_fails(ident: ServerIdentity) -> None:
+    """An authenticator produced on connection A, presented on connection B, never validates."""
+    _, at_a = _pair(ident)
+    rp_b, _ = _pair(ident)
+    rp_b.start()
+    # The relay forwards B's request (same context) to the genuine attester on connection A.
+    at_a.receive(f.PREAMBLE + f.encode_frame(f.FrameType.AUTH_REQUEST, rp_b.request.encode()))
+    relayed = at_a.authenticator(CMW)
+    with pytest.raises(VerificationError) as e:
+        rp_b.receive(relayed)
+    assert e.value.check in {"ea.signature", "ea.finished"}
+
+
+def test_early_application_data_rejected(ident: ServerIdentity) -> None:
+    rp, at = _pair(ident)
+    at.receive(rp.start())
+    auth = at.authenticator(CMW)
+    with pytest.raises(ProtocolError) as e:
+        rp.receive(auth + b"HTTP/1.1 200 OK\r\n")
+    assert e.value.check == "expat.frame"  # not a frame at all
+    rp2, at2 = _pair(ident)
+    at2.receive(rp2.start())
+    with pytest.raises(ProtocolError) as e:
+        rp2.receive(at2.authenticator(CMW) + f.encode_frame(f.FrameType.ACCEPT))
+    assert e.value.check == "expat.early-data"
+
+
+def test_data_instead_of_authenticator_rejected(ident: ServerIdentity) -> None:
+    rp, _ = _pair(ident)
+    rp.start()
+    with pytest.raises(ProtocolError) as e:
+        rp.receive(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+    assert e.value.check == "expat.preamble"
+
+
+def test_error_frames_surface(ident: ServerIdentity) -> None:
+    rp, at = _pair(ident)
+    at.receive(rp.start())
+    assert rp.receive(at.error(f.ErrorCode.ATTESTATION_UNAVAILABLE, "tee down")) == [xs.PeerError(4, "tee down")]
+    rp2, at2 = _pair(ident)
+    at2.receive(rp2.start())
+    rp2.receive(at2.authenticator(CMW))
+    assert at2.receive(rp2.reject(f.ErrorCode.VERIFICATION_FAILED, "measurement.kernel")) == [
+        xs.PeerError(5, "measurement.kernel")
+    ]
+
+
+def test_client_must_wait_for_authenticator(ident: ServerIdentity) -> None:
+    rp, at = _pair(ident)
+    with pytest.raises(ProtocolError) as e:
+        at.receive(rp.start() + f.encode_frame(f.FrameType.ACCEPT))
+    assert e.value.check == "expat.frame"
+
+
+def test_api_misuse_raises() -> None:
+    ident = identity("p256")
+    rp, at = _pair(ident)
+    with pytest.raises(RuntimeError):
+        at.authenticator(CMW)
+    with pytest.raises(RuntimeError):
+        rp.accept()
+    with pytest.raises(ValueError):
+        xs.RelyingPartySession(xs.TLSInfo(lambda *a: b"", "sha256"), PROFILE, b"short", None)
