@@ -317,7 +317,9 @@ def load_server_config(
     data, base = _read_toml(path)
     root = _Table(data, "", base)
     s = root.table("server")
-    listen_addr = parse_address(s.string("listen", "127.0.0.1:8443"), s.key("listen"), allow_unix=False)
+    listen_addr = parse_address(
+        s.string("listen", "127.0.0.1:8443"), s.key("listen"), allow_unix=False
+    )
     if listen is not None:
         listen_addr = parse_address(listen, "--listen", allow_unix=False)
     if backend is not None:
@@ -369,7 +371,9 @@ def load_client_config(
     data, base = _read_toml(path)
     root = _Table(data, "", base)
     c = root.table("client")
-    listen_addr = parse_address(c.string("listen", "127.0.0.1:9443"), c.key("listen"), allow_unix=False)
+    listen_addr = parse_address(
+        c.string("listen", "127.0.0.1:9443"), c.key("listen"), allow_unix=False
+    )
     if listen is not None:
         listen_addr = parse_address(listen, "--listen", allow_unix=False)
     if server is not None:

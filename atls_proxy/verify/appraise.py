@@ -63,7 +63,8 @@ def appraise_cmw(
             continue
         appraisal = verifier.appraise(media, rec.value, expected, now)
         appraisal.checks.insert(
-            0, Check("cmw.media-type", True, f"evidence record{where} has a verifier", observed=media)
+            0,
+            Check("cmw.media-type", True, f"evidence record{where} has a verifier", observed=media),
         )
         out.append(appraisal)
     return out

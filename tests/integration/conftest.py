@@ -42,21 +42,52 @@ def ps(tmp_path: Path) -> Iterator[Procs]:
 
 def start_backend(ps: Procs, www: Path) -> tuple[Proc, int]:
     port = free_port()
-    proc = ps.start("backend", [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port), "--directory", str(www)])
+    proc = ps.start(
+        "backend",
+        [
+            sys.executable,
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            str(port),
+            "--directory",
+            str(www),
+        ],
+    )
     wait_port(port, proc)
     return proc, port
 
 
 def start_server(ps: Procs, config: Path, backend_port: int, *extra: str) -> tuple[Proc, int]:
     port = free_port()
-    proc = ps.cli("serve", "serve", "--config", str(config), "--listen", f"127.0.0.1:{port}", "--backend", f"127.0.0.1:{backend_port}", *extra)
+    proc = ps.cli(
+        "serve",
+        "serve",
+        "--config",
+        str(config),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--backend",
+        f"127.0.0.1:{backend_port}",
+        *extra,
+    )
     wait_port(port, proc)
     return proc, port
 
 
 def start_client(ps: Procs, config: Path, server_port: int) -> tuple[Proc, int]:
     port = free_port()
-    proc = ps.cli("connect", "connect", "--config", str(config), "--listen", f"127.0.0.1:{port}", "--server", f"127.0.0.1:{server_port}")
+    proc = ps.cli(
+        "connect",
+        "connect",
+        "--config",
+        str(config),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--server",
+        f"127.0.0.1:{server_port}",
+    )
     wait_port(port, proc)
     return proc, port
 

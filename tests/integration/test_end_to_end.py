@@ -16,7 +16,9 @@ pytestmark = pytest.mark.integration
 
 
 def curl(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([require("curl"), "-sS", "--max-time", "20", *args], capture_output=True, timeout=timeout)
+    return subprocess.run(
+        [require("curl"), "-sS", "--max-time", "20", *args], capture_output=True, timeout=timeout
+    )
 
 
 def test_curl_fetches_byte_exact(stack: Stack, tmp_path: Path) -> None:
@@ -35,27 +37,47 @@ def test_curl_fetches_byte_exact(stack: Stack, tmp_path: Path) -> None:
 
 
 def test_attest_report_json(stack: Stack) -> None:
-    res = run_cli("attest", f"127.0.0.1:{stack.server_port}", "--config", str(stack.dev / "connect.toml"), "--json")
+    res = run_cli(
+        "attest",
+        f"127.0.0.1:{stack.server_port}",
+        "--config",
+        str(stack.dev / "connect.toml"),
+        "--json",
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     doc = json.loads(res.stdout)
     assert doc["atls.passed"] is True and doc["ear.status"] == "affirming"
     assert doc["atls.simulated"] is True
     conn = {c["name"]: c for c in doc["submods"]["connection"]["atls.checks"]}
-    for name in ("tls.handshake", "tls.hostname", "ea.signature", "ea.finished", "ea.identity", "cmw.present"):
+    for name in (
+        "tls.handshake",
+        "tls.hostname",
+        "ea.signature",
+        "ea.finished",
+        "ea.identity",
+        "cmw.present",
+    ):
         assert conn[name]["passed"], name
     ev = {c["name"]: c for c in doc["submods"]["evidence"]["atls.checks"]}
-    assert ev["evidence.binder"]["passed"] and ev["evidence.binder"]["observed"] == ev["evidence.binder"]["expected"]
+    assert (
+        ev["evidence.binder"]["passed"]
+        and ev["evidence.binder"]["observed"] == ev["evidence.binder"]["expected"]
+    )
     assert ev["evidence.signature"]["passed"]
     assert {"measurement.firmware", "measurement.kernel", "measurement.workload"} <= set(ev)
 
 
 def test_attest_text_report(stack: Stack) -> None:
-    res = run_cli("attest", f"127.0.0.1:{stack.server_port}", "--config", str(stack.dev / "connect.toml"))
+    res = run_cli(
+        "attest", f"127.0.0.1:{stack.server_port}", "--config", str(stack.dev / "connect.toml")
+    )
     assert res.returncode == 0
     assert "Verdict: PASS" in res.stdout and "SIMULATED" in res.stdout
 
 
-def _policy_variant(dev: Path, tmp: Path, *, platform: Path | None = None, kernel: str | None = None) -> Path:
+def _policy_variant(
+    dev: Path, tmp: Path, *, platform: Path | None = None, kernel: str | None = None
+) -> Path:
     """A connect.toml trusting dev's CA, with a policy whose platform key or kernel digest differs."""
     text = (dev / "policy.toml").read_text()
     text = text.replace('"platform.pem"', f'"{platform or dev / "platform.pem"}"')
@@ -65,7 +87,12 @@ def _policy_variant(dev: Path, tmp: Path, *, platform: Path | None = None, kerne
         text = re.sub(r'kernel = \["[0-9a-f]+"\]', f'kernel = ["{kernel}"]', text)
     pol = tmp / "policy-variant.toml"
     pol.write_text(text)
-    conn = (dev / "connect.toml").read_text().replace('"policy.toml"', f'"{pol}"').replace('"ca.pem"', f'"{dev / "ca.pem"}"')
+    conn = (
+        (dev / "connect.toml")
+        .read_text()
+        .replace('"policy.toml"', f'"{pol}"')
+        .replace('"ca.pem"', f'"{dev / "ca.pem"}"')
+    )
     out = tmp / "connect-variant.toml"
     out.write_text(conn)
     return out
@@ -91,17 +118,30 @@ def _assert_rejected(stack: Stack, ps: Procs, config: Path, check: str) -> None:
 def test_untrusted_platform_key_rejected(stack: Stack, ps: Procs, tmp_path: Path) -> None:
     other = tmp_path / "other"
     assert run_cli("dev-init", str(other)).returncode == 0
-    _assert_rejected(stack, ps, _policy_variant(stack.dev, tmp_path, platform=other / "platform.pem"), "evidence.signature")
+    _assert_rejected(
+        stack,
+        ps,
+        _policy_variant(stack.dev, tmp_path, platform=other / "platform.pem"),
+        "evidence.signature",
+    )
 
 
 def test_measurement_not_in_policy_rejected(stack: Stack, ps: Procs, tmp_path: Path) -> None:
-    _assert_rejected(stack, ps, _policy_variant(stack.dev, tmp_path, kernel="ab" * 32), "measurement.kernel")
+    _assert_rejected(
+        stack, ps, _policy_variant(stack.dev, tmp_path, kernel="ab" * 32), "measurement.kernel"
+    )
 
 
 def test_other_dev_init_not_trusted(stack: Stack, tmp_path: Path) -> None:
     other = tmp_path / "other2"
     assert run_cli("dev-init", str(other)).returncode == 0
-    res = run_cli("attest", f"127.0.0.1:{stack.server_port}", "--config", str(other / "connect.toml"), "--json")
+    res = run_cli(
+        "attest",
+        f"127.0.0.1:{stack.server_port}",
+        "--config",
+        str(other / "connect.toml"),
+        "--json",
+    )
     assert res.returncode == 1
     assert json.loads(res.stdout)["atls.failed-check"]["name"] == "tls.handshake"
 
@@ -111,7 +151,14 @@ def test_plain_tls_client_gets_nothing(stack: Stack) -> None:
     res = curl("-k", f"https://127.0.0.1:{stack.server_port}/hello.txt")
     assert res.returncode != 0 and b"hello" not in res.stdout
     s_client = subprocess.run(
-        [require("openssl"), "s_client", "-connect", f"127.0.0.1:{stack.server_port}", "-quiet", "-ign_eof"],
+        [
+            require("openssl"),
+            "s_client",
+            "-connect",
+            f"127.0.0.1:{stack.server_port}",
+            "-quiet",
+            "-ign_eof",
+        ],
         input=b"GET /hello.txt HTTP/1.0\r\n\r\n",
         capture_output=True,
         timeout=30,
@@ -128,16 +175,30 @@ def test_plain_tls_server_rejected_by_attest(ps: Procs, stack: Stack) -> None:
     port = free_port()
     srv = ps.start(
         "s_server",
-        [require("openssl"), "s_server", "-accept", str(port), "-cert", str(stack.dev / "server.pem"),
-         "-key", str(stack.dev / "server-key.pem"), "-www", "-tls1_3"],
+        [
+            require("openssl"),
+            "s_server",
+            "-accept",
+            str(port),
+            "-cert",
+            str(stack.dev / "server.pem"),
+            "-key",
+            str(stack.dev / "server-key.pem"),
+            "-www",
+            "-tls1_3",
+        ],
     )
     wait_port(port, srv)
-    res = run_cli("attest", f"127.0.0.1:{port}", "--config", str(stack.dev / "connect.toml"), "--json")
+    res = run_cli(
+        "attest", f"127.0.0.1:{port}", "--config", str(stack.dev / "connect.toml"), "--json"
+    )
     assert res.returncode == 1
     doc = json.loads(res.stdout)
     assert doc["atls.failed-check"]["name"] in {"expat.preamble", "expat.response"}
     conn = {c["name"]: c["passed"] for c in doc["submods"]["connection"]["atls.checks"]}
-    assert conn["tls.handshake"] and conn["tls.hostname"]  # a genuine PKI identity, but no attestation
+    assert (
+        conn["tls.handshake"] and conn["tls.hostname"]
+    )  # a genuine PKI identity, but no attestation
 
 
 def test_serve_unattested_mode(ps: Procs, stack: Stack, tmp_path: Path) -> None:
@@ -173,7 +234,13 @@ def test_version_and_check_config(stack: Stack, tmp_path: Path) -> None:
         res = run_cli("check-config", str(stack.dev / name))
         assert res.returncode == 0, res.stderr
     bad = tmp_path / "bad.toml"
-    bad.write_text((stack.dev / "serve.toml").read_text().replace("listen =", "lisen =").replace('"server', f'"{stack.dev}/server').replace('"platform-key', f'"{stack.dev}/platform-key'))
+    bad.write_text(
+        (stack.dev / "serve.toml")
+        .read_text()
+        .replace("listen =", "lisen =")
+        .replace('"server', f'"{stack.dev}/server')
+        .replace('"platform-key', f'"{stack.dev}/platform-key')
+    )
     res = run_cli("check-config", str(bad))
     assert res.returncode == 2
     assert "server.lisen" in res.stderr

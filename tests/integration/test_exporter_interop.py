@@ -15,7 +15,10 @@ from atls_proxy.tls.context import client_context, server_context
 from atls_proxy.tls.engine import TLSEngine
 from tests.support.pki import identity
 
-pytestmark = [pytest.mark.integration, pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI absent")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI absent"),
+]
 
 LABELS = [
     (b"EXPORTER-cmw-attestation", 32),
@@ -26,7 +29,9 @@ LABELS = [
 
 def _parse(output: str) -> dict[bytes, bytes]:
     found = {}
-    for label, hexval in re.findall(r"Label: '([^']+)'.*?Keying material: ([0-9A-Fa-f]+)", output, re.S):
+    for label, hexval in re.findall(
+        r"Label: '([^']+)'.*?Keying material: ([0-9A-Fa-f]+)", output, re.S
+    ):
         found[label.encode()] = bytes.fromhex(hexval)
     return found
 
@@ -49,9 +54,18 @@ async def test_server_exporter_matches_s_client(label: bytes, length: int, suite
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     proc = await asyncio.create_subprocess_exec(
-        "openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_3",
-        "-keymatexport", label.decode(), "-keymatexportlen", str(length),
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        "openssl",
+        "s_client",
+        "-connect",
+        f"127.0.0.1:{port}",
+        "-tls1_3",
+        "-keymatexport",
+        label.decode(),
+        "-keymatexportlen",
+        str(length),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     out, _ = await asyncio.wait_for(proc.communicate(), 30)
     server.close()
@@ -69,16 +83,33 @@ async def test_client_exporter_matches_s_server(tmp_path, label: bytes, length: 
     cert.write_bytes(ident.chain[0].public_bytes(serialization.Encoding.PEM))
     key.write_bytes(
         ident.private_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
         )
     )
     from tests.support.procs import free_port
 
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
-        "openssl", "s_server", "-accept", str(port), "-cert", str(cert), "-key", str(key), "-tls1_3", "-naccept", "1",
-        "-keymatexport", label.decode(), "-keymatexportlen", str(length),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        "openssl",
+        "s_server",
+        "-accept",
+        str(port),
+        "-cert",
+        str(cert),
+        "-key",
+        str(key),
+        "-tls1_3",
+        "-naccept",
+        "1",
+        "-keymatexport",
+        label.decode(),
+        "-keymatexportlen",
+        str(length),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     try:
         for _ in range(200):
@@ -89,7 +120,11 @@ async def test_client_exporter_matches_s_server(tmp_path, label: bytes, length: 
                 await asyncio.sleep(0.05)
         else:
             raise AssertionError("s_server did not start")
-        stream = TLSStream(reader, writer, TLSEngine(client_context(None, False), server_side=False, server_name="localhost"))
+        stream = TLSStream(
+            reader,
+            writer,
+            TLSEngine(client_context(None, False), server_side=False, server_name="localhost"),
+        )
         await asyncio.wait_for(stream.handshake(), 10)
         ours = stream.engine.export(label, length, b"")
         await stream.close()

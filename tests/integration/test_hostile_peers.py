@@ -49,8 +49,12 @@ def _tls_client(port: int, ca: Path) -> ssl.SSLSocket:
     return ctx.wrap_socket(raw, server_hostname="localhost")
 
 
-def _request(context: bytes | None = None, msg_type: int = m.CLIENT_CERTIFICATE_REQUEST, offer: bytes = b"") -> bytes:
-    req = ea.build_request(msg_type, context or os.urandom(32), extra_extensions=[m.Extension(0xFF00, offer)])
+def _request(
+    context: bytes | None = None, msg_type: int = m.CLIENT_CERTIFICATE_REQUEST, offer: bytes = b""
+) -> bytes:
+    req = ea.build_request(
+        msg_type, context or os.urandom(32), extra_extensions=[m.Extension(0xFF00, offer)]
+    )
     return req.encode()
 
 
@@ -69,16 +73,23 @@ HOSTILE_CLIENTS: dict[str, tuple[bytes, str]] = {
     "unknown-version": (f.MAGIC + b"\x07", "expat.version"),
     "unknown-frame": (f.PREAMBLE + b"\x09\x00\x00\x00", "expat.frame"),
     "oversized-frame": (f.PREAMBLE + b"\x01\xff\xff\xff", "expat.frame"),
-    "malformed-request": (f.PREAMBLE + f.encode_frame(f.FrameType.AUTH_REQUEST, b"\x11\x00\x00\x05abc"), "expat.decode"),
+    "malformed-request": (
+        f.PREAMBLE + f.encode_frame(f.FrameType.AUTH_REQUEST, b"\x11\x00\x00\x05abc"),
+        "expat.decode",
+    ),
     "truncated-handshake-message": (
         f.PREAMBLE + f.encode_frame(f.FrameType.AUTH_REQUEST, _request()[:-3]),
         "expat.decode",
     ),
     "certificate-request-13": (
-        f.PREAMBLE + f.encode_frame(f.FrameType.AUTH_REQUEST, _request(msg_type=m.CERTIFICATE_REQUEST)),
+        f.PREAMBLE
+        + f.encode_frame(f.FrameType.AUTH_REQUEST, _request(msg_type=m.CERTIFICATE_REQUEST)),
         "ea.request",
     ),
-    "non-empty-offer": (f.PREAMBLE + f.encode_frame(f.FrameType.AUTH_REQUEST, _request(offer=b"\x01")), "expat.protocol"),
+    "non-empty-offer": (
+        f.PREAMBLE + f.encode_frame(f.FrameType.AUTH_REQUEST, _request(offer=b"\x01")),
+        "expat.protocol",
+    ),
     "accept-before-authenticator": (f.PREAMBLE + f.encode_frame(f.FrameType.ACCEPT), "expat.frame"),
 }
 
@@ -120,13 +131,19 @@ def _assert_logged(stack: Stack, check: str) -> None:
     assert f"check={check}" in log, log[-3000:]
     assert "Traceback" not in log
     # Other connections are unaffected: a genuine client still attests.
-    ok = run_cli("attest", f"127.0.0.1:{stack.server_port}", "--config", str(stack.dev / "connect.toml"))
+    ok = run_cli(
+        "attest", f"127.0.0.1:{stack.server_port}", "--config", str(stack.dev / "connect.toml")
+    )
     assert ok.returncode == 0, ok.stdout
 
 
 def test_slowloris_handshake_times_out_without_harming_others(stack: Stack, tmp_path: Path) -> None:
     cfg = tmp_path / "serve-fast.toml"
-    text = (stack.dev / "serve.toml").read_text().replace("[server]", "[server]\nhandshake_timeout = 1.0\nattestation_timeout = 1.0", 1)
+    text = (
+        (stack.dev / "serve.toml")
+        .read_text()
+        .replace("[server]", "[server]\nhandshake_timeout = 1.0\nattestation_timeout = 1.0", 1)
+    )
     for name in ("server.pem", "server-key.pem", "platform-key.pem"):
         text = text.replace(f'"{name}"', f'"{stack.dev / name}"')
     cfg.write_text(text)
@@ -156,7 +173,9 @@ class EvilServer:
         self.identity = load_server_identity(cfg.certificate, cfg.private_key)
         self.ctx = server_context(self.identity)
         assert cfg.attester.software is not None
-        key = serialization.load_pem_private_key(cfg.attester.software.platform_key.read_bytes(), None)
+        key = serialization.load_pem_private_key(
+            cfg.attester.software.platform_key.read_bytes(), None
+        )
         self.attester = SoftwareAttester(key, dict(cfg.attester.software.measurements))  # type: ignore[arg-type]
         self.behaviour = behaviour
 
@@ -165,7 +184,12 @@ class EvilServer:
         try:
             await stream.handshake()
             e = stream.engine
-            sess = xs.AttesterSession(xs.TLSInfo(e.export, e.hash_name), self.identity.chain_der, self.identity.private_key, PROFILE)
+            sess = xs.AttesterSession(
+                xs.TLSInfo(e.export, e.hash_name),
+                self.identity.chain_der,
+                self.identity.private_key,
+                PROFILE,
+            )
             events = sess.receive(await stream.read())
             while not events:
                 events = sess.receive(await stream.read())
@@ -178,16 +202,26 @@ class EvilServer:
         finally:
             await stream.close()
 
-    async def answer(self, sess: xs.AttesterSession, ev: xs.AttestationRequested, e: TLSEngine) -> bytes:
+    async def answer(
+        self, sess: xs.AttesterSession, ev: xs.AttestationRequested, e: TLSEngine
+    ) -> bytes:
         b = self.behaviour
         assert ev.binding is not None
-        good = encode_cmw(CMWRecord((await self.attester.attest(ev.binding)).media_type, (await self.attester.attest(ev.binding)).data, IND_EVIDENCE))
+        good = encode_cmw(
+            CMWRecord(
+                (await self.attester.attest(ev.binding)).media_type,
+                (await self.attester.attest(ev.binding)).data,
+                IND_EVIDENCE,
+            )
+        )
         if b == "no-cmw":
             return sess.authenticator(None)
         if b == "refuse":
             return sess.refuse()
         if b == "early-data":
-            return sess.authenticator(good) + f.encode_frame(f.FrameType.ACCEPT) + b"HTTP/1.1 200 OK"
+            return (
+                sess.authenticator(good) + f.encode_frame(f.FrameType.ACCEPT) + b"HTTP/1.1 200 OK"
+            )
         if b == "app-data-first":
             return b"HTTP/1.1 200 OK\r\n\r\nsecret"
         if b == "bad-version":
@@ -195,7 +229,9 @@ class EvilServer:
         if b == "wrong-binder":
             from atls_proxy.expat.binding import Binding
 
-            other = Binding(ev.binding.hash_name, os.urandom(len(ev.binding.binder)), ev.binding.aik_hash)
+            other = Binding(
+                ev.binding.hash_name, os.urandom(len(ev.binding.binder)), ev.binding.aik_hash
+            )
             ev2 = await self.attester.attest(other)
             return sess.authenticator(encode_cmw(CMWRecord(ev2.media_type, ev2.data, IND_EVIDENCE)))
         if b == "garbage-cmw":
@@ -212,13 +248,21 @@ class EvilServer:
             auth[5] ^= 1  # first byte of the echoed context
         elif b == "unoffered-extension":
             # Rebuild with an extension (SCT, 0x0012) the request never offered, validly signed.
-            req = m.AuthenticatorRequest(17, ev.request.context, (*ev.request.extensions, m.Extension(0x0012)))
+            req = m.AuthenticatorRequest(
+                17, ev.request.context, (*ev.request.extensions, m.Extension(0x0012))
+            )
             keys = ea.AuthenticatorKeys.derive(e.export, ea.Role.SERVER, e.hash_name)
-            raw = ea.authenticate(keys, req, ev.request.encode(), self.identity.chain_der, self.identity.private_key,
-                                  [PROFILE.attestation_extension(good), m.Extension(0x0012, b"")])
+            raw = ea.authenticate(
+                keys,
+                req,
+                ev.request.encode(),
+                self.identity.chain_der,
+                self.identity.private_key,
+                [PROFILE.attestation_extension(good), m.Extension(0x0012, b"")],
+            )
             return f.PREAMBLE + f.encode_frame(f.FrameType.AUTHENTICATOR, raw)
         elif b == "truncated":
-            return f.PREAMBLE + f.encode_frame(f.FrameType.AUTHENTICATOR, bytes(auth))[: 40]
+            return f.PREAMBLE + f.encode_frame(f.FrameType.AUTHENTICATOR, bytes(auth))[:40]
         return f.PREAMBLE + f.encode_frame(f.FrameType.AUTHENTICATOR, bytes(auth))
 
 
@@ -245,8 +289,15 @@ async def test_hostile_server(stack: Stack, behaviour: str) -> None:
     port = server.sockets[0].getsockname()[1]
     try:
         proc = await asyncio.create_subprocess_exec(
-            *CLI, "attest", f"127.0.0.1:{port}", "--config", str(stack.dev / "connect.toml"), "--json",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env(),
+            *CLI,
+            "attest",
+            f"127.0.0.1:{port}",
+            "--config",
+            str(stack.dev / "connect.toml"),
+            "--json",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env(),
         )
         out, err = await asyncio.wait_for(proc.communicate(), 60)
     finally:

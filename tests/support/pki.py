@@ -34,7 +34,11 @@ def make_key(kind: str) -> SigningKey:
 
 def self_signed(key: SigningKey, name: str = "localhost") -> x509.Certificate:
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    algo = None if isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey) else hashes.SHA256()
+    algo = (
+        None
+        if isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey)
+        else hashes.SHA256()
+    )
     return (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -59,7 +63,9 @@ def tls_pair(ident: ServerIdentity, ciphersuite: str | None = None) -> tuple[TLS
     if ciphersuite:
         sctx.set_tls13_ciphersuites(ciphersuite.encode())
     server = TLSEngine(sctx, server_side=True)
-    client = TLSEngine(client_context(None, verify_pki=False), server_side=False, server_name="localhost")
+    client = TLSEngine(
+        client_context(None, verify_pki=False), server_side=False, server_name="localhost"
+    )
     for _ in range(8):
         client.handshake()
         server.feed(client.outgoing())

@@ -34,9 +34,16 @@ def env() -> dict[str, str]:
     return e
 
 
-def run_cli(*args: str, timeout: float = 60, input: bytes | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, timeout: float = 60, input: bytes | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*CLI, *args], capture_output=True, text=True, timeout=timeout, env=env(), input=input.decode() if input else None
+        [*CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env(),
+        input=input.decode() if input else None,
     )
 
 
@@ -68,11 +75,18 @@ def wait_port(port: int, proc: Proc | None = None, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and not proc.alive():
-            raise AssertionError(f"{proc.name} exited early ({proc.popen.returncode}):\n{proc.output()}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            raise AssertionError(
+                f"{proc.name} exited early ({proc.popen.returncode}):\n{proc.output()}"
+            )
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", port), timeout=0.5),
+        ):
             return
         time.sleep(0.05)
-    raise AssertionError(f"port {port} not listening after {timeout}s" + (f":\n{proc.output()}" if proc else ""))
+    raise AssertionError(
+        f"port {port} not listening after {timeout}s" + (f":\n{proc.output()}" if proc else "")
+    )
 
 
 class Procs:
@@ -85,7 +99,9 @@ class Procs:
     def start(self, name: str, argv: Sequence[str], stdin: int | None = subprocess.DEVNULL) -> Proc:
         log = self.tmp / f"{name}-{len(self.procs)}.log"
         fh = log.open("wb")
-        p = subprocess.Popen(list(argv), stdout=fh, stderr=subprocess.STDOUT, stdin=stdin, env=env(), cwd=self.tmp)
+        p = subprocess.Popen(
+            list(argv), stdout=fh, stderr=subprocess.STDOUT, stdin=stdin, env=env(), cwd=self.tmp
+        )
         proc = Proc(name, p, log)
         self.procs.append(proc)
         return proc

@@ -22,8 +22,12 @@ FIZZ_REQ_BODY = bytes.fromhex("14" + FIZZ_CTX.hex() + "0008000d000400020403")
 FIZZ_REQUEST = bytes.fromhex("0d00001f") + FIZZ_REQ_BODY  # the RFC 9261 form, with the header
 FIZZ_CERT = bytes.fromhex("0b00000400000000")
 FIZZ_CV = bytes.fromhex("0f00000d04030009") + b"signature"
-FIZZ_FIN1 = bytes.fromhex("14000020b523548c421b05f7f3c33276fbdd5266ba2df103796d7d483368259860a648f2")
-FIZZ_EMPTY = bytes.fromhex("1400002011fae4bcdf4673b6dfb276d886c4cd1c5b0920da961643f062d1d4a6062115b1")
+FIZZ_FIN1 = bytes.fromhex(
+    "14000020b523548c421b05f7f3c33276fbdd5266ba2df103796d7d483368259860a648f2"
+)
+FIZZ_EMPTY = bytes.fromhex(
+    "1400002011fae4bcdf4673b6dfb276d886c4cd1c5b0920da961643f062d1d4a6062115b1"
+)
 FIZZ_KEYS = ea.AuthenticatorKeys("sha256", FIZZ_HC, FIZZ_FK)
 
 
@@ -52,7 +56,14 @@ def test_rfc_form_differs_and_switch_matters() -> None:
     rfc = ea.empty_authenticator(FIZZ_KEYS, FIZZ_REQUEST, FIZZ_CTX, include_header=True)
     expected = hmac.new(
         FIZZ_FK,
-        hashlib.sha256(FIZZ_HC + FIZZ_REQUEST + bytes.fromhex("0b000018") + b"\x14" + FIZZ_CTX + b"\x00\x00\x00").digest(),
+        hashlib.sha256(
+            FIZZ_HC
+            + FIZZ_REQUEST
+            + bytes.fromhex("0b000018")
+            + b"\x14"
+            + FIZZ_CTX
+            + b"\x00\x00\x00"
+        ).digest(),
         "sha256",
     ).digest()
     assert rfc == bytes.fromhex("14000020") + expected
@@ -87,7 +98,9 @@ def _exchange(sender: ea.Role, kind: str, idents: dict[str, object], suite: str 
 
 @pytest.mark.parametrize("sender", [ea.Role.SERVER, ea.Role.CLIENT])
 @pytest.mark.parametrize("kind", KEY_KINDS)
-def test_roundtrip_every_scheme_both_roles(sender: ea.Role, kind: str, idents: dict[str, object]) -> None:
+def test_roundtrip_every_scheme_both_roles(
+    sender: ea.Role, kind: str, idents: dict[str, object]
+) -> None:
     ident, req, req_bytes, k_att, k_rp = _exchange(sender, kind, idents)
     assert k_att == k_rp  # both ends derive the same EA keys from the exporter
     ext = m.Extension(0xFF00, b"\x00\x02\x82\x00")
@@ -98,7 +111,9 @@ def test_roundtrip_every_scheme_both_roles(sender: ea.Role, kind: str, idents: d
     assert res.certificate is not None and res.certificate.entries[0].extensions == (ext,)
 
 
-@pytest.mark.parametrize("suite", ["TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"])
+@pytest.mark.parametrize(
+    "suite", ["TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"]
+)
 def test_hash_follows_suite(suite: str, idents: dict[str, object]) -> None:
     ident, req, req_bytes, k_att, k_rp = _exchange(ea.Role.SERVER, "p256", idents, suite)
     assert k_att.hash_name == ("sha384" if suite.endswith("SHA384") else "sha256")
@@ -111,7 +126,7 @@ def test_hash_follows_suite(suite: str, idents: dict[str, object]) -> None:
 
 def test_wrong_role_labels_fail(idents: dict[str, object]) -> None:
     ident, req, req_bytes, k_att, _ = _exchange(ea.Role.SERVER, "p256", idents)
-    client, server = tls_pair(ident)  # type: ignore[arg-type]
+    client, _server = tls_pair(ident)  # type: ignore[arg-type]
     auth = ea.authenticate(k_att, req, req_bytes, ident.chain_der, ident.private_key)  # type: ignore[attr-defined]
     other = ea.AuthenticatorKeys.derive(client.export, ea.Role.CLIENT, client.hash_name)
     with pytest.raises(VerificationError):
@@ -140,9 +155,13 @@ def test_no_common_scheme_gives_empty_authenticator(idents: dict[str, object]) -
 def test_scheme_not_offered_rejected(idents: dict[str, object]) -> None:
     """A CertificateVerify with a scheme the request did not offer is refused (RFC 9261 §5.2.2)."""
     ident, _, _, k_att, k_rp = _exchange(ea.Role.SERVER, "p256", idents)
-    offered = ea.build_request(m.CLIENT_CERTIFICATE_REQUEST, os.urandom(32), [schemes.ECDSA_SECP256R1_SHA256])
+    offered = ea.build_request(
+        m.CLIENT_CERTIFICATE_REQUEST, os.urandom(32), [schemes.ECDSA_SECP256R1_SHA256]
+    )
     auth = ea.authenticate(k_att, offered, offered.encode(), ident.chain_der, ident.private_key)  # type: ignore[attr-defined]
-    narrowed = m.AuthenticatorRequest(17, offered.context, (m.signature_algorithms_extension([schemes.ED25519]),))
+    narrowed = m.AuthenticatorRequest(
+        17, offered.context, (m.signature_algorithms_extension([schemes.ED25519]),)
+    )
     with pytest.raises(ProtocolError) as e:
         ea.validate(k_rp, narrowed, narrowed.encode(), auth)
     assert e.value.check == "ea.signature"
@@ -150,12 +169,28 @@ def test_scheme_not_offered_rejected(idents: dict[str, object]) -> None:
 
 def test_unoffered_extension_is_unsupported_extension(idents: dict[str, object]) -> None:
     ident, _, _, k_att, k_rp = _exchange(ea.Role.SERVER, "p256", idents)
-    plain = ea.build_request(m.CLIENT_CERTIFICATE_REQUEST, os.urandom(32))  # no cmw_attestation offer
+    plain = ea.build_request(
+        m.CLIENT_CERTIFICATE_REQUEST, os.urandom(32)
+    )  # no cmw_attestation offer
     with pytest.raises(ValueError):
-        ea.authenticate(k_att, plain, plain.encode(), ident.chain_der, ident.private_key, [m.Extension(0xFF00, b"\x00\x01\x00")])  # type: ignore[attr-defined]
+        ea.authenticate(
+            k_att,
+            plain,
+            plain.encode(),
+            ident.chain_der,
+            ident.private_key,
+            [m.Extension(0xFF00, b"\x00\x01\x00")],
+        )  # type: ignore[attr-defined]
     # A malicious attester includes it anyway: build with an offering request, validate against the plain one.
     offering = m.AuthenticatorRequest(17, plain.context, (*plain.extensions, m.Extension(0xFF00)))
-    auth = ea.authenticate(k_att, offering, plain.encode(), ident.chain_der, ident.private_key, [m.Extension(0xFF00, b"\x00\x01\x00")])  # type: ignore[attr-defined]
+    auth = ea.authenticate(
+        k_att,
+        offering,
+        plain.encode(),
+        ident.chain_der,
+        ident.private_key,
+        [m.Extension(0xFF00, b"\x00\x01\x00")],
+    )  # type: ignore[attr-defined]
     with pytest.raises(ProtocolError) as e:
         ea.validate(k_rp, plain, plain.encode(), auth)
     assert e.value.alert == ProtocolError.UNSUPPORTED_EXTENSION
@@ -165,7 +200,9 @@ def test_cmw_outside_entry0_rejected(idents: dict[str, object]) -> None:
     ident, req, req_bytes, k_att, k_rp = _exchange(ea.Role.SERVER, "p256", idents)
     other = self_signed(make_key("p256"), "intermediate").public_bytes(Encoding.DER)
     ext = m.Extension(0xFF00, b"\x00\x01\x00")
-    cert = m.Certificate(req.context, (m.CertificateEntry(ident.chain_der[0]), m.CertificateEntry(other, (ext,)))).encode()  # type: ignore[attr-defined]
+    cert = m.Certificate(
+        req.context, (m.CertificateEntry(ident.chain_der[0]), m.CertificateEntry(other, (ext,)))
+    ).encode()  # type: ignore[attr-defined]
     content = b"\x20" * 64 + b"Exported Authenticator\x00" + k_att.transcript_hash(req_bytes, cert)
     cv = m.CertificateVerify(0x0403, schemes.sign(ident.private_key, 0x0403, content)).encode()  # type: ignore[attr-defined]
     fin = m.Finished(k_att.finished(req_bytes, cert, cv)).encode()

@@ -13,12 +13,16 @@ def test_record_golden() -> None:
     # RFC 9999 example: ["application/vnd.example.rats-conceptual-msg", h'2347da55', 4]
     rec = c.CMWRecord("application/vnd.example.rats-conceptual-msg", bytes.fromhex("2347da55"), 4)
     data = c.encode_cmw(rec)
-    assert data == bytes.fromhex("83782b") + b"application/vnd.example.rats-conceptual-msg" + bytes.fromhex("442347da5504")
+    assert data == bytes.fromhex(
+        "83782b"
+    ) + b"application/vnd.example.rats-conceptual-msg" + bytes.fromhex("442347da5504")
     assert c.decode_cmw(data) == rec
 
 
 def test_coap_record_and_tag() -> None:
-    assert c.decode_cmw(cbor2.dumps([64999, b"\x23\x47\xda\x55"])) == c.CMWRecord(64999, b"\x23\x47\xda\x55")
+    assert c.decode_cmw(cbor2.dumps([64999, b"\x23\x47\xda\x55"])) == c.CMWRecord(
+        64999, b"\x23\x47\xda\x55"
+    )
     # RFC 9999: CF 64999 -> tag 1668612070
     assert c.tag_for_content_format(64999) == 1668612070
     assert c.content_format_for_tag(1668612070) == 64999
@@ -31,7 +35,9 @@ def test_json_record() -> None:
     # RFC 9999 example: ["application/vnd.example.rats-conceptual-msg","I0faVQ"]
     data = b'["application/vnd.example.rats-conceptual-msg","I0faVQ"]'
     rec = c.decode_cmw(data)
-    assert rec == c.CMWRecord("application/vnd.example.rats-conceptual-msg", bytes.fromhex("2347da55"))
+    assert rec == c.CMWRecord(
+        "application/vnd.example.rats-conceptual-msg", bytes.fromhex("2347da55")
+    )
     assert c.json_record(rec) == data
     with pytest.raises(DecodeError):
         c.decode_cmw(b'["a/b","I0faVQ=="]')  # padding is not allowed
@@ -39,7 +45,10 @@ def test_json_record() -> None:
 
 def test_collection_roundtrip_and_flatten() -> None:
     col = c.CMWCollection(
-        {"cpu": c.CMWRecord("application/a", b"1", 4), "gpu": c.CMWCollection({0: c.CMWRecord(60, b"2")})},
+        {
+            "cpu": c.CMWRecord("application/a", b"1", 4),
+            "gpu": c.CMWCollection({0: c.CMWRecord(60, b"2")}),
+        },
         ctype="tag:example.com,2026:composite",
     )
     data = c.encode_cmw(col)

@@ -9,10 +9,13 @@ from atls_proxy.expat import framing as f
 
 
 def test_golden_preamble_and_frames() -> None:
-    assert f.PREAMBLE == bytes.fromhex("8945585041540d0a01")
+    assert bytes.fromhex("8945585041540d0a01") == f.PREAMBLE
     assert f.encode_frame(f.FrameType.AUTH_REQUEST, b"abc") == bytes.fromhex("01000003616263")
     assert f.encode_frame(f.FrameType.ACCEPT) == bytes.fromhex("03000000")
-    assert f.encode_error(f.ErrorCode.VERIFICATION_FAILED, "no") == bytes.fromhex("040000040005") + b"no"
+    assert (
+        f.encode_error(f.ErrorCode.VERIFICATION_FAILED, "no")
+        == bytes.fromhex("040000040005") + b"no"
+    )
 
 
 @pytest.mark.parametrize(
@@ -31,7 +34,12 @@ def test_sniff(first: bytes, expected: f.Sniff) -> None:
 
 
 def test_byte_at_a_time_decoding() -> None:
-    stream = f.PREAMBLE + f.encode_frame(f.FrameType.AUTH_REQUEST, b"x" * 300) + f.encode_frame(f.FrameType.ACCEPT) + b"app"
+    stream = (
+        f.PREAMBLE
+        + f.encode_frame(f.FrameType.AUTH_REQUEST, b"x" * 300)
+        + f.encode_frame(f.FrameType.ACCEPT)
+        + b"app"
+    )
     d = f.FrameDecoder()
     frames = []
     for i in range(len(stream) - 3):

@@ -13,23 +13,37 @@ CTX = bytes(range(32))
 # ClientCertificateRequest (RFC 9261 §4): type 17, uint24 len, ctx<0..255>, extensions<2..2^16-1>
 # with signature_algorithms [0x0403, 0x0807] and an empty cmw_attestation (0xFF00).
 REQUEST = bytes.fromhex(
-    "11" "000031"  # type 17, length 49
-    "20" + CTX.hex() +  # context
-    "000e"  # extensions length 14
-    "000d" "0006" "0004" "0403" "0807"  # signature_algorithms
-    "ff00" "0000"  # cmw_attestation, empty
+    "11"
+    "000031"  # type 17, length 49
+    "20"
+    + CTX.hex()  # context
+    + "000e"  # extensions length 14
+    "000d"
+    "0006"
+    "0004"
+    "0403"
+    "0807"  # signature_algorithms
+    "ff00"
+    "0000"  # cmw_attestation, empty
 )
 
 CERT_DER = b"\x30\x03\x02\x01\x01"  # any non-empty cert_data round-trips at this layer
 # Certificate (RFC 8446 §4.4.2) with one entry carrying cmw_attestation = uint16 len ‖ cmw.
 CERTIFICATE = bytes.fromhex(
-    "0b" "000036"  # type 11, length 54
-    "20" + CTX.hex() +  # context echo
-    "000012"  # certificate_list length 18
-    "000005" "3003020101"  # cert_data
-    "0008" "ff00" "0004" "0002" "8200"  # extensions: cmw_attestation(uint16 2, CMW 0x8200)
+    "0b"
+    "000036"  # type 11, length 54
+    "20"
+    + CTX.hex()  # context echo
+    + "000012"  # certificate_list length 18
+    "000005"
+    "3003020101"  # cert_data
+    "0008"
+    "ff00"
+    "0004"
+    "0002"
+    "8200"  # extensions: cmw_attestation(uint16 2, CMW 0x8200)
 )
-CERT_VERIFY = bytes.fromhex("0f000008" "0403" "0004" "deadbeef")
+CERT_VERIFY = bytes.fromhex("0f00000804030004deadbeef")
 FINISHED = bytes.fromhex("14000020") + b"\xaa" * 32
 
 
@@ -40,7 +54,9 @@ def test_request_golden() -> None:
     assert [e.ext_type for e in req.extensions] == [0x000D, 0xFF00]
     assert m.parse_signature_algorithms(req.extensions[0]) == (0x0403, 0x0807)
     assert req.encode() == REQUEST
-    built = m.AuthenticatorRequest(17, CTX, (m.signature_algorithms_extension([0x0403, 0x0807]), m.Extension(0xFF00)))
+    built = m.AuthenticatorRequest(
+        17, CTX, (m.signature_algorithms_extension([0x0403, 0x0807]), m.Extension(0xFF00))
+    )
     assert built.encode() == REQUEST
 
 
@@ -84,7 +100,7 @@ def test_trailing_bytes_rejected() -> None:
 
 
 def test_request_needs_extensions_and_known_type() -> None:
-    no_ext = bytes.fromhex("11000003" "00" "0000")
+    no_ext = bytes.fromhex("11000003000000")
     with pytest.raises(DecodeError):
         m.AuthenticatorRequest.decode(no_ext)
     with pytest.raises(ProtocolError) as e:

@@ -25,14 +25,21 @@ def ident() -> ServerIdentity:
     return identity("p256")
 
 
-def _pair(ident: ServerIdentity, profile: ExpatProfile = PROFILE) -> tuple[xs.RelyingPartySession, xs.AttesterSession]:
+def _pair(
+    ident: ServerIdentity, profile: ExpatProfile = PROFILE
+) -> tuple[xs.RelyingPartySession, xs.AttesterSession]:
     client, server = tls_pair(ident)
     leaf = client.peer_certificate()
     assert leaf is not None
     rp = xs.RelyingPartySession(
-        xs.TLSInfo(client.export, client.hash_name), profile, os.urandom(32), leaf.public_bytes(Encoding.DER)
+        xs.TLSInfo(client.export, client.hash_name),
+        profile,
+        os.urandom(32),
+        leaf.public_bytes(Encoding.DER),
     )
-    at = xs.AttesterSession(xs.TLSInfo(server.export, server.hash_name), ident.chain_der, ident.private_key, profile)
+    at = xs.AttesterSession(
+        xs.TLSInfo(server.export, server.hash_name), ident.chain_der, ident.private_key, profile
+    )
     return rp, at
 
 
@@ -44,7 +51,15 @@ def test_happy_path_and_binding_agree(ident: ServerIdentity) -> None:
     assert isinstance(val, xs.AuthenticatorValidated)
     assert val.binding == req.binding and val.cmw == CMW
     names = [c.name for c in val.checks]
-    assert names == ["expat.preamble", "ea.context", "ea.extensions", "ea.signature", "ea.finished", "ea.identity", "cmw.present"]
+    assert names == [
+        "expat.preamble",
+        "ea.context",
+        "ea.extensions",
+        "ea.signature",
+        "ea.finished",
+        "ea.identity",
+        "cmw.present",
+    ]
     (acc,) = at.receive(rp.accept() + b"GET /")
     assert acc == xs.Accepted(b"GET /")
     assert at.state == "established" and rp.state == "established"
@@ -53,7 +68,9 @@ def test_happy_path_and_binding_agree(ident: ServerIdentity) -> None:
 @pytest.mark.parametrize("label", [b"EXPORTER-cmw-attestation", b"Attestation"])
 @pytest.mark.parametrize("header", [True, False])
 def test_profile_switches_interoperate(ident: ServerIdentity, label: bytes, header: bool) -> None:
-    prof = ExpatProfile(exporter_label=label, extension_type=0xFFFF, request_header_in_transcript=header)
+    prof = ExpatProfile(
+        exporter_label=label, extension_type=0xFFFF, request_header_in_transcript=header
+    )
     rp, at = _pair(ident, prof)
     (req,) = at.receive(rp.start())
     (val,) = rp.receive(at.authenticator(CMW))
@@ -65,9 +82,16 @@ def test_mismatched_label_breaks_binding(ident: ServerIdentity) -> None:
     client, server = tls_pair(ident)
     leaf = client.peer_certificate()
     assert leaf is not None
-    rp = xs.RelyingPartySession(xs.TLSInfo(client.export, client.hash_name), PROFILE, os.urandom(32), leaf.public_bytes(Encoding.DER))
+    rp = xs.RelyingPartySession(
+        xs.TLSInfo(client.export, client.hash_name),
+        PROFILE,
+        os.urandom(32),
+        leaf.public_bytes(Encoding.DER),
+    )
     other = ExpatProfile(exporter_label=b"Attestation")
-    at = xs.AttesterSession(xs.TLSInfo(server.export, server.hash_name), ident.chain_der, ident.private_key, other)
+    at = xs.AttesterSession(
+        xs.TLSInfo(server.export, server.hash_name), ident.chain_der, ident.private_key, other
+    )
     (req,) = at.receive(rp.start())
     (val,) = rp.receive(at.authenticator(CMW))
     assert isinstance(req, xs.AttestationRequested) and isinstance(val, xs.AuthenticatorValidated)
@@ -101,7 +125,9 @@ def test_reused_context_rejected(ident: ServerIdentity) -> None:
 
 def test_certificate_request_type_13_from_client_rejected(ident: ServerIdentity) -> None:
     _, at = _pair(ident)
-    req = ea.build_request(m.CERTIFICATE_REQUEST, os.urandom(32), extra_extensions=[PROFILE.offer()])
+    req = ea.build_request(
+        m.CERTIFICATE_REQUEST, os.urandom(32), extra_extensions=[PROFILE.offer()]
+    )
     with pytest.raises(ProtocolError) as e:
         at.receive(f.PREAMBLE + f.encode_frame(f.FrameType.AUTH_REQUEST, req.encode()))
     assert e.value.check == "ea.request"
@@ -111,7 +137,11 @@ def test_certificate_request_type_13_from_client_rejected(ident: ServerIdentity)
 
 def test_non_empty_offer_rejected(ident: ServerIdentity) -> None:
     _, at = _pair(ident)
-    req = ea.build_request(m.CLIENT_CERTIFICATE_REQUEST, os.urandom(32), extra_extensions=[m.Extension(0xFF00, b"\x00")])
+    req = ea.build_request(
+        m.CLIENT_CERTIFICATE_REQUEST,
+        os.urandom(32),
+        extra_extensions=[m.Extension(0xFF00, b"\x00")],
+    )
     with pytest.raises(ProtocolError):
         at.receive(f.PREAMBLE + f.encode_frame(f.FrameType.AUTH_REQUEST, req.encode()))
 
@@ -137,9 +167,14 @@ def test_identity_must_be_tls_certificate(ident: ServerIdentity) -> None:
     client, server = tls_pair(ident)
     other = identity("p256")
     rp = xs.RelyingPartySession(
-        xs.TLSInfo(client.export, client.hash_name), PROFILE, os.urandom(32), client.peer_certificate().public_bytes(Encoding.DER)  # type: ignore[union-attr]
+        xs.TLSInfo(client.export, client.hash_name),
+        PROFILE,
+        os.urandom(32),
+        client.peer_certificate().public_bytes(Encoding.DER),  # type: ignore[union-attr]
     )
-    at = xs.AttesterSession(xs.TLSInfo(server.export, server.hash_name), other.chain_der, other.private_key, PROFILE)
+    at = xs.AttesterSession(
+        xs.TLSInfo(server.export, server.hash_name), other.chain_der, other.private_key, PROFILE
+    )
     at.receive(rp.start())
     with pytest.raises(VerificationError) as e:
         rp.receive(at.authenticator(CMW))
@@ -184,7 +219,9 @@ def test_data_instead_of_authenticator_rejected(ident: ServerIdentity) -> None:
 def test_error_frames_surface(ident: ServerIdentity) -> None:
     rp, at = _pair(ident)
     at.receive(rp.start())
-    assert rp.receive(at.error(f.ErrorCode.ATTESTATION_UNAVAILABLE, "tee down")) == [xs.PeerError(4, "tee down")]
+    assert rp.receive(at.error(f.ErrorCode.ATTESTATION_UNAVAILABLE, "tee down")) == [
+        xs.PeerError(4, "tee down")
+    ]
     rp2, at2 = _pair(ident)
     at2.receive(rp2.start())
     rp2.receive(at2.authenticator(CMW))

@@ -1,0 +1,66 @@
+"""CMW demultiplexing into verifiers, and the report's verdict logic."""
+
+from __future__ import annotations
+
+import os
+
+from atls_proxy.expat.binding import Binding
+from atls_proxy.expat.cmw import CMWCollection, CMWRecord, encode_cmw
+from atls_proxy.report import render_text
+from atls_proxy.verify.appraise import appraise_cmw
+from atls_proxy.verify.result import Appraisal, AttestationReport, Check
+
+B = Binding("sha256", os.urandom(32), os.urandom(32))
+
+
+class Echo:
+    """A verifier that passes exactly when the evidence equals the binder."""
+
+    def accepts(self, media_type: str) -> bool:
+        return media_type == "application/x-echo"
+
+    def appraise(
+        self, media_type: str, evidence: bytes, expected: Binding, now: float
+    ) -> Appraisal:
+        return Appraisal("echo", [Check("evidence.binder", evidence == expected.binder)])
+
+
+def test_each_record_is_appraised() -> None:
+    cmw = encode_cmw(
+        CMWCollection(
+            {
+                "a": CMWRecord("application/x-echo", B.binder, 4),
+                "b": CMWRecord("application/x-echo", b"no", 4),
+            }
+        )
+    )
+    a, b = appraise_cmw(cmw, B, [Echo()], 0)
+    assert a.passed and not b.passed
+    assert a.checks[0].name == "cmw.media-type"
+
+
+def test_unknown_type_and_non_evidence_fail() -> None:
+    (a,) = appraise_cmw(encode_cmw(CMWRecord("application/other", b"x", 4)), B, [Echo()], 0)
+    assert not a.passed and a.checks[0].name == "cmw.media-type"
+    (b,) = appraise_cmw(encode_cmw(CMWRecord("application/x-echo", B.binder, 8)), B, [Echo()], 0)
+    assert not b.passed and b.checks[0].name == "cmw.type"
+    (c,) = appraise_cmw(b"\x00", B, [Echo()], 0)
+    assert c.checks[0].name == "cmw.decode"
+
+
+def test_report_verdicts() -> None:
+    r = AttestationReport("h:1", [Check("tls.handshake", True)])
+    assert (
+        not r.passed
+        and r.first_failure is not None
+        and r.first_failure.name == "evidence.appraised"
+    )
+    r.appraisals = appraise_cmw(
+        encode_cmw(CMWRecord("application/x-echo", B.binder, 4)), B, [Echo()], 0
+    )
+    assert r.passed and r.to_json()["ear.status"] == "affirming"
+    assert "Verdict: PASS" in render_text(r)
+    r.checks.append(Check("tls.hostname", False, "mismatch", observed="a", expected="b"))
+    assert not r.passed and r.to_json()["atls.failed-check"]["name"] == "tls.hostname"
+    text = render_text(r)
+    assert "Verdict: FAIL at tls.hostname" in text and "observed: a" in text
