@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import Stack, backend_requests, start_client, start_server
-from tests.support.procs import Procs, require, run_cli
+from tests.support.procs import Procs, free_port, require, run_cli, wait_port
 
 pytestmark = pytest.mark.integration
 
@@ -170,8 +170,6 @@ def test_plain_tls_client_gets_nothing(stack: Stack) -> None:
 
 
 def test_plain_tls_server_rejected_by_attest(ps: Procs, stack: Stack) -> None:
-    from tests.support.procs import free_port, wait_port
-
     port = free_port()
     srv = ps.start(
         "s_server",
@@ -244,3 +242,107 @@ def test_version_and_check_config(stack: Stack, tmp_path: Path) -> None:
     res = run_cli("check-config", str(bad))
     assert res.returncode == 2
     assert "server.lisen" in res.stderr
+
+
+def test_unix_backend_half_close_and_backpressure(ps: Procs, stack: Stack, tmp_path: Path) -> None:
+    """A unix-socket backend; half-close crosses both proxies; a client that stops reading stops the backend."""
+    import socket
+    import threading
+
+    sock_path = tmp_path / "backend.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(sock_path))
+    listener.listen(8)
+    listener.settimeout(20)
+    sent: dict[str, int] = {}
+
+    def serve_one(conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while not data.startswith(b"FLOOD") and (chunk := conn.recv(65536)):
+                data += chunk
+            if not data.startswith(b"FLOOD"):
+                # Read to EOF (the client's half-close), then answer with what was read.
+                conn.sendall(b"got " + str(len(data)).encode())
+                return
+            # Push as much as the path lets through, for 3 seconds.
+            conn.settimeout(0.2)
+            total, deadline, block = 0, time.monotonic() + 3, b"\0" * 65536
+            while time.monotonic() < deadline:
+                try:
+                    total += conn.send(block)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    break
+            sent["bytes"] = total
+
+    def backend() -> None:
+        # connect's readiness probe, the half-close client, the flood client
+        for _ in range(3):
+            conn, _ = listener.accept()
+            threading.Thread(target=serve_one, args=(conn,), daemon=True).start()
+
+    t = threading.Thread(target=backend, daemon=True)
+    t.start()
+    cfg_port = free_port()
+    srv = ps.cli(
+        "serve-unix",
+        "serve",
+        "--config",
+        str(stack.dev / "serve.toml"),
+        "--listen",
+        f"127.0.0.1:{cfg_port}",
+        "--backend",
+        f"unix:{sock_path}",
+    )
+    wait_port(cfg_port, srv)
+    _, cport = start_client(ps, stack.dev / "connect.toml", cfg_port)
+
+    with socket.create_connection(("127.0.0.1", cport), timeout=20) as c:
+        c.sendall(b"x" * 100_000)
+        c.shutdown(socket.SHUT_WR)  # half-close: the backend must see EOF and still answer
+        reply = b""
+        while chunk := c.recv(65536):
+            reply += chunk
+    assert reply == b"got 100000"
+
+    with socket.create_connection(("127.0.0.1", cport), timeout=20) as c:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        c.sendall(b"FLOOD")
+        c.recv(1)  # attested and flowing; now stop reading
+        deadline = time.monotonic() + 15
+        while "bytes" not in sent and time.monotonic() < deadline:
+            time.sleep(0.1)
+    # Backpressure: with the client not reading, only buffers' worth crossed (kernel socket buffers
+    # on three hops plus the proxies' bounded transport buffers), not the ~GBs loopback could carry.
+    assert 0 < sent["bytes"] < 48 * 1024 * 1024, sent
+    listener.close()
+    assert "Traceback" not in srv.output()
+
+
+def test_connection_limit(ps: Procs, stack: Stack, tmp_path: Path) -> None:
+    import socket
+
+    cfg = tmp_path / "serve-limit.toml"
+    text = (
+        (stack.dev / "serve.toml")
+        .read_text()
+        .replace("[server]", "[server]\nmax_connections = 2", 1)
+    )
+    for name in ("server.pem", "server-key.pem", "platform-key.pem"):
+        text = text.replace(f'"{name}"', f'"{stack.dev / name}"')
+    cfg.write_text(text)
+    srv, port = start_server(ps, cfg, stack.backend_port)
+    time.sleep(0.5)  # let the readiness probe's connection finish
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+    time.sleep(0.3)
+    extra = socket.create_connection(("127.0.0.1", port), timeout=5)
+    assert extra.recv(1) == b""  # closed at once
+    extra.close()
+    assert "check=server.max-connections" in srv.output()
+    for s in held:
+        s.close()
+    time.sleep(0.3)
+    ok = run_cli("attest", f"127.0.0.1:{port}", "--config", str(stack.dev / "connect.toml"))
+    assert ok.returncode == 0  # slots are released
