@@ -1,34 +1,86 @@
 """Configuration: TOML files for ``serve`` and ``connect``, validated with errors that name the key.
 
-Construction of the dataclasses is cheap and does no checking; ``load_server_config`` and
+Constructing the dataclasses is cheap and checks nothing. ``load_server_config`` and
 ``load_client_config`` read a file, validate every key and return frozen dataclasses (uvicorn's
-habit). Relative paths resolve against the configuration file's folder. Command-line flags
-(``--listen``, ``--backend``, ``--server``) override the file and are validated under their own
-names. ``config/serve.toml`` and ``config/connect.toml`` list every key with its default.
+habit). Every problem raises ``ConfigError(key, message)``, where ``key`` is the dotted TOML key
+(``server.backend``, ``expat.extension_type``, ``attester.software.measurements.kernel``),
+``"config"`` for the file as a whole, or the flag name (``--listen``, ``--backend``, ``--server``)
+for command-line overrides.
+
+Rules, in the order they are checked:
+
+* the file is readable, at most 1 MiB, UTF-8 and TOML (the message carries TOML's line/column);
+* unknown keys, at any level, are errors, with the closest known key suggested; they are reported
+  before anything else so a typo never shows up as a confusing "required" error;
+* values have the right TOML type (``true`` is not an integer; ``1`` is not a boolean);
+* addresses are ``HOST:PORT``, ``[IPv6]:PORT`` or (where allowed) ``unix:/absolute/path``;
+* the backend is loopback or a unix socket unless ``server.allow_remote_backend = true``;
+* timeouts are finite seconds in (0, 604800]; ``max_connections`` is 1..1_000_000;
+* file paths resolve against the configuration file's folder and must name readable regular files;
+* measurements are hex digests of 32, 48 or 64 bytes;
+* ``expat.exporter_label`` is 1..249 printable ASCII characters (RFC 8446 §7.1 caps the label of
+  ``HKDF-Expand-Label`` at 255 bytes including its "tls13 " prefix, and OpenSSL enforces it);
+  ``expat.extension_type`` is 0..65535.
+
+No network I/O happens here and certificates are only checked to exist: ``atls_proxy.tls.context``
+parses them. ``config/serve.toml`` and ``config/connect.toml`` list every key with its default.
 """
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import ipaddress
 import math
+import os
+import re
+import stat
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from atls_proxy.attest.software import (
+    MAX_MEASUREMENTS,
+    MEASUREMENT_DIGEST_LENGTHS,
+    check_measurement_name,
+)
 from atls_proxy.errors import ConfigError
 from atls_proxy.expat.binding import DEFAULT_EXPORTER_LABEL
 from atls_proxy.expat.profile import DEFAULT_EXTENSION_TYPE
 
 # A configuration file larger than this is a mistake (a key or a log pointed at by accident).
 MAX_CONFIG_FILE = 1024 * 1024
-MEASUREMENT_LENGTHS = (32, 48, 64)
+# Longest address text accepted: a 253-byte DNS name or a unix path (below) plus the port.
+MAX_ADDRESS_LENGTH = 512
+# Linux sun_path holds 108 bytes including the terminating NUL (macOS: 104).
+MAX_UNIX_PATH_BYTES = 107
+# RFC 8446 §7.1: HkdfLabel.label is opaque<7..255> and holds "tls13 " + label, so an exporter
+# label is at most 249 bytes (OpenSSL's TLS13_MAX_LABEL_LEN).
+MAX_EXPORTER_LABEL = 249
+# Upper bound of every timeout: a week. Catches unit mistakes and keeps every wait bounded.
+MAX_TIMEOUT = 7 * 86400.0
+MAX_CONNECTIONS = 1_000_000
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+DEFAULT_SERVER_LISTEN = "127.0.0.1:8443"
+DEFAULT_CLIENT_LISTEN = "127.0.0.1:9443"
+
+PlainClients = Literal["refuse", "serve-unattested"]
+_PLAIN_CLIENTS: dict[str, PlainClients] = {
+    "refuse": "refuse",
+    "serve-unattested": "serve-unattested",
+}
+
+
+# --- addresses ----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Address:
+    """A TCP endpoint (``host``/``port``) or a unix socket (``path``)."""
+
     kind: Literal["tcp", "unix"]
     host: str = ""
     port: int = 0
@@ -41,62 +93,133 @@ class Address:
         return f"{host}:{self.port}"
 
     def is_loopback(self) -> bool:
+        """True for unix sockets, 127.0.0.0/8, ::1 (also IPv4-mapped) and the name ``localhost``."""
         if self.kind == "unix":
             return True
-        if self.host == "localhost":
+        if self.host.lower().rstrip(".") == "localhost":
             return True
         try:
-            return ipaddress.ip_address(self.host).is_loopback
+            ip = ipaddress.ip_address(self.host)
         except ValueError:
             return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped.is_loopback
+        return ip.is_loopback
+
+
+_DNS_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def _host_problem(host: str) -> str | None:
+    """Why ``host`` is neither an IP literal nor a DNS name, or None if it is one of them."""
+    if not host:
+        return "the host is empty"
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    name = host[:-1] if host.endswith(".") else host
+    if not name.isascii():
+        return f"{host!r} is not ASCII; write an internationalised name in its xn-- (A-label) form"
+    if len(name) > 253:
+        return "a DNS name is at most 253 characters"
+    labels = name.split(".")
+    if not all(_DNS_LABEL.fullmatch(label) for label in labels):
+        return f"{host!r} is neither an IP address nor a valid DNS name"
+    if labels[-1].isdigit():
+        return f"{host!r} is not a valid IPv4 address"
+    return None
+
+
+def _port(text: str, key: str, address: str, allow_zero: bool) -> int:
+    if not (text.isascii() and text.isdigit()) or len(text) > 5:
+        raise ConfigError(key, f"the port of {address!r} must be a number, got {text!r}")
+    port = int(text)
+    low = 0 if allow_zero else 1
+    if not low <= port <= 65535:
+        raise ConfigError(key, f"port {port} is outside {low}..65535")
+    return port
 
 
 def parse_address(
-    text: object, key: str, *, allow_unix: bool = True, allow_port_zero: bool = False
+    text: object, key: str, allow_unix: bool = True, *, allow_port_zero: bool = False
 ) -> Address:
-    """``HOST:PORT``, ``[v6]:PORT`` or ``unix:/path``."""
-    if not isinstance(text, str) or not text:
-        raise ConfigError(key, "expected an address string such as 127.0.0.1:8443")
+    """Parse ``HOST:PORT``, ``[IPv6]:PORT`` or ``unix:/absolute/path``.
+
+    ``HOST`` is an IPv4 address or a DNS name; IPv6 literals go in brackets. Port 0 ("any free
+    port") is accepted only with ``allow_port_zero`` (tests). Raises ``ConfigError(key, ...)``.
+    """
+    if not isinstance(text, str):
+        raise ConfigError(
+            key, f'expected an address string such as "127.0.0.1:8443", got {_type_name(text)}'
+        )
+    if not text:
+        raise ConfigError(key, 'empty address; expected HOST:PORT such as "127.0.0.1:8443"')
+    if len(text) > MAX_ADDRESS_LENGTH:
+        raise ConfigError(key, f"address is longer than {MAX_ADDRESS_LENGTH} characters")
     if text.startswith("unix:"):
         if not allow_unix:
-            raise ConfigError(key, "a unix socket is not allowed here; use HOST:PORT")
-        path = text[5:]
+            raise ConfigError(
+                key, f"a unix socket is not allowed here; use HOST:PORT, not {text!r}"
+            )
+        path = text[len("unix:") :]
         if not path.startswith("/"):
-            raise ConfigError(key, f"unix socket path must be absolute: {text!r}")
+            raise ConfigError(key, f"a unix socket path must be absolute (unix:/...): {text!r}")
+        if "\0" in path:
+            raise ConfigError(key, "a unix socket path must not contain NUL characters")
+        if path.endswith("/"):
+            raise ConfigError(key, f"{path!r} names a folder, not a socket")
+        if len(os.fsencode(path)) > MAX_UNIX_PATH_BYTES:
+            raise ConfigError(
+                key, f"a unix socket path is at most {MAX_UNIX_PATH_BYTES} bytes: {path!r}"
+            )
         return Address("unix", path=path)
     if text.startswith("["):
-        host, sep, port_s = text[1:].partition("]:")
-        if not sep:
+        end = text.find("]")
+        if end < 0 or text[end + 1 : end + 2] != ":":
             raise ConfigError(key, f"expected [IPv6]:PORT, got {text!r}")
+        host, port_text = text[1:end], text[end + 2 :]
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
-            raise ConfigError(key, f"{host!r} is not an IPv6 address") from None
+            raise ConfigError(key, f"{host!r} in brackets is not an IPv6 address") from None
     else:
-        host, sep, port_s = text.rpartition(":")
-        if not sep or not host:
-            raise ConfigError(key, f"expected HOST:PORT, got {text!r}")
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise ConfigError(key, f"expected HOST:PORT, got {text!r} (no port)")
+        if not host:
+            raise ConfigError(
+                key,
+                f"expected HOST:PORT, got {text!r} (no host; 0.0.0.0 or [::] means every interface)",
+            )
         if ":" in host:
-            raise ConfigError(key, f"write IPv6 addresses in brackets: [{host}]:{port_s}")
-    if not port_s.isdigit():
-        raise ConfigError(key, f"port must be a number, got {port_s!r}")
-    port = int(port_s)
-    if not (0 if allow_port_zero else 1) <= port <= 65535:
-        raise ConfigError(key, f"port {port} out of range 1..65535")
-    if any(c.isspace() for c in host):
-        raise ConfigError(key, f"bad host {host!r}")
-    return Address("tcp", host=host, port=port)
+            raise ConfigError(key, f"write an IPv6 address in brackets: [{host}]:{port_text}")
+        problem = _host_problem(host)
+        if problem:
+            raise ConfigError(key, problem)
+    return Address("tcp", host=host, port=_port(port_text, key, text, allow_port_zero))
+
+
+# --- the configuration model ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class ExpatConfig:
+    """Interop values the Expat drafts leave open (see ``atls_proxy.expat.profile``)."""
+
+    # "EXPORTER-cmw-attestation" (expat-04); "Attestation" for expat-02/-03 peers.
     exporter_label: bytes = DEFAULT_EXPORTER_LABEL
+    # cmw_attestation code point: private use until IANA assigns one.
     extension_type: int = DEFAULT_EXTENSION_TYPE
+    # RFC 9261 hashes the request with its handshake header; False = draft-era/Fizz form.
     request_header_in_transcript: bool = True
 
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
+    """Seconds. ``connect`` is the backend connect (server) or the server connect (client)."""
+
     handshake: float = 10.0
     attestation: float = 10.0
     idle: float = 300.0
@@ -105,6 +228,8 @@ class Timeouts:
 
 @dataclass(frozen=True, slots=True)
 class SoftwareAttesterConfig:
+    """The SIMULATED attester: a platform key file and the measurements it reports."""
+
     platform_key: Path
     measurements: Mapping[str, bytes]
 
@@ -117,17 +242,21 @@ class AttesterConfig:
 
 @dataclass(frozen=True, slots=True)
 class LogConfig:
-    level: str = "info"
+    level: str = "info"  # debug | info | warning | error
 
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
+    """``atls-proxy serve``: attested TLS listener in front of a plaintext backend."""
+
     listen: Address
     backend: Address
     certificate: Path
     private_key: Path
-    plain_clients: Literal["refuse", "serve-unattested"] = "refuse"
+    plain_clients: PlainClients = "refuse"
+    # How long to wait for a client's first bytes before treating it as plain (serve-unattested).
     plain_sniff_timeout: float = 2.0
+    # The backend must be loopback or unix unless true (ghostunnel's --unsafe-target idea).
     allow_remote_backend: bool = False
     timeouts: Timeouts = field(default_factory=Timeouts)
     max_connections: int = 1024
@@ -139,12 +268,14 @@ class ServerConfig:
 
 @dataclass(frozen=True, slots=True)
 class ClientConfig:
+    """``atls-proxy connect`` / ``attest``: local listener forwarding to an attested server."""
+
     listen: Address
     server: Address
     server_name: str
     ca: Path | None
     policy: Path
-    verify_pki: bool = True
+    verify_pki: bool = True  # False = INSECURE: no chain or hostname check
     timeouts: Timeouts = field(default_factory=Timeouts)
     max_connections: int = 1024
     expat: ExpatConfig = field(default_factory=ExpatConfig)
@@ -154,92 +285,178 @@ class ClientConfig:
 
 # --- reading ------------------------------------------------------------------------------------
 
+_SERVER_ROOT = ("server", "expat", "attester", "log")
+_CLIENT_ROOT = ("client", "expat", "log")
+_TIMEOUT_KEYS = ("handshake_timeout", "attestation_timeout", "idle_timeout")
+_SERVER_KEYS = (
+    "listen",
+    "backend",
+    "certificate",
+    "private_key",
+    "plain_clients",
+    "plain_sniff_timeout",
+    "allow_remote_backend",
+    *_TIMEOUT_KEYS,
+    "backend_connect_timeout",
+    "max_connections",
+)
+_CLIENT_KEYS = (
+    "listen",
+    "server",
+    "server_name",
+    "ca",
+    "verify_pki",
+    "policy",
+    *_TIMEOUT_KEYS,
+    "connect_timeout",
+    "max_connections",
+)
+_EXPAT_KEYS = ("exporter_label", "extension_type", "request_header_in_transcript")
+_ATTESTER_KEYS = ("kind", "software")
+_SOFTWARE_KEYS = ("platform_key", "measurements")
+_LOG_KEYS = ("level",)
+
+
+def _type_name(value: object) -> str:
+    """The TOML name of a parsed value's type, for error messages."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, datetime.datetime | datetime.date | datetime.time):
+        return "a date/time"
+    return type(value).__name__
+
 
 def _read_toml(path: str | Path) -> tuple[dict[str, Any], Path]:
+    """Parse the file; return the document and the folder relative paths resolve against."""
     p = Path(path)
     try:
-        if p.stat().st_size > MAX_CONFIG_FILE:
-            raise ConfigError("config", f"{p} is larger than {MAX_CONFIG_FILE} bytes")
-        text = p.read_text("utf-8")
+        with p.open("rb") as fh:
+            raw = fh.read(MAX_CONFIG_FILE + 1)
     except OSError as exc:
         raise ConfigError("config", f"cannot read {p}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError("config", f"{p} is not UTF-8 text") from None
+    if len(raw) > MAX_CONFIG_FILE:
+        raise ConfigError("config", f"{p} is larger than {MAX_CONFIG_FILE} bytes")
     try:
-        return tomllib.loads(text), p.resolve().parent
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError("config", f"{p} is not UTF-8 text: {exc}") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("config", f"{p}: TOML syntax error: {exc}") from None
+        # tomllib's message ends with "(at line L, column C)".
+        raise ConfigError("config", f"{p} is not valid TOML: {exc}") from None
+    # Not resolve(): a config reached through a symlink (a Kubernetes ConfigMap mount) keeps its
+    # folder, so relative paths do not point into a versioned directory that later disappears.
+    return data, p.absolute().parent
 
 
 class _Table:
-    """One TOML table being consumed: every key read is ticked off; leftovers are unknown keys."""
+    """One TOML table. Unknown keys are rejected at once; typed getters name the dotted key."""
 
-    def __init__(self, data: object, prefix: str, base: Path) -> None:
+    def __init__(self, data: object, prefix: str, base: Path, known: Iterable[str] | None) -> None:
         if not isinstance(data, dict):
-            raise ConfigError(prefix, "expected a table")
+            raise ConfigError(prefix, f"expected a table, got {_type_name(data)}")
         self.data: dict[str, Any] = data
         self.prefix = prefix
         self.base = base
-        self.known: set[str] = set()
+        self.known = tuple(known) if known is not None else None
+        if self.known is not None:
+            for name in data:
+                if name not in self.known:
+                    hint = difflib.get_close_matches(name, self.known, n=1)
+                    extra = f"; did you mean {hint[0]!r}?" if hint else ""
+                    listed = ", ".join(self.known)
+                    raise ConfigError(self.key(name), f"unknown key{extra} (known: {listed})")
 
     def key(self, name: str) -> str:
         return f"{self.prefix}.{name}" if self.prefix else name
 
-    def get(self, name: str, default: Any = None) -> Any:
-        self.known.add(name)
-        return self.data.get(name, default)
+    def has(self, name: str) -> bool:
+        return name in self.data
 
-    def table(self, name: str) -> _Table:
-        return _Table(self.get(name, {}), self.key(name), self.base)
+    def get(self, name: str) -> Any:
+        assert self.known is None or name in self.known, name
+        return self.data.get(name)
 
-    def string(self, name: str, default: str | None = None, required: bool = False) -> str | None:
+    def table(self, name: str, known: Iterable[str] | None) -> _Table:
+        value = self.get(name)
+        return _Table({} if value is None else value, self.key(name), self.base, known)
+
+    def string(self, name: str, default: str | None = None, *, required: str = "") -> str | None:
+        """The string at ``name``; ``required`` is the explanation given when it is missing."""
         v = self.get(name)
         if v is None:
             if required:
-                raise ConfigError(self.key(name), "is required")
+                raise ConfigError(self.key(name), f"required: {required}")
             return default
         if not isinstance(v, str):
-            raise ConfigError(self.key(name), f"expected a string, got {type(v).__name__}")
+            raise ConfigError(self.key(name), f"expected a string, got {_type_name(v)}")
         return v
 
     def boolean(self, name: str, default: bool) -> bool:
-        v = self.get(name, default)
+        v = self.get(name)
+        if v is None:
+            return default
         if not isinstance(v, bool):
-            raise ConfigError(self.key(name), f"expected true or false, got {v!r}")
+            raise ConfigError(self.key(name), f"expected true or false, got {_type_name(v)}")
         return v
 
     def integer(self, name: str, default: int, lo: int, hi: int) -> int:
-        v = self.get(name, default)
+        v = self.get(name)
+        if v is None:
+            return default
         if isinstance(v, bool) or not isinstance(v, int):
-            raise ConfigError(self.key(name), f"expected an integer, got {v!r}")
+            raise ConfigError(self.key(name), f"expected an integer, got {_type_name(v)}")
         if not lo <= v <= hi:
             raise ConfigError(self.key(name), f"{v} is outside {lo}..{hi}")
         return v
 
     def seconds(self, name: str, default: float) -> float:
-        v = self.get(name, default)
+        v = self.get(name)
+        if v is None:
+            return default
         if isinstance(v, bool) or not isinstance(v, int | float):
-            raise ConfigError(self.key(name), f"expected a number of seconds, got {v!r}")
-        if not math.isfinite(v) or v <= 0 or v > 86400 * 7:
-            raise ConfigError(self.key(name), f"expected seconds in (0, 604800], got {v!r}")
+            raise ConfigError(self.key(name), f"expected a number of seconds, got {_type_name(v)}")
+        if not math.isfinite(v) or not 0 < v <= MAX_TIMEOUT:
+            raise ConfigError(
+                self.key(name),
+                f"expected seconds greater than 0 and at most {MAX_TIMEOUT:g}, got {v!r}",
+            )
         return float(v)
 
-    def file(self, name: str, required: bool = True) -> Path | None:
+    def file(self, name: str, *, required: str = "") -> Path | None:
+        """A path relative to the config file's folder that must be a readable regular file."""
         v = self.string(name, required=required)
         if v is None:
             return None
+        key = self.key(name)
+        if not v:
+            raise ConfigError(key, "expected a file path, got an empty string")
+        if "\0" in v:
+            raise ConfigError(key, "a file path must not contain NUL characters")
         p = Path(v)
         p = p if p.is_absolute() else self.base / p
-        if not p.is_file():
-            raise ConfigError(self.key(name), f"file not found: {p}")
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            raise ConfigError(key, f"file not found: {p}") from None
+        except OSError as exc:
+            raise ConfigError(key, f"cannot access {p}: {exc.strerror or exc}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(key, f"not a regular file: {p}")
+        if not os.access(p, os.R_OK):
+            raise ConfigError(key, f"file not readable by this process: {p}")
         return p
-
-    def finish(self) -> None:
-        for k in self.data:
-            if k not in self.known:
-                hint = difflib.get_close_matches(k, sorted(self.known), n=1)
-                extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-                raise ConfigError(self.key(k), f"unknown key{extra}")
 
 
 def _timeouts(t: _Table, connect_key: str) -> Timeouts:
@@ -253,145 +470,201 @@ def _timeouts(t: _Table, connect_key: str) -> Timeouts:
 
 
 def _expat(root: _Table) -> ExpatConfig:
-    t = root.table("expat")
+    t = root.table("expat", _EXPAT_KEYS)
     d = ExpatConfig()
-    label = t.string("exporter_label", d.exporter_label.decode())
+    label = t.string("exporter_label", d.exporter_label.decode("ascii"))
     assert label is not None
-    if not label or len(label) > 255 or not label.isascii() or not label.isprintable():
-        raise ConfigError(t.key("exporter_label"), "expected 1..255 printable ASCII characters")
-    cfg = ExpatConfig(
-        exporter_label=label.encode(),
+    if (
+        not label
+        or len(label) > MAX_EXPORTER_LABEL
+        or not label.isascii()
+        or not label.isprintable()
+    ):
+        raise ConfigError(
+            t.key("exporter_label"),
+            f"expected 1..{MAX_EXPORTER_LABEL} printable ASCII characters, got {label!r}",
+        )
+    return ExpatConfig(
+        exporter_label=label.encode("ascii"),
         extension_type=t.integer("extension_type", d.extension_type, 0, 0xFFFF),
         request_header_in_transcript=t.boolean(
             "request_header_in_transcript", d.request_header_in_transcript
         ),
     )
-    t.finish()
-    return cfg
 
 
 def _log(root: _Table) -> LogConfig:
-    t = root.table("log")
+    t = root.table("log", _LOG_KEYS)
     level = t.string("level", "info")
-    if level not in ("debug", "info", "warning", "error"):
-        raise ConfigError(t.key("level"), f"expected debug, info, warning or error, got {level!r}")
-    t.finish()
-    return LogConfig(level=level)
+    assert level is not None
+    if level.lower() not in LOG_LEVELS:
+        raise ConfigError(t.key("level"), f"expected one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    return LogConfig(level=level.lower())
 
 
 def _hex_digest(value: object, key: str) -> bytes:
+    lengths = " or ".join(str(n) for n in sorted(MEASUREMENT_DIGEST_LENGTHS))
     if not isinstance(value, str):
-        raise ConfigError(key, "expected a hex digest string")
+        raise ConfigError(key, f"expected a hex digest string, got {_type_name(value)}")
     try:
         raw = bytes.fromhex(value)
     except ValueError:
-        raise ConfigError(key, "not a hex digest") from None
-    if len(raw) not in MEASUREMENT_LENGTHS:
-        raise ConfigError(key, f"a digest is 32, 48 or 64 bytes, not {len(raw)}")
+        raise ConfigError(key, f"not a hex string: {value!r}") from None
+    if len(raw) not in MEASUREMENT_DIGEST_LENGTHS:
+        raise ConfigError(key, f"a digest is {lengths} bytes, got {len(raw)}")
     return raw
 
 
 def _attester(root: _Table) -> AttesterConfig:
-    t = root.table("attester")
+    t = root.table("attester", _ATTESTER_KEYS)
     kind = t.string("kind", "software")
     if kind != "software":
         raise ConfigError(t.key("kind"), f"unknown attester {kind!r} (available: software)")
-    sw_t = t.table("software")
-    if not sw_t.data:
-        raise ConfigError(sw_t.key("platform_key"), "is required for the software attester")
-    key = sw_t.file("platform_key")
+    if not t.has("software"):
+        raise ConfigError(
+            t.key("software"),
+            'required when attester.kind = "software": an [attester.software] table with '
+            "platform_key and [attester.software.measurements]",
+        )
+    sw = t.table("software", _SOFTWARE_KEYS)
+    key = sw.file("platform_key", required="the PEM private key of the simulated platform")
     assert key is not None
-    meas_t = sw_t.table("measurements")
-    measurements = {
-        name: _hex_digest(meas_t.get(name), meas_t.key(name)) for name in list(meas_t.data)
-    }
-    meas_t.finish()
-    sw_t.finish()
-    t.finish()
+    meas = sw.table("measurements", None)
+    if len(meas.data) > MAX_MEASUREMENTS:
+        raise ConfigError(
+            meas.prefix, f"at most {MAX_MEASUREMENTS} measurements, got {len(meas.data)}"
+        )
+    measurements: dict[str, bytes] = {}
+    for name, value in meas.data.items():
+        problem = check_measurement_name(name)
+        if problem:
+            raise ConfigError(meas.key(name), problem)
+        measurements[name] = _hex_digest(value, meas.key(name))
     return AttesterConfig(kind="software", software=SoftwareAttesterConfig(key, measurements))
+
+
+def _refuse_other_kind(data: Mapping[str, Any], path: str | Path, want: str) -> None:
+    """A connect file passed to serve (or the reverse) gets a plain explanation, not key errors."""
+    other = {"server": "client", "client": "server"}[want]
+    if want not in data and other in data:
+        what = {"server": "serve", "client": "connect"}
+        raise ConfigError(
+            "config",
+            f"{path} is a {what[other]} configuration ([{other}]); "
+            f"{what[want]} needs a [{want}] table",
+        )
 
 
 def load_server_config(
     path: str | Path, *, listen: str | None = None, backend: str | None = None
 ) -> ServerConfig:
+    """Read and validate a ``serve`` configuration; ``listen``/``backend`` are flag overrides."""
     data, base = _read_toml(path)
-    root = _Table(data, "", base)
-    s = root.table("server")
+    _refuse_other_kind(data, path, "server")
+    root = _Table(data, "", base, _SERVER_ROOT)
+    s = root.table("server", _SERVER_KEYS)
+
     listen_addr = parse_address(
-        s.string("listen", "127.0.0.1:8443"), s.key("listen"), allow_unix=False
+        s.string("listen", DEFAULT_SERVER_LISTEN), s.key("listen"), allow_unix=False
     )
     if listen is not None:
         listen_addr = parse_address(listen, "--listen", allow_unix=False)
+
+    file_backend = s.string(
+        "backend",
+        required=""
+        if backend is not None
+        else "the address authenticated traffic is forwarded to (HOST:PORT or unix:/path)",
+    )
+    backend_addr = None if file_backend is None else parse_address(file_backend, s.key("backend"))
+    backend_key = s.key("backend")
     if backend is not None:
-        s.get("backend")
         backend_addr, backend_key = parse_address(backend, "--backend"), "--backend"
-    else:
-        backend_addr, backend_key = (
-            parse_address(s.string("backend", required=True), s.key("backend")),
-            s.key("backend"),
-        )
+    assert backend_addr is not None
+
     plain = s.string("plain_clients", "refuse")
-    if plain not in ("refuse", "serve-unattested"):
+    assert plain is not None
+    if plain not in _PLAIN_CLIENTS:
         raise ConfigError(
-            s.key("plain_clients"), f"expected 'refuse' or 'serve-unattested', got {plain!r}"
+            s.key("plain_clients"), f'expected "refuse" or "serve-unattested", got {plain!r}'
         )
     allow_remote = s.boolean("allow_remote_backend", False)
     if not allow_remote and not backend_addr.is_loopback():
         raise ConfigError(
             backend_key,
-            f"{backend_addr} is not loopback or a unix socket; set server.allow_remote_backend = true "
-            "if plaintext to a remote backend is really intended",
+            f"{backend_addr} is neither loopback nor a unix socket, so decrypted traffic would "
+            "leave this machine in plaintext; set server.allow_remote_backend = true if that is "
+            "really intended",
         )
-    cert = s.file("certificate")
-    key = s.file("private_key")
+    cert = s.file("certificate", required="the PEM certificate chain of the TLS listener")
+    key = s.file("private_key", required="the PEM private key of the certificate")
     assert cert is not None and key is not None
-    cfg = ServerConfig(
+    return ServerConfig(
         listen=listen_addr,
         backend=backend_addr,
         certificate=cert,
         private_key=key,
-        plain_clients=plain,  # type: ignore[arg-type]
+        plain_clients=_PLAIN_CLIENTS[plain],
         plain_sniff_timeout=s.seconds("plain_sniff_timeout", 2.0),
         allow_remote_backend=allow_remote,
         timeouts=_timeouts(s, "backend_connect_timeout"),
-        max_connections=s.integer("max_connections", 1024, 1, 1_000_000),
+        max_connections=s.integer("max_connections", 1024, 1, MAX_CONNECTIONS),
         expat=_expat(root),
         attester=_attester(root),
         log=_log(root),
         source=Path(path),
     )
-    s.finish()
-    root.finish()
-    return cfg
 
 
 def load_client_config(
     path: str | Path, *, listen: str | None = None, server: str | None = None
 ) -> ClientConfig:
+    """Read and validate a ``connect`` configuration; ``listen``/``server`` are flag overrides."""
     data, base = _read_toml(path)
-    root = _Table(data, "", base)
-    c = root.table("client")
+    _refuse_other_kind(data, path, "client")
+    root = _Table(data, "", base, _CLIENT_ROOT)
+    c = root.table("client", _CLIENT_KEYS)
+
     listen_addr = parse_address(
-        c.string("listen", "127.0.0.1:9443"), c.key("listen"), allow_unix=False
+        c.string("listen", DEFAULT_CLIENT_LISTEN), c.key("listen"), allow_unix=False
     )
     if listen is not None:
         listen_addr = parse_address(listen, "--listen", allow_unix=False)
+
+    file_server = c.string(
+        "server",
+        required="" if server is not None else "the attested server to connect to (HOST:PORT)",
+    )
+    server_addr = (
+        None
+        if file_server is None
+        else parse_address(file_server, c.key("server"), allow_unix=False)
+    )
     if server is not None:
-        c.get("server")
         server_addr = parse_address(server, "--server", allow_unix=False)
+    assert server_addr is not None
+
+    server_name = c.string("server_name")
+    if server_name is None:
+        server_name = server_addr.host
     else:
-        server_addr = parse_address(
-            c.string("server", required=True), c.key("server"), allow_unix=False
-        )
-    server_name = c.string("server_name", server_addr.host)
-    assert server_name is not None
-    if not server_name or any(ch.isspace() for ch in server_name):
-        raise ConfigError(c.key("server_name"), f"bad server name {server_name!r}")
+        if server_name.startswith("[") and server_name.endswith("]"):
+            server_name = server_name[1:-1]
+        problem = _host_problem(server_name)
+        if problem:
+            raise ConfigError(c.key("server_name"), f"{problem} (expected a DNS name or an IP)")
+
     verify_pki = c.boolean("verify_pki", True)
-    ca = c.file("ca", required=verify_pki)
-    policy = c.file("policy")
+    ca = c.file(
+        "ca",
+        required="the PEM CA certificate(s) the server's chain must reach "
+        "(only verify_pki = false, which is INSECURE, does without)"
+        if verify_pki
+        else "",
+    )
+    policy = c.file("policy", required="the appraisal policy file (see config/policy.toml)")
     assert policy is not None
-    cfg = ClientConfig(
+    return ClientConfig(
         listen=listen_addr,
         server=server_addr,
         server_name=server_name,
@@ -399,17 +672,15 @@ def load_client_config(
         policy=policy,
         verify_pki=verify_pki,
         timeouts=_timeouts(c, "connect_timeout"),
-        max_connections=c.integer("max_connections", 1024, 1, 1_000_000),
+        max_connections=c.integer("max_connections", 1024, 1, MAX_CONNECTIONS),
         expat=_expat(root),
         log=_log(root),
         source=Path(path),
     )
-    c.finish()
-    root.finish()
-    return cfg
 
 
 def detect_config_kind(path: str | Path) -> Literal["server", "client", "policy"]:
+    """What a file is, by its top-level tables: [server], [client], or [policy]/[software]."""
     data, _ = _read_toml(path)
     if "server" in data:
         return "server"
@@ -418,5 +689,7 @@ def detect_config_kind(path: str | Path) -> Literal["server", "client", "policy"
     if "software" in data or "policy" in data:
         return "policy"
     raise ConfigError(
-        "config", f"{path}: no [server], [client] or policy tables; cannot tell what this file is"
+        "config",
+        f"{path} has no [server], [client], [policy] or [software] table; "
+        "cannot tell what kind of file it is",
     )

@@ -46,57 +46,51 @@ async def pump(
 ) -> PumpStats:
     stats = PumpStats(last_activity=time.monotonic())
 
-    async def idle_guard(awaitable: asyncio.Future[bytes] | asyncio.Task[bytes]) -> bytes:
-        # Wait for one read, but give up only when *both* directions were idle for idle_timeout.
-        while True:
-            remaining = stats.last_activity + idle_timeout - time.monotonic()
-            if remaining <= 0:
-                awaitable.cancel()
-                raise IdleTimeout
-            done, _ = await asyncio.wait({awaitable}, timeout=remaining)
-            if done:
-                return awaitable.result()
-
     async def tls_to_plain() -> None:
         if initial_to_plain:
             writer.write(initial_to_plain)
             stats.tls_to_plain += len(initial_to_plain)
             await writer.drain()
-        while True:
-            data = await idle_guard(asyncio.ensure_future(tls.read()))
-            if not data:
-                if writer.can_write_eof():
-                    writer.write_eof()
-                return
+        while data := await tls.read():
             stats.last_activity = time.monotonic()
             stats.tls_to_plain += len(data)
             writer.write(data)
             await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
 
     async def plain_to_tls() -> None:
-        while True:
-            data = await idle_guard(asyncio.ensure_future(reader.read(READ_CHUNK)))
-            if not data:
-                await tls.close_write()
-                return
+        while data := await reader.read(READ_CHUNK):
             stats.last_activity = time.monotonic()
             stats.plain_to_tls += len(data)
             await tls.write(data)
+        await tls.close_write()
 
-    tasks = [asyncio.ensure_future(tls_to_plain()), asyncio.ensure_future(plain_to_tls())]
+    async def watchdog() -> None:
+        # One timer per connection (not per read): sleep until the idle deadline, re-arm if
+        # either direction moved meanwhile.
+        while True:
+            remaining = stats.last_activity + idle_timeout - time.monotonic()
+            if remaining <= 0:
+                raise IdleTimeout
+            await asyncio.sleep(remaining)
+
+    directions = {asyncio.ensure_future(tls_to_plain()), asyncio.ensure_future(plain_to_tls())}
+    dog = asyncio.ensure_future(watchdog())
     try:
-        pending = set(tasks)
+        pending = set(directions)
         while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            done, pending = await asyncio.wait(pending | {dog}, return_when=asyncio.FIRST_COMPLETED)
+            pending.discard(dog)
             for t in done:
                 exc = t.exception()
                 if exc is not None:
                     raise exc
     finally:
-        for t in tasks:
+        for t in (*directions, dog):
             if not t.done():
                 t.cancel()
-        for t in tasks:
+        for t in (*directions, dog):
             with contextlib.suppress(BaseException):
                 await t
     return stats

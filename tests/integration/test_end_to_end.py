@@ -346,3 +346,21 @@ def test_connection_limit(ps: Procs, stack: Stack, tmp_path: Path) -> None:
     time.sleep(0.3)
     ok = run_cli("attest", f"127.0.0.1:{port}", "--config", str(stack.dev / "connect.toml"))
     assert ok.returncode == 0  # slots are released
+
+
+def test_idle_timeout_closes_both_sides(ps: Procs, stack: Stack, tmp_path: Path) -> None:
+    import socket
+
+    cfg = tmp_path / "serve-idle.toml"
+    text = (stack.dev / "serve.toml").read_text().replace("[server]", "[server]\nidle_timeout = 1.0", 1)
+    for name in ("server.pem", "server-key.pem", "platform-key.pem"):
+        text = text.replace(f'"{name}"', f'"{stack.dev / name}"')
+    cfg.write_text(text)
+    srv, port = start_server(ps, cfg, stack.backend_port)
+    _, cport = start_client(ps, stack.dev / "connect.toml", port)
+    with socket.create_connection(("127.0.0.1", cport), timeout=15) as c:
+        t0 = time.monotonic()
+        assert c.recv(1) == b""  # nothing sent either way: the server closes after 1 s
+        assert 0.9 < time.monotonic() - t0 < 10
+    time.sleep(0.2)
+    assert "result=idle-timeout" in srv.output()
