@@ -36,12 +36,15 @@ def run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
         return runner.run(main())
 
 
-async def _until_signal(serve: Awaitable[None]) -> None:
+async def _until_signal(serve: Awaitable[None], status: Callable[[], str] | None = None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    if status is not None:
+        # SIGUSR1: one status line in the log (connections, tasks, descriptors, memory).
+        loop.add_signal_handler(signal.SIGUSR1, lambda: log.info("status %s", status()))
     task = asyncio.ensure_future(serve)
     waiter = asyncio.ensure_future(stop.wait())
     await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
@@ -53,6 +56,13 @@ async def _until_signal(serve: Awaitable[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+def _status(counters: dict[str, int]) -> str:
+    from atls_proxy.ops.procstat import open_fds, rss_kib
+
+    fields = " ".join(f"{k}={v}" for k, v in counters.items())
+    return f"{fields} tasks={len(asyncio.all_tasks())} fds={open_fds()} rss_kib={rss_kib()}"
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -75,7 +85,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 cfg.attester.kind,
             )
         try:
-            await _until_signal(server.serve_forever())
+            await _until_signal(server.serve_forever(), lambda: _status(server.stats.counters()))
         finally:
             await server.close()
 
@@ -106,7 +116,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
                 cfg.server_name,
             )
         try:
-            await _until_signal(fwd.serve_forever())
+            await _until_signal(fwd.serve_forever(), lambda: _status(fwd.counters()))
         finally:
             await fwd.close()
 

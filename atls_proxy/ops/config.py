@@ -107,6 +107,7 @@ class Address:
         return ip.is_loopback
 
 
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _DNS_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 
@@ -379,7 +380,20 @@ class _Table:
                     raise ConfigError(self.key(name), f"unknown key{extra} (known: {listed})")
 
     def key(self, name: str) -> str:
-        return f"{self.prefix}.{name}" if self.prefix else name
+        """``prefix.name`` in TOML dotted-key syntax (quoted when ``name`` is not a bare key)."""
+        if _BARE_KEY.fullmatch(name):
+            part = name
+        else:
+            part = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return f"{self.prefix}.{part}" if self.prefix else part
+
+    def require_tables(self) -> None:
+        """Every key present must hold a table (used at the root: ``log = "debug"`` is wrong)."""
+        for name, value in self.data.items():
+            if not isinstance(value, dict):
+                raise ConfigError(
+                    self.key(name), f"expected a table ([{name}]), got {_type_name(value)}"
+                )
 
     def has(self, name: str) -> bool:
         return name in self.data
@@ -562,6 +576,7 @@ def load_server_config(
     data, base = _read_toml(path)
     _refuse_other_kind(data, path, "server")
     root = _Table(data, "", base, _SERVER_ROOT)
+    root.require_tables()
     s = root.table("server", _SERVER_KEYS)
 
     listen_addr = parse_address(
@@ -623,6 +638,7 @@ def load_client_config(
     data, base = _read_toml(path)
     _refuse_other_kind(data, path, "client")
     root = _Table(data, "", base, _CLIENT_ROOT)
+    root.require_tables()
     c = root.table("client", _CLIENT_KEYS)
 
     listen_addr = parse_address(

@@ -1,9 +1,19 @@
 """``atls-proxy dev-init DIR``: development material that works out of the box, and nowhere else.
 
-Writes a fresh CA, a server certificate for ``localhost``/``127.0.0.1``/``::1`` signed by it, a
-SIMULATED platform key for the software attester, a policy trusting that key and the simulated
-measurements, and ``serve.toml``/``connect.toml`` wired to each other. Every run makes new keys, so
-material from another ``dev-init`` is not trusted. Private keys are written with mode 0600.
+Writes, into ``DIR``:
+
+* ``ca.pem`` / ``ca-key.pem``: a fresh P-256 development CA (CN carries 8 random hex digits, so the
+  CAs of two runs differ and do not trust each other's certificates);
+* ``server.pem`` / ``server-key.pem``: a P-256 server certificate for ``localhost``,
+  ``127.0.0.1`` and ``::1`` signed by that CA (the file holds the leaf only; the CA is the anchor);
+* ``platform-key.pem`` / ``platform.pem``: the SIMULATED platform key of the software attester
+  (PKCS#8 private key) and its SubjectPublicKeyInfo;
+* ``policy.toml``: a development appraisal policy trusting that platform key and the simulated
+  measurements;
+* ``serve.toml`` / ``connect.toml``: configurations wired to each other and to the files above.
+
+Private keys (``*-key.pem``) are created with mode 0600 from the first byte, the rest 0644. No
+existing file is overwritten unless ``force``.
 """
 
 from __future__ import annotations
@@ -22,14 +32,15 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from atls_proxy.errors import ConfigError
 
-# The simulated measurements the software attester reports and the dev policy accepts. They are
-# digests of fixed labels, not of anything that runs: the software attester measures nothing.
+# The SIMULATED measurements the software attester reports and the dev policy accepts: SHA-256 of
+# fixed labels, not of anything that runs. The software attester measures nothing.
 SIMULATED_MEASUREMENTS = {
     "firmware": hashlib.sha256(b"atls-proxy simulated firmware v1").hexdigest(),
     "kernel": hashlib.sha256(b"atls-proxy simulated kernel v1").hexdigest(),
     "workload": hashlib.sha256(b"atls-proxy simulated workload v1").hexdigest(),
 }
 
+# Written in this order; dev_init returns the paths in this order.
 FILES = (
     "ca.pem",
     "ca-key.pem",
@@ -42,6 +53,14 @@ FILES = (
     "connect.toml",
 )
 
+PRIVATE_MODE = 0o600
+PUBLIC_MODE = 0o644
+
+CA_VALIDITY = datetime.timedelta(days=365)
+LEAF_VALIDITY = datetime.timedelta(days=90)
+# Certificates start an hour in the past so a peer whose clock lags a little still accepts them.
+BACKDATE = datetime.timedelta(hours=1)
+
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
@@ -51,28 +70,32 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def _ca(now: datetime.datetime) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name(
-        [
-            x509.NameAttribute(
-                NameOID.COMMON_NAME, f"atls-proxy development CA {secrets.token_hex(4)}"
-            )
-        ]
-    )
-    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    cn = f"atls-proxy development CA {secrets.token_hex(4)}"
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=365))
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(now + CA_VALIDITY)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
             critical=True,
         )
-        .add_extension(ski, critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
     return cert, key
@@ -95,11 +118,21 @@ def _leaf(
         .issuer_name(ca.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=90))
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(now + LEAF_VALIDITY)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.KeyUsage(True, False, False, False, False, False, False, False, False),
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
             critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
@@ -113,102 +146,152 @@ def _leaf(
     return cert, key
 
 
-def _measurement_lines() -> str:
-    return "\n".join(f'{k} = "{v}"' for k, v in SIMULATED_MEASUREMENTS.items())
-
-
 def _policy_toml() -> str:
     lists = "\n".join(f'{k} = ["{v}"]' for k, v in SIMULATED_MEASUREMENTS.items())
-    return f"""# Appraisal policy written by `atls-proxy dev-init` (development only).
+    return f"""# Appraisal policy written by `atls-proxy dev-init`. DEVELOPMENT ONLY.
+# Every key is documented in config/policy.toml of the project.
+
 [policy]
+# Name of this policy, reported in every appraisal result.
 id = "atls-proxy dev policy"
 
 [software]
-# The software attester is SIMULATED: it has no hardware root of trust. Only a development
-# policy may accept it.
+# The software attester is SIMULATED: it has no hardware root of trust, so its evidence proves
+# nothing about the server. Only a development policy may accept it.
 allow_simulated = true
-# Public keys of the simulated platforms this client trusts (relative to this file).
+# Public key of the simulated platform made by the same dev-init run (relative to this file).
 platform_keys = ["platform.pem"]
 
-# Accepted values per measurement; each measurement listed must be present and match one value.
+# Accepted digests per measurement: each one listed must be present in the evidence and equal one
+# of its values. These are SIMULATED values (SHA-256 of fixed labels), the ones serve.toml reports.
 [software.measurements]
 {lists}
 """
 
 
-SERVE_TOML = """# atls-proxy serve configuration written by `atls-proxy dev-init` (development only).
-# Every key is documented in config/serve.toml of the project.
+def _serve_toml() -> str:
+    lines = "\n".join(f'{k} = "{v}"' for k, v in SIMULATED_MEASUREMENTS.items())
+    return f"""# atls-proxy serve configuration written by `atls-proxy dev-init`. DEVELOPMENT ONLY.
+# Every key, with its default, is documented in config/serve.toml of the project.
+# Relative paths are relative to this file.
+
 [server]
+# Attested TLS 1.3 listener.
 listen = "127.0.0.1:8443"
+# Plaintext backend that authenticated connections are forwarded to (start one, e.g.
+# `python -m http.server 8080 --bind 127.0.0.1`).
 backend = "127.0.0.1:8080"
+# Server certificate (localhost, 127.0.0.1, ::1) signed by ca.pem, and its private key.
 certificate = "server.pem"
 private_key = "server-key.pem"
 
 [attester]
-# SIMULATED evidence: the software attester has no hardware root of trust.
+# SIMULATED evidence: the software attester signs with an ordinary key file and has no hardware
+# root of trust. For development and tests only.
 kind = "software"
 
 [attester.software]
+# The SIMULATED platform key; policy.toml trusts its public half, platform.pem.
 platform_key = "platform-key.pem"
 
-# The simulated measurements this attester reports (hex digests); policy.toml accepts them.
+# The SIMULATED measurements reported in the evidence (hex SHA-256 of fixed labels, not of
+# anything that runs); policy.toml accepts exactly these.
 [attester.software.measurements]
-{measurements}
+{lines}
 """
 
-CONNECT_TOML = """# atls-proxy connect configuration written by `atls-proxy dev-init` (development only).
-# Every key is documented in config/connect.toml of the project.
+
+CONNECT_TOML = """# atls-proxy connect configuration written by `atls-proxy dev-init`. DEVELOPMENT ONLY.
+# Every key, with its default, is documented in config/connect.toml of the project.
+# Relative paths are relative to this file.
+
 [client]
+# Local plaintext listener that programs (curl, drivers) connect to.
 listen = "127.0.0.1:9443"
+# The attested server (`atls-proxy serve --config serve.toml`).
 server = "127.0.0.1:8443"
+# Name checked against the server certificate.
 server_name = "localhost"
+# The development CA made by the same dev-init run: the server's chain must reach it.
 ca = "ca.pem"
+# Appraisal policy; it accepts the SIMULATED platform key and measurements of serve.toml.
 policy = "policy.toml"
 """
 
 
 def _write(path: Path, data: bytes, mode: int, force: bool) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+    """Create ``path`` with ``mode`` from the first byte on; never follow a planted symlink.
+
+    With ``force`` an existing entry is unlinked first, so the new file is still created with
+    O_EXCL: the key never lands in whatever a symlink at that name points to, and never sits in a
+    file that had looser permissions.
+    """
+    if force:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise ConfigError("dev-init", f"cannot replace {path}: {exc.strerror or exc}") from None
     try:
-        fd = os.open(path, flags, mode)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     except FileExistsError:
         raise ConfigError("dev-init", f"{path} exists; use --force to overwrite") from None
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.chmod(path, mode)
+    except OSError as exc:
+        raise ConfigError("dev-init", f"cannot create {path}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)  # exactly ``mode``, whatever the umask
+            fh.write(data)
+    except OSError as exc:
+        raise ConfigError("dev-init", f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def dev_init(
     directory: str | Path, *, force: bool = False, now: datetime.datetime | None = None
 ) -> list[Path]:
+    """Write fresh development material into ``directory`` and return the paths written.
+
+    Refuses (``ConfigError("dev-init", ...)``) to overwrite any of the files unless ``force``;
+    nothing is written when one exists. ``now`` pins the certificates' validity (naive = UTC).
+    """
     d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError("dev-init", f"cannot create folder {d}: {exc.strerror or exc}") from None
+    if not d.is_dir():
+        raise ConfigError("dev-init", f"{d} is not a folder")
     if not force:
-        existing = [d / f for f in FILES if (d / f).exists()]
+        existing = [d / f for f in FILES if os.path.lexists(d / f)]
         if existing:
-            raise ConfigError("dev-init", f"{existing[0]} exists; use --force to overwrite")
-    now = now or datetime.datetime.now(datetime.UTC)
+            names = ", ".join(p.name for p in existing)
+            raise ConfigError("dev-init", f"{d} already holds {names}; use --force to overwrite")
+    if now is None:
+        now = datetime.datetime.now(datetime.UTC)
+    elif now.tzinfo is None:
+        now = now.replace(tzinfo=datetime.UTC)
     ca, ca_key = _ca(now)
     leaf, leaf_key = _leaf(ca, ca_key, now)
     platform = ec.generate_private_key(ec.SECP256R1())
     pem = serialization.Encoding.PEM
     contents: dict[str, tuple[bytes, int]] = {
-        "ca.pem": (ca.public_bytes(pem), 0o644),
-        "ca-key.pem": (_key_pem(ca_key), 0o600),
-        "server.pem": (leaf.public_bytes(pem), 0o644),
-        "server-key.pem": (_key_pem(leaf_key), 0o600),
-        "platform-key.pem": (_key_pem(platform), 0o600),
+        "ca.pem": (ca.public_bytes(pem), PUBLIC_MODE),
+        "ca-key.pem": (_key_pem(ca_key), PRIVATE_MODE),
+        "server.pem": (leaf.public_bytes(pem), PUBLIC_MODE),
+        "server-key.pem": (_key_pem(leaf_key), PRIVATE_MODE),
+        "platform-key.pem": (_key_pem(platform), PRIVATE_MODE),
         "platform.pem": (
             platform.public_key().public_bytes(
                 pem, serialization.PublicFormat.SubjectPublicKeyInfo
             ),
-            0o644,
+            PUBLIC_MODE,
         ),
-        "policy.toml": (_policy_toml().encode(), 0o644),
-        "serve.toml": (SERVE_TOML.format(measurements=_measurement_lines()).encode(), 0o644),
-        "connect.toml": (CONNECT_TOML.encode(), 0o644),
+        "policy.toml": (_policy_toml().encode(), PUBLIC_MODE),
+        "serve.toml": (_serve_toml().encode(), PUBLIC_MODE),
+        "connect.toml": (CONNECT_TOML.encode(), PUBLIC_MODE),
     }
-    written = []
+    written: list[Path] = []
     for name in FILES:
         data, mode = contents[name]
         _write(d / name, data, mode, force)

@@ -30,6 +30,9 @@ class ClientForwarder:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def counters(self) -> dict[str, int]:
+        return {"active": self.active, "attested": self.attested, "failed": self.failed}
+
     async def start(self) -> list[tuple[str, int]]:
         self._server = await asyncio.start_server(
             self._on_local, self.listen_host, self.listen_port, limit=65536

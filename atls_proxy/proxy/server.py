@@ -65,6 +65,16 @@ class ServerStats:
     refused_limit: int = 0
     by_check: dict[str, int] = field(default_factory=dict)
 
+    def counters(self) -> dict[str, int]:
+        return {
+            "active": self.active,
+            "accepted": self.accepted,
+            "attested": self.attested,
+            "unattested": self.unattested,
+            "failed": self.failed,
+            "refused_limit": self.refused_limit,
+        }
+
 
 @dataclass(slots=True)
 class _Plain:

@@ -63,7 +63,7 @@ _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 
 _TOP_LEVEL_KEYS = ("policy", "software")
 _POLICY_KEYS = ("id",)
-_SOFTWARE_KEYS = ("allow_simulated", "platform_keys", "measurements")
+_SOFTWARE_KEYS = ("allow_simulated", "platform_keys", "measurements", "instances")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +76,9 @@ class SoftwarePolicy:
     platform_key_names: tuple[str, ...]
     # Measurement name -> accepted digests. Every listed measurement must be present and match.
     measurements: Mapping[str, frozenset[bytes]]
+    # Optional instance pin: the UEIDs accepted (empty = any instance signed by a trusted key).
+    # Defends against diversion to another instance running the same measured software.
+    instances: frozenset[bytes] = frozenset()
 
     def __post_init__(self) -> None:
         if len(self.platform_keys) != len(self.platform_key_names):
@@ -164,12 +167,31 @@ class _Parser:
                 "required: a [software.measurements] table with at least one measurement",
             )
         measurements = self.measurements(section["measurements"])
+        instances = self.instances(section.get("instances", []))
         return SoftwarePolicy(
             allow_simulated=allow,
             platform_keys=keys,
             platform_key_names=names,
             measurements=measurements,
+            instances=instances,
         )
+
+    def instances(self, value: object) -> frozenset[bytes]:
+        key = "software.instances"
+        if not isinstance(value, list):
+            raise self.error(key, "must be a list of hex UEIDs")
+        if len(value) > MAX_PLATFORM_KEYS:
+            raise self.error(key, f"at most {MAX_PLATFORM_KEYS} instances, got {len(value)}")
+        out: set[bytes] = set()
+        for index, text in enumerate(value):
+            item = f"{key}[{index}]"
+            if not isinstance(text, str) or not _HEX_RE.fullmatch(text) or len(text) % 2:
+                raise self.error(item, "not a hex UEID")
+            # RFC 9711 §4.2.1: a UEID is 7..33 bytes.
+            if not 7 <= len(text) // 2 <= 33:
+                raise self.error(item, "a UEID is 7..33 bytes")
+            out.add(bytes.fromhex(text))
+        return frozenset(out)
 
     def platform_keys(
         self, value: object

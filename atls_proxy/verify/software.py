@@ -313,6 +313,19 @@ class SoftwareVerifier:
         profile = self._profile(claims, index)
         appraisal.add(profile)
         tv[TV_INSTANCE_IDENTITY] = int(Tier.AFFIRMING if profile.passed else Tier.CONTRAINDICATED)
+        if policy.instances:
+            pinned = claims.ueid in policy.instances
+            appraisal.add(
+                Check(
+                    "evidence.instance",
+                    pinned,
+                    detail="" if pinned else "another instance than the policy pins (diversion?)",
+                    observed=claims.ueid.hex(),
+                    expected=" | ".join(sorted(u.hex() for u in policy.instances)),
+                )
+            )
+            if not pinned:
+                tv[TV_INSTANCE_IDENTITY] = int(Tier.CONTRAINDICATED)
 
         appraisal.add(
             _compare("evidence.binder", "eat_nonce (binder)", claims.nonce, expected.binder)

@@ -352,7 +352,11 @@ def test_idle_timeout_closes_both_sides(ps: Procs, stack: Stack, tmp_path: Path)
     import socket
 
     cfg = tmp_path / "serve-idle.toml"
-    text = (stack.dev / "serve.toml").read_text().replace("[server]", "[server]\nidle_timeout = 1.0", 1)
+    text = (
+        (stack.dev / "serve.toml")
+        .read_text()
+        .replace("[server]", "[server]\nidle_timeout = 1.0", 1)
+    )
     for name in ("server.pem", "server-key.pem", "platform-key.pem"):
         text = text.replace(f'"{name}"', f'"{stack.dev / name}"')
     cfg.write_text(text)

@@ -14,24 +14,16 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 
-from atls_proxy.attest.software import SoftwareAttester
 from atls_proxy.expat import authenticator as ea
 from atls_proxy.expat import framing as f
 from atls_proxy.expat import messages as m
-from atls_proxy.expat import session as xs
-from atls_proxy.expat.cmw import IND_EVIDENCE, CMWRecord, encode_cmw
 from atls_proxy.expat.profile import ExpatProfile
-from atls_proxy.ops.config import load_server_config
-from atls_proxy.proxy.stream import TLSStream
-from atls_proxy.tls.context import load_server_identity, server_context
-from atls_proxy.tls.engine import TLSEngine
 from tests.integration.conftest import Stack
+from tests.support.evil import EvilServer
 from tests.support.procs import CLI, env, run_cli
 
 pytestmark = pytest.mark.integration
@@ -164,108 +156,6 @@ def test_slowloris_handshake_times_out_without_harming_others(stack: Stack, tmp_
 
 # --- hostile servers against `atls-proxy attest` ------------------------------------------------
 
-Tamper = Callable[[xs.AttesterSession, xs.AttestationRequested, "EvilServer"], Awaitable[bytes]]
-
-
-class EvilServer:
-    def __init__(self, dev: Path, behaviour: str) -> None:
-        cfg = load_server_config(dev / "serve.toml")
-        self.identity = load_server_identity(cfg.certificate, cfg.private_key)
-        self.ctx = server_context(self.identity)
-        assert cfg.attester.software is not None
-        key = serialization.load_pem_private_key(
-            cfg.attester.software.platform_key.read_bytes(), None
-        )
-        self.attester = SoftwareAttester(key, dict(cfg.attester.software.measurements))  # type: ignore[arg-type]
-        self.behaviour = behaviour
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        stream = TLSStream(reader, writer, TLSEngine(self.ctx, server_side=True))
-        try:
-            await stream.handshake()
-            e = stream.engine
-            sess = xs.AttesterSession(
-                xs.TLSInfo(e.export, e.hash_name),
-                self.identity.chain_der,
-                self.identity.private_key,
-                PROFILE,
-            )
-            events = sess.receive(await stream.read())
-            while not events:
-                events = sess.receive(await stream.read())
-            (ev,) = events
-            assert isinstance(ev, xs.AttestationRequested) and ev.binding is not None
-            await stream.write(await self.answer(sess, ev, e))
-            await asyncio.sleep(0.5)
-        except Exception:
-            pass
-        finally:
-            await stream.close()
-
-    async def answer(
-        self, sess: xs.AttesterSession, ev: xs.AttestationRequested, e: TLSEngine
-    ) -> bytes:
-        b = self.behaviour
-        assert ev.binding is not None
-        good = encode_cmw(
-            CMWRecord(
-                (await self.attester.attest(ev.binding)).media_type,
-                (await self.attester.attest(ev.binding)).data,
-                IND_EVIDENCE,
-            )
-        )
-        if b == "no-cmw":
-            return sess.authenticator(None)
-        if b == "refuse":
-            return sess.refuse()
-        if b == "early-data":
-            return (
-                sess.authenticator(good) + f.encode_frame(f.FrameType.ACCEPT) + b"HTTP/1.1 200 OK"
-            )
-        if b == "app-data-first":
-            return b"HTTP/1.1 200 OK\r\n\r\nsecret"
-        if b == "bad-version":
-            return f.MAGIC + b"\x02"
-        if b == "wrong-binder":
-            from atls_proxy.expat.binding import Binding
-
-            other = Binding(
-                ev.binding.hash_name, os.urandom(len(ev.binding.binder)), ev.binding.aik_hash
-            )
-            ev2 = await self.attester.attest(other)
-            return sess.authenticator(encode_cmw(CMWRecord(ev2.media_type, ev2.data, IND_EVIDENCE)))
-        if b == "garbage-cmw":
-            return sess.authenticator(b"\x82\x61a\x61b")
-        frame = sess.authenticator(good)
-        auth = bytearray(frame[f.PREAMBLE_LEN + 4 :])
-        msgs = m.split_handshake_messages(bytes(auth))
-        cert_len, cv_len = len(msgs[0][2]), len(msgs[1][2])
-        if b == "bad-signature":
-            auth[cert_len + cv_len - 1] ^= 1
-        elif b == "bad-finished":
-            auth[-1] ^= 1
-        elif b == "wrong-context":
-            auth[5] ^= 1  # first byte of the echoed context
-        elif b == "unoffered-extension":
-            # Rebuild with an extension (SCT, 0x0012) the request never offered, validly signed.
-            req = m.AuthenticatorRequest(
-                17, ev.request.context, (*ev.request.extensions, m.Extension(0x0012))
-            )
-            keys = ea.AuthenticatorKeys.derive(e.export, ea.Role.SERVER, e.hash_name)
-            raw = ea.authenticate(
-                keys,
-                req,
-                ev.request.encode(),
-                self.identity.chain_der,
-                self.identity.private_key,
-                [PROFILE.attestation_extension(good), m.Extension(0x0012, b"")],
-            )
-            return f.PREAMBLE + f.encode_frame(f.FrameType.AUTHENTICATOR, raw)
-        elif b == "truncated":
-            return f.PREAMBLE + f.encode_frame(f.FrameType.AUTHENTICATOR, bytes(auth))[:40]
-        return f.PREAMBLE + f.encode_frame(f.FrameType.AUTHENTICATOR, bytes(auth))
-
-
 HOSTILE_SERVERS = {
     "bad-signature": "ea.signature",
     "bad-finished": "ea.finished",
@@ -279,14 +169,18 @@ HOSTILE_SERVERS = {
     "wrong-binder": "evidence.binder",
     "garbage-cmw": "cmw.decode",
     "truncated": "expat.response",
+    "bad-scheme": "ea.signature",
+    "bad-certificate": "ea.signature",  # CertificateVerify covers the Certificate message
+    "evidence-flip-payload": "evidence.signature",
+    "evidence-flip-signature": "evidence.signature",
+    "evidence-media-type": "cmw.media-type",
 }
 
 
 @pytest.mark.parametrize("behaviour", sorted(HOSTILE_SERVERS))
 async def test_hostile_server(stack: Stack, behaviour: str) -> None:
     evil = EvilServer(stack.dev, behaviour)
-    server = await asyncio.start_server(evil.handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    port = await evil.start()
     try:
         proc = await asyncio.create_subprocess_exec(
             *CLI,
@@ -301,7 +195,7 @@ async def test_hostile_server(stack: Stack, behaviour: str) -> None:
         )
         out, err = await asyncio.wait_for(proc.communicate(), 60)
     finally:
-        server.close()
+        evil.close()
     assert proc.returncode == 1, out.decode() + err.decode()
     doc = json.loads(out)
     assert doc["atls.failed-check"]["name"] == HOSTILE_SERVERS[behaviour], doc["atls.failed-check"]

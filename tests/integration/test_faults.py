@@ -1,0 +1,192 @@
+"""Faults around the proxy: backend down or resetting, attester failing or hanging, clients vanishing,
+connection floods. None may crash the server, leak a traceback or disturb other connections."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from atls_proxy.app import build_client_settings, build_server
+from atls_proxy.attest.base import Evidence
+from atls_proxy.errors import AttestationUnavailable
+from atls_proxy.expat import framing as f
+from atls_proxy.expat.binding import Binding
+from atls_proxy.ops.config import Address, Timeouts, load_client_config, load_server_config
+from atls_proxy.proxy.client import AttestationFailed, open_attested
+from tests.integration.conftest import Stack, start_client, start_server
+from tests.support.procs import Procs, free_port, run_cli
+
+pytestmark = pytest.mark.integration
+
+
+def _attest_ok(stack: Stack, port: int) -> None:
+    res = run_cli("attest", f"127.0.0.1:{port}", "--config", str(stack.dev / "connect.toml"))
+    assert res.returncode == 0, res.stdout
+
+
+def test_backend_down(stack: Stack, ps: Procs) -> None:
+    dead = free_port()
+    srv, port = start_server(ps, stack.dev / "serve.toml", dead)
+    _, cport = start_client(ps, stack.dev / "connect.toml", port)
+    with socket.create_connection(("127.0.0.1", cport), timeout=15) as c:
+        c.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert c.recv(100) == b""
+    time.sleep(0.2)
+    assert "check=backend.connect" in srv.output() and "Traceback" not in srv.output()
+    _attest_ok(stack, port)  # attestation itself does not need the backend
+
+
+def test_backend_resets_mid_stream(stack: Stack, ps: Procs) -> None:
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(8)
+    bport = lst.getsockname()[1]
+
+    def backend() -> None:
+        lst.settimeout(20)
+        while True:
+            try:
+                conn, _ = lst.accept()
+            except OSError:
+                return
+            try:
+                conn.recv(100)
+                conn.sendall(b"A" * 100_000)
+                conn.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                )
+            except OSError:
+                pass
+            conn.close()  # RST
+
+    threading.Thread(target=backend, daemon=True).start()
+    srv, port = start_server(ps, stack.dev / "serve.toml", bport)
+    _, cport = start_client(ps, stack.dev / "connect.toml", port)
+    with socket.create_connection(("127.0.0.1", cport), timeout=15) as c:
+        c.sendall(b"hi")
+        got = b""
+        try:
+            while chunk := c.recv(65536):
+                got += chunk
+        except ConnectionResetError:
+            pass
+    assert 0 < len(got) <= 100_000 and set(got) == {ord("A")}
+    time.sleep(0.3)
+    assert "Traceback" not in srv.output()
+    _attest_ok(stack, port)
+    lst.close()
+
+
+def test_client_vanishes_mid_exchange(stack: Stack) -> None:
+    import ssl
+
+    from atls_proxy.expat import authenticator as ea
+    from atls_proxy.expat import messages as m
+
+    req = ea.build_request(
+        m.CLIENT_CERTIFICATE_REQUEST, os.urandom(32), extra_extensions=[m.Extension(0xFF00)]
+    )
+    ctx = ssl.create_default_context(cafile=str(stack.dev / "ca.pem"))
+    for _ in range(5):
+        raw = socket.create_connection(("127.0.0.1", stack.server_port))
+        s = ctx.wrap_socket(raw, server_hostname="localhost")
+        s.sendall(f.PREAMBLE + f.encode_frame(f.FrameType.AUTH_REQUEST, req.encode()))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        s.close()  # gone before reading the authenticator
+    time.sleep(0.5)
+    assert "Traceback" not in stack.server.output()
+    _attest_ok(stack, stack.server_port)
+
+
+def _status(proc_pid: int, log: Path, after: int) -> dict[str, int]:
+    os.kill(proc_pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        lines = [ln for ln in log.read_text().splitlines() if " status active=" in ln]
+        if len(lines) > after:
+            return {
+                k: int(v)
+                for k, v in re.findall(r"(\w+)=(-?\d+)", lines[-1].split(" status ", 1)[1])
+            }
+        time.sleep(0.05)
+    raise AssertionError("no status line")
+
+
+def test_connection_flood_beyond_limit(stack: Stack, ps: Procs, tmp_path: Path) -> None:
+    cfg = tmp_path / "serve-flood.toml"
+    text = (
+        (stack.dev / "serve.toml")
+        .read_text()
+        .replace("[server]", "[server]\nmax_connections = 20\nhandshake_timeout = 3.0", 1)
+    )
+    for name in ("server.pem", "server-key.pem", "platform-key.pem"):
+        text = text.replace(f'"{name}"', f'"{stack.dev / name}"')
+    cfg.write_text(text)
+    srv, port = start_server(ps, cfg, stack.backend_port)
+    time.sleep(0.3)
+    base = _status(srv.popen.pid, srv.log, 0)
+    flood = []
+    for _ in range(300):  # bounded: 300 connections, far beyond the limit of 20
+        try:
+            flood.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        except OSError:
+            break
+    time.sleep(0.5)
+    during = _status(srv.popen.pid, srv.log, 1)
+    assert during["active"] <= 20 and during["refused_limit"] >= 250
+    assert during["rss_kib"] - base["rss_kib"] < 32 * 1024  # memory bounded while flooded
+    for s in flood:
+        s.close()
+    time.sleep(0.5)
+    _attest_ok(stack, port)
+    after = _status(srv.popen.pid, srv.log, 2)
+    assert after["active"] == 0
+    assert "Traceback" not in srv.output()
+
+
+class _Failing:
+    name, simulated = "failing", True
+
+    def __init__(self, hang: bool) -> None:
+        self.hang = hang
+
+    async def attest(self, binding: Binding) -> Evidence:
+        if self.hang:
+            await asyncio.sleep(3600)
+        raise AttestationUnavailable("TEE error (injected)")
+
+
+@pytest.mark.parametrize("hang", [False, True], ids=["attester-fails", "attester-hangs"])
+async def test_attester_failing_or_hanging(stack: Stack, hang: bool) -> None:
+    """In process: a server whose attester fails or hangs gives the client no data and stays up."""
+    scfg = load_server_config(stack.dev / "serve.toml", backend=f"127.0.0.1:{stack.backend_port}")
+    scfg = replace(scfg, listen=Address("tcp", "127.0.0.1", 0), timeouts=Timeouts(attestation=1.0))
+    server = build_server(scfg)
+    server.attester = _Failing(hang)
+    (_, port), *_ = await server.start()
+    task = asyncio.ensure_future(server.serve_forever())
+    try:
+        settings = build_client_settings(
+            load_client_config(stack.dev / "connect.toml", server=f"127.0.0.1:{port}")
+        )
+        settings = replace(settings, timeouts=Timeouts(attestation=3.0))
+        for _ in range(3):
+            with pytest.raises(AttestationFailed) as e:
+                await open_attested(settings)
+            failure = e.value.report.first_failure
+            assert failure is not None
+            assert failure.name == ("expat.response" if hang else "expat.server-error"), failure
+        assert server.stats.attested == 0
+        assert server.stats.by_check.get("expat.exchange" if hang else "attester.evidence", 0) == 3
+    finally:
+        task.cancel()
+        await server.close()
