@@ -28,8 +28,9 @@ class ExpatProfile:
     def __post_init__(self) -> None:
         if not 0 <= self.extension_type <= 0xFFFF:
             raise ValueError("extension_type is a uint16")
-        if not self.exporter_label or len(self.exporter_label) > 255:
-            raise ValueError("exporter label must be 1..255 bytes")
+        # RFC 8446 §7.1: HkdfLabel.label is "tls13 " ‖ label in an opaque<7..255>, so at most 249.
+        if not self.exporter_label or len(self.exporter_label) > 249:
+            raise ValueError("exporter label must be 1..249 bytes")
 
     def offer(self) -> Extension:
         """The empty cmw_attestation extension that offers attestation in a request."""

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from atls_proxy.attest.software import platform_ueid
 from atls_proxy.errors import ConfigError
 
 # The SIMULATED measurements the software attester reports and the dev policy accepts: SHA-256 of
@@ -146,8 +147,9 @@ def _leaf(
     return cert, key
 
 
-def _policy_toml() -> str:
+def _policy_toml(platform: ec.EllipticCurvePublicKey) -> str:
     lists = "\n".join(f'{k} = ["{v}"]' for k, v in SIMULATED_MEASUREMENTS.items())
+    ueid = platform_ueid(platform).hex()
     return f"""# Appraisal policy written by `atls-proxy dev-init`. DEVELOPMENT ONLY.
 # Every key is documented in config/policy.toml of the project.
 
@@ -161,6 +163,9 @@ id = "atls-proxy dev policy"
 allow_simulated = true
 # Public key of the simulated platform made by the same dev-init run (relative to this file).
 platform_keys = ["platform.pem"]
+# Optional instance pin (UEIDs of accepted platforms). Here it would add nothing, as the UEID of
+# the software attester is derived from its platform key, which is already the only one trusted:
+# instances = ["{ueid}"]
 
 # Accepted digests per measurement: each one listed must be present in the evidence and equal one
 # of its values. These are SIMULATED values (SHA-256 of fixed labels), the ones serve.toml reports.
@@ -287,7 +292,7 @@ def dev_init(
             ),
             PUBLIC_MODE,
         ),
-        "policy.toml": (_policy_toml().encode(), PUBLIC_MODE),
+        "policy.toml": (_policy_toml(platform.public_key()).encode(), PUBLIC_MODE),
         "serve.toml": (_serve_toml().encode(), PUBLIC_MODE),
         "connect.toml": (CONNECT_TOML.encode(), PUBLIC_MODE),
     }

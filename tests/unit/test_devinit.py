@@ -21,6 +21,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store
 from cryptography.x509.verification import VerificationError as X509VerificationError
 
+from atls_proxy.attest.software import platform_ueid
 from atls_proxy.errors import ConfigError
 from atls_proxy.ops.config import Address, load_client_config, load_server_config
 from atls_proxy.ops.devinit import FILES, SIMULATED_MEASUREMENTS, dev_init
@@ -261,8 +262,8 @@ def test_two_runs_make_different_material_that_does_not_cross_verify(tmp_path: P
     )
     with pytest.raises(X509VerificationError):
         verifier.verify(cert(a / "server.pem"), [])
-    # The configs and policy, which hold no keys, are the same text.
-    for name in ("policy.toml", "serve.toml", "connect.toml"):
+    # The configs, which name files but hold no keys, are the same text.
+    for name in ("serve.toml", "connect.toml"):
         assert (a / name).read_text() == (b / name).read_text()
 
 
@@ -328,3 +329,13 @@ def test_existing_directory_in_place_of_a_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         dev_init(d, force=True, now=NOW)
     assert e.value.key == "dev-init"
+
+
+def test_policy_documents_the_instance_pin(dev: Path) -> None:
+    text = (dev / "policy.toml").read_text()
+    ueid = platform_ueid(private_key(dev / "platform-key.pem").public_key()).hex()
+    assert f'# instances = ["{ueid}"]' in text
+    (dev / "pinned.toml").write_text(text.replace("# instances =", "instances ="))
+    policy = load_policy(dev / "pinned.toml")
+    assert policy.software is not None
+    assert policy.software.instances == frozenset({bytes.fromhex(ueid)})
