@@ -190,3 +190,45 @@ async def test_attester_failing_or_hanging(stack: Stack, hang: bool) -> None:
     finally:
         task.cancel()
         await server.close()
+
+
+def test_backend_slow_to_read(stack: Stack, ps: Procs) -> None:
+    """A backend that never reads: the client's upload stalls at bounded buffers; memory stays flat."""
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(8)
+    held: list[socket.socket] = []
+
+    def backend() -> None:
+        lst.settimeout(20)
+        for _ in range(2):  # connect's readiness probe, then the uploader
+            try:
+                conn, _ = lst.accept()
+            except OSError:
+                return
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            held.append(conn)  # never read
+
+    threading.Thread(target=backend, daemon=True).start()
+    srv, port = start_server(ps, stack.dev / "serve.toml", lst.getsockname()[1])
+    cli, cport = start_client(ps, stack.dev / "connect.toml", port)
+    time.sleep(0.3)
+    base = _status(srv.popen.pid, srv.log, 0)
+    sent = 0
+    with socket.create_connection(("127.0.0.1", cport), timeout=15) as c:
+        c.settimeout(0.2)
+        block = b"\0" * 65536
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            try:
+                sent += c.send(block)
+            except TimeoutError:
+                continue
+        during = _status(srv.popen.pid, srv.log, 1)
+    # Only buffers' worth crossed (kernel buffers on three hops plus the proxies' bounded ones).
+    assert 0 < sent < 48 * 1024 * 1024, sent
+    assert during["rss_kib"] - base["rss_kib"] < 16 * 1024, (base, during)
+    for conn in held:
+        conn.close()
+    lst.close()
+    assert "Traceback" not in srv.output() + cli.output()
