@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 
+from atls_proxy.attest.engine import EvidenceEngine
 from atls_proxy.attest.factory import build_attester
 from atls_proxy.errors import ConfigError
 from atls_proxy.expat.profile import ExpatProfile
+from atls_proxy.expat.tiers import Tier
 from atls_proxy.ops.config import ClientConfig, ExpatConfig, ServerConfig
 from atls_proxy.ops.policyfile import load_policy
 from atls_proxy.proxy.client import ClientSettings
@@ -34,7 +36,15 @@ def build_server(cfg: ServerConfig) -> AttestedServer:
         log.warning(
             "plain_clients = serve-unattested: TLS clients without Expat are forwarded UNATTESTED"
         )
-    return AttestedServer(cfg, identity, ctx, attester, profile_from(cfg.expat))
+    engine = EvidenceEngine(
+        attester,
+        Tier(cfg.attester.tier),
+        aik_key=identity.private_key,
+        quote_timeout=cfg.attester.quote_timeout,
+        max_waiters=cfg.attester.max_waiters,
+        epoch_seconds=cfg.attester.epoch_seconds,
+    )
+    return AttestedServer(cfg, identity, ctx, engine, profile_from(cfg.expat))
 
 
 def build_client_settings(cfg: ClientConfig) -> ClientSettings:
@@ -59,4 +69,5 @@ def build_client_settings(cfg: ClientConfig) -> ClientSettings:
         profile=profile_from(cfg.expat),
         verifiers=verifiers,
         timeouts=cfg.timeouts,
+        freshness=policy.freshness,
     )

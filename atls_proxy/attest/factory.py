@@ -28,5 +28,5 @@ def build_attester(cfg: AttesterConfig) -> Attester:
             raise ConfigError(
                 "attester.software.platform_key", "the simulated platform key must be a P-256 key"
             )
-        return SoftwareAttester(key, dict(sw.measurements))
+        return SoftwareAttester(key, dict(sw.measurements), quote_latency=sw.quote_latency)
     raise ConfigError("attester.kind", f"unknown attester {cfg.kind!r}")

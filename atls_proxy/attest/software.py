@@ -35,6 +35,7 @@ The protected header carries ``kid = SHA-256(platform SPKI DER)[:8]`` as a hint 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -126,7 +127,10 @@ class SoftwareAttester:
         platform_key: ec.EllipticCurvePrivateKey,
         measurements: Mapping[str, bytes],
         clock: Callable[[], float] = time.time,
+        quote_latency: float = 0.0,
     ) -> None:
+        if not 0 <= quote_latency <= 60:
+            raise ValueError("quote_latency is 0..60 seconds")
         if not isinstance(platform_key, ec.EllipticCurvePrivateKey) or not isinstance(
             platform_key.curve, ec.SECP256R1
         ):
@@ -144,6 +148,11 @@ class SoftwareAttester:
         self._key = platform_key
         self._measurements = checked
         self._clock = clock
+        # Simulated TEE behaviour: each quote takes quote_latency seconds and quotes are serialised,
+        # like a TDX quote (~40 ms, one at a time), so the freshness tiers can be exercised and
+        # benchmarked without a TEE (DESIGN.md §4).
+        self._latency = quote_latency
+        self._serial = asyncio.Lock()
         public = platform_key.public_key()
         self._ueid = platform_ueid(public)
         self._kid = platform_kid(public)
@@ -179,4 +188,12 @@ class SoftwareAttester:
 
     async def attest(self, binding: Binding) -> Evidence:
         # One ECDSA signature (~tens of µs through OpenSSL): cheap enough to run inline.
-        return Evidence(media_type=SOFTWARE_MEDIA_TYPE, data=self.produce(binding, self._clock()))
+        if not self._latency:
+            return Evidence(
+                media_type=SOFTWARE_MEDIA_TYPE, data=self.produce(binding, self._clock())
+            )
+        async with self._serial:
+            await asyncio.sleep(self._latency)
+            return Evidence(
+                media_type=SOFTWARE_MEDIA_TYPE, data=self.produce(binding, self._clock())
+            )

@@ -233,12 +233,19 @@ class SoftwareAttesterConfig:
 
     platform_key: Path
     measurements: Mapping[str, bytes]
+    # Simulated quote latency (seconds); quotes are serialised like a TEE's. 0 = instant.
+    quote_latency: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
 class AttesterConfig:
     kind: Literal["software"] = "software"
     software: SoftwareAttesterConfig | None = None
+    # Freshness tier (docs/PROTOCOL.md §5.3) and the evidence engine's limits.
+    tier: Literal["strict", "batched", "cached"] = "strict"
+    epoch_seconds: float = 300.0
+    quote_timeout: float = 10.0
+    max_waiters: int = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,8 +320,8 @@ _CLIENT_KEYS = (
     "max_connections",
 )
 _EXPAT_KEYS = ("exporter_label", "extension_type", "request_header_in_transcript")
-_ATTESTER_KEYS = ("kind", "software")
-_SOFTWARE_KEYS = ("platform_key", "measurements")
+_ATTESTER_KEYS = ("kind", "software", "tier", "epoch_seconds", "quote_timeout", "max_waiters")
+_SOFTWARE_KEYS = ("platform_key", "measurements", "simulated_quote_ms")
 _LOG_KEYS = ("level",)
 
 
@@ -554,7 +561,18 @@ def _attester(root: _Table) -> AttesterConfig:
         if problem:
             raise ConfigError(meas.key(name), problem)
         measurements[name] = _hex_digest(value, meas.key(name))
-    return AttesterConfig(kind="software", software=SoftwareAttesterConfig(key, measurements))
+    latency_ms = sw.integer("simulated_quote_ms", 0, 0, 60_000)
+    tier = t.string("tier", "strict")
+    if tier not in ("strict", "batched", "cached"):
+        raise ConfigError(t.key("tier"), f"expected 'strict', 'batched' or 'cached', got {tier!r}")
+    return AttesterConfig(
+        kind="software",
+        software=SoftwareAttesterConfig(key, measurements, latency_ms / 1000.0),
+        tier=tier,  # type: ignore[arg-type]
+        epoch_seconds=t.seconds("epoch_seconds", 300.0),
+        quote_timeout=t.seconds("quote_timeout", 10.0),
+        max_waiters=t.integer("max_waiters", 4096, 1, 1_000_000),
+    )
 
 
 def _refuse_other_kind(data: Mapping[str, Any], path: str | Path, want: str) -> None:

@@ -19,7 +19,7 @@ import contextlib
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -35,6 +35,7 @@ from atls_proxy.tls.context import hostname_matches
 from atls_proxy.tls.engine import TLSEngine, TLSError
 from atls_proxy.verify.appraise import appraise_cmw
 from atls_proxy.verify.base import Verifier
+from atls_proxy.verify.policy import Freshness
 from atls_proxy.verify.result import AttestationReport, Check
 
 # RFC 9261 §4 / digest §2.2: 32 unpredictable bytes of certificate_request_context.
@@ -60,6 +61,7 @@ class ClientSettings:
     profile: ExpatProfile
     verifiers: Sequence[Verifier]
     timeouts: Timeouts
+    freshness: Freshness = field(default_factory=Freshness)
 
 
 @dataclass(slots=True)
@@ -173,7 +175,14 @@ async def _run(stream: TLSStream, s: ClientSettings, report: AttestationReport) 
         report.checks.append(Check("expat.response", False, _why(exc, "attestation exchange")))
         raise AttestationFailed(report) from None
     report.checks.extend(validated.checks)
-    report.appraisals = appraise_cmw(validated.cmw, validated.binding, s.verifiers, time.time())
+    report.appraisals = appraise_cmw(
+        validated.cmw,
+        validated.binding,
+        s.verifiers,
+        time.time(),
+        aik_public_key=leaf.public_key(),
+        freshness=s.freshness,
+    )
     if not report.passed:
         failure = report.first_failure
         assert failure is not None

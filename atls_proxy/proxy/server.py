@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from OpenSSL import SSL
 
-from atls_proxy.attest.base import Attester
+from atls_proxy.attest.engine import EvidenceEngine
 from atls_proxy.errors import (
     AtlsError,
     AttestationUnavailable,
@@ -34,7 +34,6 @@ from atls_proxy.errors import (
     VerificationError,
 )
 from atls_proxy.expat import session as xs
-from atls_proxy.expat.cmw import IND_EVIDENCE, CMWRecord, encode_cmw
 from atls_proxy.expat.framing import ErrorCode
 from atls_proxy.expat.profile import ExpatProfile
 from atls_proxy.ops.config import Address, ServerConfig
@@ -87,13 +86,13 @@ class AttestedServer:
         config: ServerConfig,
         identity: ServerIdentity,
         ssl_context: SSL.Context,
-        attester: Attester,
+        engine: EvidenceEngine,
         profile: ExpatProfile,
     ) -> None:
         self.config = config
         self.identity = identity
         self.ssl_context = ssl_context
-        self.attester = attester
+        self.engine = engine
         self.profile = profile
         self.stats = ServerStats()
         self._chain_der = identity.chain_der
@@ -101,6 +100,7 @@ class AttestedServer:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> list[tuple[str, int]]:
+        await self.engine.start()  # the cached tier quotes its first epoch before accepting
         listen = self.config.listen
         self._server = await asyncio.start_server(
             self._on_client, listen.host, listen.port, limit=65536
@@ -115,6 +115,7 @@ class AttestedServer:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        await self.engine.close()
         for t in list(self._tasks):
             t.cancel()
         for t in list(self._tasks):
@@ -285,9 +286,7 @@ class AttestedServer:
         if ev.binding is None:
             # The request did not offer cmw_attestation: a plain RFC 9261 authenticator (expat-04 §3.1).
             return sess.authenticator(None)
-        evidence = await self.attester.attest(ev.binding)
-        cmw = encode_cmw(CMWRecord(evidence.media_type, evidence.data, IND_EVIDENCE))
-        return sess.authenticator(cmw)
+        return sess.authenticator(await self.engine.evidence_for(ev.binding))
 
 
 async def _open(addr: Address) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

@@ -1,70 +1,214 @@
-"""From a CMW to appraisals: demultiplex the records and hand each to the verifier for its type.
+"""From a CMW to appraisals: undo the freshness tier, then hand each evidence record to the
+verifier for its media type.
 
-Sans-IO. Every record must be Evidence (``ind`` absent or with the Evidence bit, RFC 9999 "CM Type")
-and must have a verifier; a record that cannot be appraised fails, it is never skipped.
+Sans-IO. The tier is recognised from the CMW's shape (docs/PROTOCOL.md §5.3):
+
+* a record (or a composite collection of evidence records) — ``strict``: each record must carry
+  this connection's binder;
+* ``{"evidence", "merkle"}`` — ``batched``: the root is recomputed from *our* binder and the
+  inclusion proof (RFC 9162 §2.1.3.2) and the evidence must carry that root;
+* ``{"evidence", "epoch", "binding"}`` — ``cached``: the epoch must be young enough, the AIK (the
+  TLS certificate's key) must have signed our binder together with the epoch digest, and the
+  evidence must carry the epoch digest.
+
+Every record must be Evidence and must have a verifier; a record that cannot be appraised fails,
+it is never skipped. The accepted tiers and the epoch age come from the policy.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from atls_proxy.errors import DecodeError
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+
+from atls_proxy.errors import DecodeError, VerificationError
+from atls_proxy.expat import merkle, schemes
 from atls_proxy.expat.binding import Binding
-from atls_proxy.expat.cmw import IND_EVIDENCE, decode_cmw, records
+from atls_proxy.expat.cmw import IND_EVIDENCE, CMWCollection, CMWRecord, decode_cmw, records
+from atls_proxy.expat.tiers import (
+    AIK_BINDING_MEDIA_TYPE,
+    EPOCH_MEDIA_TYPE,
+    Epoch,
+    Tier,
+    aik_binding_content,
+    decode_aik_binding,
+    epoch_digest,
+)
 from atls_proxy.verify.base import Verifier
+from atls_proxy.verify.policy import Freshness
 from atls_proxy.verify.result import Appraisal, Check
+
+# An epoch that claims to start this far in our future is accepted (clock skew between hosts).
+EPOCH_CLOCK_SKEW = 60.0
 
 
 def appraise_cmw(
-    cmw_bytes: bytes, expected: Binding, verifiers: Sequence[Verifier], now: float
+    cmw_bytes: bytes,
+    expected: Binding,
+    verifiers: Sequence[Verifier],
+    now: float,
+    *,
+    aik_public_key: CertificatePublicKeyTypes | None = None,
+    freshness: Freshness | None = None,
 ) -> list[Appraisal]:
+    fresh = freshness or Freshness()
     try:
         cmw = decode_cmw(cmw_bytes)
     except DecodeError as exc:
         return [Appraisal("cmw", [Check("cmw.decode", False, str(exc))])]
-    out: list[Appraisal] = []
+    if isinstance(cmw, CMWCollection):
+        labels = set(cmw.members)
+        if labels == {"evidence", "merkle"}:
+            return [_batched(cmw, expected, verifiers, now, fresh)]
+        if labels == {"evidence", "epoch", "binding"}:
+            return [_cached(cmw, expected, verifiers, now, fresh, aik_public_key)]
+    out = []
     for path, rec in records(cmw):
-        where = f" at {path}" if path else ""
-        media = (
-            rec.media_type
-            if isinstance(rec.media_type, str)
-            else f"coap-content-format {rec.media_type}"
-        )
-        if rec.ind is not None and not rec.ind & IND_EVIDENCE:
-            out.append(
-                Appraisal(
-                    media,
-                    [
-                        Check(
-                            "cmw.type",
-                            False,
-                            f"record{where} is not Evidence",
-                            observed=f"ind={rec.ind}",
-                        )
-                    ],
-                )
-            )
-            continue
-        verifier = next((v for v in verifiers if v.accepts(media)), None)
-        if verifier is None:
-            out.append(
-                Appraisal(
-                    media,
-                    [
-                        Check(
-                            "cmw.media-type",
-                            False,
-                            f"no verifier configured for this evidence{where}",
-                            observed=media,
-                        )
-                    ],
-                )
-            )
-            continue
-        appraisal = verifier.appraise(media, rec.value, expected, now)
-        appraisal.checks.insert(
-            0,
-            Check("cmw.media-type", True, f"evidence record{where} has a verifier", observed=media),
-        )
-        out.append(appraisal)
+        a = _record(rec, path, expected, verifiers, now)
+        a.checks.insert(0, _tier_check(Tier.STRICT, fresh))
+        out.append(a)
     return out
+
+
+def _tier_check(tier: Tier, fresh: Freshness) -> Check:
+    ok = tier in fresh.tiers
+    return Check(
+        "freshness.tier",
+        ok,
+        "" if ok else "the policy does not accept this freshness tier",
+        observed=tier.value,
+        expected=" | ".join(sorted(t.value for t in fresh.tiers)),
+    )
+
+
+def _record(
+    rec: CMWRecord, path: str, expected: Binding, verifiers: Sequence[Verifier], now: float
+) -> Appraisal:
+    where = f" at {path}" if path else ""
+    media = (
+        rec.media_type
+        if isinstance(rec.media_type, str)
+        else f"coap-content-format {rec.media_type}"
+    )
+    if rec.ind is not None and not rec.ind & IND_EVIDENCE:
+        return Appraisal(
+            media,
+            [Check("cmw.type", False, f"record{where} is not Evidence", observed=f"ind={rec.ind}")],
+        )
+    verifier = next((v for v in verifiers if v.accepts(media)), None)
+    if verifier is None:
+        return Appraisal(
+            media,
+            [
+                Check(
+                    "cmw.media-type",
+                    False,
+                    f"no verifier configured for this evidence{where}",
+                    observed=media,
+                )
+            ],
+        )
+    appraisal = verifier.appraise(media, rec.value, expected, now)
+    appraisal.checks.insert(
+        0, Check("cmw.media-type", True, f"evidence record{where} has a verifier", observed=media)
+    )
+    return appraisal
+
+
+def _member(cmw: CMWCollection, label: str, media_type: str | None) -> CMWRecord:
+    rec = cmw.members[label]
+    if not isinstance(rec, CMWRecord):
+        raise DecodeError(f"CMW member {label!r} must be a record")
+    if media_type is not None and rec.media_type != media_type:
+        raise DecodeError(f"CMW member {label!r} must have media type {media_type}")
+    return rec
+
+
+def _failed(tier_check: Check, name: str, detail: str) -> Appraisal:
+    return Appraisal("cmw", [tier_check, Check(name, False, detail)])
+
+
+def _batched(
+    cmw: CMWCollection,
+    expected: Binding,
+    verifiers: Sequence[Verifier],
+    now: float,
+    fresh: Freshness,
+) -> Appraisal:
+    tier = _tier_check(Tier.BATCHED, fresh)
+    try:
+        evidence = _member(cmw, "evidence", None)
+        proof = merkle.InclusionProof.decode(
+            _member(cmw, "merkle", merkle.MERKLE_PROOF_MEDIA_TYPE).value
+        )
+        root = merkle.root_from_proof(expected.hash_name, expected.binder, proof)
+    except DecodeError as exc:
+        return _failed(tier, "evidence.merkle", str(exc))
+    pre = [
+        tier,
+        Check(
+            "evidence.merkle",
+            True,
+            f"root recomputed from this connection's binder as leaf {proof.index} of {proof.size}",
+            observed=root.hex(),
+        ),
+    ]
+    appraisal = _record(
+        evidence, "evidence", Binding(expected.hash_name, root, expected.aik_hash), verifiers, now
+    )
+    appraisal.checks[0:0] = pre
+    return appraisal
+
+
+def _cached(
+    cmw: CMWCollection,
+    expected: Binding,
+    verifiers: Sequence[Verifier],
+    now: float,
+    fresh: Freshness,
+    aik_public_key: CertificatePublicKeyTypes | None,
+) -> Appraisal:
+    tier = _tier_check(Tier.CACHED, fresh)
+    try:
+        evidence = _member(cmw, "evidence", None)
+        raw_epoch = _member(cmw, "epoch", EPOCH_MEDIA_TYPE).value
+        epoch = Epoch.decode(raw_epoch)
+        scheme, sig = decode_aik_binding(_member(cmw, "binding", AIK_BINDING_MEDIA_TYPE).value)
+    except DecodeError as exc:
+        return _failed(tier, "evidence.epoch", str(exc))
+    age = now - epoch.start
+    young = epoch.start - EPOCH_CLOCK_SKEW <= now < epoch.expires and age <= fresh.max_epoch_age
+    epoch_check = Check(
+        "freshness.epoch-age",
+        young,
+        "" if young else "the epoch evidence is expired or older than the policy allows",
+        observed=f"{age:.0f} s (epoch {epoch.start}..{epoch.expires})",
+        expected=f"<= {fresh.max_epoch_age:g} s and before expiry",
+    )
+    digest = epoch_digest(expected.hash_name, raw_epoch)
+    if aik_public_key is None:
+        binding_check = Check(
+            "evidence.aik-binding", False, "no AIK public key to check the binding with"
+        )
+    else:
+        try:
+            schemes.verify(
+                aik_public_key, scheme, sig, aik_binding_content(expected.binder, digest)
+            )
+            binding_check = Check(
+                "evidence.aik-binding",
+                True,
+                "the AIK signed this connection's binder with the epoch",
+                observed=schemes.scheme_name(scheme),
+            )
+        except VerificationError as exc:
+            binding_check = Check(
+                "evidence.aik-binding", False, exc.message, observed=schemes.scheme_name(scheme)
+            )
+    if not binding_check.passed:
+        return Appraisal("cmw", [tier, epoch_check, binding_check])
+    appraisal = _record(
+        evidence, "evidence", Binding(expected.hash_name, digest, expected.aik_hash), verifiers, now
+    )
+    appraisal.checks[0:0] = [tier, epoch_check, binding_check]
+    return appraisal

@@ -43,6 +43,7 @@ from atls_proxy.attest.software import (
     spki_der,
 )
 from atls_proxy.errors import ConfigError
+from atls_proxy.expat.tiers import Tier
 
 DEFAULT_POLICY_ID = "atls-proxy:policy"
 # The policy id travels in every appraisal (EAR ear.appraisal-policy-id) and in logs: 256
@@ -61,7 +62,11 @@ MAX_ACCEPTED_DIGESTS = 64
 _HEX_RE = re.compile(r"[0-9A-Fa-f]+")
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 
-_TOP_LEVEL_KEYS = ("policy", "software")
+_TOP_LEVEL_KEYS = ("policy", "software", "freshness")
+_FRESHNESS_KEYS = ("tiers", "max_epoch_age")
+# The cached tier's evidence is as old as its epoch; five minutes unless the policy says otherwise.
+DEFAULT_MAX_EPOCH_AGE = 300.0
+MAX_EPOCH_AGE = 7 * 86400.0
 _POLICY_KEYS = ("id",)
 _SOFTWARE_KEYS = ("allow_simulated", "platform_keys", "measurements", "instances")
 
@@ -95,11 +100,20 @@ class SoftwarePolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class Freshness:
+    """Which freshness tiers (docs/PROTOCOL.md §5.3) a client accepts, and the oldest epoch."""
+
+    tiers: frozenset[Tier] = frozenset(Tier)
+    max_epoch_age: float = DEFAULT_MAX_EPOCH_AGE
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     """A whole appraisal policy: an id, and one optional section per evidence format."""
 
     policy_id: str = DEFAULT_POLICY_ID
     software: SoftwarePolicy | None = None
+    freshness: Freshness = Freshness()
 
 
 def _key_path(prefix: str, name: str) -> str:
@@ -140,7 +154,30 @@ class _Parser:
                 "missing: the policy has no evidence section, so it would reject all evidence",
             )
         software = self.software(top["software"])
-        return Policy(policy_id=policy_id, software=software)
+        freshness = self.freshness(top.get("freshness", {}))
+        return Policy(policy_id=policy_id, software=software, freshness=freshness)
+
+    def freshness(self, value: object) -> Freshness:
+        section = self.table(value, "freshness", _FRESHNESS_KEYS)
+        tiers = section.get("tiers", [t.value for t in Tier])
+        names = {t.value: t for t in Tier}
+        if not isinstance(tiers, list) or not tiers:
+            raise self.error("freshness.tiers", f"a non-empty list of: {', '.join(names)}")
+        chosen: set[Tier] = set()
+        for i, name in enumerate(tiers):
+            if name not in names:
+                raise self.error(
+                    f"freshness.tiers[{i}]", f"unknown tier {name!r} (one of: {', '.join(names)})"
+                )
+            chosen.add(names[name])
+        age = section.get("max_epoch_age", DEFAULT_MAX_EPOCH_AGE)
+        if (
+            isinstance(age, bool)
+            or not isinstance(age, int | float)
+            or not 0 < age <= MAX_EPOCH_AGE
+        ):
+            raise self.error("freshness.max_epoch_age", f"seconds in (0, {MAX_EPOCH_AGE:g}]")
+        return Freshness(frozenset(chosen), float(age))
 
     def policy_id(self, value: object) -> str:
         if not isinstance(value, str):

@@ -171,7 +171,7 @@ async def test_attester_failing_or_hanging(stack: Stack, hang: bool) -> None:
     scfg = load_server_config(stack.dev / "serve.toml", backend=f"127.0.0.1:{stack.backend_port}")
     scfg = replace(scfg, listen=Address("tcp", "127.0.0.1", 0), timeouts=Timeouts(attestation=1.0))
     server = build_server(scfg)
-    server.attester = _Failing(hang)
+    server.engine.attester = _Failing(hang)
     (_, port), *_ = await server.start()
     task = asyncio.ensure_future(server.serve_forever())
     try:

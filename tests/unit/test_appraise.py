@@ -36,14 +36,14 @@ def test_each_record_is_appraised() -> None:
     )
     a, b = appraise_cmw(cmw, B, [Echo()], 0)
     assert a.passed and not b.passed
-    assert a.checks[0].name == "cmw.media-type"
+    assert [c.name for c in a.checks[:2]] == ["freshness.tier", "cmw.media-type"]
 
 
 def test_unknown_type_and_non_evidence_fail() -> None:
     (a,) = appraise_cmw(encode_cmw(CMWRecord("application/other", b"x", 4)), B, [Echo()], 0)
-    assert not a.passed and a.checks[0].name == "cmw.media-type"
+    assert not a.passed and a.checks[1].name == "cmw.media-type"
     (b,) = appraise_cmw(encode_cmw(CMWRecord("application/x-echo", B.binder, 8)), B, [Echo()], 0)
-    assert not b.passed and b.checks[0].name == "cmw.type"
+    assert not b.passed and b.checks[1].name == "cmw.type"
     (c,) = appraise_cmw(b"\x00", B, [Echo()], 0)
     assert c.checks[0].name == "cmw.decode"
 

@@ -1,0 +1,308 @@
+"""The evidence engine: freshness tiers between the protocol and the attester (DESIGN.md §4).
+
+Theory of operation
+-------------------
+A hardware quote is slow (~40 ms) and must be serialised (parallel quote requests have crashed
+TDs). A quote per connection therefore caps a proxy at ~25 attested connections per second. The
+engine turns each connection's ``Binding`` into the CMW carried in its authenticator, in one of
+three tiers chosen per listener; every tier still binds the evidence to *this* connection:
+
+``strict``   one quote per connection over its own binder. CMW: the evidence record.
+
+``batched``  requests that arrive while a quote is in flight wait for the next one. The engine
+             builds a Merkle tree over the waiting binders (expat/merkle.py) and quotes the root
+             with the AIK hash; each connection gets the quote plus its inclusion proof. One quote
+             in flight at any time; latency at most about two quote times. CMW: a collection
+             ``{"evidence": quote record, "merkle": proof record}``.
+
+``cached``   the TEE quotes the AIK once per epoch, over ``epoch_digest`` (below); per connection
+             the AIK — the TLS key, which also signs the CertificateVerify over the exporter-bound
+             transcript — signs the connection's binder together with the epoch digest. The epoch
+             is refreshed ahead of expiry and never served stale: a request that finds the epoch
+             expired waits for a fresh quote. CMW: ``{"evidence": epoch quote, "epoch": epoch
+             record, "binding": AIK signature record}``.
+
+             epoch           = CBOR {1: start (s), 2: expires (s), 3: 16 random bytes}
+             epoch_digest    = H("atls-proxy epoch v1" ‖ 0x00 ‖ epoch)
+             AIK binding sig = Sign_AIK("atls-proxy aik binding v1" ‖ 0x00 ‖ binder ‖ epoch_digest)
+                               encoded CBOR [SignatureScheme, signature]
+
+Every quote goes through one single-flight gate: never two quote operations at once, at most
+``max_waiters`` requests waiting (more are refused at once), each quote under ``quote_timeout``. A
+TEE failure fails the waiting connections with ``AttestationUnavailable``; they get no data.
+Waiters whose client has gone (cancelled futures) are skipped when results are handed out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from atls_proxy.attest.base import Attester, Evidence
+from atls_proxy.errors import AttestationUnavailable
+from atls_proxy.expat import merkle, schemes
+from atls_proxy.expat.binding import Binding
+from atls_proxy.expat.cmw import IND_EVIDENCE, CMWCollection, CMWRecord, encode_cmw
+from atls_proxy.expat.schemes import SigningKey
+from atls_proxy.expat.tiers import (
+    AIK_BINDING_MEDIA_TYPE,
+    EPOCH_MEDIA_TYPE,
+    EPOCH_NONCE_LENGTH,
+    Epoch,
+    Tier,
+    aik_binding_content,
+    encode_aik_binding,
+    epoch_digest,
+)
+
+__all__ = ["EngineStats", "EvidenceEngine", "Tier"]
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """Counters for the metrics layer (names are not public API until the metrics issue)."""
+
+    quotes: int = 0
+    quote_failures: int = 0
+    quote_seconds_total: float = 0.0
+    last_quote_seconds: float = 0.0
+    last_batch_size: int = 0
+    max_batch_size: int = 0
+    waiting: int = 0
+    refused_full: int = 0
+    epochs: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Epoch:
+    hash_name: str
+    start: int
+    expires: int
+    encoded: bytes
+    digest: bytes
+    evidence: Evidence
+
+
+class EvidenceEngine:
+    def __init__(
+        self,
+        attester: Attester,
+        tier: Tier,
+        *,
+        aik_key: SigningKey | None = None,
+        quote_timeout: float = 10.0,
+        max_waiters: int = 4096,
+        epoch_seconds: float = 300.0,
+        refresh_ahead: float = 0.2,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if tier is Tier.CACHED and aik_key is None:
+            raise ValueError("the cached tier needs the AIK (the TLS private key) to sign bindings")
+        if not 0 < refresh_ahead < 1:
+            raise ValueError("refresh_ahead is a fraction of the epoch, in (0, 1)")
+        self.attester = attester
+        self.tier = tier
+        self.stats = EngineStats()
+        self._aik = aik_key
+        self._aik_scheme = schemes.schemes_for_key(aik_key)[0] if aik_key is not None else 0
+        self._timeout = quote_timeout
+        self._max_waiters = max_waiters
+        self._epoch_seconds = epoch_seconds
+        self._refresh_ahead = refresh_ahead
+        self._clock = clock
+        self._gate = asyncio.Lock()  # single flight: one quote operation at a time
+        # batched tier: waiting (binding, future) pairs and the task that drains them
+        self._pending: list[tuple[Binding, asyncio.Future[bytes]]] = []
+        self._batcher: asyncio.Task[None] | None = None
+        # cached tier: the current epoch per hash, and an in-flight refresh per hash
+        self._epochs: dict[str, _Epoch] = {}
+        self._refreshing: dict[str, asyncio.Task[_Epoch]] = {}
+
+    # -- public ------------------------------------------------------------------------------
+
+    async def evidence_for(self, binding: Binding) -> bytes:
+        """The CMW for one connection's binding. Raises ``AttestationUnavailable``."""
+        if self.tier is Tier.STRICT:
+            self._admit()
+            try:
+                ev = await self._quote(binding)
+            finally:
+                self.stats.waiting -= 1
+            return encode_cmw(CMWRecord(ev.media_type, ev.data, IND_EVIDENCE))
+        if self.tier is Tier.BATCHED:
+            return await self._batched(binding)
+        return await self._cached(binding)
+
+    async def start(self) -> None:
+        """Warm up: the cached tier quotes its first epochs before the listener accepts."""
+        if self.tier is Tier.CACHED:
+            for hash_name in ("sha256", "sha384"):
+                await self._current_epoch(hash_name)
+
+    async def close(self) -> None:
+        tasks = [t for t in (self._batcher, *self._refreshing.values()) if t is not None]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(BaseException):
+                await t
+        for _, fut in self._pending:
+            if not fut.done():
+                fut.set_exception(AttestationUnavailable("evidence engine closed"))
+        self._pending.clear()
+
+    def epoch_age(self, hash_name: str = "sha256") -> float | None:
+        ep = self._epochs.get(hash_name)
+        return None if ep is None else self._clock() - ep.start
+
+    # -- the single-flight gate ----------------------------------------------------------------
+
+    def _admit(self) -> None:
+        if self.stats.waiting >= self._max_waiters:
+            self.stats.refused_full += 1
+            raise AttestationUnavailable(f"quote queue full ({self._max_waiters} waiting)")
+        self.stats.waiting += 1
+
+    async def _quote(self, binding: Binding) -> Evidence:
+        async with self._gate:
+            t0 = time.monotonic()
+            try:
+                ev = await asyncio.wait_for(self.attester.attest(binding), self._timeout)
+            except TimeoutError:
+                self.stats.quote_failures += 1
+                raise AttestationUnavailable(
+                    f"attester timed out after {self._timeout:g} s"
+                ) from None
+            except AttestationUnavailable:
+                self.stats.quote_failures += 1
+                raise
+            except Exception as exc:  # an attester bug must not escape as anything else
+                self.stats.quote_failures += 1
+                raise AttestationUnavailable(
+                    f"attester failed: {type(exc).__name__}: {exc}"
+                ) from None
+            dt = time.monotonic() - t0
+            self.stats.quotes += 1
+            self.stats.quote_seconds_total += dt
+            self.stats.last_quote_seconds = dt
+            return ev
+
+    # -- batched -----------------------------------------------------------------------------------
+
+    async def _batched(self, binding: Binding) -> bytes:
+        self._admit()
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._pending.append((binding, fut))
+        if self._batcher is None or self._batcher.done():
+            self._batcher = asyncio.ensure_future(self._drain_batches())
+        try:
+            return await fut
+        finally:
+            self.stats.waiting -= 1
+
+    async def _drain_batches(self) -> None:
+        while self._pending:
+            batch = self._pending[: merkle.MAX_BATCH]
+            del self._pending[: merkle.MAX_BATCH]
+            batch = [(b, f) for b, f in batch if not f.done()]  # clients gone meanwhile
+            if not batch:
+                continue
+            groups: dict[tuple[str, bytes], list[tuple[Binding, asyncio.Future[bytes]]]] = {}
+            for b, f in batch:
+                groups.setdefault((b.hash_name, b.aik_hash), []).append((b, f))
+            for (hash_name, aik_hash), members in groups.items():
+                await self._quote_group(hash_name, aik_hash, members)
+
+    async def _quote_group(
+        self, hash_name: str, aik_hash: bytes, members: list[tuple[Binding, asyncio.Future[bytes]]]
+    ) -> None:
+        root, proofs = merkle.build(hash_name, [b.binder for b, _ in members])
+        n = len(members)
+        self.stats.last_batch_size = n
+        self.stats.max_batch_size = max(self.stats.max_batch_size, n)
+        if len(self.stats.batch_sizes) < 100_000:
+            self.stats.batch_sizes.append(n)
+        try:
+            ev = await self._quote(Binding(hash_name, root, aik_hash))
+        except AttestationUnavailable as exc:
+            for _, f in members:
+                if not f.done():
+                    f.set_exception(AttestationUnavailable(str(exc)))
+            return
+        record = CMWRecord(ev.media_type, ev.data, IND_EVIDENCE)
+        for (_, f), proof in zip(members, proofs, strict=True):
+            if f.done():
+                continue  # the client went away while we quoted
+            cmw = CMWCollection(
+                {
+                    "evidence": record,
+                    "merkle": CMWRecord(merkle.MERKLE_PROOF_MEDIA_TYPE, proof.encode()),
+                }
+            )
+            f.set_result(encode_cmw(cmw))
+
+    # -- cached ------------------------------------------------------------------------------------
+
+    async def _cached(self, binding: Binding) -> bytes:
+        ep = await self._current_epoch(binding.hash_name)
+        assert self._aik is not None
+        sig = schemes.sign(
+            self._aik, self._aik_scheme, aik_binding_content(binding.binder, ep.digest)
+        )
+        cmw = CMWCollection(
+            {
+                "evidence": CMWRecord(ep.evidence.media_type, ep.evidence.data, IND_EVIDENCE),
+                "epoch": CMWRecord(EPOCH_MEDIA_TYPE, ep.encoded),
+                "binding": CMWRecord(
+                    AIK_BINDING_MEDIA_TYPE, encode_aik_binding(self._aik_scheme, sig)
+                ),
+            }
+        )
+        return encode_cmw(cmw)
+
+    async def _current_epoch(self, hash_name: str) -> _Epoch:
+        now = self._clock()
+        ep = self._epochs.get(hash_name)
+        if ep is not None and now < ep.expires:
+            refresh_at = ep.expires - self._refresh_ahead * (ep.expires - ep.start)
+            if now >= refresh_at and hash_name not in self._refreshing:
+                self._spawn_refresh(hash_name)  # ahead of expiry, in the background
+            return ep
+        # No epoch, or it expired: never serve stale evidence — wait for a fresh quote.
+        task = self._refreshing.get(hash_name) or self._spawn_refresh(hash_name)
+        return await asyncio.shield(task)
+
+    def _spawn_refresh(self, hash_name: str) -> asyncio.Task[_Epoch]:
+        task = asyncio.ensure_future(self._new_epoch(hash_name))
+        self._refreshing[hash_name] = task
+
+        def done(t: asyncio.Task[_Epoch]) -> None:
+            self._refreshing.pop(hash_name, None)
+            if not t.cancelled() and t.exception() is None:
+                self._epochs[hash_name] = t.result()
+
+        task.add_done_callback(done)
+        return task
+
+    async def _new_epoch(self, hash_name: str) -> _Epoch:
+        assert self._aik is not None
+        start = int(self._clock())
+        epoch = Epoch(
+            start, start + max(1, int(self._epoch_seconds)), os.urandom(EPOCH_NONCE_LENGTH)
+        )
+        encoded = epoch.encode()
+        digest = epoch_digest(hash_name, encoded)
+        spki = self._aik.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        evidence = await self._quote(
+            Binding(hash_name, digest, hashlib.new(hash_name, spki).digest())
+        )
+        self.stats.epochs += 1
+        return _Epoch(hash_name, epoch.start, epoch.expires, encoded, digest, evidence)

@@ -1,0 +1,254 @@
+"""The evidence engine's tiers, end to end through the relying party's appraisal (no sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from dataclasses import replace
+
+import cbor2
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from atls_proxy.attest.base import Evidence
+from atls_proxy.attest.engine import EvidenceEngine, Tier
+from atls_proxy.attest.software import SoftwareAttester
+from atls_proxy.errors import AttestationUnavailable, DecodeError
+from atls_proxy.expat import merkle
+from atls_proxy.expat.binding import Binding
+from atls_proxy.expat.cmw import CMWCollection, CMWRecord, decode_cmw, encode_cmw
+from atls_proxy.verify.appraise import appraise_cmw
+from atls_proxy.verify.policy import Freshness, SoftwarePolicy
+from atls_proxy.verify.software import SoftwareVerifier
+
+PLATFORM = ec.generate_private_key(ec.SECP256R1())
+AIK = ec.generate_private_key(ec.SECP256R1())
+MEAS = {"kernel": hashlib.sha256(b"k").digest()}
+VERIFIER = SoftwareVerifier(
+    SoftwarePolicy(True, (PLATFORM.public_key(),), ("p",), {"kernel": frozenset(MEAS.values())})
+)
+AIK_HASH = hashlib.sha256(
+    AIK.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+).digest()
+
+
+def binding() -> Binding:
+    return Binding("sha256", os.urandom(32), AIK_HASH)
+
+
+def appraise(cmw: bytes, b: Binding, fresh: Freshness | None = None, now: float | None = None):  # type: ignore[no-untyped-def]
+    (a,) = appraise_cmw(
+        cmw, b, [VERIFIER], now or time.time(), aik_public_key=AIK.public_key(), freshness=fresh
+    )
+    return a
+
+
+class Recording(SoftwareAttester):
+    """Counts quotes and detects overlapping quote operations."""
+
+    def __init__(self, latency: float = 0.0) -> None:
+        super().__init__(PLATFORM, MEAS)
+        self.latency, self.calls, self.inflight, self.max_inflight = latency, 0, 0, 0
+
+    async def attest(self, b: Binding) -> Evidence:
+        self.calls += 1
+        self.inflight += 1
+        self.max_inflight = max(self.max_inflight, self.inflight)
+        try:
+            await asyncio.sleep(self.latency)
+            return await super().attest(b)
+        finally:
+            self.inflight -= 1
+
+
+async def test_strict_one_quote_each_serialised() -> None:
+    att = Recording(0.005)
+    eng = EvidenceEngine(att, Tier.STRICT)
+    bs = [binding() for _ in range(10)]
+    cmws = await asyncio.gather(*(eng.evidence_for(b) for b in bs))
+    assert att.calls == 10 and att.max_inflight == 1
+    for b, cmw in zip(bs, cmws, strict=True):
+        a = appraise(cmw, b)
+        assert a.passed, a.first_failure
+    assert not appraise(cmws[0], bs[1]).passed  # each is bound to its own binder
+
+
+async def test_batched_shares_quotes_and_every_binder_verifies() -> None:
+    att = Recording(0.04)
+    eng = EvidenceEngine(att, Tier.BATCHED)
+    bs = [binding() for _ in range(64)]
+    cmws = await asyncio.gather(*(eng.evidence_for(b) for b in bs))
+    assert att.calls <= 3 and att.max_inflight == 1  # first request alone, the rest batched
+    assert eng.stats.max_batch_size >= 32
+    for b, cmw in zip(bs, cmws, strict=True):
+        a = appraise(cmw, b)
+        assert a.passed, a.first_failure
+        assert [c.name for c in a.checks[:2]] == ["freshness.tier", "evidence.merkle"]
+    # Another connection's proof never verifies for my binder.
+    bad = appraise(cmws[5], bs[6])
+    assert not bad.passed and bad.first_failure.name == "evidence.binder"
+
+
+async def test_batched_proof_tampering() -> None:
+    eng = EvidenceEngine(Recording(), Tier.BATCHED)
+    bs = [binding() for _ in range(5)]
+    cmws = await asyncio.gather(*(eng.evidence_for(b) for b in bs))
+    col = decode_cmw(cmws[2])
+    assert isinstance(col, CMWCollection)
+    proof = merkle.InclusionProof.decode(col.members["merkle"].value)  # type: ignore[union-attr]
+    for bad_proof, check in (
+        (replace(proof, path=proof.path[:-1]), "evidence.merkle"),  # wrong length
+        (replace(proof, index=(proof.index + 1) % proof.size), "evidence.binder"),  # wrong leaf
+    ):
+        tampered = encode_cmw(
+            CMWCollection(
+                {
+                    "evidence": col.members["evidence"],
+                    "merkle": CMWRecord(merkle.MERKLE_PROOF_MEDIA_TYPE, bad_proof.encode()),
+                }
+            )
+        )
+        a = appraise(tampered, bs[2])
+        assert not a.passed and a.first_failure.name == check
+
+
+async def test_batched_member_gone_is_skipped() -> None:
+    att = Recording(0.03)
+    eng = EvidenceEngine(att, Tier.BATCHED)
+    first = asyncio.ensure_future(eng.evidence_for(binding()))
+    await asyncio.sleep(0.005)
+    waiting = [asyncio.ensure_future(eng.evidence_for(binding())) for _ in range(4)]
+    await asyncio.sleep(0.005)
+    waiting[0].cancel()  # this client went away while the quote was in flight
+    await first
+    done = await asyncio.gather(*waiting[1:])
+    assert len(done) == 3 and eng.stats.waiting == 0
+
+
+async def test_cached_one_epoch_many_connections() -> None:
+    att = Recording()
+    eng = EvidenceEngine(att, Tier.CACHED, aik_key=AIK, epoch_seconds=60)
+    await eng.start()
+    calls = att.calls
+    bs = [binding() for _ in range(50)]
+    cmws = await asyncio.gather(*(eng.evidence_for(b) for b in bs))
+    assert att.calls == calls  # no quote per connection
+    for b, cmw in zip(bs, cmws, strict=True):
+        a = appraise(cmw, b)
+        assert a.passed, a.first_failure
+        assert [c.name for c in a.checks[:3]] == [
+            "freshness.tier",
+            "freshness.epoch-age",
+            "evidence.aik-binding",
+        ]
+    # bound per connection: another binder fails at the AIK binding
+    assert appraise(cmws[0], bs[1]).first_failure.name == "evidence.aik-binding"
+
+
+async def test_cached_epoch_policy_and_expiry() -> None:
+    now = [1_000_000.0]
+    att = SoftwareAttester(PLATFORM, MEAS, clock=lambda: now[0])
+    eng = EvidenceEngine(att, Tier.CACHED, aik_key=AIK, epoch_seconds=100, clock=lambda: now[0])
+    b = binding()
+    cmw = await eng.evidence_for(b)
+    assert appraise(cmw, b, now=now[0] + 10).passed
+    old = appraise(cmw, b, Freshness(max_epoch_age=5), now=now[0] + 10)
+    assert old.first_failure.name == "freshness.epoch-age"
+    assert appraise(cmw, b, now=now[0] + 200).first_failure.name == "freshness.epoch-age"  # expired
+    assert (
+        appraise(cmw, b, Freshness(frozenset({Tier.STRICT}))).first_failure.name == "freshness.tier"
+    )
+    # Refreshed ahead of expiry, in the background; never stale after expiry.
+    first_epochs = eng.stats.epochs
+    now[0] += 85  # inside the last 20 %
+    await eng.evidence_for(binding())
+    await asyncio.sleep(0.01)
+    assert eng.stats.epochs == first_epochs + 1
+    now[0] += 500  # far past expiry: the request waits for a fresh epoch
+    b2 = binding()
+    assert appraise(await eng.evidence_for(b2), b2, now=now[0]).passed
+
+
+async def test_cached_wrong_aik_key_rejected() -> None:
+    eng = EvidenceEngine(Recording(), Tier.CACHED, aik_key=AIK)
+    b = binding()
+    cmw = await eng.evidence_for(b)
+    other = ec.generate_private_key(ec.SECP256R1()).public_key()
+    (a,) = appraise_cmw(cmw, b, [VERIFIER], time.time(), aik_public_key=other)
+    assert a.first_failure.name == "evidence.aik-binding"
+
+
+class Broken:
+    name, simulated = "broken", True
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    async def attest(self, b: Binding) -> Evidence:
+        if self.mode == "hang":
+            await asyncio.sleep(3600)
+        if self.mode == "garbage":
+            return Evidence("application/x", b"\x00")
+        raise AttestationUnavailable("TEE error")
+
+
+@pytest.mark.parametrize("tier", [Tier.STRICT, Tier.BATCHED, Tier.CACHED])
+async def test_tee_errors_reach_every_waiter(tier: Tier) -> None:
+    eng = EvidenceEngine(Broken("error"), tier, aik_key=AIK, quote_timeout=0.2)
+    results = await asyncio.gather(
+        *(eng.evidence_for(binding()) for _ in range(5)), return_exceptions=True
+    )
+    assert all(isinstance(r, AttestationUnavailable) for r in results)
+    hang = EvidenceEngine(Broken("hang"), tier, aik_key=AIK, quote_timeout=0.1)
+    t0 = time.monotonic()
+    with pytest.raises(AttestationUnavailable, match="timed out"):
+        await hang.evidence_for(binding())
+    assert time.monotonic() - t0 < 2
+
+
+async def test_garbage_from_tee_fails_appraisal_not_the_proxy() -> None:
+    eng = EvidenceEngine(Broken("garbage"), Tier.STRICT)
+    b = binding()
+    a = appraise(await eng.evidence_for(b), b)
+    assert not a.passed and a.first_failure.name == "cmw.media-type"
+
+
+async def test_queue_is_bounded() -> None:
+    eng = EvidenceEngine(Recording(0.05), Tier.STRICT, max_waiters=3)
+    results = await asyncio.gather(
+        *(eng.evidence_for(binding()) for _ in range(6)), return_exceptions=True
+    )
+    refused = [r for r in results if isinstance(r, AttestationUnavailable)]
+    assert len(refused) == 3 and eng.stats.refused_full == 3
+
+
+def test_merkle_known_shapes() -> None:
+    # RFC 9162 §2.1.1: a one-leaf tree's root is the leaf hash; two leaves are one node.
+    a, b = b"a" * 32, b"b" * 32
+    root1, (p1,) = merkle.build("sha256", [a])
+    assert root1 == hashlib.sha256(b"\x00" + a).digest() and p1.path == ()
+    root2, _ = merkle.build("sha256", [a, b])
+    la, lb = (hashlib.sha256(b"\x00" + x).digest() for x in (a, b))
+    assert root2 == hashlib.sha256(b"\x01" + la + lb).digest()
+    for n in (3, 7, 8, 9, 100):
+        bs = [os.urandom(48) for _ in range(n)]
+        root, proofs = merkle.build("sha384", bs)
+        assert all(
+            merkle.root_from_proof("sha384", x, p) == root for x, p in zip(bs, proofs, strict=True)
+        )
+
+
+def test_proof_decoding_caps() -> None:
+    for bad in (
+        b"",
+        b"\x00",
+        cbor2.dumps([0, 0, []]),
+        cbor2.dumps([5, 3, []]),
+        cbor2.dumps([0, 1, [b"x"] * 17]),
+        cbor2.dumps([True, 2, []]),
+    ):
+        with pytest.raises(DecodeError):
+            merkle.InclusionProof.decode(bad)
