@@ -194,6 +194,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run(lambda: run_demo(keep_running=args.keep_running))
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from atls_proxy.bench import print_results, run_attest_bench
+
+    tiers: list[str] = args.tier or ["strict"]
+
+    async def all_tiers() -> list[Any]:
+        return [
+            await run_attest_bench(t, args.simulated_quote_ms, args.concurrency, args.duration)
+            for t in tiers
+        ]
+
+    print_results(run(all_tiers), args.json)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="atls-proxy", description="Attested TLS 1.3 proxy (IETF SEAT Expat over RFC 9261)."
@@ -232,6 +247,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep-running", action="store_true", help="keep the demo's processes running until Ctrl-C"
     )
     d.set_defaults(func=cmd_demo)
+
+    b = sub.add_parser("bench", help="load benchmarks on loopback")
+    bsub = b.add_subparsers(dest="workload", required=True)
+    ba = bsub.add_parser(
+        "attest", help="attested connections per second and latency per freshness tier"
+    )
+    ba.add_argument(
+        "--tier",
+        action="append",
+        choices=["strict", "batched", "cached", "off"],
+        help="freshness tier (repeatable; 'off' = attestation switched off); default strict",
+    )
+    ba.add_argument(
+        "--simulated-quote-ms",
+        type=int,
+        default=40,
+        help="simulated serialised quote latency (default 40)",
+    )
+    ba.add_argument("--concurrency", type=int, default=64, help="concurrent clients (default 64)")
+    ba.add_argument(
+        "--duration", type=float, default=5.0, help="seconds of measured load (default 5)"
+    )
+    ba.add_argument("--json", action="store_true")
+    ba.set_defaults(func=cmd_bench)
 
     k = sub.add_parser("check-config", help="validate a serve.toml, connect.toml or policy file")
     k.add_argument("file")

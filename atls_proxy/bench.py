@@ -1,0 +1,271 @@
+"""``atls-proxy bench attest``: attested connections per second against a local server.
+
+The server is the real ``atls-proxy serve`` in a subprocess (the software attester, with an
+optional simulated quote latency, serialised like a TEE's); the load generator is this process.
+Each connection is: TCP connect, TLS 1.3 handshake, the Expat exchange and appraisal (skipped with
+``--tier off``: the same proxy with attestation switched off, i.e. plain TLS clients served
+unattested), one tiny request answered by a backend, close. On Linux the server is pinned to CPU 0
+and the generator to CPU 1 when the machine has two or more, so the numbers read as work per core;
+the server's CPU seconds come from /proc. Everything runs on 127.0.0.1 and is bounded by
+``--duration`` and a connection cap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from atls_proxy.app import build_client_settings
+from atls_proxy.ops.config import load_client_config
+from atls_proxy.ops.devinit import dev_init
+from atls_proxy.proxy.client import AttestationFailed, ClientSettings, open_attested
+
+# Whatever the duration, never more than this many connections in one run.
+MAX_CONNECTIONS = 200_000
+TIERS = ("strict", "batched", "cached", "off")
+
+
+@dataclass
+class Result:
+    tier: str
+    concurrency: int
+    duration_s: float
+    simulated_quote_ms: int
+    connections: int = 0
+    errors: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    server_cpu_s: float = 0.0
+    error_samples: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        lat = sorted(self.latencies_ms)
+
+        def pct(p: float) -> float | None:
+            if not lat:
+                return None
+            return round(lat[min(len(lat) - 1, int(p * len(lat)))], 2)
+
+        rate = self.connections / self.duration_s if self.duration_s else 0.0
+        return {
+            "tier": self.tier,
+            "connections_per_s": round(rate, 1),
+            "p50_ms": pct(0.50),
+            "p99_ms": pct(0.99),
+            "mean_ms": round(statistics.fmean(lat), 2) if lat else None,
+            "errors": self.errors,
+            "connections": self.connections,
+            "concurrency": self.concurrency,
+            "duration_s": round(self.duration_s, 2),
+            "simulated_quote_ms": self.simulated_quote_ms,
+            "server_cpu_s": round(self.server_cpu_s, 3),
+            "connections_per_server_cpu_s": round(self.connections / self.server_cpu_s, 1)
+            if self.server_cpu_s
+            else None,
+            "error_samples": self.error_samples[:5],
+        }
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(reader.readline(), 30)
+        writer.write(b"pong\n")
+        await writer.drain()
+    writer.close()
+
+
+def _server_config(dev: Path, tier: str, quote_ms: int, concurrency: int) -> Path:
+    text = (dev / "serve.toml").read_text()
+    server_extra = f"max_connections = {max(1024, concurrency * 4)}\n"
+    if tier == "off":
+        server_extra += 'plain_clients = "serve-unattested"\n'
+    text = text.replace("[server]\n", "[server]\n" + server_extra, 1)
+    attester_extra = f'tier = "{"strict" if tier == "off" else tier}"\n'
+    text = text.replace('kind = "software"\n', 'kind = "software"\n' + attester_extra, 1)
+    text = text.replace(
+        'platform_key = "platform-key.pem"\n',
+        f'platform_key = "platform-key.pem"\nsimulated_quote_ms = {quote_ms}\n',
+        1,
+    )
+    out = dev / f"serve-bench-{tier}.toml"
+    out.write_text(text)
+    return out
+
+
+async def _one(tier: str, settings: ClientSettings, tls: ssl.SSLContext, port: int) -> None:
+    if tier == "off":
+        r, w = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=tls, server_hostname="localhost"
+        )
+        w.write(b"ping\n")
+        await w.drain()
+        data = await r.read()
+        w.close()
+        if data != b"pong\n":
+            raise RuntimeError(f"unexpected response {data[:20]!r}")
+        return
+    conn = await open_attested(settings)
+    await conn.stream.write(b"ping\n")
+    data = b""
+    while chunk := await conn.stream.read():
+        data += chunk
+    await conn.stream.close()
+    if data != b"pong\n":
+        raise RuntimeError(f"unexpected response {data[:20]!r}")
+
+
+async def run_attest_bench(
+    tier: str, quote_ms: int, concurrency: int, duration: float, warmup: float = 1.0
+) -> Result:
+    if tier not in TIERS:
+        raise ValueError(f"tier must be one of {TIERS}")
+    two_cpus = hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2
+    with tempfile.TemporaryDirectory(prefix="atls-bench-") as tmp:
+        dev = Path(tmp)
+        dev_init(dev)
+        backend = await asyncio.start_server(_backend, "127.0.0.1", 0, backlog=4096)
+        bport = backend.sockets[0].getsockname()[1]
+        sport = _free_port()
+        cfg = _server_config(dev, tier, quote_ms, concurrency)
+        argv = [
+            sys.executable,
+            "-m",
+            "atls_proxy",
+            "serve",
+            "--config",
+            str(cfg),
+            "--listen",
+            f"127.0.0.1:{sport}",
+            "--backend",
+            f"127.0.0.1:{bport}",
+            "--log-level",
+            "error",
+        ]
+        if two_cpus and shutil.which("taskset"):
+            argv = ["taskset", "-c", "0", *argv]
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            if two_cpus:
+                os.sched_setaffinity(0, {1})
+            await _wait_port(sport, proc)
+            settings = build_client_settings(
+                load_client_config(dev / "connect.toml", server=f"127.0.0.1:{sport}")
+            )
+            tls = ssl.create_default_context(cafile=str(dev / "ca.pem"))
+            tls.minimum_version = ssl.TLSVersion.TLSv1_3
+            result = Result(tier, concurrency, duration, quote_ms)
+            await _load(
+                tier, settings, tls, sport, concurrency, warmup, None
+            )  # warm-up, not counted
+            cpu0 = _cpu_seconds(proc.pid)
+            t0 = time.monotonic()
+            await _load(tier, settings, tls, sport, concurrency, duration, result)
+            result.duration_s = time.monotonic() - t0
+            result.server_cpu_s = _cpu_seconds(proc.pid) - cpu0
+            return result
+        finally:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+            if proc.poll() is None:
+                proc.kill()
+            backend.close()
+            if two_cpus:
+                os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+
+
+async def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            raise RuntimeError(f"server exited: {err}")
+        with contextlib.suppress(OSError):
+            _, w = await asyncio.open_connection("127.0.0.1", port)
+            w.close()
+            return
+        await asyncio.sleep(0.05)
+    raise RuntimeError("server did not start")
+
+
+async def _load(
+    tier: str,
+    settings: ClientSettings,
+    tls: ssl.SSLContext,
+    port: int,
+    concurrency: int,
+    duration: float,
+    result: Result | None,
+) -> None:
+    deadline = time.monotonic() + duration
+    count = 0
+
+    async def worker() -> None:
+        nonlocal count
+        while time.monotonic() < deadline and count < MAX_CONNECTIONS:
+            count += 1
+            t0 = time.monotonic()
+            try:
+                await asyncio.wait_for(_one(tier, settings, tls, port), 30)
+            except (AttestationFailed, OSError, RuntimeError, TimeoutError, ssl.SSLError) as exc:
+                if result is not None:
+                    result.errors += 1
+                    if len(result.error_samples) < 5:
+                        f = exc.report.first_failure if isinstance(exc, AttestationFailed) else None
+                        result.error_samples.append(
+                            f"{f.name}: {f.detail}" if f else f"{type(exc).__name__}: {exc}"
+                        )
+                continue
+            if result is not None and time.monotonic() <= deadline:
+                result.connections += 1
+                result.latencies_ms.append((time.monotonic() - t0) * 1000)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+def render(results: list[Result]) -> str:
+    rows = [
+        "| tier | conn/s | p50 ms | p99 ms | errors | conn per server CPU-s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        j = r.to_json()
+        rows.append(
+            f"| {j['tier']} | {j['connections_per_s']} | {j['p50_ms']} | {j['p99_ms']} | {j['errors']} | "
+            f"{j['connections_per_server_cpu_s']} |"
+        )
+    return "\n".join(rows)
+
+
+def print_results(results: list[Result], as_json: bool) -> None:
+    if as_json:
+        docs = [r.to_json() for r in results]
+        print(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2))
+    else:
+        print(render(results))
