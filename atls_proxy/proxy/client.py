@@ -33,7 +33,7 @@ from atls_proxy.ops.config import Timeouts
 from atls_proxy.proxy.stream import TLSStream
 from atls_proxy.tls.context import hostname_matches
 from atls_proxy.tls.engine import TLSEngine, TLSError
-from atls_proxy.verify.appraise import appraise_cmw
+from atls_proxy.verify.appraise import AppraisalCache, appraise_cmw
 from atls_proxy.verify.base import Verifier
 from atls_proxy.verify.policy import Freshness
 from atls_proxy.verify.result import AttestationReport, Check
@@ -62,6 +62,8 @@ class ClientSettings:
     verifiers: Sequence[Verifier]
     timeouts: Timeouts
     freshness: Freshness = field(default_factory=Freshness)
+    # Reuses appraisals of the cached tier's epoch evidence across connections (verify/appraise.py).
+    appraisal_cache: AppraisalCache = field(default_factory=AppraisalCache)
 
 
 @dataclass(slots=True)
@@ -182,6 +184,7 @@ async def _run(stream: TLSStream, s: ClientSettings, report: AttestationReport) 
         time.time(),
         aik_public_key=leaf.public_key(),
         freshness=s.freshness,
+        cache=s.appraisal_cache,
     )
     if not report.passed:
         failure = report.first_failure

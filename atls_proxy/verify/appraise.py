@@ -17,6 +17,8 @@ it is never skipped. The accepted tiers and the epoch age come from the policy.
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
@@ -40,6 +42,44 @@ from atls_proxy.verify.result import Appraisal, Check
 
 # An epoch that claims to start this far in our future is accepted (clock skew between hosts).
 EPOCH_CLOCK_SKEW = 60.0
+# A cached appraisal of epoch evidence is reused at most this long, whatever the epoch says, so that
+# policy or collateral changes take effect within a minute.
+CACHE_MAX_SECONDS = 60.0
+CACHE_MAX_ENTRIES = 64
+
+
+class AppraisalCache:
+    """Remembers *passing* appraisals of identical epoch evidence (cached tier) until the epoch
+    expires (at most ``CACHE_MAX_SECONDS``), so a client does not re-verify the same quote for every
+    connection. Keyed by the evidence bytes and the digest and AIK hash it was appraised against;
+    the per-connection checks (tier, epoch age, AIK binding) run every time."""
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[bytes, tuple[float, list[Check], Appraisal]] = OrderedDict()
+
+    @staticmethod
+    def key(rec: CMWRecord, effective: Binding) -> bytes:
+        h = hashlib.sha256()
+        for part in (str(rec.media_type).encode(), rec.value, effective.binder, effective.aik_hash):
+            h.update(len(part).to_bytes(4, "big") + part)
+        return h.digest()
+
+    def get(self, key: bytes, now: float) -> Appraisal | None:
+        hit = self._entries.get(key)
+        if hit is None or now >= hit[0]:
+            self._entries.pop(key, None)
+            return None
+        _, checks, a = hit
+        return Appraisal(
+            a.evidence_type, list(checks), a.simulated, a.policy_id, dict(a.trust_vector)
+        )
+
+    def put(self, key: bytes, appraisal: Appraisal, until: float) -> None:
+        if not appraisal.passed:
+            return
+        self._entries[key] = (until, list(appraisal.checks), appraisal)
+        while len(self._entries) > CACHE_MAX_ENTRIES:
+            self._entries.popitem(last=False)
 
 
 def appraise_cmw(
@@ -50,6 +90,7 @@ def appraise_cmw(
     *,
     aik_public_key: CertificatePublicKeyTypes | None = None,
     freshness: Freshness | None = None,
+    cache: AppraisalCache | None = None,
 ) -> list[Appraisal]:
     fresh = freshness or Freshness()
     try:
@@ -61,7 +102,7 @@ def appraise_cmw(
         if labels == {"evidence", "merkle"}:
             return [_batched(cmw, expected, verifiers, now, fresh)]
         if labels == {"evidence", "epoch", "binding"}:
-            return [_cached(cmw, expected, verifiers, now, fresh, aik_public_key)]
+            return [_cached(cmw, expected, verifiers, now, fresh, aik_public_key, cache)]
     out = []
     for path, rec in records(cmw):
         a = _record(rec, path, expected, verifiers, now)
@@ -167,6 +208,7 @@ def _cached(
     now: float,
     fresh: Freshness,
     aik_public_key: CertificatePublicKeyTypes | None,
+    cache: AppraisalCache | None,
 ) -> Appraisal:
     tier = _tier_check(Tier.CACHED, fresh)
     try:
@@ -207,8 +249,12 @@ def _cached(
             )
     if not binding_check.passed:
         return Appraisal("cmw", [tier, epoch_check, binding_check])
-    appraisal = _record(
-        evidence, "evidence", Binding(expected.hash_name, digest, expected.aik_hash), verifiers, now
-    )
+    effective = Binding(expected.hash_name, digest, expected.aik_hash)
+    key = AppraisalCache.key(evidence, effective) if cache is not None else b""
+    appraisal = cache.get(key, now) if cache is not None else None
+    if appraisal is None:
+        appraisal = _record(evidence, "evidence", effective, verifiers, now)
+        if cache is not None:
+            cache.put(key, appraisal, min(float(epoch.expires), now + CACHE_MAX_SECONDS))
     appraisal.checks[0:0] = [tier, epoch_check, binding_check]
     return appraisal

@@ -252,3 +252,48 @@ def test_proof_decoding_caps() -> None:
     ):
         with pytest.raises(DecodeError):
             merkle.InclusionProof.decode(bad)
+
+
+async def test_client_cache_reuses_epoch_appraisal_only_while_valid() -> None:
+    from atls_proxy.verify.appraise import AppraisalCache
+
+    now = [2_000_000.0]
+    eng = EvidenceEngine(
+        SoftwareAttester(PLATFORM, MEAS, clock=lambda: now[0]),
+        Tier.CACHED,
+        aik_key=AIK,
+        epoch_seconds=100,
+        clock=lambda: now[0],
+    )
+    cache = AppraisalCache()
+    calls = []
+
+    class Counting(SoftwareVerifier):
+        def appraise(self, *a, **k):  # type: ignore[no-untyped-def]
+            calls.append(1)
+            return super().appraise(*a, **k)
+
+    v = Counting(VERIFIER._policy)  # type: ignore[attr-defined]
+    for _ in range(5):
+        b = binding()
+        (a,) = appraise_cmw(
+            await eng.evidence_for(b), b, [v], now[0], aik_public_key=AIK.public_key(), cache=cache
+        )
+        assert a.passed
+    assert len(calls) == 1  # the epoch quote was verified once
+    b = binding()
+    bad = appraise_cmw(
+        await eng.evidence_for(b),
+        binding(),
+        [v],
+        now[0],
+        aik_public_key=AIK.public_key(),
+        cache=cache,
+    )
+    assert bad[0].first_failure.name == "evidence.aik-binding"  # per-connection checks still run
+    now[0] += 70  # past CACHE_MAX_SECONDS: verified again
+    b = binding()
+    appraise_cmw(
+        await eng.evidence_for(b), b, [v], now[0], aik_public_key=AIK.public_key(), cache=cache
+    )
+    assert len(calls) == 2
