@@ -10,6 +10,7 @@ from atls_proxy.errors import ConfigError
 from atls_proxy.expat.profile import ExpatProfile
 from atls_proxy.expat.tiers import Tier
 from atls_proxy.ops.config import ClientConfig, ExpatConfig, ServerConfig
+from atls_proxy.ops.evidence import verifiers_for_policy
 from atls_proxy.ops.policyfile import load_policy
 from atls_proxy.proxy.client import ClientSettings
 from atls_proxy.proxy.server import AttestedServer
@@ -49,7 +50,7 @@ def build_server(cfg: ServerConfig) -> AttestedServer:
 
 def build_client_settings(cfg: ClientConfig) -> ClientSettings:
     policy = load_policy(cfg.policy)
-    verifiers = verifiers_for(policy)
+    verifiers = verifiers_for(policy) + verifiers_for_policy(policy, cfg.policy)
     if not verifiers:
         raise ConfigError(
             "client.policy", f"{cfg.policy} enables no verifier: every server would be rejected"

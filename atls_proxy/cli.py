@@ -194,6 +194,61 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run(lambda: run_demo(keep_running=args.keep_running))
 
 
+def cmd_verify_evidence(args: argparse.Namespace) -> int:
+    import datetime
+
+    from atls_proxy.ops import evidence as ev
+    from atls_proxy.ops.policyfile import load_policy
+    from atls_proxy.report import render_text
+    from atls_proxy.verify.policy import DEFAULT_POLICY_ID
+    from atls_proxy.verify.result import AttestationReport
+
+    fmt = args.format
+    policy_id = DEFAULT_POLICY_ID
+    if args.policy:
+        policy = load_policy(args.policy)
+        policy_id = policy.policy_id
+        if fmt not in policy.hardware:
+            raise ConfigError("--policy", f"{args.policy} has no [{fmt}] section")
+        fmt_policy = policy.hardware[fmt]
+    else:
+        fmt_policy = ev.default_policy(fmt)
+    if args.at:
+        try:
+            at = datetime.datetime.fromisoformat(args.at.replace("Z", "+00:00"))
+        except ValueError:
+            raise ConfigError("--at", f"not an RFC 3339 time: {args.at!r}") from None
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=datetime.UTC)
+    else:
+        at = ev.now_utc()
+    report_data = None
+    if args.report_data:
+        try:
+            report_data = bytes.fromhex(args.report_data)
+        except ValueError:
+            raise ConfigError("--report-data", "expected hex") from None
+    trust = ev.load_trust(fmt, args.collateral, args.certs)
+    data = ev.read_evidence(args.path)
+    appraisal = ev.appraise_file(
+        fmt,
+        data,
+        policy=fmt_policy,
+        trust=trust,
+        now=at,
+        expected_report_data=report_data,
+        policy_id=policy_id,
+    )
+    report = AttestationReport(
+        target=str(args.path), appraisals=[appraisal], issued_at=at.timestamp()
+    )
+    if args.json:
+        print(json.dumps(report.to_json(__version__), indent=2))
+    else:
+        print(render_text(report))
+    return 0 if report.passed else 1
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from atls_proxy.bench import print_results, run_attest_bench
 
@@ -271,6 +326,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ba.add_argument("--json", action="store_true")
     ba.set_defaults(func=cmd_bench)
+
+    v = sub.add_parser("verify-evidence", help="offline appraisal of a saved evidence file")
+    v.add_argument("path", type=Path, metavar="PATH")
+    v.add_argument("--format", required=True, choices=["tdx", "snp", "cca", "tpm"])
+    v.add_argument(
+        "--collateral", type=Path, help="collateral folder (TDX: TCB Info, QE Identity, CRLs)"
+    )
+    v.add_argument(
+        "--certs", type=Path, help="certificates / trusted keys folder (VCEK + AMD chain, CPAK, AK)"
+    )
+    v.add_argument(
+        "--policy",
+        help="policy TOML with a section for this format (default: the format's defaults)",
+    )
+    v.add_argument("--at", help="appraise at this RFC 3339 time (default: now)")
+    v.add_argument(
+        "--report-data", help="expected report data / qualifying data, hex (default: not checked)"
+    )
+    v.add_argument("--json", action="store_true", help="print the EAR-shaped JSON result")
+    v.set_defaults(func=cmd_verify_evidence)
 
     k = sub.add_parser("check-config", help="validate a serve.toml, connect.toml or policy file")
     k.add_argument("file")

@@ -26,9 +26,10 @@ of a format without a section is rejected.
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -62,7 +63,10 @@ MAX_ACCEPTED_DIGESTS = 64
 _HEX_RE = re.compile(r"[0-9A-Fa-f]+")
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 
-_TOP_LEVEL_KEYS = ("policy", "software", "freshness")
+# Hardware evidence formats: each has a package atls_proxy.verify.<fmt> with parse_<fmt>_policy().
+HARDWARE_FORMATS = ("tdx", "snp", "cca", "tpm")
+_TOP_LEVEL_KEYS = ("policy", "software", "freshness", "trust", *HARDWARE_FORMATS)
+_TRUST_KEYS = ("collateral", "certs")
 _FRESHNESS_KEYS = ("tiers", "max_epoch_age")
 # The cached tier's evidence is as old as its epoch; five minutes unless the policy says otherwise.
 DEFAULT_MAX_EPOCH_AGE = 300.0
@@ -114,6 +118,13 @@ class Policy:
     policy_id: str = DEFAULT_POLICY_ID
     software: SoftwarePolicy | None = None
     freshness: Freshness = Freshness()
+    # fmt -> that format's parsed policy object (e.g. TdxPolicy), for the formats the policy names.
+    hardware: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    # fmt -> (collateral folder, certificates folder) as written under [trust.<fmt>]; the I/O side
+    # (ops/policyfile.py) resolves and loads them.
+    trust_dirs: Mapping[str, tuple[str | None, str | None]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
 
 def _key_path(prefix: str, name: str) -> str:
@@ -148,14 +159,43 @@ class _Parser:
             section = self.table(top["policy"], "policy", _POLICY_KEYS)
             if "id" in section:
                 policy_id = self.policy_id(section["id"])
-        if "software" not in top:
+        if not any(k in top for k in ("software", *HARDWARE_FORMATS)):
             raise self.error(
                 "software",
-                "missing: the policy has no evidence section, so it would reject all evidence",
+                "missing: the policy has no evidence section ([software], [tdx], [snp], [cca] or "
+                "[tpm]), so it would reject all evidence",
             )
-        software = self.software(top["software"])
+        software = self.software(top["software"]) if "software" in top else None
         freshness = self.freshness(top.get("freshness", {}))
-        return Policy(policy_id=policy_id, software=software, freshness=freshness)
+        hardware = {fmt: self.hardware(fmt, top[fmt]) for fmt in HARDWARE_FORMATS if fmt in top}
+        trust = self.trust(top.get("trust", {}))
+        return Policy(
+            policy_id=policy_id,
+            software=software,
+            freshness=freshness,
+            hardware=MappingProxyType(hardware),
+            trust_dirs=MappingProxyType(trust),
+        )
+
+    def hardware(self, fmt: str, value: object) -> Any:
+        if not isinstance(value, Mapping):
+            raise self.error(fmt, "must be a table")
+        module = importlib.import_module(f"atls_proxy.verify.{fmt}")
+        return getattr(module, f"parse_{fmt}_policy")(value, fmt, self._read_file)
+
+    def trust(self, value: object) -> dict[str, tuple[str | None, str | None]]:
+        section = self.table(value, "trust", HARDWARE_FORMATS)
+        out: dict[str, tuple[str | None, str | None]] = {}
+        for fmt, entry in section.items():
+            t = self.table(entry, f"trust.{fmt}", _TRUST_KEYS)
+            dirs: list[str | None] = []
+            for k in _TRUST_KEYS:
+                v = t.get(k)
+                if v is not None and (not isinstance(v, str) or not v):
+                    raise self.error(f"trust.{fmt}.{k}", "must be a folder name")
+                dirs.append(v)
+            out[fmt] = (dirs[0], dirs[1])
+        return out
 
     def freshness(self, value: object) -> Freshness:
         section = self.table(value, "freshness", _FRESHNESS_KEYS)

@@ -162,7 +162,7 @@ _MEAS = "software/measurements"
 
 ERROR_CASES = [
     # (mutation, expected key, message fragment)
-    (_set("tdx", {}), "tdx", "unknown key"),
+    (_set("sgx", {}), "sgx", "unknown key"),
     (_set("policy/name", "x"), "policy.name", "unknown key"),
     (_set("software/allow_simulatd", True), "software.allow_simulatd", "unknown key"),
     (_set("policy", "dev"), "policy", "must be a table"),
