@@ -85,7 +85,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 cfg.attester.kind,
             )
         try:
-            await _until_signal(server.serve_forever(), lambda: _status(server.stats.counters()))
+            await _until_signal(server.serve_forever(), lambda: _status(server.counters()))
         finally:
             await server.close()
 

@@ -9,66 +9,36 @@ import logging
 import time
 
 from atls_proxy.proxy.client import AttestationFailed, ClientSettings, open_attested
+from atls_proxy.proxy.listener import Listener
 from atls_proxy.proxy.pump import IdleTimeout, pump
-from atls_proxy.proxy.server import WRITE_HIGH_WATER
 from atls_proxy.tls.engine import TLSError
 
 log = logging.getLogger("atls_proxy.client")
 
 
-class ClientForwarder:
+class ClientForwarder(Listener):
+    limit_check = "client.max-connections"
+
     def __init__(
         self, settings: ClientSettings, listen_host: str, listen_port: int, max_connections: int
     ) -> None:
+        super().__init__(max_connections)
         self.settings = settings
         self.listen_host = listen_host
         self.listen_port = listen_port
-        self.max_connections = max_connections
-        self.active = 0
         self.attested = 0
         self.failed = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
 
     def counters(self) -> dict[str, int]:
         return {"active": self.active, "attested": self.attested, "failed": self.failed}
 
     async def start(self) -> list[tuple[str, int]]:
-        self._server = await asyncio.start_server(
-            self._on_local, self.listen_host, self.listen_port, limit=65536
-        )
-        return [s.getsockname()[:2] for s in self._server.sockets]
+        return await self.listen(self.listen_host, self.listen_port)
 
-    async def serve_forever(self) -> None:
-        assert self._server is not None
-        async with self._server:
-            await self._server.serve_forever()
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for t in list(self._tasks):
-            t.cancel()
-        for t in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await t
-
-    async def _on_local(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.active >= self.max_connections:
-            log.warning(
-                "local connection refused check=client.max-connections limit=%d",
-                self.max_connections,
-            )
-            writer.transport.abort()
-            return
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self.active += 1
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         t0 = time.monotonic()
         target = f"{self.settings.host}:{self.settings.port}"
         try:
-            writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
             try:
                 conn = await open_attested(self.settings)
             except AttestationFailed as exc:
@@ -104,11 +74,7 @@ class ClientForwarder:
                 log.warning("connection broken server=%s reason=%r", target, str(exc))
             finally:
                 await conn.stream.close()
-        except asyncio.CancelledError:
-            writer.transport.abort()  # shutdown; see AttestedServer._on_client
         finally:
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
-            self.active -= 1
-            self._tasks.discard(task)

@@ -37,15 +37,13 @@ from atls_proxy.expat import session as xs
 from atls_proxy.expat.framing import ErrorCode
 from atls_proxy.expat.profile import ExpatProfile
 from atls_proxy.ops.config import Address, ServerConfig
+from atls_proxy.proxy.listener import WRITE_HIGH_WATER, Listener, peer_name
 from atls_proxy.proxy.pump import IdleTimeout, pump
 from atls_proxy.proxy.stream import TLSStream
 from atls_proxy.tls.context import ServerIdentity
 from atls_proxy.tls.engine import TLSEngine, TLSError
 
 log = logging.getLogger("atls_proxy.server")
-
-# Transport buffer ceiling per direction; beyond it drain() blocks (backpressure).
-WRITE_HIGH_WATER = 256 * 1024
 
 
 class Refused(AtlsError):
@@ -57,22 +55,10 @@ class Refused(AtlsError):
 @dataclass(slots=True)
 class ServerStats:
     accepted: int = 0
-    active: int = 0
     attested: int = 0
     unattested: int = 0
     failed: int = 0
-    refused_limit: int = 0
     by_check: dict[str, int] = field(default_factory=dict)
-
-    def counters(self) -> dict[str, int]:
-        return {
-            "active": self.active,
-            "accepted": self.accepted,
-            "attested": self.attested,
-            "unattested": self.unattested,
-            "failed": self.failed,
-            "refused_limit": self.refused_limit,
-        }
 
 
 @dataclass(slots=True)
@@ -80,7 +66,9 @@ class _Plain:
     initial: bytes
 
 
-class AttestedServer:
+class AttestedServer(Listener):
+    limit_check = "server.max-connections"
+
     def __init__(
         self,
         config: ServerConfig,
@@ -89,6 +77,7 @@ class AttestedServer:
         engine: EvidenceEngine,
         profile: ExpatProfile,
     ) -> None:
+        super().__init__(config.max_connections)
         self.config = config
         self.identity = identity
         self.ssl_context = ssl_context
@@ -96,63 +85,33 @@ class AttestedServer:
         self.profile = profile
         self.stats = ServerStats()
         self._chain_der = identity.chain_der
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "active": self.active,
+            "accepted": self.stats.accepted,
+            "attested": self.stats.attested,
+            "unattested": self.stats.unattested,
+            "failed": self.stats.failed,
+            "refused_limit": self.refused_limit,
+        }
 
     async def start(self) -> list[tuple[str, int]]:
         await self.engine.start()  # the cached tier quotes its first epoch before accepting
-        listen = self.config.listen
-        self._server = await asyncio.start_server(
-            self._on_client, listen.host, listen.port, limit=65536
-        )
-        return [s.getsockname()[:2] for s in self._server.sockets]
-
-    async def serve_forever(self) -> None:
-        assert self._server is not None
-        async with self._server:
-            await self._server.serve_forever()
+        return await self.listen(self.config.listen.host, self.config.listen.port)
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        await super().close()
         await self.engine.close()
-        for t in list(self._tasks):
-            t.cancel()
-        for t in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await t
 
-    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        peer = _peer(writer)
-        if self.stats.active >= self.config.max_connections:
-            self.stats.refused_limit += 1
-            log.warning(
-                "connection refused peer=%s check=server.max-connections limit=%d",
-                peer,
-                self.config.max_connections,
-            )
-            writer.transport.abort()
-            return
-        self._tasks.add(task)
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.stats.accepted += 1
-        self.stats.active += 1
-        try:
-            await self._handle(reader, writer, peer)
-        except asyncio.CancelledError:
-            # Shutdown cancels connection tasks; the stream callback must not see the
-            # cancellation (Python 3.11's StreamReaderProtocol logs it as an error).
-            writer.transport.abort()
-        finally:
-            self.stats.active -= 1
-            self._tasks.discard(task)
+        await self._handle(reader, writer, peer_name(writer))
 
     async def _handle(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
     ) -> None:
         t0 = time.monotonic()
-        writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         tls = TLSStream(reader, writer, TLSEngine(self.ssl_context, server_side=True))
         timeouts = self.config.timeouts
         stage = "tls.handshake"
@@ -293,10 +252,3 @@ async def _open(addr: Address) -> tuple[asyncio.StreamReader, asyncio.StreamWrit
     if addr.kind == "unix":
         return await asyncio.open_unix_connection(addr.path, limit=65536)
     return await asyncio.open_connection(addr.host, addr.port, limit=65536)
-
-
-def _peer(writer: asyncio.StreamWriter) -> str:
-    info = writer.get_extra_info("peername")
-    if isinstance(info, tuple) and len(info) >= 2:
-        return f"{info[0]}:{info[1]}"
-    return str(info or "unix")

@@ -108,3 +108,15 @@ def stack(tmp_path: Path, ps: Procs) -> Stack:
 def backend_requests(backend: Proc) -> int:
     """How many HTTP requests the backend logged (http.server logs one line per request)."""
     return sum(1 for line in backend.output().splitlines() if '"GET ' in line or '"POST ' in line)
+
+
+def serve_variant(dev: Path, name: str, server_lines: str) -> Path:
+    """A copy of dev/serve.toml with extra [server] keys, written beside it (relative paths hold)."""
+    text = (
+        (dev / "serve.toml")
+        .read_text()
+        .replace("[server]\n", "[server]\n" + server_lines.strip() + "\n", 1)
+    )
+    out = dev / f"serve-{name}.toml"
+    out.write_text(text)
+    return out

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Stack, backend_requests, start_server
+from tests.integration.conftest import Stack, backend_requests, serve_variant, start_server
 from tests.support.evil import RelayMITM, ReplayServer, issue_leaf, record_genuine, write_identity
 from tests.support.procs import CLI, Procs, env, free_port, require, run_cli, wait_port
 
@@ -243,15 +243,7 @@ def test_silent_client_gets_nothing(stack: Stack, ps: Procs, tmp_path: Path) -> 
     import ssl
     import time
 
-    cfg = tmp_path / "serve-fast.toml"
-    text = (
-        (stack.dev / "serve.toml")
-        .read_text()
-        .replace("[server]", "[server]\nattestation_timeout = 1.0", 1)
-    )
-    for name in ("server.pem", "server-key.pem", "platform-key.pem"):
-        text = text.replace(f'"{name}"', f'"{stack.dev / name}"')
-    cfg.write_text(text)
+    cfg = serve_variant(stack.dev, "serve-fast", "attestation_timeout = 1.0")
     srv, port = start_server(ps, cfg, stack.backend_port)
     ctx = ssl.create_default_context(cafile=str(stack.dev / "ca.pem"))
     with ctx.wrap_socket(

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Stack, backend_requests, start_client, start_server
+from tests.integration.conftest import (
+    Stack,
+    backend_requests,
+    serve_variant,
+    start_client,
+    start_server,
+)
 from tests.support.procs import Procs, free_port, require, run_cli, wait_port
 
 pytestmark = pytest.mark.integration
@@ -200,12 +206,7 @@ def test_plain_tls_server_rejected_by_attest(ps: Procs, stack: Stack) -> None:
 
 
 def test_serve_unattested_mode(ps: Procs, stack: Stack, tmp_path: Path) -> None:
-    cfg = tmp_path / "serve-plain.toml"
-    text = (stack.dev / "serve.toml").read_text()
-    text = text.replace("[server]", '[server]\nplain_clients = "serve-unattested"', 1)
-    for name in ("server.pem", "server-key.pem", "platform-key.pem"):
-        text = text.replace(f'"{name}"', f'"{stack.dev / name}"')
-    cfg.write_text(text)
+    cfg = serve_variant(stack.dev, "plain", 'plain_clients = "serve-unattested"')
     srv, port = start_server(ps, cfg, stack.backend_port)
     res = curl("-k", f"https://127.0.0.1:{port}/hello.txt")
     assert res.stdout == b"hello through atls-proxy\n"
@@ -324,15 +325,7 @@ def test_unix_backend_half_close_and_backpressure(ps: Procs, stack: Stack, tmp_p
 def test_connection_limit(ps: Procs, stack: Stack, tmp_path: Path) -> None:
     import socket
 
-    cfg = tmp_path / "serve-limit.toml"
-    text = (
-        (stack.dev / "serve.toml")
-        .read_text()
-        .replace("[server]", "[server]\nmax_connections = 2", 1)
-    )
-    for name in ("server.pem", "server-key.pem", "platform-key.pem"):
-        text = text.replace(f'"{name}"', f'"{stack.dev / name}"')
-    cfg.write_text(text)
+    cfg = serve_variant(stack.dev, "serve-limit", "max_connections = 2")
     srv, port = start_server(ps, cfg, stack.backend_port)
     time.sleep(0.5)  # let the readiness probe's connection finish
     held = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
@@ -351,15 +344,7 @@ def test_connection_limit(ps: Procs, stack: Stack, tmp_path: Path) -> None:
 def test_idle_timeout_closes_both_sides(ps: Procs, stack: Stack, tmp_path: Path) -> None:
     import socket
 
-    cfg = tmp_path / "serve-idle.toml"
-    text = (
-        (stack.dev / "serve.toml")
-        .read_text()
-        .replace("[server]", "[server]\nidle_timeout = 1.0", 1)
-    )
-    for name in ("server.pem", "server-key.pem", "platform-key.pem"):
-        text = text.replace(f'"{name}"', f'"{stack.dev / name}"')
-    cfg.write_text(text)
+    cfg = serve_variant(stack.dev, "serve-idle", "idle_timeout = 1.0")
     srv, port = start_server(ps, cfg, stack.backend_port)
     _, cport = start_client(ps, stack.dev / "connect.toml", port)
     with socket.create_connection(("127.0.0.1", cport), timeout=15) as c:

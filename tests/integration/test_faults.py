@@ -22,7 +22,7 @@ from atls_proxy.expat import framing as f
 from atls_proxy.expat.binding import Binding
 from atls_proxy.ops.config import Address, Timeouts, load_client_config, load_server_config
 from atls_proxy.proxy.client import AttestationFailed, open_attested
-from tests.integration.conftest import Stack, start_client, start_server
+from tests.integration.conftest import Stack, serve_variant, start_client, start_server
 from tests.support.procs import Procs, free_port, run_cli
 
 pytestmark = pytest.mark.integration
@@ -122,15 +122,7 @@ def _status(proc_pid: int, log: Path, after: int) -> dict[str, int]:
 
 
 def test_connection_flood_beyond_limit(stack: Stack, ps: Procs, tmp_path: Path) -> None:
-    cfg = tmp_path / "serve-flood.toml"
-    text = (
-        (stack.dev / "serve.toml")
-        .read_text()
-        .replace("[server]", "[server]\nmax_connections = 20\nhandshake_timeout = 3.0", 1)
-    )
-    for name in ("server.pem", "server-key.pem", "platform-key.pem"):
-        text = text.replace(f'"{name}"', f'"{stack.dev / name}"')
-    cfg.write_text(text)
+    cfg = serve_variant(stack.dev, "serve-flood", "max_connections = 20\nhandshake_timeout = 3.0")
     srv, port = start_server(ps, cfg, stack.backend_port)
     time.sleep(0.3)
     base = _status(srv.popen.pid, srv.log, 0)

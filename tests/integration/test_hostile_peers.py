@@ -22,7 +22,7 @@ from atls_proxy.expat import authenticator as ea
 from atls_proxy.expat import framing as f
 from atls_proxy.expat import messages as m
 from atls_proxy.expat.profile import ExpatProfile
-from tests.integration.conftest import Stack
+from tests.integration.conftest import Stack, serve_variant
 from tests.support.evil import EvilServer
 from tests.support.procs import CLI, env, run_cli
 
@@ -130,15 +130,9 @@ def _assert_logged(stack: Stack, check: str) -> None:
 
 
 def test_slowloris_handshake_times_out_without_harming_others(stack: Stack, tmp_path: Path) -> None:
-    cfg = tmp_path / "serve-fast.toml"
-    text = (
-        (stack.dev / "serve.toml")
-        .read_text()
-        .replace("[server]", "[server]\nhandshake_timeout = 1.0\nattestation_timeout = 1.0", 1)
+    cfg = serve_variant(
+        stack.dev, "serve-fast", "handshake_timeout = 1.0\nattestation_timeout = 1.0"
     )
-    for name in ("server.pem", "server-key.pem", "platform-key.pem"):
-        text = text.replace(f'"{name}"', f'"{stack.dev / name}"')
-    cfg.write_text(text)
     from tests.integration.conftest import start_server
 
     srv, port = start_server(stack.procs, cfg, stack.backend_port)
