@@ -154,3 +154,45 @@ def test_tdx_v5_sample_rejected_for_expired_qe_identity(tmp_path: Path) -> None:
     assert code == 1
     qe = _checks(doc)["tdx.collateral.qe-identity.validity"]
     assert not qe["passed"] and "expired" in qe["detail"]
+
+
+def _snp_certs(tmp: Path, vcek: Path) -> Path:
+    d = tmp / "certs"
+    d.mkdir()
+    shutil.copy(vcek, d / vcek.name)
+    shutil.copy(VECTORS / "roots" / "amd" / "ask_ark_milan.pem", d / "ask_ark_milan.pem")
+    return d
+
+
+@pytest.mark.parametrize("flip,check", [(None, None), (0x180, "tcb"), (42, "signature")])
+def test_snp_trustee_report(tmp_path: Path, flip: int | None, check: str | None) -> None:
+    src = VECTORS / "snp" / "trustee" / "test-report.bin"
+    data = bytearray(src.read_bytes())
+    if flip is not None:
+        data[flip] = (data[flip] + 1) % 256
+    report = tmp_path / "report.bin"
+    report.write_bytes(bytes(data))
+    certs = _snp_certs(tmp_path, VECTORS / "snp" / "trustee" / "test-vcek.der")
+    code, doc = _run(
+        str(report), "--format", "snp", "--certs", str(certs), "--at", "2024-06-01T00:00:00Z"
+    )
+    if check is None:
+        assert code == 0, doc["atls.failed-check"]
+    else:
+        assert code == 1 and check in doc["atls.failed-check"]["name"], doc["atls.failed-check"]
+
+
+def test_snp_debug_policy_rejected(tmp_path: Path) -> None:
+    certs = _snp_certs(tmp_path, VECTORS / "snp" / "go-sev-guest" / "vcek.der")
+    code, doc = _run(
+        str(VECTORS / "snp" / "go-sev-guest" / "attestation.bin"),
+        "--format",
+        "snp",
+        "--certs",
+        str(certs),
+        "--at",
+        "2022-09-24T01:00:00Z",
+    )
+    assert code == 1 and doc["atls.failed-check"]["name"] == "snp.debug"
+    failed = [c for c in _checks(doc).values() if not c["passed"]]
+    assert [c["name"] for c in failed] == ["snp.debug"]  # every signature and chain check passed

@@ -1,0 +1,443 @@
+"""CCA verifier on tokens built here with our own keys: every check, every encoding, no vectors.
+
+``SynthToken`` signs a platform token with a fresh CPAK and a realm token with a fresh RAK, so each
+field can be changed and the token re-signed, to reach checks a flipped byte cannot (the RAK
+binding, the profile, the lifecycle, COSE_Key RAKs, ES256/ES512, trailing bytes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import cbor2
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+from atls_proxy.errors import ConfigError, DecodeError
+from atls_proxy.expat.binding import Binding
+from atls_proxy.verify.cca import (
+    MEDIA_TYPE,
+    VERAISON_MEDIA_TYPE,
+    CcaPolicy,
+    CcaTrust,
+    CcaVerifier,
+    TrustedCpak,
+    appraise_cca,
+    parse_cca_policy,
+    parse_token,
+)
+from atls_proxy.verify.result import Appraisal
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+_ALGS = {-7: (ec.SECP256R1, hashes.SHA256, 32), -35: (ec.SECP384R1, hashes.SHA384, 48)}
+_ALGS[-36] = (ec.SECP521R1, hashes.SHA512, 66)
+
+
+def sign1(payload: bytes, key: ec.EllipticCurvePrivateKey, alg: int) -> bytes:
+    _curve, hash_cls, n = _ALGS[alg]
+    protected = cbor2.dumps({1: alg})
+    tbs = cbor2.dumps(["Signature1", protected, b"", payload])
+    r, s = decode_dss_signature(key.sign(tbs, ec.ECDSA(hash_cls())))
+    sig = r.to_bytes(n, "big") + s.to_bytes(n, "big")
+    return cbor2.dumps(cbor2.CBORTag(18, [protected, {}, payload, sig]))
+
+
+def raw_point(key: ec.EllipticCurvePublicKey) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    return key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+
+
+def cose_key(key: ec.EllipticCurvePublicKey) -> bytes:
+    numbers = key.public_numbers()
+    n = (key.curve.key_size + 7) // 8
+    crv = {"secp256r1": 1, "secp384r1": 2, "secp521r1": 3}[key.curve.name]
+    return cbor2.dumps(
+        {1: 2, -1: crv, -2: numbers.x.to_bytes(n, "big"), -3: numbers.y.to_bytes(n, "big")}
+    )
+
+
+CPAK = ec.generate_private_key(ec.SECP384R1())
+RAK = ec.generate_private_key(ec.SECP384R1())
+REPORT_DATA = bytes(range(64))
+SW = {1: "RMM", 2: b"\x11" * 32, 4: "1.0", 5: b"\x22" * 32, 6: "sha-256"}
+
+
+@dataclass
+class SynthToken:
+    cpak: ec.EllipticCurvePrivateKey = CPAK
+    rak: ec.EllipticCurvePrivateKey = RAK
+    platform_alg: int = -35
+    realm_alg: int = -35
+    rak_encoding: str = "raw"
+    rak_hash: str = "sha-256"
+    platform_overrides: dict[int, Any] = field(default_factory=dict)
+    realm_overrides: dict[int, Any] = field(default_factory=dict)
+    bad_binding: bool = False
+    trailing: bytes = b""
+
+    def rak_claim(self) -> bytes:
+        pub = self.rak.public_key()
+        return raw_point(pub) if self.rak_encoding == "raw" else cose_key(pub)
+
+    def realm_claims(self) -> dict[int, Any]:
+        claims: dict[int, Any] = {
+            10: REPORT_DATA,
+            44235: b"\x00" * 64,
+            44236: "sha-256",
+            44237: self.rak_claim(),
+            44238: b"\xaa" * 32,
+            44239: [b"\x00" * 32, b"\x01" * 32, b"\x02" * 32, b"\x03" * 32],
+            44240: self.rak_hash,
+        }
+        claims.update(self.realm_overrides)
+        return {k: v for k, v in claims.items() if v is not None}
+
+    def platform_claims(self) -> dict[int, Any]:
+        name = {"sha-256": "sha256", "sha-384": "sha384", "sha-512": "sha512"}[self.rak_hash]
+        challenge = hashlib.new(name, self.rak_claim()).digest()
+        if self.bad_binding:
+            challenge = bytes(len(challenge))
+        claims: dict[int, Any] = {
+            265: "tag:arm.com,2023:cca_platform#1.0.0",
+            10: challenge,
+            2396: b"\x7f" * 32,
+            256: b"\x01" + b"\x33" * 32,
+            2401: b"\xcf\xcf",
+            2395: 0x3000,
+            2399: [SW],
+            2402: "sha-256",
+        }
+        claims.update(self.platform_overrides)
+        return {k: v for k, v in claims.items() if v is not None}
+
+    def token(self) -> bytes:
+        platform = sign1(cbor2.dumps(self.platform_claims()), self.cpak, self.platform_alg)
+        realm = sign1(cbor2.dumps(self.realm_claims()), self.rak, self.realm_alg)
+        return cbor2.dumps(cbor2.CBORTag(399, {44234: platform, 44241: realm})) + self.trailing
+
+    def trust(self) -> CcaTrust:
+        return CcaTrust((TrustedCpak(self.cpak.public_key(), "synthetic-cpak"),))
+
+
+def appraise(synth: SynthToken, policy: CcaPolicy | None = None, **kw: Any) -> Appraisal:
+    return appraise_cca(
+        synth.token(),
+        policy=policy or CcaPolicy(),
+        trust=kw.pop("trust", synth.trust()),
+        now=NOW,
+        expected_report_data=kw.pop("expected_report_data", REPORT_DATA),
+    )
+
+
+def failed(a: Appraisal) -> str:
+    f = a.first_failure
+    assert f is not None, "expected a failure"
+    return f.name
+
+
+def names(a: Appraisal) -> list[str]:
+    return [c.name for c in a.checks]
+
+
+def test_the_synthetic_token_passes_every_check() -> None:
+    a = appraise(SynthToken())
+    assert a.passed, a.first_failure
+    assert names(a) == [
+        "cca.token.format",
+        "cca.platform.signature",
+        "cca.realm.signature",
+        "cca.platform.challenge",
+        "cca.profile",
+        "cca.platform.lifecycle",
+        "cca.platform.implementation-id",
+        "cca.platform.instance-id",
+        "cca.platform.config",
+        "cca.platform.sw-component.0",
+        "cca.register.rim",
+        "cca.register.rem0",
+        "cca.register.rem1",
+        "cca.register.rem2",
+        "cca.register.rem3",
+        "cca.register.rpv",
+        "cca.report-data",
+    ]
+    assert a.trust_vector == {"instance-identity": 2, "hardware": 2}
+    assert "TEST CPAK" not in a.checks[1].detail
+
+
+@pytest.mark.parametrize("encoding", ["raw", "cose-key"])
+@pytest.mark.parametrize("rak_hash", ["sha-256", "sha-384", "sha-512"])
+def test_both_rak_encodings_and_every_rak_hash(encoding: str, rak_hash: str) -> None:
+    a = appraise(SynthToken(rak_encoding=encoding, rak_hash=rak_hash))
+    assert a.passed, a.first_failure
+    assert f"{encoding} encoding" in a.checks[0].detail
+
+
+@pytest.mark.parametrize(("alg", "curve"), [(-7, ec.SECP256R1()), (-36, ec.SECP521R1())])
+def test_es256_and_es512_platform_tokens(alg: int, curve: ec.EllipticCurve) -> None:
+    synth = SynthToken(cpak=ec.generate_private_key(curve), platform_alg=alg)
+    assert appraise(synth).passed
+
+
+def test_an_alg_that_does_not_fit_the_cpak_curve_fails_the_signature() -> None:
+    # ES384 claimed, P-256 key: mathematically a valid ECDSA(SHA-384) signature on P-256, but the
+    # key's curve is not the algorithm's (RFC 9053 §2.1), so it must not verify.
+    synth = SynthToken(cpak=ec.generate_private_key(ec.SECP256R1()), platform_alg=-35)
+    assert failed(appraise(synth)) == "cca.platform.signature"
+
+
+def test_realm_token_not_bound_to_the_platform_token() -> None:
+    a = appraise(SynthToken(bad_binding=True))
+    assert failed(a) == "cca.platform.challenge"
+    assert names(a)[-1] == "cca.platform.challenge"  # nothing about the claims after it
+
+
+def test_realm_token_signed_by_another_key_than_its_rak() -> None:
+    synth = SynthToken()
+    other = ec.generate_private_key(ec.SECP384R1())
+    forged = replace(synth, realm_overrides={44237: raw_point(other.public_key())})
+    # The claim names `other`, but RAK signs: the realm signature fails first.
+    a = appraise(forged)
+    assert failed(a) == "cca.realm.signature"
+
+
+def test_wrong_cpak() -> None:
+    a = appraise(
+        SynthToken(),
+        trust=CcaTrust((TrustedCpak(ec.generate_private_key(ec.SECP384R1()).public_key(), "x"),)),
+    )
+    assert failed(a) == "cca.platform.signature"
+    assert a.trust_vector["instance-identity"] == 96
+    assert len(a.checks) == 2
+
+
+def test_no_trusted_cpak() -> None:
+    a = appraise(SynthToken(), trust=CcaTrust(()))
+    assert failed(a) == "cca.platform.signature"
+    assert "no trusted CPAK" in a.checks[-1].detail
+
+
+def test_unknown_profile_stops() -> None:
+    a = appraise(SynthToken(platform_overrides={265: "tag:example.com,2024:other"}))
+    assert failed(a) == "cca.profile"
+    assert names(a)[-1] == "cca.profile"
+    a = appraise(SynthToken(realm_overrides={265: "tag:example.com,2024:realm"}))
+    assert failed(a) == "cca.profile"
+    assert appraise(SynthToken(realm_overrides={265: "tag:arm.com,2023:realm#1.0.0"})).passed
+
+
+@pytest.mark.parametrize(
+    ("value", "state"),
+    [
+        (0x4000, "non-cca-platform-rot-debug"),
+        (0x5001, "recoverable-cca-platform-rot-debug"),
+        (0x6000, "decommissioned"),
+        (0x1000, "assembly-and-test"),
+        (0x7000, "invalid"),
+    ],
+)
+def test_lifecycle_other_than_secured_fails_by_default(value: int, state: str) -> None:
+    a = appraise(SynthToken(platform_overrides={2395: value}))
+    assert failed(a) == "cca.platform.lifecycle"
+    check = next(c for c in a.checks if c.name == "cca.platform.lifecycle")
+    assert state in (check.observed or "")
+    assert a.trust_vector["hardware"] == 96
+    assert names(a)[-1] == "cca.report-data"  # claims checks all still run
+
+
+def test_lifecycle_accepted_by_policy_is_a_warning() -> None:
+    policy = CcaPolicy(accepted_lifecycles=frozenset({"secured", "non-cca-platform-rot-debug"}))
+    a = appraise(SynthToken(platform_overrides={2395: 0x4000}), policy)
+    assert a.passed
+    assert a.trust_vector["hardware"] == 32
+
+
+def test_sw_components_policy() -> None:
+    ok = parse_cca_policy(
+        {"sw_components": [{"type": "RMM", "measurement": "11" * 32, "signer_id": "22" * 32}]},
+        "cca",
+        lambda _: b"",
+    )
+    assert appraise(SynthToken(), ok).passed
+    wrong = parse_cca_policy(
+        {"sw_components": [{"type": "RMM", "measurement": "12" * 32}]}, "cca", lambda _: b""
+    )
+    a = appraise(SynthToken(), wrong)
+    assert failed(a) == "cca.platform.sw-component.0"
+    assert a.trust_vector["hardware"] == 96
+    signer = parse_cca_policy(
+        {"sw_components": [{"measurement": "11" * 32, "signer_id": "23" * 32}]},
+        "cca",
+        lambda _: b"",
+    )
+    assert failed(appraise(SynthToken(), signer)) == "cca.platform.sw-component.0"
+    missing = parse_cca_policy(
+        {
+            "sw_components": [
+                {"type": "RMM", "measurement": "11" * 32},
+                {"type": "BL31", "measurement": "33" * 32},
+            ]
+        },
+        "cca",
+        lambda _: b"",
+    )
+    a = appraise(SynthToken(), missing)
+    assert failed(a) == "cca.platform.sw-components.complete"
+    assert "BL31" in a.first_failure.detail  # type: ignore[union-attr]
+
+
+def test_platform_ids_and_registers_policy() -> None:
+    table: dict[str, Any] = {
+        "implementation_ids": ["7f" * 32],
+        "instance_ids": ["01" + "33" * 32],
+        "platform_configs": ["cfcf"],
+        "registers": {
+            "rim": ["aa" * 32],
+            "rem0": ["00" * 32],
+            "rem1": ["01" * 32],
+            "rem2": ["02" * 32],
+            "rem3": ["03" * 32],
+            "rpv": ["00" * 64],
+        },
+    }
+    policy = parse_cca_policy(table, "cca", lambda _: b"")
+    a = appraise(SynthToken(), policy)
+    assert a.passed and a.trust_vector["executables"] == 2
+    for key, check in [
+        ("implementation_ids", "cca.platform.implementation-id"),
+        ("instance_ids", "cca.platform.instance-id"),
+        ("platform_configs", "cca.platform.config"),
+    ]:
+        bad = dict(table, **{key: ["01" + "44" * 32] if key == "instance_ids" else ["ab" * 32]})
+        if key == "platform_configs":
+            bad[key] = ["cfcfcf"]
+        a = appraise(SynthToken(), parse_cca_policy(bad, "cca", lambda _: b""))
+        assert failed(a) == check
+    for reg in ("rim", "rem2", "rpv"):
+        regs = dict(table["registers"])
+        regs[reg] = ["bb" * (64 if reg == "rpv" else 32)]
+        a = appraise(
+            SynthToken(), parse_cca_policy(dict(table, registers=regs), "cca", lambda _: b"")
+        )
+        assert failed(a) == f"cca.register.{reg}"
+        assert a.trust_vector["executables"] == 96
+
+
+def test_report_data() -> None:
+    assert failed(appraise(SynthToken(), expected_report_data=bytes(64))) == "cca.report-data"
+    a = appraise(SynthToken(), expected_report_data=None)
+    assert a.passed
+    assert a.checks[-1].detail == "not checked: no binding (offline appraisal)"
+    assert a.checks[-1].observed == REPORT_DATA.hex()
+
+
+def test_trailing_bytes_are_reported_not_verified() -> None:
+    a = appraise(SynthToken(trailing=b"\x00" * 17))
+    assert a.passed
+    trailing = next(c for c in a.checks if c.name == "cca.token.trailing-bytes")
+    assert "17 bytes" in trailing.detail
+
+
+@pytest.mark.parametrize(
+    ("overrides", "realm", "phrase"),
+    [
+        ({10: None}, False, "challenge"),
+        ({2399: []}, False, "sw-components is empty"),
+        ({256: b"\x02" + b"\x33" * 32}, False, "instance-id"),
+        ({2396: b"\x7f" * 31}, False, "implementation-id"),
+        ({2395: True}, False, "lifecycle"),
+        ({2402: "md5"}, False, "hash"),
+        ({2399: [{2: b"\x11" * 32}]}, False, "signer-id"),
+        ({10: b"\x00" * 63}, True, "challenge"),
+        ({44239: [b"\x00" * 32] * 3}, True, "extensible"),
+        ({44238: b"\x00" * 64}, True, "RIM"),
+        ({44237: b"\x04" + b"\x00" * 96}, True, "not a point"),
+        (
+            {44237: cbor2.dumps({1: 2, -1: 2, -2: b"\x00" * 48, -3: b"\x00" * 48, -4: b"x"})},
+            True,
+            "private",
+        ),
+    ],
+)
+def test_malformed_claims_fail_the_format_check(
+    overrides: dict[int, Any], realm: bool, phrase: str
+) -> None:
+    synth = (
+        SynthToken(realm_overrides=overrides) if realm else SynthToken(platform_overrides=overrides)
+    )
+    a = appraise(synth)
+    assert names(a) == ["cca.token.format"]
+    assert phrase in a.checks[0].detail
+    with pytest.raises(DecodeError):
+        parse_token(synth.token())
+
+
+def test_collection_shape() -> None:
+    synth = SynthToken()
+    platform = sign1(cbor2.dumps(synth.platform_claims()), CPAK, -35)
+    for bad in [
+        cbor2.dumps(cbor2.CBORTag(398, {44234: platform, 44241: platform})),
+        cbor2.dumps(cbor2.CBORTag(399, {44234: platform})),
+        cbor2.dumps(cbor2.CBORTag(399, {44234: platform, 44242: platform})),
+        cbor2.dumps(cbor2.CBORTag(399, [platform, platform])),
+        b"",
+    ]:
+        a = appraise_cca(
+            bad, policy=CcaPolicy(), trust=synth.trust(), now=NOW, expected_report_data=None
+        )
+        assert names(a) == ["cca.token.format"]
+
+
+def test_verifier_class_binds_to_the_expat_report_data() -> None:
+    binding = Binding("sha256", b"\x05" * 32, b"\x06" * 32)
+    synth = SynthToken(realm_overrides={10: binding.report_data()})
+    verifier = CcaVerifier(CcaPolicy(), synth.trust(), clock=lambda: NOW)
+    assert verifier.accepts(MEDIA_TYPE)
+    assert verifier.accepts(VERAISON_MEDIA_TYPE)
+    assert verifier.accepts('application/eat-collection;profile="http://arm.com/CCA-SSD/1.0.0"')
+    assert not verifier.accepts("application/vnd.atls-proxy.tdx-quote")
+    assert verifier.appraise(MEDIA_TYPE, synth.token(), binding, 0.0).passed
+    other = Binding("sha256", b"\x07" * 32, b"\x06" * 32)
+    a = verifier.appraise(MEDIA_TYPE, synth.token(), other, 0.0)
+    assert failed(a) == "cca.report-data"
+
+
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [
+        ({"bogus": 1}, "cca.bogus"),
+        ({"accepted_lifecycles": []}, "cca.accepted_lifecycles"),
+        ({"accepted_lifecycles": ["decommissioned"]}, "cca.accepted_lifecycles[0]"),
+        ({"accepted_lifecycles": ["debug"]}, "cca.accepted_lifecycles[0]"),
+        ({"implementation_ids": ["zz"]}, "cca.implementation_ids[0]"),
+        ({"implementation_ids": ["00" * 31]}, "cca.implementation_ids[0]"),
+        ({"instance_ids": "01"}, "cca.instance_ids"),
+        ({"registers": {"rim": ["00" * 31]}}, "cca.registers.rim[0]"),
+        ({"registers": {"rpv": ["00" * 32]}}, "cca.registers.rpv[0]"),
+        ({"registers": {"rem4": ["00" * 32]}}, "cca.registers.rem4"),
+        ({"registers": []}, "cca.registers"),
+        ({"sw_components": [{"type": "X"}]}, "cca.sw_components[0].measurement"),
+        ({"sw_components": [{"measurement": "00" * 32, "x": 1}]}, "cca.sw_components[0].x"),
+        (
+            {"sw_components": [{"measurement": "00" * 32, "signer_id": "0"}]},
+            "cca.sw_components[0].signer_id",
+        ),
+        ({"sw_components": {}}, "cca.sw_components"),
+    ],
+)
+def test_policy_errors_name_the_key(table: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_cca_policy(table, "cca", lambda _: b"")
+    assert info.value.key == key
+
+
+def test_policy_defaults() -> None:
+    policy = parse_cca_policy({}, "cca", lambda _: b"")
+    assert policy == CcaPolicy()
+    assert policy.accepted_lifecycles == frozenset({"secured"})
