@@ -197,3 +197,18 @@ def _real_trust() -> Any:
             )
         )
     return _REAL[0]
+
+
+def test_hostile_pem_is_linear() -> None:
+    """A BEGIN line followed by 60 000 spaces and no END is refused at once (no backtracking)."""
+    import time
+
+    start = time.monotonic()
+    for blob in (
+        b"-----BEGIN CERTIFICATE-----" + b" " * 60_000,
+        (b"-----BEGIN CERTIFICATE-----" + b"A" * 10 + b"\n") * 2_000,
+        b"-----BEGIN CERTIFICATE-----\n" + b"=\n" * 30_000 + b"-----END CERTIFICATE-----",
+    ):
+        with pytest.raises(DecodeError):
+            parse_amd_certificates(blob)
+    assert time.monotonic() - start < 2.0

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import binascii
 import hashlib
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -75,9 +74,8 @@ PSS_MAX_SALT = 64
 # The security patch levels are one byte each in TCB_VERSION (SEV-SNP ABI spec, TCB_VERSION).
 MAX_SPL = 0xFF
 
-_PEM_RE = re.compile(
-    rb"-----BEGIN CERTIFICATE-----\s*([A-Za-z0-9+/=\s]*?)\s*-----END CERTIFICATE-----"
-)
+PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
+PEM_END = b"-----END CERTIFICATE-----"
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,11 +250,21 @@ def split_certificates(data: bytes) -> list[bytes]:
     ``CERTIFICATE`` blocks (text around them is ignored). Raises ``DecodeError``."""
     if data[:1] == bytes([der.TAG_SEQUENCE]):
         return [data]
-    blocks = _PEM_RE.findall(data)
+    # A linear scan for the markers (RFC 7468 §2); no regular expression, so hostile input
+    # cannot make the search backtrack.
+    blocks: list[bytes] = []
+    start = data.find(PEM_BEGIN)
+    while start >= 0:
+        body_start = start + len(PEM_BEGIN)
+        end = data.find(PEM_END, body_start)
+        if end < 0:
+            raise DecodeError("PEM CERTIFICATE block without its END line")
+        if len(blocks) >= MAX_CERTS_PER_BLOB:
+            raise DecodeError(f"more than {MAX_CERTS_PER_BLOB} certificates")
+        blocks.append(data[body_start:end])
+        start = data.find(PEM_BEGIN, end + len(PEM_END))
     if not blocks:
         raise DecodeError("neither a DER certificate nor PEM with a CERTIFICATE block")
-    if len(blocks) > MAX_CERTS_PER_BLOB:
-        raise DecodeError(f"more than {MAX_CERTS_PER_BLOB} certificates")
     out = []
     for block in blocks:
         try:
