@@ -47,16 +47,14 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Callable
 from datetime import datetime
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from atls_proxy.errors import DecodeError
-from atls_proxy.expat.binding import Binding
 from atls_proxy.verify.cca.policy import REGISTER_NAMES, CcaPolicy, SwReference
 from atls_proxy.verify.cca.token import (
     PLATFORM_PROFILES,
@@ -69,9 +67,9 @@ from atls_proxy.verify.cca.token import (
     parse_token,
 )
 from atls_proxy.verify.cca.trust import CcaTrust, TrustedCpak
+from atls_proxy.verify.hardware import HardwareVerifier
 from atls_proxy.verify.policy import DEFAULT_POLICY_ID
 from atls_proxy.verify.result import Appraisal, Check, Tier
-from atls_proxy.verify.software import parse_media_type
 
 logger = logging.getLogger(__name__)
 
@@ -465,35 +463,10 @@ def appraise_cca(
     return appraisal
 
 
-class CcaVerifier:
-    """The ``Verifier`` for CCA tokens: fixed policy and trust, time from the injected clock."""
+class CcaVerifier(HardwareVerifier[CcaPolicy, CcaTrust]):
+    """The ``Verifier`` for CCA evidence (verify/hardware.py)."""
 
-    def __init__(
-        self,
-        policy: CcaPolicy,
-        trust: CcaTrust,
-        clock: Callable[[], datetime],
-        policy_id: str = DEFAULT_POLICY_ID,
-    ) -> None:
-        self._policy = policy
-        self._trust = trust
-        self._clock = clock
-        self._policy_id = policy_id
+    accepted = ((MEDIA_TYPE, {}), _VERAISON_PARSED)
 
-    def accepts(self, media_type: str) -> bool:
-        parsed = parse_media_type(media_type)
-        return parsed == (MEDIA_TYPE, {}) or parsed == _VERAISON_PARSED
-
-    def appraise(
-        self, media_type: str, evidence: bytes, expected: Binding, now: float
-    ) -> Appraisal:
-        """The realm challenge must equal ``expected.report_data()`` (binding.py, O-5)."""
-        del media_type, now
-        return appraise_cca(
-            evidence,
-            policy=self._policy,
-            trust=self._trust,
-            now=self._clock(),
-            expected_report_data=expected.report_data(),
-            policy_id=self._policy_id,
-        )
+    def run(self, evidence: bytes, **kwargs: Any) -> Appraisal:
+        return appraise_cca(evidence, **kwargs)

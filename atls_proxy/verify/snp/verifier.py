@@ -58,9 +58,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -68,7 +67,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from atls_proxy.errors import DecodeError
-from atls_proxy.expat.binding import Binding
+from atls_proxy.verify.hardware import HardwareVerifier
 from atls_proxy.verify.policy import DEFAULT_POLICY_ID
 from atls_proxy.verify.result import Appraisal, Check, Tier
 from atls_proxy.verify.snp import report as rpt
@@ -94,7 +93,6 @@ from atls_proxy.verify.snp.trust import (
     product_for_cpuid,
     product_of_issuer,
 )
-from atls_proxy.verify.software import parse_media_type
 
 logger = logging.getLogger(__name__)
 
@@ -881,35 +879,10 @@ def appraise_snp(
     return appraisal
 
 
-class SnpVerifier:
-    """The ``Verifier`` for SEV-SNP reports: fixed policy and trust, time from the clock."""
+class SnpVerifier(HardwareVerifier[SnpPolicy, SnpTrust]):
+    """The ``Verifier`` for SNP evidence (verify/hardware.py)."""
 
-    def __init__(
-        self,
-        policy: SnpPolicy,
-        trust: SnpTrust,
-        clock: Callable[[], datetime],
-        policy_id: str = DEFAULT_POLICY_ID,
-    ) -> None:
-        self._policy = policy
-        self._trust = trust
-        self._clock = clock
-        self._policy_id = policy_id
+    accepted = ((MEDIA_TYPE, {}), (CERTS_MEDIA_TYPE, {}))
 
-    def accepts(self, media_type: str) -> bool:
-        return parse_media_type(media_type) in ((MEDIA_TYPE, {}), (CERTS_MEDIA_TYPE, {}))
-
-    def appraise(
-        self, media_type: str, evidence: bytes, expected: Binding, now: float
-    ) -> Appraisal:
-        """``now`` (the connection's POSIX time) is not used: certificate windows are judged at
-        ``clock()``, which the caller controls (and tests pin)."""
-        del media_type, now
-        return appraise_snp(
-            evidence,
-            policy=self._policy,
-            trust=self._trust,
-            now=self._clock(),
-            expected_report_data=expected.report_data(),
-            policy_id=self._policy_id,
-        )
+    def run(self, evidence: bytes, **kwargs: Any) -> Appraisal:
+        return appraise_snp(evidence, **kwargs)

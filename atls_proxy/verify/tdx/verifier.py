@@ -56,9 +56,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -67,10 +66,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from atls_proxy.errors import DecodeError
-from atls_proxy.expat.binding import Binding
+from atls_proxy.verify.hardware import HardwareVerifier
 from atls_proxy.verify.policy import DEFAULT_POLICY_ID
 from atls_proxy.verify.result import Appraisal, Check, Tier
-from atls_proxy.verify.software import parse_media_type
 from atls_proxy.verify.tdx import tcb
 from atls_proxy.verify.tdx.collateral import (
     Crl,
@@ -687,35 +685,10 @@ def appraise_tdx(
     return appraisal
 
 
-class TdxVerifier:
-    """The ``Verifier`` for TDX quotes: fixed policy and trust, time from the injected clock."""
+class TdxVerifier(HardwareVerifier[TdxPolicy, TdxTrust]):
+    """The ``Verifier`` for TDX evidence (verify/hardware.py)."""
 
-    def __init__(
-        self,
-        policy: TdxPolicy,
-        trust: TdxTrust,
-        clock: Callable[[], datetime],
-        policy_id: str = DEFAULT_POLICY_ID,
-    ) -> None:
-        self._policy = policy
-        self._trust = trust
-        self._clock = clock
-        self._policy_id = policy_id
+    accepted = ((MEDIA_TYPE, {}),)
 
-    def accepts(self, media_type: str) -> bool:
-        return parse_media_type(media_type) == (MEDIA_TYPE, {})
-
-    def appraise(
-        self, media_type: str, evidence: bytes, expected: Binding, now: float
-    ) -> Appraisal:
-        """``now`` (the connection's POSIX time) is not used: collateral and certificate windows
-        are judged at ``clock()``, which the caller controls (and tests pin)."""
-        del media_type, now
-        return appraise_tdx(
-            evidence,
-            policy=self._policy,
-            trust=self._trust,
-            now=self._clock(),
-            expected_report_data=expected.report_data(),
-            policy_id=self._policy_id,
-        )
+    def run(self, evidence: bytes, **kwargs: Any) -> Appraisal:
+        return appraise_tdx(evidence, **kwargs)

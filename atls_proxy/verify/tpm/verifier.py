@@ -47,9 +47,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections.abc import Callable
 from datetime import datetime
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -58,9 +57,9 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from atls_proxy.errors import DecodeError
 from atls_proxy.expat.binding import Binding
+from atls_proxy.verify.hardware import HardwareVerifier
 from atls_proxy.verify.policy import DEFAULT_POLICY_ID
 from atls_proxy.verify.result import Appraisal, Check, Tier
-from atls_proxy.verify.software import parse_media_type
 from atls_proxy.verify.tpm.evidence import TpmEvidence, decode_evidence
 from atls_proxy.verify.tpm.policy import TpmPolicy
 from atls_proxy.verify.tpm.structures import (
@@ -472,34 +471,14 @@ def appraise_tpm(
     return appraisal
 
 
-class TpmVerifier:
-    """The ``Verifier`` for TPM quotes: fixed policy and trust, time from the injected clock."""
+class TpmVerifier(HardwareVerifier[TpmPolicy, TpmTrust]):
+    """The ``Verifier`` for TPM evidence (verify/hardware.py)."""
 
-    def __init__(
-        self,
-        policy: TpmPolicy,
-        trust: TpmTrust,
-        clock: Callable[[], datetime],
-        policy_id: str = DEFAULT_POLICY_ID,
-    ) -> None:
-        self._policy = policy
-        self._trust = trust
-        self._clock = clock
-        self._policy_id = policy_id
+    accepted = ((MEDIA_TYPE, {}),)
 
-    def accepts(self, media_type: str) -> bool:
-        return parse_media_type(media_type) == (MEDIA_TYPE, {})
+    def expected_data(self, expected: Binding) -> bytes:
+        """The qualifying data (extraData) must be the binder itself (Expat -04 §5.1)."""
+        return expected.binder
 
-    def appraise(
-        self, media_type: str, evidence: bytes, expected: Binding, now: float
-    ) -> Appraisal:
-        """The qualifying data (extraData) must be ``expected.binder`` itself (Expat -04 §5.1)."""
-        del media_type, now
-        return appraise_tpm(
-            evidence,
-            policy=self._policy,
-            trust=self._trust,
-            now=self._clock(),
-            expected_report_data=expected.binder,
-            policy_id=self._policy_id,
-        )
+    def run(self, evidence: bytes, **kwargs: Any) -> Appraisal:
+        return appraise_tpm(evidence, **kwargs)
