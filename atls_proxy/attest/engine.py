@@ -43,13 +43,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import cbor2
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from atls_proxy.attest.base import Attester, Evidence
 from atls_proxy.errors import AttestationUnavailable
 from atls_proxy.expat import merkle, schemes
 from atls_proxy.expat.binding import Binding
-from atls_proxy.expat.cmw import IND_EVIDENCE, CMWCollection, CMWRecord, encode_cmw
+from atls_proxy.expat.cmw import (
+    IND_EVIDENCE,
+    MAX_CMW_SIZE,
+    CMWCollection,
+    CMWRecord,
+    encode_cmw,
+)
 from atls_proxy.expat.schemes import SigningKey
 from atls_proxy.expat.tiers import (
     AIK_BINDING_MEDIA_TYPE,
@@ -89,6 +96,8 @@ class _Epoch:
     encoded: bytes
     digest: bytes
     evidence: Evidence
+    # The CMW collection up to the per-connection member, encoded once per epoch (see _cached).
+    cmw_prefix: bytes = b""
 
 
 class EvidenceEngine:
@@ -257,16 +266,15 @@ class EvidenceEngine:
         sig = schemes.sign(
             self._aik, self._aik_scheme, aik_binding_content(binding.binder, ep.digest)
         )
-        cmw = CMWCollection(
-            {
-                "evidence": CMWRecord(ep.evidence.media_type, ep.evidence.data, IND_EVIDENCE),
-                "epoch": CMWRecord(EPOCH_MEDIA_TYPE, ep.encoded),
-                "binding": CMWRecord(
-                    AIK_BINDING_MEDIA_TYPE, encode_aik_binding(self._aik_scheme, sig)
-                ),
-            }
+        # Byte-identical to encode_cmw(CMWCollection({"evidence", "epoch", "binding"})): the
+        # first two members are the same for the whole epoch, so they are encoded once
+        # (_new_epoch) and only the binding record is encoded per connection.
+        cmw: bytes = ep.cmw_prefix + cbor2.dumps(
+            [AIK_BINDING_MEDIA_TYPE, encode_aik_binding(self._aik_scheme, sig)]
         )
-        return encode_cmw(cmw)
+        if len(cmw) > MAX_CMW_SIZE:
+            raise AttestationUnavailable(f"CMW of {len(cmw)} bytes exceeds {MAX_CMW_SIZE}")
+        return cmw
 
     async def _current_epoch(self, hash_name: str) -> _Epoch:
         now = self._clock()
@@ -305,4 +313,30 @@ class EvidenceEngine:
             Binding(hash_name, digest, hashlib.new(hash_name, spki).digest())
         )
         self.stats.epochs += 1
-        return _Epoch(hash_name, epoch.start, epoch.expires, encoded, digest, evidence)
+        return _Epoch(
+            hash_name,
+            epoch.start,
+            epoch.expires,
+            encoded,
+            digest,
+            evidence,
+            _cached_cmw_prefix(evidence, encoded),
+        )
+
+
+def _cached_cmw_prefix(evidence: Evidence, encoded_epoch: bytes) -> bytes:
+    """CBOR of the cached tier's collection without the value of its last member ("binding").
+
+    A map of three members in this order (RFC 8949 §3.1: major type 5 with count 3 is 0xA3), each
+    key a text string and each value a CMW record array (draft-ietf-rats-msg-wrap §3.1). The
+    per-connection record is appended to these bytes as the "binding" value.
+    """
+    head = cbor2.dumps(
+        {
+            "evidence": [evidence.media_type, evidence.data, IND_EVIDENCE],
+            "epoch": [EPOCH_MEDIA_TYPE, encoded_epoch],
+        }
+    )
+    if head[0] != 0xA2:  # a 2-member map, rewritten to 3 members with the binding key below
+        raise AssertionError("unexpected CBOR map header")
+    return b"\xa3" + head[1:] + cbor2.dumps("binding")

@@ -150,15 +150,20 @@ class AttesterSession(_Base):
         chain: Sequence[bytes],
         private_key: SigningKey,
         profile: ExpatProfile,
+        spki: bytes | None = None,
     ) -> None:
+        """``spki``: the leaf's DER SubjectPublicKeyInfo, when the caller has it already (a
+        server computes it once, not per connection); derived from ``chain[0]`` otherwise."""
         super().__init__()
         if not chain:
             raise ValueError("the attester needs its certificate chain")
         self._tls = tls
-        self._chain = list(chain)
+        self._chain = chain
         self._key = private_key
         self._profile = profile
-        self._spki = spki_der(x509.load_der_x509_certificate(chain[0]))
+        self._spki = (
+            spki if spki is not None else spki_der(x509.load_der_x509_certificate(chain[0]))
+        )
         self._state = _State.PREAMBLE
         self._sniff = b""
         self._used_contexts: set[bytes] = set()

@@ -3,6 +3,13 @@
 Thin on purpose (aioquic's habit): it moves ciphertext between the socket and the engine, drains
 the engine's output before every wait for input, and awaits ``drain()`` after writes so a slow peer
 pushes back on the writer instead of growing buffers.
+
+Coalescing: output the engine produces is sent with the next ``write``, or before the next wait
+for input, or at ``close`` — never later. So the handshake's last flight (a client's Finished, a
+server's NewSessionTicket) rides in the same TCP segment as the first message that follows it, and
+``queue`` lets a caller hand over bytes that go out with whatever is sent next (the client's ACCEPT
+frame travels with the first application bytes). Nothing can stall: every wait for input flushes
+first, so a peer that waits for us always gets what we have.
 """
 
 from __future__ import annotations
@@ -42,23 +49,27 @@ class TLSStream:
             self.engine.feed_eof()
 
     async def handshake(self) -> None:
+        """Complete the handshake. The last flight stays queued for the next send (see above)."""
         while not self.engine.handshake():
             await self._flush()
             if self._eof:
                 raise TLSError("peer closed the connection during the TLS handshake")
             await self._fill()
-        await self._flush()
 
     async def read(self) -> bytes:
         """Plaintext; ``b""`` once the peer sent close_notify. Truncation raises ``TLSError``."""
         while True:
             data = self.engine.read()
-            self._flush_nowait()
             if data is not None:
                 return data
+            self._flush_nowait()  # whatever we owe the peer goes out before we wait for it
             if self._eof:
                 raise TLSError("connection closed without close_notify")
             await self._fill()
+
+    def queue(self, data: bytes) -> None:
+        """Encrypt ``data`` now; it is sent with the next write, before the next wait, or at close."""
+        self.engine.write(data)
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         self.engine.write(bytes(data))
@@ -81,4 +92,5 @@ class TLSStream:
                 self._flush_nowait()
             self.writer.close()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.writer.wait_closed(), timeout)
+            async with asyncio.timeout(timeout):
+                await self.writer.wait_closed()

@@ -297,3 +297,16 @@ async def test_client_cache_reuses_epoch_appraisal_only_while_valid() -> None:
         await eng.evidence_for(b), b, [v], now[0], aik_public_key=AIK.public_key(), cache=cache
     )
     assert len(calls) == 2
+
+
+async def test_cached_cmw_is_the_collection_encode_cmw_would_write() -> None:
+    """The per-epoch pre-encoded prefix must not change a byte of the CMW on the wire."""
+    eng = EvidenceEngine(Recording(), Tier.CACHED, aik_key=AIK, epoch_seconds=60)
+    await eng.start()
+    b = binding()
+    cmw = await eng.evidence_for(b)
+    decoded = decode_cmw(cmw)
+    assert isinstance(decoded, CMWCollection)
+    assert list(decoded.members) == ["evidence", "epoch", "binding"]
+    assert encode_cmw(decoded) == cmw
+    assert appraise(cmw, b).passed
