@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from atls_proxy.attest.engine import EvidenceEngine
 from atls_proxy.attest.factory import build_attester
@@ -17,6 +18,9 @@ from atls_proxy.proxy.server import AttestedServer
 from atls_proxy.tls.context import client_context, load_server_identity, server_context
 from atls_proxy.verify.registry import verifiers_for
 
+if TYPE_CHECKING:
+    from atls_proxy.ops.metrics import Metrics
+
 log = logging.getLogger("atls_proxy")
 
 
@@ -29,7 +33,7 @@ def profile_from(cfg: ExpatConfig) -> ExpatProfile:
         raise ConfigError("expat", str(exc)) from None
 
 
-def build_server(cfg: ServerConfig) -> AttestedServer:
+def build_server(cfg: ServerConfig, metrics: Metrics | None = None) -> AttestedServer:
     identity = load_server_identity(cfg.certificate, cfg.private_key)
     ctx = server_context(identity)
     attester = build_attester(cfg.attester)
@@ -44,8 +48,9 @@ def build_server(cfg: ServerConfig) -> AttestedServer:
         quote_timeout=cfg.attester.quote_timeout,
         max_waiters=cfg.attester.max_waiters,
         epoch_seconds=cfg.attester.epoch_seconds,
+        hooks=metrics,
     )
-    return AttestedServer(cfg, identity, ctx, engine, profile_from(cfg.expat))
+    return AttestedServer(cfg, identity, ctx, engine, profile_from(cfg.expat), metrics)
 
 
 def build_client_settings(cfg: ClientConfig) -> ClientSettings:

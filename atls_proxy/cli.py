@@ -1,19 +1,19 @@
-"""Command line: ``atls-proxy serve | connect | attest | demo | check-config | dev-init``.
+"""Command line: ``atls-proxy serve | connect | attest | demo | check-config | dev-init | bench``.
 
-Exit codes: 0 success (for ``attest``: every check passed); 1 attestation or runtime failure;
-2 bad configuration or usage.
+Exit codes: 0 success (for ``attest``: every check passed; for ``serve``/``connect``: a clean stop,
+every connection finished); 1 attestation or runtime failure; 2 bad configuration or usage;
+3 ``serve``/``connect`` drain timeout (connections still open were closed); 4 forced exit by a
+second stop signal.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
-import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,28 +36,6 @@ def run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
         return runner.run(main())
 
 
-async def _until_signal(serve: Awaitable[None], status: Callable[[], str] | None = None) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    if status is not None:
-        # SIGUSR1: one status line in the log (connections, tasks, descriptors, memory).
-        loop.add_signal_handler(signal.SIGUSR1, lambda: log.info("status %s", status()))
-    task = asyncio.ensure_future(serve)
-    waiter = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        waiter.cancel()
-        task.result()
-        return
-    log.info("signal received; shutting down")
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
 def _status(counters: dict[str, int]) -> str:
     from atls_proxy.ops.procstat import open_fds, rss_kib
 
@@ -65,63 +43,63 @@ def _status(counters: dict[str, int]) -> str:
     return f"{fields} tasks={len(asyncio.all_tasks())} fds={open_fds()} rss_kib={rss_kib()}"
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from atls_proxy.app import build_server
-    from atls_proxy.ops.config import load_server_config
+def _service_main(args: argparse.Namespace, role: str) -> int:
+    """``serve`` and ``connect``: one process, or a supervisor of ``--workers`` processes."""
+    import os
+
+    from atls_proxy.ops import systemd
+    from atls_proxy.ops.config import load_client_config, load_server_config
     from atls_proxy.ops.logs import setup_logging
+    from atls_proxy.ops.metrics import Metrics
+    from atls_proxy.ops.runtime import ClientService, Runtime, ServerService
 
-    cfg = load_server_config(args.config, listen=args.listen, backend=args.backend)
-    setup_logging(args.log_level or cfg.log.level)
-    server = build_server(cfg)
+    cfg: Any
+    if role == "server":
+        overrides = {"listen": args.listen, "backend": args.backend, "admin": args.admin}
+        cfg = load_server_config(args.config, **overrides)
+    else:
+        overrides = {"listen": args.listen, "server": args.server, "admin": args.admin}
+        cfg = load_client_config(args.config, **overrides)
+    setup_logging(args.log_level or cfg.log.level, args.log_format or cfg.log.format)
+    worker = bool(os.environ.get("ATLS_PROXY_WORKER"))
+    if args.workers > 1 and not worker:
+        from atls_proxy.ops.workers import supervise
 
-    async def main() -> None:
-        addrs = await server.start()
-        for host, port in addrs:
-            log.info(
-                "listening on %s:%d backend=%s attester=%s",
-                host,
-                port,
-                cfg.backend,
-                cfg.attester.kind,
-            )
-        try:
-            await _until_signal(server.serve_forever(), lambda: _status(server.counters()))
-        finally:
-            await server.close()
+        return supervise(args, role, cfg)
+    if worker and os.environ.get("LISTEN_FDS"):
+        # The supervisor passed its inherited sockets on; only we know our pid (sd_listen_fds(3)).
+        os.environ["LISTEN_PID"] = str(os.getpid())
+    inherited = systemd.listen_fds()
+    tier = cfg.attester.tier if role == "server" else None
+    kind = cfg.attester.kind if role == "server" else None
+    metrics = Metrics(attester=kind, tier=tier)
+    service: Any = (
+        ServerService(cfg, overrides, metrics)
+        if role == "server"
+        else ClientService(cfg, overrides, metrics)
+    )
 
-    run(main)
-    return 0
+    async def main() -> int:
+        rt = Runtime(
+            service,
+            cfg.ops,
+            metrics,
+            config_path=Path(args.config),
+            inherited=inherited,
+            worker=worker,
+            status_line=lambda: _status(service.listener.counters()),
+        )
+        return await rt.run()
+
+    return run(main)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    return _service_main(args, "server")
 
 
 def cmd_connect(args: argparse.Namespace) -> int:
-    from atls_proxy.app import build_client_settings
-    from atls_proxy.ops.config import load_client_config
-    from atls_proxy.ops.logs import setup_logging
-    from atls_proxy.proxy.forwarder import ClientForwarder
-
-    cfg = load_client_config(args.config, listen=args.listen, server=args.server)
-    setup_logging(args.log_level or cfg.log.level)
-    settings = build_client_settings(cfg)
-    if cfg.listen.kind != "tcp":
-        raise ConfigError("client.listen", "the local listener is HOST:PORT")
-    fwd = ClientForwarder(settings, cfg.listen.host, cfg.listen.port, cfg.max_connections)
-
-    async def main() -> None:
-        for host, port in await fwd.start():
-            log.info(
-                "listening on %s:%d server=%s server_name=%s",
-                host,
-                port,
-                cfg.server,
-                cfg.server_name,
-            )
-        try:
-            await _until_signal(fwd.serve_forever(), lambda: _status(fwd.counters()))
-        finally:
-            await fwd.close()
-
-    run(main)
-    return 0
+    return _service_main(args, "client")
 
 
 def cmd_attest(args: argparse.Namespace) -> int:
@@ -264,6 +242,120 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_suite(args: argparse.Namespace) -> int:
+    """``atls-proxy bench [all|handshake|small|bulk|idle] [--quick]``: the suite with baselines."""
+    from atls_proxy.bench.report import render_markdown, write_png
+    from atls_proxy.bench.workloads import WORKLOADS, SuiteOptions, quick_options, run_suite
+
+    workload = args.workload or "all"
+    given: dict[str, Any] = {
+        "workloads": WORKLOADS if workload == "all" else (workload,),
+        "haproxy": not args.no_haproxy,
+    }
+    for flag, key in (
+        ("duration", "duration"),
+        ("warmup", "warmup"),
+        ("repeat", "repeat"),
+        ("connections", "connections"),
+        ("idle_connections", "idle_connections"),
+        ("simulated_quote_ms", "simulated_quote_ms"),
+    ):
+        value = getattr(args, flag, None)
+        if value is not None:
+            given[key] = value
+    if args.tier:
+        given["tiers"] = tuple(dict.fromkeys(args.tier))
+    if args.png:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            from atls_proxy.bench.report import MATPLOTLIB_MISSING
+
+            raise ConfigError("--png", MATPLOTLIB_MISSING) from None
+    try:
+        opts = quick_options(**given) if args.quick else SuiteOptions(**given)
+    except ValueError as exc:
+        raise ConfigError("bench", str(exc)) from None
+
+    def progress(message: str) -> None:
+        print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+    doc = run(lambda: run_suite(opts, log=progress))
+    if args.png:
+        write_png(doc, args.png)
+        progress(f"chart written to {args.png}")
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(render_markdown(doc))
+    return 0
+
+
+def _bench_suite_flags(parser: argparse.ArgumentParser, *, on_subcommand: bool) -> None:
+    """The suite's flags, on ``bench`` itself and on each workload subcommand.
+
+    On subcommands the defaults are SUPPRESS, so ``bench --quick small`` and ``bench small
+    --quick`` both work (a subparser's defaults would otherwise overwrite the parent's values).
+    """
+    none: Any = argparse.SUPPRESS if on_subcommand else None
+    off: Any = argparse.SUPPRESS if on_subcommand else False
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        default=off,
+        help="short runs (2 s, 200 idle connections): under 3 minutes on 2 cores",
+    )
+    parser.add_argument(
+        "--duration", type=int, default=none, help="seconds per measured run (default 10; quick 2)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=none,
+        help="seconds of unmeasured load before asyncio-generator runs (default 2; quick 0.5)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=none, help="runs per peer, interleaved (default 3)"
+    )
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=none,
+        help="concurrent connections of every generator (default 64)",
+    )
+    parser.add_argument(
+        "--idle-connections",
+        type=int,
+        default=none,
+        help="connections held by the idle workload (default 2000; quick 200)",
+    )
+    parser.add_argument(
+        "--tier",
+        action="append",
+        choices=["strict", "batched", "cached"],
+        default=none,
+        help="attest workload tiers, first = the subject (repeatable; default cached, batched)",
+    )
+    parser.add_argument(
+        "--simulated-quote-ms",
+        type=int,
+        default=none,
+        help="simulated serialised quote latency of the attested peers (default 40)",
+    )
+    parser.add_argument(
+        "--no-haproxy",
+        action="store_true",
+        default=off,
+        help="leave out the HAProxy baseline even when haproxy is installed",
+    )
+    parser.add_argument(
+        "--json", action="store_true", default=off, help="print the JSON document instead"
+    )
+    parser.add_argument(
+        "--png", default=none, metavar="PATH", help="also write a chart (needs matplotlib)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="atls-proxy", description="Attested TLS 1.3 proxy (IETF SEAT Expat over RFC 9261)."
@@ -277,14 +369,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--backend", help="HOST:PORT or unix:/path of the backend (overrides server.backend)"
     )
-    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    _ops_flags(s)
     s.set_defaults(func=cmd_serve)
 
     c = sub.add_parser("connect", help="local forwarder to an attested server")
     c.add_argument("--config", required=True, help="connect.toml")
     c.add_argument("--listen", help="local HOST:PORT (overrides client.listen)")
     c.add_argument("--server", help="attested server HOST:PORT (overrides client.server)")
-    c.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    _ops_flags(c)
     c.set_defaults(func=cmd_connect)
 
     a = sub.add_parser("attest", help="one-shot appraisal of HOST:PORT; prints the report")
@@ -303,8 +395,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.set_defaults(func=cmd_demo)
 
-    b = sub.add_parser("bench", help="load benchmarks on loopback")
-    bsub = b.add_subparsers(dest="workload", required=True)
+    b = sub.add_parser(
+        "bench",
+        help="load benchmarks on loopback (bare: every workload with same-run baselines)",
+        description="Without a workload, or with 'all': every workload of the suite (attest, "
+        "handshake, small, bulk, idle) against the proxy and its baselines (backend direct, "
+        "attestation off, HAProxy). 'attest' alone is the per-tier attested connection rate.",
+    )
+    _bench_suite_flags(b, on_subcommand=False)
+    b.set_defaults(func=cmd_bench_suite, workload=None)
+    bsub = b.add_subparsers(dest="workload", required=False)
     ba = bsub.add_parser(
         "attest", help="attested connections per second and latency per freshness tier"
     )
@@ -324,8 +424,18 @@ def build_parser() -> argparse.ArgumentParser:
     ba.add_argument(
         "--duration", type=float, default=5.0, help="seconds of measured load (default 5)"
     )
-    ba.add_argument("--json", action="store_true")
+    ba.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     ba.set_defaults(func=cmd_bench)
+    for name, text in (
+        ("all", "every workload with same-run baselines (same as bare 'bench')"),
+        ("handshake", "new plain TLS connection per request: proxy (attestation off), HAProxy"),
+        ("small", "keep-alive small responses, attested vs baselines"),
+        ("bulk", "keep-alive 1 MiB responses, attested vs baselines"),
+        ("idle", "RSS per idle connection, attested vs baselines"),
+    ):
+        w = bsub.add_parser(name, help=text)
+        _bench_suite_flags(w, on_subcommand=True)
+        w.set_defaults(func=cmd_bench_suite)
 
     v = sub.add_parser("verify-evidence", help="offline appraisal of a saved evidence file")
     v.add_argument("path", type=Path, metavar="PATH")
@@ -358,6 +468,34 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--force", action="store_true", help="overwrite existing files")
     i.set_defaults(func=cmd_dev_init)
     return p
+
+
+def _workers(text: str) -> int:
+    n = int(text)
+    if not 1 <= n <= 64:
+        raise argparse.ArgumentTypeError("between 1 and 64")
+    return n
+
+
+def _ops_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--log-format",
+        choices=["auto", "json", "text"],
+        help="json lines, text, or auto: text on a terminal, JSON otherwise (overrides log.format)",
+    )
+    p.add_argument(
+        "--admin",
+        metavar="HOST:PORT",
+        help="admin listener for /healthz /readyz /metrics /status (overrides admin.listen)",
+    )
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N",
+        help="N worker processes sharing the port (SO_REUSEPORT), supervised (default 1)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

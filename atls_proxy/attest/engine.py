@@ -42,6 +42,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import cbor2
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -69,15 +70,26 @@ from atls_proxy.expat.tiers import (
     epoch_digest,
 )
 
-__all__ = ["EngineStats", "EvidenceEngine", "Tier"]
+__all__ = ["EngineHooks", "EngineStats", "EvidenceEngine", "Tier"]
+
+
+class EngineHooks(Protocol):
+    """What the engine reports to the metrics layer (``ops.metrics.Metrics`` satisfies it)."""
+
+    def quote(self, attester: str, seconds: float, ok: bool = True) -> None: ...
+
+    def batch(self, size: int) -> None: ...
+
+    def queue_depth(self, waiting: int) -> None: ...
 
 
 @dataclass(slots=True)
 class EngineStats:
-    """Counters for the metrics layer (names are not public API until the metrics issue)."""
+    """In-process counters (SIGUSR1 status, tests); the Prometheus names are in docs/METRICS.md."""
 
     quotes: int = 0
     quote_failures: int = 0
+    consecutive_failures: int = 0  # reset by a successful quote; readiness uses it
     quote_seconds_total: float = 0.0
     last_quote_seconds: float = 0.0
     last_batch_size: int = 0
@@ -112,6 +124,7 @@ class EvidenceEngine:
         epoch_seconds: float = 300.0,
         refresh_ahead: float = 0.2,
         clock: Callable[[], float] = time.time,
+        hooks: EngineHooks | None = None,
     ) -> None:
         if tier is Tier.CACHED and aik_key is None:
             raise ValueError("the cached tier needs the AIK (the TLS private key) to sign bindings")
@@ -127,34 +140,55 @@ class EvidenceEngine:
         self._epoch_seconds = epoch_seconds
         self._refresh_ahead = refresh_ahead
         self._clock = clock
+        self.hooks = hooks
         self._gate = asyncio.Lock()  # single flight: one quote operation at a time
         # batched tier: waiting (binding, future) pairs and the task that drains them
         self._pending: list[tuple[Binding, asyncio.Future[bytes]]] = []
         self._batcher: asyncio.Task[None] | None = None
-        # cached tier: the current epoch per hash, and an in-flight refresh per hash
-        self._epochs: dict[str, _Epoch] = {}
-        self._refreshing: dict[str, asyncio.Task[_Epoch]] = {}
+        # cached tier: the current epoch and an in-flight refresh per (hash, AIK hash); the AIK
+        # key is part of the key because a reload may replace the TLS key (= the AIK).
+        self._epochs: dict[tuple[str, bytes], _Epoch] = {}
+        self._refreshing: dict[tuple[str, bytes], asyncio.Task[_Epoch]] = {}
 
     # -- public ------------------------------------------------------------------------------
 
-    async def evidence_for(self, binding: Binding) -> bytes:
-        """The CMW for one connection's binding. Raises ``AttestationUnavailable``."""
+    async def evidence_for(self, binding: Binding, aik_key: SigningKey | None = None) -> bytes:
+        """The CMW for one connection's binding. Raises ``AttestationUnavailable``.
+
+        ``aik_key``: the private key of the certificate this connection presented (the cached
+        tier's AIK); defaults to the key the engine was built with.
+        """
         if self.tier is Tier.STRICT:
             self._admit()
             try:
                 ev = await self._quote(binding)
             finally:
-                self.stats.waiting -= 1
+                self._release()
             return encode_cmw(CMWRecord(ev.media_type, ev.data, IND_EVIDENCE))
         if self.tier is Tier.BATCHED:
             return await self._batched(binding)
-        return await self._cached(binding)
+        return await self._cached(binding, aik_key or self._aik)
 
-    async def start(self) -> None:
+    async def start(self, aik_key: SigningKey | None = None) -> None:
         """Warm up: the cached tier quotes its first epochs before the listener accepts."""
+        if aik_key is not None:
+            self._aik = aik_key
+            self._aik_scheme = schemes.schemes_for_key(aik_key)[0]
         if self.tier is Tier.CACHED:
-            for hash_name in ("sha256", "sha384"):
-                await self._current_epoch(hash_name)
+            await self.prepare_key(self._aik)
+
+    async def prepare_key(self, aik_key: SigningKey | None) -> None:
+        """Quote the epochs of ``aik_key`` now (reload: before connections use the new key)."""
+        if self.tier is not Tier.CACHED or aik_key is None:
+            return
+        for hash_name in ("sha256", "sha384"):
+            await self._current_epoch(hash_name, aik_key)
+        self._aik = aik_key
+        self._aik_scheme = schemes.schemes_for_key(aik_key)[0]
+        # Epochs of keys no connection can use any more are dropped (a reload replaced them).
+        keep = {(h, _aik_hash(h, aik_key)) for h in ("sha256", "sha384")}
+        for k in [k for k in self._epochs if k not in keep]:
+            del self._epochs[k]
 
     async def close(self) -> None:
         tasks = [t for t in (self._batcher, *self._refreshing.values()) if t is not None]
@@ -169,7 +203,10 @@ class EvidenceEngine:
         self._pending.clear()
 
     def epoch_age(self, hash_name: str = "sha256") -> float | None:
-        ep = self._epochs.get(hash_name)
+        """Age of the current key's epoch (seconds), None outside the cached tier or before it."""
+        if self._aik is None:
+            return None
+        ep = self._epochs.get((hash_name, _aik_hash(hash_name, self._aik)))
         return None if ep is None else self._clock() - ep.start
 
     # -- the single-flight gate ----------------------------------------------------------------
@@ -179,6 +216,13 @@ class EvidenceEngine:
             self.stats.refused_full += 1
             raise AttestationUnavailable(f"quote queue full ({self._max_waiters} waiting)")
         self.stats.waiting += 1
+        if self.hooks is not None:
+            self.hooks.queue_depth(self.stats.waiting)
+
+    def _release(self) -> None:
+        self.stats.waiting -= 1
+        if self.hooks is not None:
+            self.hooks.queue_depth(self.stats.waiting)
 
     async def _quote(self, binding: Binding) -> Evidence:
         async with self._gate:
@@ -186,23 +230,32 @@ class EvidenceEngine:
             try:
                 ev = await asyncio.wait_for(self.attester.attest(binding), self._timeout)
             except TimeoutError:
-                self.stats.quote_failures += 1
+                self._quote_failed(t0)
                 raise AttestationUnavailable(
                     f"attester timed out after {self._timeout:g} s"
                 ) from None
             except AttestationUnavailable:
-                self.stats.quote_failures += 1
+                self._quote_failed(t0)
                 raise
             except Exception as exc:  # an attester bug must not escape as anything else
-                self.stats.quote_failures += 1
+                self._quote_failed(t0)
                 raise AttestationUnavailable(
                     f"attester failed: {type(exc).__name__}: {exc}"
                 ) from None
             dt = time.monotonic() - t0
+            self.stats.consecutive_failures = 0
+            if self.hooks is not None:
+                self.hooks.quote(self.attester.name, dt, True)
             self.stats.quotes += 1
             self.stats.quote_seconds_total += dt
             self.stats.last_quote_seconds = dt
             return ev
+
+    def _quote_failed(self, t0: float) -> None:
+        self.stats.quote_failures += 1
+        self.stats.consecutive_failures += 1
+        if self.hooks is not None:
+            self.hooks.quote(self.attester.name, time.monotonic() - t0, False)
 
     # -- batched -----------------------------------------------------------------------------------
 
@@ -215,7 +268,7 @@ class EvidenceEngine:
         try:
             return await fut
         finally:
-            self.stats.waiting -= 1
+            self._release()
 
     async def _drain_batches(self) -> None:
         while self._pending:
@@ -239,6 +292,8 @@ class EvidenceEngine:
         self.stats.max_batch_size = max(self.stats.max_batch_size, n)
         if len(self.stats.batch_sizes) < 100_000:
             self.stats.batch_sizes.append(n)
+        if self.hooks is not None:
+            self.hooks.batch(n)
         try:
             ev = await self._quote(Binding(hash_name, root, aik_hash))
         except AttestationUnavailable as exc:
@@ -260,58 +315,55 @@ class EvidenceEngine:
 
     # -- cached ------------------------------------------------------------------------------------
 
-    async def _cached(self, binding: Binding) -> bytes:
-        ep = await self._current_epoch(binding.hash_name)
-        assert self._aik is not None
-        sig = schemes.sign(
-            self._aik, self._aik_scheme, aik_binding_content(binding.binder, ep.digest)
-        )
+    async def _cached(self, binding: Binding, aik_key: SigningKey | None) -> bytes:
+        if aik_key is None:
+            raise AttestationUnavailable("the cached tier has no AIK")
+        ep = await self._current_epoch(binding.hash_name, aik_key)
+        scheme = self._aik_scheme if aik_key is self._aik else schemes.schemes_for_key(aik_key)[0]
+        sig = schemes.sign(aik_key, scheme, aik_binding_content(binding.binder, ep.digest))
         # Byte-identical to encode_cmw(CMWCollection({"evidence", "epoch", "binding"})): the
         # first two members are the same for the whole epoch, so they are encoded once
         # (_new_epoch) and only the binding record is encoded per connection.
         cmw: bytes = ep.cmw_prefix + cbor2.dumps(
-            [AIK_BINDING_MEDIA_TYPE, encode_aik_binding(self._aik_scheme, sig)]
+            [AIK_BINDING_MEDIA_TYPE, encode_aik_binding(scheme, sig)]
         )
         if len(cmw) > MAX_CMW_SIZE:
             raise AttestationUnavailable(f"CMW of {len(cmw)} bytes exceeds {MAX_CMW_SIZE}")
         return cmw
 
-    async def _current_epoch(self, hash_name: str) -> _Epoch:
+    async def _current_epoch(self, hash_name: str, aik_key: SigningKey) -> _Epoch:
+        key = (hash_name, _aik_hash(hash_name, aik_key))
         now = self._clock()
-        ep = self._epochs.get(hash_name)
+        ep = self._epochs.get(key)
         if ep is not None and now < ep.expires:
             refresh_at = ep.expires - self._refresh_ahead * (ep.expires - ep.start)
-            if now >= refresh_at and hash_name not in self._refreshing:
-                self._spawn_refresh(hash_name)  # ahead of expiry, in the background
+            if now >= refresh_at and key not in self._refreshing:
+                self._spawn_refresh(key, aik_key)  # ahead of expiry, in the background
             return ep
         # No epoch, or it expired: never serve stale evidence — wait for a fresh quote.
-        task = self._refreshing.get(hash_name) or self._spawn_refresh(hash_name)
+        task = self._refreshing.get(key) or self._spawn_refresh(key, aik_key)
         return await asyncio.shield(task)
 
-    def _spawn_refresh(self, hash_name: str) -> asyncio.Task[_Epoch]:
-        task = asyncio.ensure_future(self._new_epoch(hash_name))
-        self._refreshing[hash_name] = task
+    def _spawn_refresh(self, key: tuple[str, bytes], aik_key: SigningKey) -> asyncio.Task[_Epoch]:
+        task = asyncio.ensure_future(self._new_epoch(key[0], key[1]))
+        self._refreshing[key] = task
 
         def done(t: asyncio.Task[_Epoch]) -> None:
-            self._refreshing.pop(hash_name, None)
+            self._refreshing.pop(key, None)
             if not t.cancelled() and t.exception() is None:
-                self._epochs[hash_name] = t.result()
+                self._epochs[key] = t.result()
 
         task.add_done_callback(done)
         return task
 
-    async def _new_epoch(self, hash_name: str) -> _Epoch:
-        assert self._aik is not None
+    async def _new_epoch(self, hash_name: str, aik_hash: bytes) -> _Epoch:
         start = int(self._clock())
         epoch = Epoch(
             start, start + max(1, int(self._epoch_seconds)), os.urandom(EPOCH_NONCE_LENGTH)
         )
         encoded = epoch.encode()
         digest = epoch_digest(hash_name, encoded)
-        spki = self._aik.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-        evidence = await self._quote(
-            Binding(hash_name, digest, hashlib.new(hash_name, spki).digest())
-        )
+        evidence = await self._quote(Binding(hash_name, digest, aik_hash))
         self.stats.epochs += 1
         return _Epoch(
             hash_name,
@@ -322,6 +374,23 @@ class EvidenceEngine:
             evidence,
             _cached_cmw_prefix(evidence, encoded),
         )
+
+
+# (hash name, id(key)) -> (key, H(SPKI)); the key is kept so that its id cannot be reused.
+_AIK_HASHES: dict[tuple[str, int], tuple[SigningKey, bytes]] = {}
+
+
+def _aik_hash(hash_name: str, key: SigningKey) -> bytes:
+    """H(DER SubjectPublicKeyInfo of the AIK), memoised per key object (one per identity)."""
+    hit = _AIK_HASHES.get((hash_name, id(key)))
+    if hit is not None and hit[0] is key:
+        return hit[1]
+    spki = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    h = hashlib.new(hash_name, spki).digest()
+    if len(_AIK_HASHES) > 64:  # keys replaced by reloads: forget them, never grow without bound
+        _AIK_HASHES.clear()
+    _AIK_HASHES[(hash_name, id(key))] = (key, h)
+    return h
 
 
 def _cached_cmw_prefix(evidence: Evidence, encoded_epoch: bytes) -> bytes:

@@ -251,6 +251,17 @@ class AttesterConfig:
 @dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = "info"  # debug | info | warning | error
+    # auto: JSON lines when stderr is not a terminal, human-readable text on a terminal.
+    format: Literal["auto", "json", "text"] = "auto"
+
+
+@dataclass(frozen=True, slots=True)
+class OpsConfig:
+    """Operations (docs/OPERATIONS.md): the admin listener, drain and reload."""
+
+    admin: Address | None = None  # [admin] listen; off unless set
+    drain_timeout: float = 30.0  # SIGTERM: how long open connections may take to finish
+    reload_interval: float = 0.0  # seconds between checks for changed files; 0 = SIGHUP only
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +282,7 @@ class ServerConfig:
     expat: ExpatConfig = field(default_factory=ExpatConfig)
     attester: AttesterConfig = field(default_factory=AttesterConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    ops: OpsConfig = field(default_factory=OpsConfig)
     source: Path | None = None
 
 
@@ -288,13 +300,16 @@ class ClientConfig:
     max_connections: int = 1024
     expat: ExpatConfig = field(default_factory=ExpatConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    ops: OpsConfig = field(default_factory=OpsConfig)
     source: Path | None = None
 
 
 # --- reading ------------------------------------------------------------------------------------
 
-_SERVER_ROOT = ("server", "expat", "attester", "log")
-_CLIENT_ROOT = ("client", "expat", "log")
+_SERVER_ROOT = ("server", "expat", "attester", "log", "admin")
+_CLIENT_ROOT = ("client", "expat", "log", "admin")
+_ADMIN_KEYS = ("listen",)
+_OPS_KEYS = ("drain_timeout", "reload_interval")
 _TIMEOUT_KEYS = ("handshake_timeout", "attestation_timeout", "idle_timeout")
 _SERVER_KEYS = (
     "listen",
@@ -307,6 +322,7 @@ _SERVER_KEYS = (
     *_TIMEOUT_KEYS,
     "backend_connect_timeout",
     "max_connections",
+    *_OPS_KEYS,
 )
 _CLIENT_KEYS = (
     "listen",
@@ -318,11 +334,12 @@ _CLIENT_KEYS = (
     *_TIMEOUT_KEYS,
     "connect_timeout",
     "max_connections",
+    *_OPS_KEYS,
 )
 _EXPAT_KEYS = ("exporter_label", "extension_type", "request_header_in_transcript")
 _ATTESTER_KEYS = ("kind", "software", "tier", "epoch_seconds", "quote_timeout", "max_waiters")
 _SOFTWARE_KEYS = ("platform_key", "measurements", "simulated_quote_ms")
-_LOG_KEYS = ("level",)
+_LOG_KEYS = ("level", "format")
 
 
 def _type_name(value: object) -> str:
@@ -442,16 +459,19 @@ class _Table:
             raise ConfigError(self.key(name), f"{v} is outside {lo}..{hi}")
         return v
 
-    def seconds(self, name: str, default: float) -> float:
+    def seconds(self, name: str, default: float, *, allow_zero: bool = False) -> float:
         v = self.get(name)
         if v is None:
             return default
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise ConfigError(self.key(name), f"expected a number of seconds, got {_type_name(v)}")
+        if allow_zero and v == 0:
+            return 0.0
         if not math.isfinite(v) or not 0 < v <= MAX_TIMEOUT:
+            least = "0 or more" if allow_zero else "greater than 0"
             raise ConfigError(
                 self.key(name),
-                f"expected seconds greater than 0 and at most {MAX_TIMEOUT:g}, got {v!r}",
+                f"expected seconds {least} and at most {MAX_TIMEOUT:g}, got {v!r}",
             )
         return float(v)
 
@@ -520,7 +540,25 @@ def _log(root: _Table) -> LogConfig:
     assert level is not None
     if level.lower() not in LOG_LEVELS:
         raise ConfigError(t.key("level"), f"expected one of {', '.join(LOG_LEVELS)}, got {level!r}")
-    return LogConfig(level=level.lower())
+    fmt = t.string("format", "auto")
+    if fmt not in ("auto", "json", "text"):
+        raise ConfigError(t.key("format"), f'expected "auto", "json" or "text", got {fmt!r}')
+    return LogConfig(level=level.lower(), format=fmt)  # type: ignore[arg-type]
+
+
+def _ops(root: _Table, section: _Table, admin: str | None) -> OpsConfig:
+    """[admin] listen (or the --admin flag), and the section's drain/reload keys."""
+    a = root.table("admin", _ADMIN_KEYS)
+    text = admin if admin is not None else a.string("listen")
+    key = "--admin" if admin is not None else a.key("listen")
+    addr = None if text is None else parse_address(text, key, allow_unix=False)
+    drain = section.seconds("drain_timeout", 30.0)
+    reload_every = section.seconds("reload_interval", 0.0, allow_zero=True)
+    if reload_every and reload_every < 1:
+        raise ConfigError(
+            section.key("reload_interval"), "at least 1 s (or 0: reload on SIGHUP only)"
+        )
+    return OpsConfig(admin=addr, drain_timeout=drain, reload_interval=reload_every)
 
 
 def _hex_digest(value: object, key: str) -> bytes:
@@ -588,7 +626,11 @@ def _refuse_other_kind(data: Mapping[str, Any], path: str | Path, want: str) -> 
 
 
 def load_server_config(
-    path: str | Path, *, listen: str | None = None, backend: str | None = None
+    path: str | Path,
+    *,
+    listen: str | None = None,
+    backend: str | None = None,
+    admin: str | None = None,
 ) -> ServerConfig:
     """Read and validate a ``serve`` configuration; ``listen``/``backend`` are flag overrides."""
     data, base = _read_toml(path)
@@ -645,12 +687,17 @@ def load_server_config(
         expat=_expat(root),
         attester=_attester(root),
         log=_log(root),
+        ops=_ops(root, s, admin),
         source=Path(path),
     )
 
 
 def load_client_config(
-    path: str | Path, *, listen: str | None = None, server: str | None = None
+    path: str | Path,
+    *,
+    listen: str | None = None,
+    server: str | None = None,
+    admin: str | None = None,
 ) -> ClientConfig:
     """Read and validate a ``connect`` configuration; ``listen``/``server`` are flag overrides."""
     data, base = _read_toml(path)
@@ -709,6 +756,7 @@ def load_client_config(
         max_connections=c.integer("max_connections", 1024, 1, MAX_CONNECTIONS),
         expat=_expat(root),
         log=_log(root),
+        ops=_ops(root, c, admin),
         source=Path(path),
     )
 

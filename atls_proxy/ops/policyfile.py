@@ -59,3 +59,39 @@ def load_policy(path: str | Path) -> Policy:
         return _read_bounded(base / Path(name), MAX_KEY_FILE_SIZE)
 
     return parse_policy(doc, read_file, source=str(policy_path))
+
+
+# The reload watcher stats these files; a trust folder with more is watched only in part.
+MAX_WATCHED_TRUST_FILES = 512
+
+
+def trust_files(path: str | Path) -> list[Path]:
+    """The files a policy depends on: key files it names and the files in its trust folders.
+
+    Used to notice changes (``reload_interval``); a policy that does not load yields ``[]`` (the
+    reload itself then reports the error).
+    """
+    policy_path = Path(path)
+    base = policy_path.parent
+    named: list[Path] = []
+    try:
+        doc = tomllib.loads(_read_bounded(policy_path, MAX_POLICY_FILE_SIZE).decode("utf-8"))
+
+        def read_file(name: str) -> bytes:
+            named.append(base / Path(name))
+            return _read_bounded(base / Path(name), MAX_KEY_FILE_SIZE)
+
+        policy = parse_policy(doc, read_file, source=str(policy_path))
+    except (OSError, ValueError, ConfigError):
+        return []
+    out = list(named)
+    for collateral, certs in policy.trust_dirs.values():
+        for folder in (collateral, certs):
+            if not folder:
+                continue
+            try:
+                entries = sorted(p for p in (base / folder).rglob("*") if p.is_file())
+            except OSError:
+                continue
+            out += entries[: max(0, MAX_WATCHED_TRUST_FILES - len(out))]
+    return out

@@ -20,6 +20,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -37,6 +38,9 @@ from atls_proxy.verify.appraise import AppraisalCache, appraise_cmw
 from atls_proxy.verify.base import Verifier
 from atls_proxy.verify.policy import Freshness
 from atls_proxy.verify.result import AttestationReport, Check
+
+if TYPE_CHECKING:
+    from atls_proxy.ops.metrics import Metrics
 
 # RFC 9261 §4 / digest §2.2: 32 unpredictable bytes of certificate_request_context.
 CONTEXT_LENGTH = 32
@@ -64,6 +68,8 @@ class ClientSettings:
     freshness: Freshness = field(default_factory=Freshness)
     # Reuses appraisals of the cached tier's epoch evidence across connections (verify/appraise.py).
     appraisal_cache: AppraisalCache = field(default_factory=AppraisalCache)
+    # Handshake and appraisal durations go here when set (``atls-proxy connect --admin``).
+    metrics: Metrics | None = None
 
 
 @dataclass(slots=True)
@@ -101,12 +107,17 @@ async def open_attested(settings: ClientSettings, *, keep_open: bool = True) -> 
 
 async def _run(stream: TLSStream, s: ClientSettings, report: AttestationReport) -> None:
     engine = stream.engine
+    t0 = time.monotonic()
     try:
         async with asyncio.timeout(s.timeouts.handshake):
             await stream.handshake()  # our Finished stays queued: it leaves with the request
     except (TLSError, OSError, TimeoutError) as exc:
         report.checks.append(Check("tls.handshake", False, _why(exc, "TLS handshake")))
+        if s.metrics is not None:
+            s.metrics.handshake(False, time.monotonic() - t0)
         raise AttestationFailed(report) from None
+    if s.metrics is not None:
+        s.metrics.handshake(True, time.monotonic() - t0)
     report.checks.append(
         Check(
             "tls.handshake",
@@ -180,6 +191,7 @@ async def _run(stream: TLSStream, s: ClientSettings, report: AttestationReport) 
         report.checks.append(Check("expat.response", False, _why(exc, "attestation exchange")))
         raise AttestationFailed(report) from None
     report.checks.extend(validated.checks)
+    t_appraise = time.monotonic()
     report.appraisals = appraise_cmw(
         validated.cmw,
         validated.binding,
@@ -189,6 +201,8 @@ async def _run(stream: TLSStream, s: ClientSettings, report: AttestationReport) 
         freshness=s.freshness,
         cache=s.appraisal_cache,
     )
+    if s.metrics is not None:
+        s.metrics.appraisal(time.monotonic() - t_appraise)
     if not report.passed:
         failure = report.first_failure
         assert failure is not None

@@ -6,23 +6,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
+from typing import TYPE_CHECKING
 
 from atls_proxy.proxy.client import AttestationFailed, ClientSettings, open_attested
-from atls_proxy.proxy.listener import Listener
+from atls_proxy.proxy.listener import Listener, Outcome, monotonic_ms
 from atls_proxy.proxy.pump import IdleTimeout, pump
 from atls_proxy.tls.engine import TLSError
 
+if TYPE_CHECKING:
+    from atls_proxy.ops.metrics import Metrics
+
 log = logging.getLogger("atls_proxy.client")
+
+# Checks that fail before any attestation was asked for: counted as connection failures.
+_PRE_ATTESTATION = {"tcp.connect": "backend_unavailable", "tls.handshake": "handshake_failed"}
 
 
 class ClientForwarder(Listener):
     limit_check = "client.max-connections"
 
     def __init__(
-        self, settings: ClientSettings, listen_host: str, listen_port: int, max_connections: int
+        self,
+        settings: ClientSettings,
+        listen_host: str,
+        listen_port: int,
+        max_connections: int,
+        metrics: Metrics | None = None,
     ) -> None:
-        super().__init__(max_connections)
+        super().__init__(max_connections, metrics)
         self.settings = settings
         self.listen_host = listen_host
         self.listen_port = listen_port
@@ -32,49 +45,103 @@ class ClientForwarder(Listener):
     def counters(self) -> dict[str, int]:
         return {"active": self.active, "attested": self.attested, "failed": self.failed}
 
-    async def start(self) -> list[tuple[str, int]]:
-        return await self.listen(self.listen_host, self.listen_port)
+    async def start(
+        self, *, sock: socket.socket | None = None, reuse_port: bool = False
+    ) -> list[tuple[str, int]]:
+        return await self.listen(
+            self.listen_host, self.listen_port, sock=sock, reuse_port=reuse_port
+        )
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handle(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> Outcome | None:
         t0 = time.monotonic()
-        target = f"{self.settings.host}:{self.settings.port}"
+        settings = self.settings  # captured: a reload swaps it for later connections only
+        target = f"{settings.host}:{settings.port}"
+        m = self.metrics
         try:
             try:
-                conn = await open_attested(self.settings)
+                conn = await open_attested(settings)
             except AttestationFailed as exc:
                 self.failed += 1
                 failure = exc.report.first_failure
+                check = failure.name if failure else "unknown"
+                reason = failure.detail if failure else str(exc)
                 log.warning(
                     "attestation failed server=%s check=%s reason=%r duration_ms=%.1f",
                     target,
-                    failure.name if failure else "unknown",
-                    failure.detail if failure else str(exc),
+                    check,
+                    reason,
                     (time.monotonic() - t0) * 1000,
+                    extra={
+                        "event": "connection",
+                        "server": target,
+                        "result": "failed",
+                        "check": check,
+                        "reason": reason,
+                        "duration_ms": monotonic_ms(t0),
+                    },
                 )
-                return
+                if check in _PRE_ATTESTATION:
+                    return Outcome(_PRE_ATTESTATION[check])
+                if m is not None:
+                    m.attestation_requested()
+                    m.attestation_failed(check)
+                return Outcome("attestation_failed")
             self.attested += 1
+            if m is not None:
+                m.attestation_requested()
+                m.attestation_succeeded()
             log.info(
                 "attested server=%s simulated=%s setup_ms=%.1f",
                 target,
                 conn.report.simulated,
                 (time.monotonic() - t0) * 1000,
+                extra={
+                    "event": "attested",
+                    "server": target,
+                    "simulated": conn.report.simulated,
+                    "setup_ms": monotonic_ms(t0),
+                },
             )
             try:
-                stats = await pump(conn.stream, reader, writer, self.settings.timeouts.idle)
+                stats = await pump(conn.stream, reader, writer, settings.timeouts.idle)
                 log.info(
                     "connection closed server=%s from_server=%d to_server=%d duration_ms=%.1f",
                     target,
                     stats.tls_to_plain,
                     stats.plain_to_tls,
                     (time.monotonic() - t0) * 1000,
+                    extra={
+                        "event": "connection",
+                        "server": target,
+                        "result": "attested",
+                        "to_client": stats.tls_to_plain,
+                        "to_backend": stats.plain_to_tls,
+                        "duration_ms": monotonic_ms(t0),
+                    },
                 )
+                # Seen from the client side, the "backend" is the attested server.
+                return Outcome("completed", stats.plain_to_tls, stats.tls_to_plain)
             except IdleTimeout:
-                log.info("connection closed server=%s result=idle-timeout", target)
+                log.info(
+                    "connection closed server=%s result=idle-timeout",
+                    target,
+                    extra={"event": "connection", "server": target, "result": "idle-timeout"},
+                )
+                return Outcome("idle_timeout")
             except (TLSError, ConnectionError, OSError) as exc:
-                log.warning("connection broken server=%s reason=%r", target, str(exc))
+                log.warning(
+                    "connection broken server=%s reason=%r",
+                    target,
+                    str(exc),
+                    extra={"event": "connection", "server": target, "result": "broken"},
+                )
+                return Outcome("peer_reset")
             finally:
                 await conn.stream.close()
         finally:
             writer.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await writer.wait_closed()

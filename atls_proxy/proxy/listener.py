@@ -1,11 +1,19 @@
 """Accept-loop bookkeeping shared by ``serve`` and ``connect``: one task per connection, a
-connection limit enforced before any work, and a shutdown that cancels what is still open."""
+connection limit enforced before any work, a graceful drain (stop accepting, let connections
+finish, then cancel the rest) and one metrics event per connection outcome."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import socket
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from atls_proxy.ops.metrics import Metrics
 
 log = logging.getLogger("atls_proxy")
 
@@ -15,28 +23,80 @@ WRITE_HIGH_WATER = 256 * 1024
 READ_LIMIT = 65536
 
 
+@dataclass(slots=True)
+class Outcome:
+    """How one connection ended: a reason from ``metrics.CLOSE_REASONS`` and the bytes moved."""
+
+    reason: str = "completed"
+    to_backend: int = 0
+    to_client: int = 0
+
+
 class Listener:
     """Subclasses implement ``handle()``; ``limit_check`` names the refusal in the log."""
 
     limit_check = "max-connections"
 
-    def __init__(self, max_connections: int) -> None:
+    def __init__(self, max_connections: int, metrics: Metrics | None = None) -> None:
         self.max_connections = max_connections
+        self.metrics = metrics
         self.active = 0
         self.refused_limit = 0
+        self.draining = False
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
 
-    async def listen(self, host: str, port: int) -> list[tuple[str, int]]:
-        self._server = await asyncio.start_server(self._accept, host, port, limit=READ_LIMIT)
+    async def listen(
+        self, host: str, port: int, *, sock: socket.socket | None = None, reuse_port: bool = False
+    ) -> list[tuple[str, int]]:
+        """Listen on ``host:port``, or on an inherited listening ``sock`` (socket activation).
+
+        ``reuse_port`` sets SO_REUSEPORT so several worker processes share the port (the kernel
+        spreads new connections across them).
+        """
+        if sock is not None:
+            self._server = await asyncio.start_server(
+                self._accept, sock=sock, limit=READ_LIMIT, backlog=4096
+            )
+        else:
+            self._server = await asyncio.start_server(
+                self._accept,
+                host,
+                port,
+                limit=READ_LIMIT,
+                reuse_port=reuse_port or None,
+                backlog=4096,
+            )
         return [s.getsockname()[:2] for s in self._server.sockets]
+
+    @property
+    def listening(self) -> bool:
+        return self._server is not None and self._server.is_serving()
 
     async def serve_forever(self) -> None:
         assert self._server is not None
         async with self._server:
             await self._server.serve_forever()
 
+    def stop_accepting(self) -> None:
+        """Drain, step 1: close the listening sockets; open connections carry on."""
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Drain, step 2: True once no connection is open, False if ``timeout`` passed first."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
     async def close(self) -> None:
+        """Close the listener and cancel every open connection (drain, step 3)."""
         if self._server is not None:
             self._server.close()
         for t in list(self._tasks):
@@ -45,17 +105,22 @@ class Listener:
             with contextlib.suppress(BaseException):
                 await t
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handle(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> Outcome | None:
         raise NotImplementedError
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.active >= self.max_connections:
             self.refused_limit += 1
+            if self.metrics is not None:
+                self.metrics.conn_refused()
             log.warning(
                 "connection refused peer=%s check=%s limit=%d",
                 peer_name(writer),
                 self.limit_check,
                 self.max_connections,
+                extra={"event": "connection", "result": "refused", "check": self.limit_check},
             )
             writer.transport.abort()
             return
@@ -63,16 +128,30 @@ class Listener:
         assert task is not None
         self._tasks.add(task)
         self.active += 1
+        self._idle.clear()
+        if self.metrics is not None:
+            self.metrics.conn_accepted()
+        outcome: Outcome | None = None
         try:
             writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-            await self.handle(reader, writer)
+            outcome = await self.handle(reader, writer)
         except asyncio.CancelledError:
             # Shutdown cancels connection tasks; the stream callback must not see the
             # cancellation (Python 3.11's StreamReaderProtocol logs it as an error).
             writer.transport.abort()
+            outcome = Outcome("drained" if self.draining else "error")
         finally:
             self.active -= 1
             self._tasks.discard(task)
+            if self.active == 0:
+                self._idle.set()
+            if self.metrics is not None:
+                o = outcome or Outcome("error")
+                self.metrics.conn_closed(o.reason, o.to_backend, o.to_client)
+
+
+def monotonic_ms(t0: float) -> float:
+    return round((time.monotonic() - t0) * 1000, 1)
 
 
 def peer_name(writer: asyncio.StreamWriter) -> str:

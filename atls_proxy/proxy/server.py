@@ -22,6 +22,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from OpenSSL import SSL
@@ -38,11 +39,22 @@ from atls_proxy.expat import session as xs
 from atls_proxy.expat.framing import ErrorCode
 from atls_proxy.expat.profile import ExpatProfile
 from atls_proxy.ops.config import Address, ServerConfig
-from atls_proxy.proxy.listener import WRITE_HIGH_WATER, Listener, peer_name
+from atls_proxy.proxy.listener import (
+    WRITE_HIGH_WATER,
+    Listener,
+    Outcome,
+    monotonic_ms,
+    peer_name,
+)
 from atls_proxy.proxy.pump import IdleTimeout, pump
 from atls_proxy.proxy.stream import TLSStream
 from atls_proxy.tls.context import ServerIdentity
 from atls_proxy.tls.engine import TLSEngine, TLSError
+
+if TYPE_CHECKING:
+    import socket
+
+    from atls_proxy.ops.metrics import Metrics
 
 log = logging.getLogger("atls_proxy.server")
 
@@ -67,6 +79,25 @@ class _Plain:
     initial: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class ServerKeys:
+    """Everything a connection takes from the server identity, swapped as one on reload: a
+    connection captures the current value when it is accepted and uses only that, so a reload
+    never mixes an old certificate with a new key on one connection."""
+
+    identity: ServerIdentity
+    ssl_context: SSL.Context
+    chain_der: tuple[bytes, ...]
+    spki: bytes
+
+    @classmethod
+    def build(cls, identity: ServerIdentity, ssl_context: SSL.Context) -> ServerKeys:
+        chain = tuple(identity.chain_der)
+        return cls(
+            identity, ssl_context, chain, xs.spki_der(x509.load_der_x509_certificate(chain[0]))
+        )
+
+
 class AttestedServer(Listener):
     limit_check = "server.max-connections"
 
@@ -77,16 +108,29 @@ class AttestedServer(Listener):
         ssl_context: SSL.Context,
         engine: EvidenceEngine,
         profile: ExpatProfile,
+        metrics: Metrics | None = None,
     ) -> None:
-        super().__init__(config.max_connections)
+        super().__init__(config.max_connections, metrics)
         self.config = config
-        self.identity = identity
-        self.ssl_context = ssl_context
+        self.keys = ServerKeys.build(identity, ssl_context)
         self.engine = engine
         self.profile = profile
         self.stats = ServerStats()
-        self._chain_der = tuple(identity.chain_der)
-        self._spki = xs.spki_der(x509.load_der_x509_certificate(self._chain_der[0]))
+
+    @property
+    def identity(self) -> ServerIdentity:
+        return self.keys.identity
+
+    async def swap(self, config: ServerConfig, keys: ServerKeys, profile: ExpatProfile) -> None:
+        """Reload: later connections use the new state; open ones keep what they captured.
+
+        The cached tier's epoch for the new key is quoted *before* the swap, so the first
+        connection on the new certificate does not wait for the TEE (and a TEE failure keeps the
+        old state: the caller reports the reload as failed).
+        """
+        await self.engine.prepare_key(keys.identity.private_key)
+        self.config, self.keys, self.profile = config, keys, profile
+        self.max_connections = config.max_connections
 
     def counters(self) -> dict[str, int]:
         return {
@@ -98,43 +142,57 @@ class AttestedServer(Listener):
             "refused_limit": self.refused_limit,
         }
 
-    async def start(self) -> list[tuple[str, int]]:
-        await self.engine.start()  # the cached tier quotes its first epoch before accepting
-        return await self.listen(self.config.listen.host, self.config.listen.port)
+    async def start(
+        self, *, sock: socket.socket | None = None, reuse_port: bool = False
+    ) -> list[tuple[str, int]]:
+        # The cached tier quotes its first epoch before the listener accepts.
+        await self.engine.start(self.keys.identity.private_key)
+        return await self.listen(
+            self.config.listen.host, self.config.listen.port, sock=sock, reuse_port=reuse_port
+        )
 
     async def close(self) -> None:
         await super().close()
         await self.engine.close()
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handle(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> Outcome | None:
         self.stats.accepted += 1
-        await self._handle(reader, writer, peer_name(writer))
+        return await self._handle(reader, writer, peer_name(writer))
 
     async def _handle(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
-    ) -> None:
+    ) -> Outcome:
         t0 = time.monotonic()
-        tls = TLSStream(reader, writer, TLSEngine(self.ssl_context, server_side=True))
-        timeouts = self.config.timeouts
+        m = self.metrics
+        # One TLS context / identity per connection: a reload swaps them for later connections.
+        keys, config, profile = self.keys, self.config, self.profile
+        tls = TLSStream(reader, writer, TLSEngine(keys.ssl_context, server_side=True))
+        timeouts = config.timeouts
         stage = "tls.handshake"
         try:
             # asyncio.timeout, not wait_for: no extra task and loop hop per step (3.11 wait_for
             # wraps the coroutine in a task).
             async with asyncio.timeout(timeouts.handshake):
                 await tls.handshake()
+            if m is not None:
+                m.handshake(True, time.monotonic() - t0)
             stage = "expat.exchange"
             async with asyncio.timeout(timeouts.attestation):
-                outcome = await self._attest(tls)
+                outcome = await self._attest(tls, keys, config, profile)
             plain = isinstance(outcome, _Plain)
             initial = outcome.initial if isinstance(outcome, _Plain) else outcome
-            stage = "backend.connect"
-            async with asyncio.timeout(timeouts.connect):
-                b_reader, b_writer = await _open(self.config.backend)
-            b_writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
             if plain:
                 self.stats.unattested += 1
             else:
                 self.stats.attested += 1
+                if m is not None:
+                    m.attestation_succeeded()
+            stage = "backend.connect"
+            async with asyncio.timeout(timeouts.connect):
+                b_reader, b_writer = await _open(config.backend)
+            b_writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
             stage = "forward"
             try:
                 stats = await pump(tls, b_reader, b_writer, timeouts.idle, initial_to_plain=initial)
@@ -143,38 +201,57 @@ class AttestedServer(Listener):
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(1.0):
                         await b_writer.wait_closed()
+            result = "unattested" if plain else "attested"
             log.info(
                 "connection closed peer=%s result=%s to_backend=%d from_backend=%d duration_ms=%.1f",
                 peer,
-                "unattested" if plain else "attested",
+                result,
                 stats.tls_to_plain,
                 stats.plain_to_tls,
                 (time.monotonic() - t0) * 1000,
+                extra={
+                    "event": "connection",
+                    "peer": peer,
+                    "result": result,
+                    "to_backend": stats.tls_to_plain,
+                    "to_client": stats.plain_to_tls,
+                    "duration_ms": monotonic_ms(t0),
+                },
             )
+            return Outcome("completed", stats.tls_to_plain, stats.plain_to_tls)
         except Refused as exc:
-            self._fail(peer, exc.check, str(exc), t0)
+            return self._fail(peer, exc.check, str(exc), t0, stage)
         except (ProtocolError, VerificationError) as exc:
-            self._fail(peer, exc.check, str(exc), t0)
+            return self._fail(peer, exc.check, str(exc), t0, stage)
         except DecodeError as exc:
-            self._fail(peer, "expat.decode", str(exc), t0)
+            return self._fail(peer, "expat.decode", str(exc), t0, stage)
         except TimeoutError:
-            self._fail(peer, stage, f"timed out in {stage}", t0)
+            return self._fail(peer, stage, f"timed out in {stage}", t0, stage)
         except IdleTimeout:
             log.info(
                 "connection closed peer=%s result=idle-timeout duration_ms=%.1f",
                 peer,
                 (time.monotonic() - t0) * 1000,
+                extra={
+                    "event": "connection",
+                    "peer": peer,
+                    "result": "idle-timeout",
+                    "duration_ms": monotonic_ms(t0),
+                },
             )
+            return Outcome("idle_timeout")
         except TLSError as exc:
-            self._fail(peer, stage if stage != "forward" else "tls.record", str(exc), t0)
+            return self._fail(
+                peer, stage if stage != "forward" else "tls.record", str(exc), t0, stage
+            )
         except (ConnectionError, OSError) as exc:
-            self._fail(peer, stage, f"{type(exc).__name__}: {exc}", t0)
+            return self._fail(peer, stage, f"{type(exc).__name__}: {exc}", t0, stage)
         except AttestationUnavailable as exc:
-            self._fail(peer, "attester.evidence", str(exc), t0)
+            return self._fail(peer, "attester.evidence", str(exc), t0, stage)
         finally:
             await tls.close()
 
-    def _fail(self, peer: str, check: str, message: str, t0: float) -> None:
+    def _fail(self, peer: str, check: str, message: str, t0: float, stage: str) -> Outcome:
         self.stats.failed += 1
         self.stats.by_check[check] = self.stats.by_check.get(check, 0) + 1
         log.warning(
@@ -183,30 +260,55 @@ class AttestedServer(Listener):
             check,
             message,
             (time.monotonic() - t0) * 1000,
+            extra={
+                "event": "connection",
+                "peer": peer,
+                "result": "failed",
+                "stage": stage,
+                "check": check,
+                "reason": message,
+                "duration_ms": monotonic_ms(t0),
+            },
         )
+        m = self.metrics
+        if stage == "tls.handshake":
+            if m is not None:
+                m.handshake(False, time.monotonic() - t0)
+            return Outcome("handshake_failed")
+        if stage == "expat.exchange":
+            if m is not None:
+                m.attestation_failed(check)
+            return Outcome("attestation_failed")
+        if stage == "backend.connect":
+            if m is not None:
+                m.backend_connect_error()
+            return Outcome("backend_unavailable")
+        return Outcome("peer_reset" if check == "forward" else "error")
 
-    async def _attest(self, tls: TLSStream) -> bytes | _Plain:
+    async def _attest(
+        self, tls: TLSStream, keys: ServerKeys, config: ServerConfig, profile: ExpatProfile
+    ) -> bytes | _Plain:
         """Run the Expat exchange; return application data that came with ACCEPT, or a plain client."""
         engine = tls.engine
         sess = xs.AttesterSession(
             xs.TLSInfo(engine.export, engine.hash_name),
-            self._chain_der,
-            self.identity.private_key,
-            self.profile,
-            self._spki,
+            keys.chain_der,
+            keys.identity.private_key,
+            profile,
+            keys.spki,
         )
-        serve_plain = self.config.plain_clients == "serve-unattested"
+        serve_plain = config.plain_clients == "serve-unattested"
         first = True
         while True:
             if first and serve_plain:
                 # A plain client of a server-speaks-first protocol sends nothing: give up waiting.
                 try:
-                    async with asyncio.timeout(self.config.plain_sniff_timeout):
+                    async with asyncio.timeout(config.plain_sniff_timeout):
                         data = await tls.read()
                 except TimeoutError:
                     log.warning(
                         "plain TLS client served UNATTESTED (sent nothing for %.1fs)",
-                        self.config.plain_sniff_timeout,
+                        config.plain_sniff_timeout,
                     )
                     return _Plain(b"")
             else:
@@ -230,8 +332,10 @@ class AttestedServer(Listener):
                         "plain TLS client refused (no Expat preamble; plain_clients = refuse)",
                     )
                 if isinstance(ev, xs.AttestationRequested):
+                    if self.metrics is not None:
+                        self.metrics.attestation_requested()
                     try:
-                        answer = await self._answer(sess, ev)
+                        answer = await self._answer(sess, ev, keys)
                     except AttestationUnavailable:
                         with contextlib.suppress(Exception):
                             await tls.write(
@@ -249,11 +353,19 @@ class AttestedServer(Listener):
                 elif isinstance(ev, xs.Accepted):
                     return ev.data
 
-    async def _answer(self, sess: xs.AttesterSession, ev: xs.AttestationRequested) -> bytes:
+    async def _answer(
+        self, sess: xs.AttesterSession, ev: xs.AttestationRequested, keys: ServerKeys
+    ) -> bytes:
         if ev.binding is None:
             # The request did not offer cmw_attestation: a plain RFC 9261 authenticator (expat-04 §3.1).
             return sess.authenticator(None)
-        return sess.authenticator(await self.engine.evidence_for(ev.binding))
+        t0 = time.monotonic()
+        cmw = await self.engine.evidence_for(ev.binding, keys.identity.private_key)
+        if self.metrics is not None:
+            self.metrics.evidence(
+                self.engine.attester.name, self.engine.tier.value, time.monotonic() - t0
+            )
+        return sess.authenticator(cmw)
 
 
 async def _open(addr: Address) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

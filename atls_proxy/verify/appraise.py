@@ -46,13 +46,19 @@ EPOCH_CLOCK_SKEW = 60.0
 # policy or collateral changes take effect within a minute.
 CACHE_MAX_SECONDS = 60.0
 CACHE_MAX_ENTRIES = 64
+# The batched tier's quote is shared by the members of one batch, which arrive within a quote
+# time of each other; its appraisal is reused only that briefly, and only by connections whose own
+# binder and inclusion path recomputed the same root.
+BATCH_CACHE_SECONDS = 5.0
 
 
 class AppraisalCache:
-    """Remembers *passing* appraisals of identical epoch evidence (cached tier) until the epoch
-    expires (at most ``CACHE_MAX_SECONDS``), so a client does not re-verify the same quote for every
-    connection. Keyed by the evidence bytes and the digest and AIK hash it was appraised against;
-    the per-connection checks (tier, epoch age, AIK binding) run every time."""
+    """Remembers *passing* appraisals of identical evidence so a client does not re-verify the same
+    quote for every connection: the cached tier's epoch evidence until the epoch expires (at most
+    ``CACHE_MAX_SECONDS``), the batched tier's quote for ``BATCH_CACHE_SECONDS``. Keyed by the
+    evidence bytes and the report data and AIK hash it was appraised against (for a batch: the
+    Merkle root, which only members of that batch recompute); the per-connection checks (tier,
+    epoch age, AIK binding, inclusion path) run every time."""
 
     def __init__(self) -> None:
         self._entries: OrderedDict[bytes, tuple[float, list[Check], Appraisal]] = OrderedDict()
@@ -100,7 +106,7 @@ def appraise_cmw(
     if isinstance(cmw, CMWCollection):
         labels = set(cmw.members)
         if labels == {"evidence", "merkle"}:
-            return [_batched(cmw, expected, verifiers, now, fresh)]
+            return [_batched(cmw, expected, verifiers, now, fresh, cache)]
         if labels == {"evidence", "epoch", "binding"}:
             return [_cached(cmw, expected, verifiers, now, fresh, aik_public_key, cache)]
     out = []
@@ -175,6 +181,7 @@ def _batched(
     verifiers: Sequence[Verifier],
     now: float,
     fresh: Freshness,
+    cache: AppraisalCache | None,
 ) -> Appraisal:
     tier = _tier_check(Tier.BATCHED, fresh)
     try:
@@ -194,9 +201,13 @@ def _batched(
             observed=root.hex(),
         ),
     ]
-    appraisal = _record(
-        evidence, "evidence", Binding(expected.hash_name, root, expected.aik_hash), verifiers, now
-    )
+    effective = Binding(expected.hash_name, root, expected.aik_hash)
+    key = AppraisalCache.key(evidence, effective) if cache is not None else b""
+    appraisal = cache.get(key, now) if cache is not None else None
+    if appraisal is None:
+        appraisal = _record(evidence, "evidence", effective, verifiers, now)
+        if cache is not None:
+            cache.put(key, appraisal, now + BATCH_CACHE_SECONDS)
     appraisal.checks[0:0] = pre
     return appraisal
 

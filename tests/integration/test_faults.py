@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import socket
 import threading
@@ -23,7 +22,7 @@ from atls_proxy.expat.binding import Binding
 from atls_proxy.ops.config import Address, Timeouts, load_client_config, load_server_config
 from atls_proxy.proxy.client import AttestationFailed, open_attested
 from tests.integration.conftest import Stack, serve_variant, start_client, start_server
-from tests.support.procs import Procs, free_port, run_cli
+from tests.support.procs import Procs, free_port, run_cli, status_counters
 
 pytestmark = pytest.mark.integration
 
@@ -111,12 +110,9 @@ def _status(proc_pid: int, log: Path, after: int) -> dict[str, int]:
     os.kill(proc_pid, signal.SIGUSR1)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        lines = [ln for ln in log.read_text().splitlines() if " status active=" in ln]
+        lines = status_counters(log.read_text())
         if len(lines) > after:
-            return {
-                k: int(v)
-                for k, v in re.findall(r"(\w+)=(-?\d+)", lines[-1].split(" status ", 1)[1])
-            }
+            return lines[-1]
         time.sleep(0.05)
     raise AssertionError("no status line")
 

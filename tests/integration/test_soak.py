@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import ssl
 import time
@@ -17,7 +16,7 @@ from atls_proxy.app import build_client_settings
 from atls_proxy.ops.config import load_client_config
 from atls_proxy.proxy.client import open_attested
 from tests.integration.conftest import Stack
-from tests.support.procs import Proc
+from tests.support.procs import Proc, status_counters
 
 pytestmark = pytest.mark.integration
 
@@ -28,16 +27,13 @@ RSS_GROWTH_BOUND_KIB = 16 * 1024  # stated bound: 16 MiB of growth after the war
 
 
 def status(proc: Proc) -> dict[str, int]:
-    before = proc.output().count(" status active=")
+    before = len(status_counters(proc.output()))
     os.kill(proc.popen.pid, signal.SIGUSR1)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        lines = [ln for ln in proc.output().splitlines() if " status active=" in ln]
+        lines = status_counters(proc.output())
         if len(lines) > before:
-            return {
-                k: int(v)
-                for k, v in re.findall(r"(\w+)=(-?\d+)", lines[-1].split(" status ", 1)[1])
-            }
+            return lines[-1]
         time.sleep(0.05)
     raise AssertionError(f"{proc.name}: no status line")
 

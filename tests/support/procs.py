@@ -130,3 +130,29 @@ def require(tool: str) -> str:
 
         pytest.skip(f"{tool} is not installed")
     return path
+
+
+def log_messages(text: str) -> list[str]:
+    """The message of every log line: the "msg" of JSON lines (the CLI's default when stderr is
+    not a terminal), else the text after the logger name."""
+    import json
+
+    out = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                out.append(str(json.loads(line).get("msg", "")))
+                continue
+        out.append(line.split(": ", 1)[1] if ": " in line else line)
+    return out
+
+
+def status_counters(text: str) -> list[dict[str, int]]:
+    """The SIGUSR1 status lines in a log, oldest first, as counters."""
+    import re
+
+    return [
+        {k: int(v) for k, v in re.findall(r"(\w+)=(-?\d+)", m)}
+        for m in log_messages(text)
+        if m.startswith("status active=")
+    ]

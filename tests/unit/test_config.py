@@ -925,10 +925,16 @@ def test_examples_list_every_key_with_a_comment() -> None:
             "attester": tuple(k for k in c._ATTESTER_KEYS if k != "software"),
             "attester.software": c._SOFTWARE_KEYS,
             "log": c._LOG_KEYS,
+            "admin": c._ADMIN_KEYS,
         }
     )
     assert _keys(connect) == _schema(
-        {"client": c._CLIENT_KEYS, "expat": c._EXPAT_KEYS, "log": c._LOG_KEYS}
+        {
+            "client": c._CLIENT_KEYS,
+            "expat": c._EXPAT_KEYS,
+            "log": c._LOG_KEYS,
+            "admin": c._ADMIN_KEYS,
+        }
     )
     for name in ("serve.toml", "connect.toml"):
         lines = (ROOT / "config" / name).read_text().splitlines()
@@ -967,6 +973,8 @@ def test_shipped_examples_load_against_a_dev_folder(tmp_path: Path) -> None:
         certificate=root / "config" / ".." / "dev" / "server.pem",
         private_key=root / "config" / ".." / "dev" / "server-key.pem",
         attester=s.attester,
+        # The one deliberate non-default: the example turns the admin listener on, on loopback.
+        ops=c.OpsConfig(admin=c.Address("tcp", "127.0.0.1", 9901)),
         source=root / "config" / "serve.toml",
     ), "the example must show the defaults"
     assert s.attester.software is not None
@@ -975,6 +983,7 @@ def test_shipped_examples_load_against_a_dev_folder(tmp_path: Path) -> None:
     } == SIMULATED_MEASUREMENTS
     cl = c.load_client_config(root / "config" / "connect.toml")
     assert cl.server_name == "localhost" and cl.verify_pki and cl.timeouts == c.Timeouts()
+    assert cl.ops == c.OpsConfig(admin=c.Address("tcp", "127.0.0.1", 9902))
     assert cl.ca is not None and cl.ca.resolve() == (root / "dev" / "ca.pem").resolve()
     assert c.detect_config_kind(root / "config" / "serve.toml") == "server"
     assert c.detect_config_kind(root / "config" / "connect.toml") == "client"

@@ -310,3 +310,41 @@ async def test_cached_cmw_is_the_collection_encode_cmw_would_write() -> None:
     assert list(decoded.members) == ["evidence", "epoch", "binding"]
     assert encode_cmw(decoded) == cmw
     assert appraise(cmw, b).passed
+
+
+async def test_client_cache_shares_a_batch_quote_only_within_the_batch() -> None:
+    from atls_proxy.verify.appraise import BATCH_CACHE_SECONDS, AppraisalCache
+
+    now = [2_000_000.0]
+    att = Recording(latency=0.05)
+    eng = EvidenceEngine(att, Tier.BATCHED)
+    cache = AppraisalCache()
+    calls = []
+
+    class Counting(SoftwareVerifier):
+        def appraise(self, *a, **k):  # type: ignore[no-untyped-def]
+            calls.append(1)
+            return super().appraise(*a, **k)
+
+    v = Counting(VERIFIER._policy)  # type: ignore[attr-defined]
+    first = binding()
+    t_first = asyncio.ensure_future(eng.evidence_for(first))
+    await asyncio.sleep(0.01)  # the first quote is in flight: the next 8 form one batch
+    bs = [binding() for _ in range(8)]
+    cmws = await asyncio.gather(*(eng.evidence_for(b) for b in bs))
+    await t_first
+    assert att.calls == 2
+    fresh = Freshness(tiers=frozenset({Tier.BATCHED}))
+    for b, cmw in zip(bs, cmws, strict=True):
+        (a,) = appraise_cmw(cmw, b, [v], now[0], freshness=fresh, cache=cache)
+        assert a.passed, a.first_failure
+        assert any(c.name == "evidence.merkle" and c.passed for c in a.checks)
+    assert len(calls) == 1  # one quote appraisal for the whole batch
+    # Another connection's binder with a batch member's proof recomputes another root: no cache
+    # hit, and the quote does not carry that root.
+    (bad,) = appraise_cmw(cmws[0], binding(), [v], now[0], freshness=fresh, cache=cache)
+    assert not bad.passed and len(calls) == 2
+    # After BATCH_CACHE_SECONDS the quote is verified again.
+    now[0] += BATCH_CACHE_SECONDS + 1
+    (a,) = appraise_cmw(cmws[1], bs[1], [v], now[0], freshness=fresh, cache=cache)
+    assert a.passed and len(calls) == 3

@@ -1,0 +1,542 @@
+"""Operations through the real CLI: admin endpoints and metrics, drain, reload, workers.
+
+Every test starts ``atls-proxy serve`` (and ``connect`` where needed) as subprocesses on
+127.0.0.1 and drives it from outside: HTTP on the admin port, real attested connections, real
+signals.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from atls_proxy.ops import devinit
+from tests.integration.conftest import dev_init, start_backend, start_client, start_server
+from tests.support.procs import Procs, free_port, run_cli, wait_port
+
+pytestmark = pytest.mark.integration
+
+
+def get(port: int, path: str, timeout: float = 5) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one series in a Prometheus exposition (0 when absent): the series named
+    ``name`` whose labels include ``labels``."""
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        series, _, value = line.rpartition(" ")
+        base, _, rest = series.partition("{")
+        if base != name:
+            continue
+        got = dict(kv.split("=", 1) for kv in rest.rstrip("}").split(",") if "=" in kv)
+        if all(got.get(k) == f'"{v}"' for k, v in labels.items()):
+            return float(value)
+    return 0.0
+
+
+def wait_until(cond, timeout: float = 15.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def curl_through(client_port: int, path: str = "/hello.txt") -> str:
+    out = subprocess.run(
+        ["curl", "-sS", "--max-time", "10", f"http://127.0.0.1:{client_port}{path}"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def served_cert_sha256(port: int, ca: Path) -> str:
+    ctx = ssl.create_default_context(cafile=str(ca))
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return hashlib.sha256(der).hexdigest()
+
+
+class SlowHandler(BaseHTTPRequestHandler):
+    """GET /slow?s answers after s seconds; everything else at once."""
+
+    in_flight = 0  # slow requests being served; each fixture uses its own subclass
+
+    def do_GET(self) -> None:
+        cls = type(self)
+        if self.path.startswith("/slow"):
+            cls.in_flight += 1
+            try:
+                time.sleep(float(self.path.partition("?")[2] or "1"))
+            finally:
+                cls.in_flight -= 1
+        body = b"slow done\n" if self.path.startswith("/slow") else b"hello\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+SLOW: type[SlowHandler] = SlowHandler  # the current test's handler class (set by the fixture)
+
+
+@pytest.fixture
+def slow_backend() -> int:
+    global SLOW
+    SLOW = type("SlowHandlerForTest", (SlowHandler,), {"in_flight": 0})
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), SLOW)
+    srv.daemon_threads = True
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield srv.server_address[1]  # type: ignore[misc]
+    srv.shutdown()
+    srv.server_close()
+
+
+def variant(dev: Path, name: str, server: str = "", extra: str = "") -> Path:
+    text = (dev / "serve.toml").read_text()
+    text = text.replace("[server]\n", "[server]\n" + server.strip() + "\n", 1) + "\n" + extra
+    out = dev / f"serve-{name}.toml"
+    out.write_text(text)
+    return out
+
+
+def background_curl(client_port: int, path: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        ["curl", "-sS", "--max-time", "30", f"http://127.0.0.1:{client_port}{path}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+# --- admin endpoints and metrics ------------------------------------------------------------------
+
+
+def test_admin_endpoints_and_counters_move(tmp_path: Path, ps: Procs) -> None:
+    dev = dev_init(tmp_path / "dev")
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "hello.txt").write_text("hello through atls-proxy\n")
+    _, bport = start_backend(ps, www)
+    admin = free_port()
+    server, sport = start_server(
+        ps, dev / "serve.toml", bport, "--admin", f"127.0.0.1:{admin}", "--log-format", "json"
+    )
+    wait_port(admin, server)
+    _, cport = start_client(ps, dev / "connect.toml", sport)
+
+    assert get(admin, "/healthz") == (200, "ok\n")
+    wait_until(lambda: get(admin, "/readyz")[0] == 200, what="/readyz 200")
+    before = get(admin, "/metrics")[1]
+    for _ in range(3):
+        assert curl_through(cport) == "hello through atls-proxy\n"
+    wait_until(
+        lambda: (
+            metric(
+                get(admin, "/metrics")[1], "atls_proxy_connections_closed_total", reason="completed"
+            )
+            >= 3
+        ),
+        what="3 completed connections in the metrics",
+    )
+    after = get(admin, "/metrics")[1]
+    assert (
+        metric(after, "atls_proxy_connections_accepted_total")
+        >= metric(before, "atls_proxy_connections_accepted_total") + 3
+    )
+    assert metric(after, "atls_proxy_attestation_successes_total") >= 3
+    assert metric(after, "atls_proxy_tls_handshakes_total", result="ok") >= 3
+    assert metric(after, "atls_proxy_forwarded_bytes_total", direction="to_client") > 0
+    assert (
+        metric(
+            after, "atls_proxy_evidence_duration_seconds_count", attester="software", tier="strict"
+        )
+        >= 3
+    )
+    assert metric(after, "atls_proxy_quote_duration_seconds_count", attester="software") >= 3
+
+    # A plain TLS client (no Expat) is refused: a failure counted under its check.
+    ctx = ssl.create_default_context(cafile=str(dev / "ca.pem"))
+    with (
+        socket.create_connection(("127.0.0.1", sport), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        tls.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        try:
+            data = tls.recv(100)
+        except (OSError, ssl.SSLError):
+            data = b""
+        assert data == b""
+    wait_until(
+        lambda: (
+            metric(
+                get(admin, "/metrics")[1],
+                "atls_proxy_attestation_failures_total",
+                check="expat.preamble",
+            )
+            >= 1
+        ),
+        what="the refused plain client in the failure counter",
+    )
+
+    code, body = get(admin, "/status")
+    status = json.loads(body)
+    assert code == 200 and status["role"] == "server" and status["tier"] == "strict"
+    assert status["ready"] is True and len(status["config_revision"]) == 16
+    assert status["last_reload"]["generation"] == 0
+
+    # JSON logs: one event per connection outcome, with the peer and the failed check.
+    events = [json.loads(line) for line in server.output().splitlines() if line.startswith("{")]
+    outcomes = [e for e in events if e.get("event") == "connection"]
+    assert any(e["result"] == "attested" and e["duration_ms"] >= 0 for e in outcomes)
+    assert any(
+        e.get("check") == "expat.preamble" and e["peer"].startswith("127.0.0.1:") for e in outcomes
+    )
+
+
+def test_admin_port_taken_is_a_clear_error(tmp_path: Path) -> None:
+    dev = dev_init(tmp_path / "dev")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = run_cli(
+            "serve",
+            "--config",
+            str(dev / "serve.toml"),
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+            "--backend",
+            "127.0.0.1:9",
+            "--admin",
+            f"127.0.0.1:{port}",
+            timeout=30,
+        )
+    assert res.returncode == 2, res.stderr
+    assert "admin.listen" in res.stderr and str(port) in res.stderr
+
+
+# --- drain ---------------------------------------------------------------------------------------
+
+
+def test_sigterm_drains_readiness_false_and_exit_0(
+    tmp_path: Path, ps: Procs, slow_backend: int
+) -> None:
+    dev = dev_init(tmp_path / "dev")
+    admin = free_port()
+    server, sport = start_server(
+        ps, dev / "serve.toml", slow_backend, "--admin", f"127.0.0.1:{admin}"
+    )
+    wait_port(admin, server)
+    _, cport = start_client(ps, dev / "connect.toml", sport)
+    wait_until(lambda: get(admin, "/readyz")[0] == 200, what="ready")
+
+    slow = background_curl(cport, "/slow?2")
+    wait_until(lambda: SLOW.in_flight >= 1, what="the slow request at the backend")
+    server.popen.send_signal(signal.SIGTERM)
+    wait_until(
+        lambda: get(admin, "/readyz")[0] == 503, timeout=5, what="/readyz 503 while draining"
+    )
+    assert "draining" in get(admin, "/readyz")[1]
+    # No new connections while draining.
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", sport), timeout=2).close()
+    out, err = slow.communicate(timeout=30)
+    assert slow.returncode == 0 and out == "slow done\n", err  # the open connection finished
+    assert server.popen.wait(20) == 0, server.output()
+    assert "drained: every connection finished" in server.output()
+
+
+def test_drain_timeout_closes_the_rest_exit_3(tmp_path: Path, ps: Procs, slow_backend: int) -> None:
+    dev = dev_init(tmp_path / "dev")
+    cfg = variant(dev, "drain", "drain_timeout = 1")
+    server, sport = start_server(ps, cfg, slow_backend)
+    _, cport = start_client(ps, dev / "connect.toml", sport)
+    slow = background_curl(cport, "/slow?20")
+    wait_until(lambda: SLOW.in_flight >= 1, what="the slow request at the backend")
+    t0 = time.monotonic()
+    server.popen.send_signal(signal.SIGTERM)
+    assert server.popen.wait(20) == 3, server.output()
+    assert time.monotonic() - t0 < 10
+    slow.communicate(timeout=30)
+    assert slow.returncode != 0  # it was cut, and the client saw it
+    assert "drain timeout: closed 1 connection(s)" in server.output()
+
+
+def test_second_signal_forces_exit_4(tmp_path: Path, ps: Procs, slow_backend: int) -> None:
+    dev = dev_init(tmp_path / "dev")
+    server, sport = start_server(ps, dev / "serve.toml", slow_backend)
+    _, cport = start_client(ps, dev / "connect.toml", sport)
+    slow = background_curl(cport, "/slow?20")
+    wait_until(lambda: SLOW.in_flight >= 1, what="the slow request at the backend")
+    server.popen.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert server.alive()  # draining, waiting for the slow connection
+    server.popen.send_signal(signal.SIGINT)
+    assert server.popen.wait(20) == 4, server.output()
+    slow.communicate(timeout=30)
+
+
+def test_sigterm_during_attestation_lets_it_finish(tmp_path: Path, ps: Procs) -> None:
+    """A connection in the middle of a slow quote is not dropped by the drain: it completes."""
+    dev = dev_init(tmp_path / "dev")
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "hello.txt").write_text("hello\n")
+    _, bport = start_backend(ps, www)
+    cfg = dev / "serve-slowquote.toml"
+    cfg.write_text(
+        (dev / "serve.toml")
+        .read_text()
+        .replace(
+            'platform_key = "platform-key.pem"\n',
+            'platform_key = "platform-key.pem"\nsimulated_quote_ms = 1500\n',
+            1,
+        )
+    )
+    server, sport = start_server(ps, cfg, bport)
+    _, cport = start_client(ps, dev / "connect.toml", sport)
+    req = background_curl(cport, "/hello.txt")
+    time.sleep(0.7)  # handshake done, the quote is in progress
+    server.popen.send_signal(signal.SIGTERM)
+    out, err = req.communicate(timeout=30)
+    assert req.returncode == 0 and out == "hello\n", err
+    assert server.popen.wait(20) == 0, server.output()
+
+
+# --- reload -------------------------------------------------------------------------------------
+
+
+def _new_leaf(dev: Path, out_dir: Path) -> tuple[Path, Path, str]:
+    ca = x509.load_pem_x509_certificate((dev / "ca.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((dev / "ca-key.pem").read_bytes(), None)
+    leaf, key = devinit._leaf(ca, ca_key, datetime.datetime.now(datetime.UTC).replace(tzinfo=None))  # type: ignore[arg-type]
+    cert_p, key_p = out_dir / "new-server.pem", out_dir / "new-server-key.pem"
+    cert_p.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    key_p.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    der = leaf.public_bytes(serialization.Encoding.DER)
+    return cert_p, key_p, hashlib.sha256(der).hexdigest()
+
+
+@pytest.mark.parametrize("tier", ["strict", "cached"])
+def test_sighup_swaps_certificate_open_connection_undisturbed(
+    tmp_path: Path, ps: Procs, slow_backend: int, tier: str
+) -> None:
+    dev = dev_init(tmp_path / "dev")
+    cfg = dev / "serve-reload.toml"
+    cfg.write_text(
+        (dev / "serve.toml")
+        .read_text()
+        .replace('kind = "software"\n', f'kind = "software"\ntier = "{tier}"\n', 1)
+    )
+    admin = free_port()
+    server, sport = start_server(ps, cfg, slow_backend, "--admin", f"127.0.0.1:{admin}")
+    wait_port(admin, server)
+    _, cport = start_client(ps, dev / "connect.toml", sport)
+    old_fp = served_cert_sha256(sport, dev / "ca.pem")
+
+    slow = background_curl(cport, "/slow?3")  # open across the reload
+    wait_until(lambda: SLOW.in_flight >= 1, what="the slow request at the backend")
+    new_cert, new_key, new_fp = _new_leaf(dev, tmp_path)
+    (dev / "server.pem").write_bytes(new_cert.read_bytes())
+    (dev / "server-key.pem").write_bytes(new_key.read_bytes())
+    server.popen.send_signal(signal.SIGHUP)
+    wait_until(
+        lambda: json.loads(get(admin, "/status")[1])["last_reload"]["ok"] is True,
+        what="a successful reload",
+    )
+    assert served_cert_sha256(sport, dev / "ca.pem") == new_fp != old_fp
+    assert curl_through(cport, "/hello") == "hello\n"  # attested on the new certificate
+    out, err = slow.communicate(timeout=30)
+    assert slow.returncode == 0 and out == "slow done\n", err  # the old connection carried on
+    assert metric(get(admin, "/metrics")[1], "atls_proxy_reloads_total", result="success") >= 2
+
+
+def test_broken_reload_keeps_old_state_and_reports_it(
+    tmp_path: Path, ps: Procs, slow_backend: int
+) -> None:
+    dev = dev_init(tmp_path / "dev")
+    admin = free_port()
+    server, sport = start_server(
+        ps, dev / "serve.toml", slow_backend, "--admin", f"127.0.0.1:{admin}"
+    )
+    wait_port(admin, server)
+    _, cport = start_client(ps, dev / "connect.toml", sport)
+    old_fp = served_cert_sha256(sport, dev / "ca.pem")
+
+    # 1. a key that does not match the certificate
+    _, other_key, _ = _new_leaf(dev, tmp_path)
+    good_key = (dev / "server-key.pem").read_bytes()
+    (dev / "server-key.pem").write_bytes(other_key.read_bytes())
+    server.popen.send_signal(signal.SIGHUP)
+    wait_until(
+        lambda: json.loads(get(admin, "/status")[1])["last_reload"]["ok"] is False,
+        what="the failed reload in /status",
+    )
+    status = json.loads(get(admin, "/status")[1])
+    assert "does not match the certificate" in status["last_reload"]["error"]
+    assert served_cert_sha256(sport, dev / "ca.pem") == old_fp
+    assert curl_through(cport, "/hello") == "hello\n"  # still serving, still attesting
+    text = get(admin, "/metrics")[1]
+    assert metric(text, "atls_proxy_reloads_total", result="failure") == 1
+    assert metric(text, "atls_proxy_config_last_reload_successful") == 0
+    assert get(admin, "/readyz")[0] == 200  # the old state is fine: still ready
+
+    # 2. a missing file, 3. an unparsable config
+    (dev / "server-key.pem").write_bytes(good_key)
+    (dev / "server.pem").rename(dev / "server.pem.moved")
+    server.popen.send_signal(signal.SIGHUP)
+    wait_until(
+        lambda: (
+            metric(get(admin, "/metrics")[1], "atls_proxy_reloads_total", result="failure") == 2
+        ),
+        what="the second failed reload",
+    )
+    (dev / "server.pem.moved").rename(dev / "server.pem")
+    original = (dev / "serve.toml").read_text()
+    (dev / "serve.toml").write_text(original + "\n[server\n")
+    server.popen.send_signal(signal.SIGHUP)
+    wait_until(
+        lambda: (
+            metric(get(admin, "/metrics")[1], "atls_proxy_reloads_total", result="failure") == 3
+        ),
+        what="the third failed reload",
+    )
+    assert "not valid TOML" in json.loads(get(admin, "/status")[1])["last_reload"]["error"]
+    assert curl_through(cport, "/hello") == "hello\n"
+    # Fixed files: the next reload succeeds.
+    (dev / "serve.toml").write_text(original)
+    server.popen.send_signal(signal.SIGHUP)
+    wait_until(
+        lambda: json.loads(get(admin, "/status")[1])["last_reload"]["ok"] is True,
+        what="recovery",
+    )
+    assert metric(get(admin, "/metrics")[1], "atls_proxy_config_last_reload_successful") == 1
+    assert server.output().count("reload failed") == 3
+
+
+def test_reload_interval_picks_up_a_changed_file(
+    tmp_path: Path, ps: Procs, slow_backend: int
+) -> None:
+    dev = dev_init(tmp_path / "dev")
+    cfg = variant(dev, "timer", "reload_interval = 1")
+    server, sport = start_server(ps, cfg, slow_backend)
+    new_cert, new_key, new_fp = _new_leaf(dev, tmp_path)
+    time.sleep(1.2)
+    (dev / "server-key.pem").write_bytes(new_key.read_bytes())
+    (dev / "server.pem").write_bytes(new_cert.read_bytes())
+    wait_until(
+        lambda: served_cert_sha256(sport, dev / "ca.pem") == new_fp,
+        timeout=10,
+        what="the timer reload",
+    )
+    assert "reloaded (file change)" in server.output()
+
+
+def test_client_side_reload_swaps_policy(tmp_path: Path, ps: Procs, slow_backend: int) -> None:
+    """connect: a policy that no longer accepts the server takes effect for new connections."""
+    dev = dev_init(tmp_path / "dev")
+    _, sport = start_server(ps, dev / "serve.toml", slow_backend)
+    client, cport = start_client(ps, dev / "connect.toml", sport)
+    assert curl_through(cport, "/hello") == "hello\n"
+    policy = dev / "policy.toml"
+    text = policy.read_text()
+    assert "allow_simulated = true" in text
+    policy.write_text(text.replace("allow_simulated = true", "allow_simulated = false"))
+    client.popen.send_signal(signal.SIGHUP)
+    wait_until(lambda: "reloaded (SIGHUP)" in client.output(), what="the client reload")
+    out = subprocess.run(
+        ["curl", "-sS", "--max-time", "10", f"http://127.0.0.1:{cport}/hello"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert out.stdout == ""  # refused: the new policy does not accept simulated evidence
+    assert "software.simulated" in client.output() or "simulated" in client.output()
+
+
+# --- workers ------------------------------------------------------------------------------------
+
+
+def test_workers_share_the_port_and_restart(tmp_path: Path, ps: Procs, slow_backend: int) -> None:
+    dev = dev_init(tmp_path / "dev")
+    admin = free_port()
+    sport = free_port()
+    server = ps.cli(
+        "serve-workers",
+        "serve",
+        "--config",
+        str(dev / "serve.toml"),
+        "--listen",
+        f"127.0.0.1:{sport}",
+        "--backend",
+        f"127.0.0.1:{slow_backend}",
+        "--admin",
+        f"127.0.0.1:{admin}",
+        "--workers",
+        "2",
+    )
+    wait_port(admin, server)
+    wait_until(lambda: get(admin, "/readyz")[0] == 200, timeout=30, what="2 workers ready")
+    status = json.loads(get(admin, "/status")[1])
+    pids = [w["pid"] for w in status["workers"]]
+    assert len(set(pids)) == 2
+    _, cport = start_client(ps, dev / "connect.toml", sport)
+    for _ in range(6):
+        assert curl_through(cport, "/hello") == "hello\n"
+    text = get(admin, "/metrics")[1]
+    assert metric(text, "atls_proxy_attestation_successes_total") >= 6  # summed over workers
+
+    # A dead worker is restarted; readiness returns.
+    import os
+
+    os.kill(pids[0], signal.SIGKILL)
+    wait_until(
+        lambda: json.loads(get(admin, "/status")[1])["workers"][0]["restarts"] == 1,
+        timeout=20,
+        what="the restart",
+    )
+    wait_until(lambda: get(admin, "/readyz")[0] == 200, timeout=30, what="ready again")
+    assert curl_through(cport, "/hello") == "hello\n"
+    server.popen.send_signal(signal.SIGTERM)
+    assert server.popen.wait(30) == 0, server.output()
