@@ -13,6 +13,12 @@ The connection ends when both directions ended, when either side fails (reset, T
 direction is cancelled), or when neither direction moved for ``idle_timeout`` seconds.
 
 No per-chunk logging, no per-chunk metrics labels: the counters are plain ints summed per connection.
+
+Cost per connection: the TLS→plain direction runs in the caller's task and the plain→TLS
+direction in one extra task; the idle watchdog is a single timer handle (``call_later``) that
+re-arms itself from the last activity, not a task and not a timer per read. A direction that fails
+cancels the caller's task at once (its done-callback), so a reset on one side never waits for
+the idle timeout of the other.
 """
 
 from __future__ import annotations
@@ -66,31 +72,43 @@ async def pump(
             await tls.write(data)
         await tls.close_write()
 
-    async def watchdog() -> None:
-        # One timer per connection (not per read): sleep until the idle deadline, re-arm if
-        # either direction moved meanwhile.
-        while True:
-            remaining = stats.last_activity + idle_timeout - time.monotonic()
-            if remaining <= 0:
-                raise IdleTimeout
-            await asyncio.sleep(remaining)
+    loop = asyncio.get_running_loop()
+    me = asyncio.current_task()
+    assert me is not None
+    other = asyncio.ensure_future(plain_to_tls())
+    why: list[BaseException] = []  # what ended the pump early: IdleTimeout or a failed direction
+    timer: asyncio.TimerHandle | None = None
 
-    directions = {asyncio.ensure_future(tls_to_plain()), asyncio.ensure_future(plain_to_tls())}
-    dog = asyncio.ensure_future(watchdog())
+    def on_other_done(t: asyncio.Future[None]) -> None:
+        if not t.cancelled() and t.exception() is not None and not why:
+            why.append(t.exception())  # type: ignore[arg-type]
+            me.cancel()
+
+    def check_idle() -> None:
+        nonlocal timer
+        remaining = stats.last_activity + idle_timeout - time.monotonic()
+        if remaining > 0:
+            timer = loop.call_later(remaining, check_idle)
+        elif not why:
+            why.append(IdleTimeout())
+            me.cancel()
+
+    other.add_done_callback(on_other_done)
+    timer = loop.call_later(idle_timeout, check_idle)
     try:
-        pending = set(directions)
-        while pending:
-            done, pending = await asyncio.wait(pending | {dog}, return_when=asyncio.FIRST_COMPLETED)
-            pending.discard(dog)
-            for t in done:
-                exc = t.exception()
-                if exc is not None:
-                    raise exc
+        try:
+            await tls_to_plain()
+            await asyncio.shield(other)
+        except asyncio.CancelledError:
+            if not why:
+                raise  # cancelled from outside (shutdown): not ours to translate
+            me.uncancel()
+            raise why[0] from None
     finally:
-        for t in (*directions, dog):
-            if not t.done():
-                t.cancel()
-        for t in (*directions, dog):
-            with contextlib.suppress(BaseException):
-                await t
+        if timer is not None:
+            timer.cancel()
+        if not other.done():
+            other.cancel()
+        with contextlib.suppress(BaseException):
+            await other
     return stats
