@@ -7,6 +7,7 @@ signals.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -540,3 +541,69 @@ def test_workers_share_the_port_and_restart(tmp_path: Path, ps: Procs, slow_back
     assert curl_through(cport, "/hello") == "hello\n"
     server.popen.send_signal(signal.SIGTERM)
     assert server.popen.wait(30) == 0, server.output()
+
+
+class DelayRelay:
+    """A TCP relay on 127.0.0.1 that holds the first client→server bytes (the ClientHello) until
+    ``release`` is set: a connection that is mid-handshake when the test wants it to be."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target = target_port
+        self.release = threading.Event()
+        self.arrived = threading.Event()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                c, _ = self.sock.accept()
+                s = socket.create_connection(("127.0.0.1", self.target))
+                threading.Thread(target=self._up, args=(c, s), daemon=True).start()
+                threading.Thread(target=self._copy, args=(s, c), daemon=True).start()
+
+    def _up(self, src: socket.socket, dst: socket.socket) -> None:
+        first = src.recv(65536)
+        self.arrived.set()
+        self.release.wait(30)
+        with contextlib.suppress(OSError):
+            dst.sendall(first)
+        self._copy(src, dst)
+
+    @staticmethod
+    def _copy(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_sigterm_during_handshake_lets_it_finish(tmp_path: Path, ps: Procs) -> None:
+    """A TCP connection accepted before SIGTERM whose ClientHello arrives after it is still served."""
+    dev = dev_init(tmp_path / "dev")
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "hello.txt").write_text("hello\n")
+    _, bport = start_backend(ps, www)
+    server, sport = start_server(ps, dev / "serve.toml", bport)
+    relay = DelayRelay(sport)
+    try:
+        _, cport = start_client(ps, dev / "connect.toml", relay.port)
+        relay.release.set()  # let start_client's readiness probe through
+        time.sleep(0.5)
+        relay.release.clear()
+        relay.arrived.clear()
+        req = background_curl(cport, "/hello.txt")
+        assert relay.arrived.wait(10)  # the ClientHello is held: the server waits mid-handshake
+        server.popen.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        relay.release.set()
+        out, err = req.communicate(timeout=30)
+        assert req.returncode == 0 and out == "hello\n", err
+        assert server.popen.wait(20) == 0, server.output()
+    finally:
+        relay.close()
