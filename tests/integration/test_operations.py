@@ -607,3 +607,82 @@ def test_sigterm_during_handshake_lets_it_finish(tmp_path: Path, ps: Procs) -> N
         assert server.popen.wait(20) == 0, server.output()
     finally:
         relay.close()
+
+
+# --- systemd: socket activation and sd_notify ---------------------------------------------------
+
+_ACTIVATE = """
+import os, sys
+fds = [int(x) for x in sys.argv[1].split(",")]
+for target, fd in enumerate(fds, start=3):  # sd_listen_fds(3): descriptors from 3 on
+    os.dup2(fd, target)
+os.environ["LISTEN_FDS"] = str(len(fds))
+os.environ["LISTEN_FDNAMES"] = "attested:admin"
+os.environ["LISTEN_PID"] = str(os.getpid())  # exec keeps the pid
+os.execv(sys.executable, [sys.executable, "-m", "atls_proxy.cli", *sys.argv[2:]])
+"""
+
+
+def test_socket_activation_and_notify(tmp_path: Path, ps: Procs, slow_backend: int) -> None:
+    """As systemd would run it: inherited listeners named attested/admin, NOTIFY_SOCKET."""
+    import os
+    import sys
+
+    from tests.support.procs import Proc, env
+
+    dev = dev_init(tmp_path / "dev")
+    attested = socket.create_server(("127.0.0.1", 0))
+    admin = socket.create_server(("127.0.0.1", 0))
+    sport, aport = attested.getsockname()[1], admin.getsockname()[1]
+    notify_path = str(tmp_path / "notify.sock")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(notify_path)
+    notify.settimeout(20)
+    e = env()
+    e["NOTIFY_SOCKET"] = notify_path
+    log = tmp_path / "activated.log"
+    with log.open("wb") as fh:
+        popen = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _ACTIVATE,
+                f"{attested.fileno()},{admin.fileno()}",
+                "serve",
+                "--config",
+                str(dev / "serve.toml"),
+                "--backend",
+                f"127.0.0.1:{slow_backend}",
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=e,
+            pass_fds=(attested.fileno(), admin.fileno()),
+        )
+    proc = Proc("activated", popen, log)
+    ps.procs.append(proc)
+    attested.close()
+    admin.close()
+
+    def messages_until(field: str) -> list[str]:
+        seen = []
+        while True:
+            msg = notify.recv(4096).decode()
+            seen.append(msg)
+            if field in msg.split("\n"):
+                return seen
+
+    assert any("STATUS=listening on" in m for m in messages_until("READY=1"))
+    assert get(aport, "/healthz") == (200, "ok\n")  # the inherited admin socket
+    _, cport = start_client(ps, dev / "connect.toml", sport)  # the inherited attested socket
+    assert curl_through(cport, "/hello") == "hello\n"
+
+    popen.send_signal(signal.SIGHUP)
+    reload_msgs = messages_until("RELOADING=1")
+    assert any(line.startswith("MONOTONIC_USEC=") for m in reload_msgs for line in m.split("\n"))
+    messages_until("READY=1")
+    popen.send_signal(signal.SIGTERM)
+    messages_until("STOPPING=1")
+    assert popen.wait(20) == 0, proc.output()
+    notify.close()
+    os.unlink(notify_path)
