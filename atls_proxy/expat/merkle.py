@@ -51,23 +51,6 @@ def _split(n: int) -> int:
     return 1 << ((n - 1).bit_length() - 1)
 
 
-def _mth(hash_name: str, leaves: Sequence[bytes]) -> bytes:
-    if len(leaves) == 1:
-        return leaves[0]
-    k = _split(len(leaves))
-    return _node(hash_name, _mth(hash_name, leaves[:k]), _mth(hash_name, leaves[k:]))
-
-
-def _path(hash_name: str, m: int, leaves: Sequence[bytes]) -> list[bytes]:
-    """RFC 9162 §2.1.3.1 PATH(m, D[n]) over leaf hashes."""
-    if len(leaves) == 1:
-        return []
-    k = _split(len(leaves))
-    if m < k:
-        return [*_path(hash_name, m, leaves[:k]), _mth(hash_name, leaves[k:])]
-    return [*_path(hash_name, m - k, leaves[k:]), _mth(hash_name, leaves[:k])]
-
-
 @dataclass(frozen=True, slots=True)
 class InclusionProof:
     index: int
@@ -103,13 +86,42 @@ class InclusionProof:
 
 
 def build(hash_name: str, binders: Sequence[bytes]) -> tuple[bytes, list[InclusionProof]]:
-    """The root over ``binders`` and one inclusion proof per binder, in order."""
+    """The root over ``binders`` and one inclusion proof per binder, in order.
+
+    Every subtree hash MTH(D[lo:hi]) is computed once (the RFC's split makes O(n) distinct
+    subtrees), and each PATH(m, D[n]) (RFC 9162 §2.1.3.1) is read from them top-down: O(n log n)
+    hashing for the whole batch, instead of recomputing sibling subtrees for every proof.
+    """
     if not 1 <= len(binders) <= MAX_BATCH:
         raise ValueError(f"a batch holds 1..{MAX_BATCH} binders")
     leaves = [leaf_hash(hash_name, b) for b in binders]
-    root = _mth(hash_name, leaves)
     n = len(leaves)
-    return root, [InclusionProof(i, n, tuple(_path(hash_name, i, leaves))) for i in range(n)]
+    memo: dict[tuple[int, int], bytes] = {}
+
+    def mth(lo: int, hi: int) -> bytes:
+        if hi - lo == 1:
+            return leaves[lo]
+        got = memo.get((lo, hi))
+        if got is None:
+            k = _split(hi - lo)
+            got = memo[(lo, hi)] = _node(hash_name, mth(lo, lo + k), mth(lo + k, hi))
+        return got
+
+    def path(m: int) -> tuple[bytes, ...]:
+        top_down = []
+        lo, hi = 0, n
+        while hi - lo > 1:
+            k = _split(hi - lo)
+            if m < lo + k:
+                top_down.append(mth(lo + k, hi))
+                hi = lo + k
+            else:
+                top_down.append(mth(lo, lo + k))
+                lo += k
+        return tuple(reversed(top_down))  # the RFC lists the deepest sibling first
+
+    root = mth(0, n)
+    return root, [InclusionProof(i, n, path(i)) for i in range(n)]
 
 
 def root_from_proof(hash_name: str, binder: bytes, proof: InclusionProof) -> bytes:

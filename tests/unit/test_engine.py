@@ -241,6 +241,51 @@ def test_merkle_known_shapes() -> None:
         )
 
 
+def _rfc_mth(leaves: list[bytes]) -> bytes:
+    """RFC 9162 §2.1.1 MTH, written as the RFC states it (the reference for build())."""
+    if len(leaves) == 1:
+        return leaves[0]
+    k = 1 << ((len(leaves) - 1).bit_length() - 1)
+    return hashlib.sha256(b"\x01" + _rfc_mth(leaves[:k]) + _rfc_mth(leaves[k:])).digest()
+
+
+def _rfc_path(m: int, leaves: list[bytes]) -> list[bytes]:
+    """RFC 9162 §2.1.3.1 PATH(m, D[n])."""
+    if len(leaves) == 1:
+        return []
+    k = 1 << ((len(leaves) - 1).bit_length() - 1)
+    if m < k:
+        return [*_rfc_path(m, leaves[:k]), _rfc_mth(leaves[k:])]
+    return [*_rfc_path(m - k, leaves[k:]), _rfc_mth(leaves[:k])]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 13, 31, 32, 33, 64, 65])
+def test_merkle_build_equals_the_rfc_definition(n: int) -> None:
+    bs = [os.urandom(32) for _ in range(n)]
+    leaves = [hashlib.sha256(b"\x00" + b).digest() for b in bs]
+    root, proofs = merkle.build("sha256", bs)
+    assert root == _rfc_mth(leaves)
+    for i, p in enumerate(proofs):
+        assert (p.index, p.size, list(p.path)) == (i, n, _rfc_path(i, leaves))
+
+
+def test_merkle_build_hashes_each_subtree_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch of n costs n leaf hashes and n - 1 node hashes, not one subtree walk per proof
+    (which was quadratic and stalled the event loop for seconds at large batches)."""
+    calls = [0]
+    real = merkle._h
+
+    def counting(*a: bytes) -> bytes:
+        calls[0] += 1
+        return real(*a)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(merkle, "_h", counting)
+    for n in (64, 1024, 4096):
+        calls[0] = 0
+        merkle.build("sha256", [os.urandom(32) for _ in range(n)])
+        assert calls[0] == 2 * n - 1
+
+
 def test_proof_decoding_caps() -> None:
     for bad in (
         b"",
