@@ -1,4 +1,4 @@
-"""``atls-proxy bench attest``: attested connections per second against a local server.
+"""``atls-proxy bench attest``: attested connections per second against a local server, per tier.
 
 The server is the real ``atls-proxy serve`` in a subprocess (the software attester, with an
 optional simulated quote latency, serialised like a TEE's); the load generator is this process.
@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import ssl
 import statistics
 import subprocess
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from atls_proxy.app import build_client_settings
+from atls_proxy.bench.common import cpu_seconds, free_port, wait_port
 from atls_proxy.ops.config import load_client_config
 from atls_proxy.ops.devinit import dev_init
 from atls_proxy.proxy.client import AttestationFailed, ClientSettings, open_attested
@@ -78,18 +78,8 @@ class Result:
         }
 
 
-def _cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+_cpu_seconds = cpu_seconds
+_free_port = free_port
 
 
 async def _backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -100,9 +90,13 @@ async def _backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
     writer.close()
 
 
-def _server_config(dev: Path, tier: str, quote_ms: int, concurrency: int) -> Path:
+def _server_config(
+    dev: Path, tier: str, quote_ms: int, concurrency: int, *, max_connections: int | None = None
+) -> Path:
+    """A serve.toml for ``tier`` (``off``: plain TLS clients served unattested) next to dev-init's."""
     text = (dev / "serve.toml").read_text()
-    server_extra = f"max_connections = {max(1024, concurrency * 4)}\n"
+    limit = max_connections if max_connections is not None else max(1024, concurrency * 4)
+    server_extra = f"max_connections = {limit}\n"
     if tier == "off":
         server_extra += 'plain_clients = "serve-unattested"\n'
     text = text.replace("[server]\n", "[server]\n" + server_extra, 1)
@@ -201,17 +195,7 @@ async def run_attest_bench(
 
 
 async def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            raise RuntimeError(f"server exited: {err}")
-        with contextlib.suppress(OSError):
-            _, w = await asyncio.open_connection("127.0.0.1", port)
-            w.close()
-            return
-        await asyncio.sleep(0.05)
-    raise RuntimeError("server did not start")
+    await wait_port(port, proc, "server", timeout)
 
 
 async def _load(

@@ -1,0 +1,129 @@
+"""The bench suite through the real CLI: a tiny run of every workload; structure, never timing.
+
+One ``atls-proxy bench all`` run of about a second per peer (``--repeat 1``, 20 idle connections),
+with the HAProxy baseline when haproxy is installed. Checks the JSON document's shape and that the
+figures are positive; a skipped baseline must be absent from the figures and named in ``skipped``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from atls_proxy.bench.baselines import parse_wrk
+from atls_proxy.bench.report import render_markdown
+from atls_proxy.cli import build_parser
+from tests.support.procs import run_cli
+
+pytestmark = pytest.mark.integration
+
+THROUGHPUT = ("attest", "handshake", "small", "bulk")
+
+
+def _positive(x: Any) -> bool:
+    return isinstance(x, int | float) and x > 0
+
+
+def test_bench_argparse_both_forms() -> None:
+    p = build_parser()
+    bare = p.parse_args(["bench", "--quick"])
+    assert bare.func.__name__ == "cmd_bench_suite" and bare.workload is None and bare.quick
+    late = p.parse_args(["bench", "small", "--quick", "--repeat", "1"])
+    assert late.workload == "small" and late.quick and late.repeat == 1
+    early = p.parse_args(["bench", "--quick", "--json", "idle"])
+    assert early.workload == "idle" and early.quick and early.json
+    flags = "--tier batched --simulated-quote-ms 40 --concurrency 64 --duration 5 --json"
+    attest = p.parse_args(["bench", "attest", *flags.split()])
+    assert attest.func.__name__ == "cmd_bench" and attest.tier == ["batched"] and attest.json
+
+
+def test_parse_wrk_done_line() -> None:
+    out = (
+        "Running 1s test @ http://127.0.0.1:1/small\n"
+        'ATLS-BENCH {"requests": 10, "duration_us": 1000000, "bytes": 990, "connect_errors": 0, '
+        '"read_errors": 1, "write_errors": 0, "status_errors": 0, "timeouts": 0, '
+        '"p50_us": 1500, "p99_us": 4000, "mean_us": 1700.5, "max_us": 5000}\n'
+    )
+    r = parse_wrk(out)
+    assert (r.requests, r.errors, r.p50_ms, r.p99_ms, r.duration_s) == (10, 1, 1.5, 4.0, 1.0)
+    with pytest.raises(ValueError):
+        parse_wrk("wrk: connection refused\n")
+
+
+def test_bench_suite_tiny(tmp_path: Path) -> None:
+    have_wrk = shutil.which("wrk") is not None
+    have_haproxy = shutil.which("haproxy") is not None
+    png = tmp_path / "bench.png"
+    args = ["bench", "all", "--duration", "1", "--warmup", "0.2", "--repeat", "1"]
+    args += ["--connections", "16", "--idle-connections", "20", "--tier", "cached", "--json"]
+    want_png = importlib.util.find_spec("matplotlib") is not None
+    if want_png:
+        args += ["--png", str(png)]
+    res = run_cli(*args, timeout=150)
+    assert res.returncode == 0, res.stderr[-3000:]
+    doc = json.loads(res.stdout)
+
+    assert {"cpu_model", "cores", "kernel"} <= set(doc["machine"])
+    assert {"python", "openssl", "haproxy", "wrk"} <= set(doc["software"])
+    assert doc["options"]["repeat"] == 1
+
+    for name in THROUGHPUT:
+        w = doc["workloads"][name]
+        subject = w["subject"]
+        assert subject in w["peers"], (name, w["peers"].keys())
+        for peer, p in w["peers"].items():
+            assert p["generator"] and len(p["runs"]) == 1, (name, peer)
+            run = p["runs"][0]
+            assert run["errors"] == 0, (name, peer, run)
+            assert _positive(run["throughput"]) and _positive(run["completed"]), (name, peer, run)
+            assert _positive(run["duration_s"]) and run["server_cpu_s"] >= 0, (name, peer, run)
+            assert run["per_cpu"] is None or _positive(run["per_cpu"]), (name, peer, run)
+            assert p["summary"]["throughput"]["median"] > 0
+        expected: set[str] = {"off-asyncio"} if name != "handshake" else set()
+        if have_wrk:
+            expected |= {"direct"} | ({"off"} if name != "handshake" else set())
+            expected |= {"haproxy"} if have_haproxy else set()
+        assert expected <= set(w["peers"]), (name, w["peers"].keys())
+        ratios = w["ratio_per_cpu"]
+        assert set(ratios) <= expected and all(_positive(r) for r in ratios.values()), (name, w)
+        # Every baseline that ran has a ratio unless its CPU reading was zero (too short a run).
+        assert set(ratios) <= set(w["peers"]), (name, ratios)
+        assert all(_positive(r) for r in w["ratio"].values())
+        if not have_haproxy:
+            assert "haproxy" not in w["peers"] and "haproxy" not in ratios
+    if not have_haproxy:
+        assert "haproxy" in doc["skipped"]
+    if have_haproxy:
+        assert doc["workloads"]["handshake"]["peers"]["haproxy"]["resumption_accepted"] is False
+    if have_wrk:
+        assert doc["workloads"]["handshake"]["peers"]["off"]["resumption_accepted"] is False
+
+    idle = doc["idle"]
+    assert idle["connections"] == 20 and _positive(idle["rss_per_conn_kib"]), idle
+    for peer, p in idle["peers"].items():
+        run = p["runs"][0]
+        assert run["connections"] == 20 and run["errors"] == 0, (peer, run)
+        assert run["rss_after_kib"] > 0 and run["rss_before_kib"] > 0, (peer, run)
+    assert ("haproxy" in idle["peers"]) == have_haproxy
+    assert all(_positive(r) for r in idle["ratio"].values())
+
+    if want_png:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_skipped_baseline_is_said_and_absent() -> None:
+    """A left-out baseline is named in the table and absent from the figures (never zero)."""
+    args = ["bench", "idle", "--no-haproxy", "--repeat", "1", "--idle-connections", "10", "--json"]
+    res = run_cli(*args, timeout=90)
+    assert res.returncode == 0, res.stderr[-3000:]
+    doc = json.loads(res.stdout)
+    assert "haproxy" in doc["skipped"] and "haproxy" not in doc["idle"]["peers"]
+    assert "haproxy" not in doc["idle"]["ratio"] and doc["workloads"] == {}
+    table = render_markdown(doc)  # what the command prints without --json
+    assert "haproxy: disabled with --no-haproxy" in table, table
+    assert "| idle (10 conn) | atls |" in table, table
