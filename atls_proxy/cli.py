@@ -227,6 +227,41 @@ def cmd_verify_evidence(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+def cmd_tpm_ak(args: argparse.Namespace) -> int:
+    """Load or create the TPM attestation key as ``serve`` would; write its public key (PEM)."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from atls_proxy.attest.tpm import TpmAttester
+    from atls_proxy.errors import AttestationUnavailable
+
+    try:
+        attester = TpmAttester(
+            args.tcti,
+            ak_handle=args.handle,
+            create_ak=args.create,
+            hierarchy=args.hierarchy,
+            ak_algorithm=args.algorithm,
+        )
+    except ValueError as exc:
+        raise ConfigError("tpm-ak", str(exc)) from None
+    try:
+        ak = attester.open()
+    except AttestationUnavailable as exc:
+        print(f"atls-proxy: tpm-ak: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        attester.close()
+    pem = ak.public_key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    try:
+        Path(args.out).write_bytes(pem)
+    except OSError as exc:
+        raise ConfigError("--out", f"cannot write {args.out}: {exc.strerror or exc}") from None
+    where = f"persistent handle 0x{ak.handle:08x}" if ak.handle else f"{args.hierarchy} primary"
+    action = "created" if ak.created and ak.handle else "read"
+    print(f"{args.out}: {ak.algorithm} AK ({where}, {action}) sha256(SPKI) {ak.fingerprint}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from atls_proxy.bench import print_results, run_attest_bench
 
@@ -457,6 +492,36 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true", help="print the EAR-shaped JSON result")
     v.set_defaults(func=cmd_verify_evidence)
 
+    t = sub.add_parser(
+        "tpm-ak",
+        help="load or create the TPM attestation key and write its public key (PEM)",
+        description='The AK exactly as `serve` with [attester] kind = "tpm" uses it: without '
+        "--handle a primary key derived from the hierarchy seed (the same key at every start), "
+        "with --handle the persistent key there (--create: made and persisted if absent). Put "
+        "the PEM in the client policy's [trust.tpm] certs folder.",
+    )
+    t.add_argument("--tcti", required=True, help="TCTI, e.g. device:/dev/tpmrm0 or swtpm:port=2321")
+    t.add_argument(
+        "--handle", type=_tpm_handle, help="persistent AK handle, e.g. 0x81010002 (owner range)"
+    )
+    t.add_argument(
+        "--create", action="store_true", help="with --handle: create and persist the AK if absent"
+    )
+    t.add_argument(
+        "--hierarchy",
+        choices=["endorsement", "owner"],
+        default="endorsement",
+        help="hierarchy of a created AK (default endorsement)",
+    )
+    t.add_argument(
+        "--algorithm",
+        choices=["ecc-p256", "rsa-2048"],
+        default="ecc-p256",
+        help="AK algorithm (default ecc-p256: ECDSA/SHA-256)",
+    )
+    t.add_argument("--out", required=True, help="where to write the AK public key (PEM)")
+    t.set_defaults(func=cmd_tpm_ak)
+
     k = sub.add_parser("check-config", help="validate a serve.toml, connect.toml or policy file")
     k.add_argument("file")
     k.set_defaults(func=cmd_check_config)
@@ -468,6 +533,15 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--force", action="store_true", help="overwrite existing files")
     i.set_defaults(func=cmd_dev_init)
     return p
+
+
+def _tpm_handle(text: str) -> int:
+    from atls_proxy.attest.tpm import parse_handle
+
+    try:
+        return parse_handle(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _workers(text: str) -> int:

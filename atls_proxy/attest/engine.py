@@ -67,6 +67,7 @@ from atls_proxy.expat.tiers import (
     Tier,
     aik_binding_content,
     encode_aik_binding,
+    encode_record,
     epoch_digest,
 )
 
@@ -324,9 +325,7 @@ class EvidenceEngine:
         # Byte-identical to encode_cmw(CMWCollection({"evidence", "epoch", "binding"})): the
         # first two members are the same for the whole epoch, so they are encoded once
         # (_new_epoch) and only the binding record is encoded per connection.
-        cmw: bytes = ep.cmw_prefix + cbor2.dumps(
-            [AIK_BINDING_MEDIA_TYPE, encode_aik_binding(scheme, sig)]
-        )
+        cmw = ep.cmw_prefix + encode_record(AIK_BINDING_MEDIA_TYPE, encode_aik_binding(scheme, sig))
         if len(cmw) > MAX_CMW_SIZE:
             raise AttestationUnavailable(f"CMW of {len(cmw)} bytes exceeds {MAX_CMW_SIZE}")
         return cmw

@@ -221,7 +221,7 @@ async def per_request(
 
 
 class Closable(Protocol):
-    async def close(self, timeout: float = 1.0) -> None: ...
+    async def close(self) -> None: ...
 
 
 C = TypeVar("C", bound=Closable)
@@ -249,7 +249,7 @@ async def open_many(
 async def close_all(streams: Sequence[Closable]) -> None:
     async def one(s: Closable) -> None:
         with contextlib.suppress(Exception):
-            await s.close(timeout=2.0)
+            await s.close()
 
     for i in range(0, len(streams), 256):
         await asyncio.gather(*(one(s) for s in streams[i : i + 256]))

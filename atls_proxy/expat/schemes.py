@@ -70,6 +70,8 @@ _ECDSA: dict[int, tuple[type[ec.EllipticCurve], hashes.HashAlgorithm]] = {
     ECDSA_SECP384R1_SHA384: (ec.SECP384R1, hashes.SHA384()),
     ECDSA_SECP521R1_SHA512: (ec.SECP521R1, hashes.SHA512()),
 }
+# The signature-algorithm objects are immutable: one per scheme, not one per signature.
+_ECDSA_ALG = {scheme: ec.ECDSA(h) for scheme, (_, h) in _ECDSA.items()}
 _RSA_PSS_RSAE: dict[int, hashes.HashAlgorithm] = {
     RSA_PSS_RSAE_SHA256: hashes.SHA256(),
     RSA_PSS_RSAE_SHA384: hashes.SHA384(),
@@ -104,7 +106,7 @@ def sign(key: SigningKey, scheme: int, content: bytes) -> bytes:
     if scheme not in schemes_for_key(key):
         raise ValueError(f"key cannot sign with {scheme_name(scheme)}")
     if isinstance(key, ec.EllipticCurvePrivateKey):
-        return key.sign(content, ec.ECDSA(_ECDSA[scheme][1]))
+        return key.sign(content, _ECDSA_ALG[scheme])
     if isinstance(key, rsa.RSAPrivateKey):
         h = _RSA_PSS_RSAE[scheme]
         return key.sign(content, padding.PSS(padding.MGF1(h), h.digest_size), h)
@@ -121,7 +123,7 @@ def verify(key: CertificatePublicKeyTypes, scheme: int, signature: bytes, conten
         )
     try:
         if isinstance(key, ec.EllipticCurvePublicKey):
-            key.verify(signature, content, ec.ECDSA(_ECDSA[scheme][1]))
+            key.verify(signature, content, _ECDSA_ALG[scheme])
         elif isinstance(key, rsa.RSAPublicKey):
             h = _RSA_PSS_RSAE[scheme]
             # RFC 8446 §4.2.3: salt length equals the digest length.

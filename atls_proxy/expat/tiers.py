@@ -78,9 +78,30 @@ def aik_binding_content(binder: bytes, digest: bytes) -> bytes:
     return AIK_BINDING_LABEL + binder + digest
 
 
+def cbor_head(major: int, n: int) -> bytes:
+    """An RFC 8949 §3 initial byte and argument in preferred (shortest) serialization."""
+    if n < 24:
+        return bytes([major << 5 | n])
+    if n < 0x100:
+        return bytes([major << 5 | 24, n])
+    if n < 0x10000:
+        return bytes([major << 5 | 25]) + n.to_bytes(2, "big")
+    if n < 0x100000000:
+        return bytes([major << 5 | 26]) + n.to_bytes(4, "big")
+    return bytes([major << 5 | 27]) + n.to_bytes(8, "big")
+
+
 def encode_aik_binding(scheme: int, signature: bytes) -> bytes:
-    out: bytes = cbor2.dumps([scheme, signature])
-    return out
+    """CBOR ``[SignatureScheme, signature]``, written directly (it is built per connection, and
+    this is the same bytes ``cbor2.dumps`` writes; a test checks that): array(2), uint, bstr."""
+    return b"\x82" + cbor_head(0, scheme) + cbor_head(2, len(signature)) + signature
+
+
+def encode_record(media_type: str, value: bytes) -> bytes:
+    """CBOR of a CMW record ``[media-type, value]`` (draft-ietf-rats-msg-wrap §3.1), written
+    directly for the per-connection member: array(2), tstr, bstr."""
+    mt = media_type.encode()
+    return b"\x82" + cbor_head(3, len(mt)) + mt + cbor_head(2, len(value)) + value
 
 
 def decode_aik_binding(data: bytes) -> tuple[int, bytes]:

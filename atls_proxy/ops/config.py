@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from atls_proxy.attest import configfs as _configfs
+from atls_proxy.attest import tpm as _tpm
 from atls_proxy.attest.software import (
     MAX_MEASUREMENTS,
     MEASUREMENT_DIGEST_LENGTHS,
@@ -238,9 +240,45 @@ class SoftwareAttesterConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ConfigfsTsmAttesterConfig:
+    """The configfs-tsm attester (TDX, SEV-SNP, CCA guests): ``ConfigfsTsmAttester`` arguments."""
+
+    root: Path = _configfs.DEFAULT_ROOT
+    # The TSM provider the guest must have (checked at start-up); None: any known provider.
+    provider: str | None = None
+    # SEV-SNP VMPL to request (0..3); None: privlevel_floor when above 0, else the default.
+    privlevel: int | None = None
+    timeout: float = _configfs.DEFAULT_TIMEOUT
+    retries: int = 3
+    entry_prefix: str = _configfs.DEFAULT_ENTRY_PREFIX
+
+
+@dataclass(frozen=True, slots=True)
+class TpmAttesterConfig:
+    """The TPM attester: ``TpmAttester`` arguments (docs/ATTESTERS.md)."""
+
+    tcti: str = "device:/dev/tpmrm0"
+    # Persistent AK handle (0x81000000..0x817FFFFF); None: a primary AK made at start-up.
+    ak_handle: int | None = None
+    # With ak_handle: create the AK and make it persistent there when the handle is empty.
+    create_ak: bool = False
+    hierarchy: _tpm.Hierarchy = "endorsement"
+    ak_algorithm: _tpm.AkAlgorithm = "ecc-p256"
+    pcrs: tuple[int, ...] = _tpm.DEFAULT_PCRS
+    pcr_bank: str = _tpm.DEFAULT_PCR_BANK
+    timeout: float = _tpm.DEFAULT_TIMEOUT
+
+
+AttesterKind = Literal["software", "configfs-tsm", "tpm"]
+ATTESTER_KINDS: tuple[AttesterKind, ...] = ("software", "configfs-tsm", "tpm")
+
+
+@dataclass(frozen=True, slots=True)
 class AttesterConfig:
-    kind: Literal["software"] = "software"
+    kind: AttesterKind = "software"
     software: SoftwareAttesterConfig | None = None
+    configfs_tsm: ConfigfsTsmAttesterConfig | None = None
+    tpm: TpmAttesterConfig | None = None
     # Freshness tier (docs/PROTOCOL.md §5.3) and the evidence engine's limits.
     tier: Literal["strict", "batched", "cached"] = "strict"
     epoch_seconds: float = 300.0
@@ -339,6 +377,22 @@ _CLIENT_KEYS = (
 _EXPAT_KEYS = ("exporter_label", "extension_type", "request_header_in_transcript")
 _ATTESTER_KEYS = ("kind", "software", "tier", "epoch_seconds", "quote_timeout", "max_waiters")
 _SOFTWARE_KEYS = ("platform_key", "measurements", "simulated_quote_ms")
+# The hardware attesters' tables beside [attester.software] (documented in docs/ATTESTERS.md and
+# config/serve-tpm.toml rather than in config/serve.toml, which shows the development setup).
+_ATTESTER_TABLES = {"software": "software", "configfs-tsm": "configfs_tsm", "tpm": "tpm"}
+_CONFIGFS_TSM_KEYS = ("root", "provider", "privlevel", "timeout", "retries", "entry_prefix")
+_TPM_KEYS = (
+    "tcti",
+    "ak_handle",
+    "create_ak",
+    "hierarchy",
+    "ak_algorithm",
+    "pcrs",
+    "pcr_bank",
+    "timeout",
+)
+# A TCTI string: a TCTI name or library, optionally ":" and its configuration (tpm2-tools form).
+_TCTI_RE = re.compile(r"[A-Za-z0-9_.+/-]{1,128}(?::[\x20-\x7e]{0,255})?")
 _LOG_KEYS = ("level", "format")
 
 
@@ -574,11 +628,133 @@ def _hex_digest(value: object, key: str) -> bytes:
     return raw
 
 
+def _choice(t: _Table, name: str, default: str, choices: Iterable[str]) -> str:
+    value = t.string(name, default)
+    assert value is not None
+    if value not in choices:
+        listed = ", ".join(f'"{x}"' for x in choices)
+        raise ConfigError(t.key(name), f"expected one of {listed}, got {value!r}")
+    return value
+
+
+def _configfs_tsm(t: _Table) -> ConfigfsTsmAttesterConfig:
+    d = ConfigfsTsmAttesterConfig()
+    root_text = t.string("root", str(d.root))
+    assert root_text is not None
+    if not root_text.startswith("/") or "\0" in root_text:
+        raise ConfigError(t.key("root"), f"expected an absolute folder path, got {root_text!r}")
+    provider = t.string("provider")
+    if provider is not None and provider not in _configfs.PROVIDER_MEDIA_TYPES:
+        known = ", ".join(f'"{x}"' for x in sorted(_configfs.PROVIDER_MEDIA_TYPES))
+        raise ConfigError(t.key("provider"), f"expected one of {known}, got {provider!r}")
+    privlevel = None
+    if t.has("privlevel"):
+        privlevel = t.integer("privlevel", 0, 0, _configfs.PRIVLEVEL_MAX)
+        if provider not in (None, "sev_guest"):
+            raise ConfigError(
+                t.key("privlevel"), f'only SEV-SNP (provider "sev_guest") has one, not {provider!r}'
+            )
+    timeout = t.seconds("timeout", d.timeout)
+    if timeout > _configfs.MAX_TIMEOUT:
+        raise ConfigError(t.key("timeout"), f"at most {_configfs.MAX_TIMEOUT:g} seconds")
+    prefix = t.string("entry_prefix", d.entry_prefix)
+    assert prefix is not None
+    if not _configfs.ENTRY_PREFIX_RE.fullmatch(prefix):
+        raise ConfigError(
+            t.key("entry_prefix"),
+            f"{prefix!r} must be 1..64 of A-Z a-z 0-9 _ . - starting with a letter or digit "
+            "(it names directories under the report folder)",
+        )
+    return ConfigfsTsmAttesterConfig(
+        root=Path(root_text),
+        provider=provider,
+        privlevel=privlevel,
+        timeout=timeout,
+        retries=t.integer("retries", d.retries, 0, _configfs.MAX_RETRIES),
+        entry_prefix=prefix,
+    )
+
+
+def _tpm_config(t: _Table) -> TpmAttesterConfig:
+    d = TpmAttesterConfig()
+    tcti = t.string("tcti", d.tcti)
+    assert tcti is not None
+    if not _TCTI_RE.fullmatch(tcti):
+        raise ConfigError(
+            t.key("tcti"),
+            f'expected a TCTI string such as "device:/dev/tpmrm0" or '
+            f'"swtpm:host=127.0.0.1,port=2321", got {tcti!r}',
+        )
+    ak_handle = None
+    if t.has("ak_handle"):
+        raw = t.get("ak_handle")
+        if isinstance(raw, bool) or not isinstance(raw, int | str):
+            raise ConfigError(
+                t.key("ak_handle"), f"expected a handle such as 0x81010002, got {_type_name(raw)}"
+            )
+        try:
+            ak_handle = _tpm.parse_handle(raw)
+        except ValueError as exc:
+            raise ConfigError(t.key("ak_handle"), str(exc)) from None
+    create_ak = t.boolean("create_ak", d.create_ak)
+    if create_ak and ak_handle is None:
+        raise ConfigError(
+            t.key("create_ak"), "create_ak makes the AK persistent at ak_handle: set ak_handle"
+        )
+    pcrs = d.pcrs
+    if t.has("pcrs"):
+        raw_pcrs = t.get("pcrs")
+        key = t.key("pcrs")
+        if not isinstance(raw_pcrs, list) or not raw_pcrs:
+            raise ConfigError(key, f"expected a non-empty array of PCR indexes, got {raw_pcrs!r}")
+        for i, n in enumerate(raw_pcrs):
+            if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < _tpm.PCR_COUNT:
+                raise ConfigError(f"{key}[{i}]", f"a PCR index is 0..{_tpm.PCR_COUNT - 1}")
+        if len(set(raw_pcrs)) != len(raw_pcrs):
+            raise ConfigError(key, "a PCR is listed twice")
+        pcrs = tuple(sorted(raw_pcrs))
+    timeout = t.seconds("timeout", d.timeout)
+    if timeout > _tpm.MAX_TIMEOUT:
+        raise ConfigError(t.key("timeout"), f"at most {_tpm.MAX_TIMEOUT:g} seconds")
+    return TpmAttesterConfig(
+        tcti=tcti,
+        ak_handle=ak_handle,
+        create_ak=create_ak,
+        hierarchy=_choice(t, "hierarchy", d.hierarchy, _tpm.HIERARCHIES),  # type: ignore[arg-type]
+        ak_algorithm=_choice(t, "ak_algorithm", d.ak_algorithm, _tpm.AK_ALGORITHMS),  # type: ignore[arg-type]
+        pcrs=pcrs,
+        pcr_bank=_choice(t, "pcr_bank", d.pcr_bank, ("sha1", "sha256", "sha384", "sha512")),
+        timeout=timeout,
+    )
+
+
 def _attester(root: _Table) -> AttesterConfig:
-    t = root.table("attester", _ATTESTER_KEYS)
+    t = root.table("attester", (*_ATTESTER_KEYS, "configfs_tsm", "tpm"))
     kind = t.string("kind", "software")
-    if kind != "software":
-        raise ConfigError(t.key("kind"), f"unknown attester {kind!r} (available: software)")
+    if kind not in ATTESTER_KINDS:
+        listed = ", ".join(f'"{k}"' for k in ATTESTER_KINDS)
+        raise ConfigError(t.key("kind"), f"unknown attester {kind!r} (available: {listed})")
+    for other_kind, table in _ATTESTER_TABLES.items():
+        if other_kind != kind and t.has(table):
+            raise ConfigError(
+                t.key(table),
+                f'[attester.{table}] is only read with kind = "{other_kind}" (kind is '
+                f'"{kind}"): remove it or change kind',
+            )
+    tier = t.string("tier", "strict")
+    if tier not in ("strict", "batched", "cached"):
+        raise ConfigError(t.key("tier"), f"expected 'strict', 'batched' or 'cached', got {tier!r}")
+    common: dict[str, Any] = {
+        "tier": tier,
+        "epoch_seconds": t.seconds("epoch_seconds", 300.0),
+        "quote_timeout": t.seconds("quote_timeout", 10.0),
+        "max_waiters": t.integer("max_waiters", 4096, 1, 1_000_000),
+    }
+    if kind == "configfs-tsm":
+        cfs = _configfs_tsm(t.table("configfs_tsm", _CONFIGFS_TSM_KEYS))
+        return AttesterConfig(kind="configfs-tsm", configfs_tsm=cfs, **common)
+    if kind == "tpm":
+        return AttesterConfig(kind="tpm", tpm=_tpm_config(t.table("tpm", _TPM_KEYS)), **common)
     if not t.has("software"):
         raise ConfigError(
             t.key("software"),
@@ -600,16 +776,10 @@ def _attester(root: _Table) -> AttesterConfig:
             raise ConfigError(meas.key(name), problem)
         measurements[name] = _hex_digest(value, meas.key(name))
     latency_ms = sw.integer("simulated_quote_ms", 0, 0, 60_000)
-    tier = t.string("tier", "strict")
-    if tier not in ("strict", "batched", "cached"):
-        raise ConfigError(t.key("tier"), f"expected 'strict', 'batched' or 'cached', got {tier!r}")
     return AttesterConfig(
         kind="software",
         software=SoftwareAttesterConfig(key, measurements, latency_ms / 1000.0),
-        tier=tier,  # type: ignore[arg-type]
-        epoch_seconds=t.seconds("epoch_seconds", 300.0),
-        quote_timeout=t.seconds("quote_timeout", 10.0),
-        max_waiters=t.integer("max_waiters", 4096, 1, 1_000_000),
+        **common,
     )
 
 

@@ -134,7 +134,7 @@ async def _run(stream: TLSStream, s: ClientSettings, report: AttestationReport) 
         report.checks.append(
             Check("tls.chain", True, "certificate chain verified to the configured CA")
         )
-        if not hostname_matches(leaf, s.server_name):
+        if not _name_matches(leaf, s.server_name):
             report.checks.append(
                 Check(
                     "tls.hostname",
@@ -235,6 +235,22 @@ async def _send_reject(
         await asyncio.wait_for(
             stream.write(sess.reject(ErrorCode.VERIFICATION_FAILED, f"{check}: {detail}")), 1.0
         )
+
+
+# (certificate DER, name) -> RFC 6125 result. A client talks to few servers, each presenting the
+# same certificate on every connection: parsing its subjectAltName once is enough. Bounded.
+_NAME_CACHE: dict[tuple[bytes, str], bool] = {}
+_NAME_CACHE_MAX = 256
+
+
+def _name_matches(leaf: x509.Certificate, name: str) -> bool:
+    key = (leaf.public_bytes(Encoding.DER), name)
+    hit = _NAME_CACHE.get(key)
+    if hit is None:
+        if len(_NAME_CACHE) >= _NAME_CACHE_MAX:
+            _NAME_CACHE.clear()
+        hit = _NAME_CACHE[key] = hostname_matches(leaf, name)
+    return hit
 
 
 def _why(exc: BaseException, what: str) -> str:

@@ -84,13 +84,14 @@ class TLSStream:
     def abort(self) -> None:
         self.writer.transport.abort()
 
-    async def close(self, timeout: float = 1.0) -> None:
-        """Send close_notify if we still can, then close the socket (bounded wait)."""
+    async def close(self) -> None:
+        """Send close_notify if we still can, then close the socket.
+
+        The transport sends what is still buffered before it closes the descriptor; nothing
+        waits for that (awaiting ``wait_closed`` only cost a loop iteration per connection).
+        """
         if not self.writer.is_closing():
             self.engine.close_notify()
             with contextlib.suppress(Exception):
                 self._flush_nowait()
             self.writer.close()
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(timeout):
-                await self.writer.wait_closed()

@@ -393,3 +393,14 @@ async def test_client_cache_shares_a_batch_quote_only_within_the_batch() -> None
     now[0] += BATCH_CACHE_SECONDS + 1
     (a,) = appraise_cmw(cmws[1], bs[1], [v], now[0], freshness=fresh, cache=cache)
     assert a.passed and len(calls) == 3
+
+
+@pytest.mark.parametrize("n", [0, 1, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32])
+def test_direct_cbor_writers_equal_cbor2(n: int) -> None:
+    from atls_proxy.expat.tiers import cbor_head, encode_aik_binding, encode_record
+
+    assert cbor_head(0, n) == cbor2.dumps(n)
+    sig = os.urandom(n % 300)
+    assert encode_aik_binding(0x0403, sig) == cbor2.dumps([0x0403, sig])
+    mt = "application/x" + "y" * (n % 70)
+    assert encode_record(mt, sig) == cbor2.dumps([mt, sig])

@@ -11,7 +11,8 @@ Public API (the integrator wires these in; see docs/VERIFIERS-TPM.md):
 * ``parse_quote`` / ``parse_signature`` — TPMS_ATTEST and TPMT_SIGNATURE.
 * ``parse_hcl_report`` — the Azure HCL report and its HCLAkPub.
 * ``appraise_tpm`` — one evidence in, an ``Appraisal`` out, never raises for bad input.
-* ``TpmVerifier`` — the ``Verifier`` protocol class (qualifying data = the Expat binder).
+* ``TpmVerifier`` — the ``Verifier`` protocol class; ``qualifying_data`` — the extraData it expects
+  for an Expat binding (the TPM attester, ``atls_proxy.attest.tpm``, quotes over the same value).
 """
 
 from __future__ import annotations
@@ -37,7 +38,13 @@ from atls_proxy.verify.tpm.trust import (
     build_tpm_trust,
     parse_ak_file,
 )
-from atls_proxy.verify.tpm.verifier import EVIDENCE_TYPE, MEDIA_TYPE, TpmVerifier, appraise_tpm
+from atls_proxy.verify.tpm.verifier import (
+    EVIDENCE_TYPE,
+    MEDIA_TYPE,
+    TpmVerifier,
+    appraise_tpm,
+    qualifying_data,
+)
 
 __all__ = [
     "EVIDENCE_TYPE",
@@ -61,4 +68,5 @@ __all__ = [
     "parse_quote",
     "parse_signature",
     "parse_tpm_policy",
+    "qualifying_data",
 ]

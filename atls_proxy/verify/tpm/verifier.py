@@ -29,8 +29,8 @@ The checks, in order:
    not select are not covered by the signature: the detail lists them; they are never judged.
 9. ``tpm.register.pcr<N>`` — each PCR the policy lists: selected by the quote and equal to one of
    its values; then one passed check per other selected PCR ("not constrained by policy").
-10. ``tpm.report-data`` — extraData equals ``expected_report_data`` (the Expat binder, passed as
-    qualifying data by the attester).
+10. ``tpm.report-data`` — extraData equals ``expected_report_data`` (``qualifying_data`` of the
+    connection's binding, passed as qualifying data by the attester).
 
 Stopping rule: a failure in 1-5, 7 or 8 ends the appraisal, so a forged quote or unauthenticated
 PCR values never produce "passed" lines about their contents. ``tpm.firmware`` is reported and the
@@ -76,6 +76,10 @@ from atls_proxy.verify.tpm.trust import AkKey, TpmTrust, TrustedAk, load_spki, s
 
 logger = logging.getLogger(__name__)
 
+# TPM2_Quote qualifying data (extraData) for an Expat binding: see ``qualifying_data``.
+QUALIFYING_DATA_LABEL = b"atls-proxy tpm qualifying data v1"
+QUALIFYING_DATA_SIZE = 32
+
 EVIDENCE_TYPE = "tpm"
 # No registered media type exists for a TPM quote with its PCR values (spec digest §4 table: the
 # Veraison TPM types are other formats); this project's own CBOR map (evidence.py).
@@ -91,6 +95,22 @@ _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "sha384": hashes.SHA384,
     "sha512": hashes.SHA512,
 }
+
+
+def qualifying_data(binding: Binding) -> bytes:
+    """The TPM2_Quote qualifying data (extraData) that binds a quote to ``binding`` (32 bytes).
+
+        qualifying_data = SHA-256("atls-proxy tpm qualifying data v1" ‖ 0x00 ‖ report_data)
+
+    ``report_data`` is the 64-byte filling of docs/PROTOCOL.md §3 (``Binding.report_data``), so
+    both the binder and the AIK hash are under the AK's signature, as expat-04 §5.1/§5.2 ask. The
+    binder alone is not enough: in the cached tier the quoted "binder" is the epoch digest, which
+    does not cover the TLS key, so a quote over it alone could be replayed by another server under
+    its own key. The value is hashed to 32 bytes because TPM2B_DATA holds at most sizeof(TPMT_HA)
+    bytes (Part 2 §10.4.3): 34 on a TPM whose largest hash is SHA-256, so the 64-byte filling (or
+    a 48-byte SHA-384 binder) would be refused by most hardware TPMs.
+    """
+    return hashlib.sha256(QUALIFYING_DATA_LABEL + b"\x00" + binding.report_data()).digest()
 
 
 class _Stop(Exception):
@@ -477,8 +497,8 @@ class TpmVerifier(HardwareVerifier[TpmPolicy, TpmTrust]):
     accepted = ((MEDIA_TYPE, {}),)
 
     def expected_data(self, expected: Binding) -> bytes:
-        """The qualifying data (extraData) must be the binder itself (Expat -04 §5.1)."""
-        return expected.binder
+        """The qualifying data (extraData) must be ``qualifying_data(expected)``."""
+        return qualifying_data(expected)
 
     def run(self, evidence: bytes, **kwargs: Any) -> Appraisal:
         return appraise_tpm(evidence, **kwargs)

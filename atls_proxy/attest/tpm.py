@@ -1,0 +1,818 @@
+"""TPM 2.0 attester: TPM2_Quote over PCRs with an attestation key, through tpm2-pytss (ESAPI).
+
+Theory of operation
+-------------------
+A TPM proves platform state by signing a quote: TPMS_ATTEST of type TPM_ST_ATTEST_QUOTE (TPM 2.0
+Library Part 2 §10.12.12), which carries the caller's qualifying data as ``extraData`` and, in
+TPMS_QUOTE_INFO (§10.12.4), the PCR selection and ``pcrDigest``, the hash of the selected PCR
+values (Part 3 §18.4 TPM2_Quote). The signer is an attestation key (AK): a *restricted* signing
+key (TPMA_OBJECT ``restricted`` + ``sign``, Part 2 §8.3.3.1), which the TPM only lets sign digests
+it produced itself, so it cannot be made to sign a forged TPMS_ATTEST.
+
+The AK (``_TpmSession.open``), one of:
+
+* **a primary key made at start-up** (no ``ak_handle``): TPM2_CreatePrimary (Part 3 §24.1) under
+  the endorsement (default) or owner hierarchy from a fixed template. A primary key is derived
+  from the hierarchy's seed and the template, so the same TPM yields the same AK at every start
+  until the seed changes (TPM2_Clear for owner, TPM2_ChangeEPS for endorsement): an operator
+  exports its public key once (``atls-proxy tpm-ak``) and trusts it. It is flushed
+  (TPM2_FlushContext, Part 3 §28.4) on ``close`` and at interpreter exit.
+* **a persistent key** at ``ak_handle`` (0x81000000-0x817FFFFF, owner persistent range, Part 2
+  §7.4): read with TPM2_ReadPublic (Part 3 §12.4). With ``create_ak`` a missing key is created as
+  above and made persistent with TPM2_EvictControl (Part 3 §28.5, owner authorisation). A key
+  already at the handle is never replaced; it must be a fixedTPM restricted signing key without
+  ``decrypt`` of the configured algorithm, or opening fails.
+
+The template (Part 2 §12.2.4 TPMT_PUBLIC): ECC NIST P-256 with ECDSA/SHA-256 (default) or RSA-2048
+with RSASSA/SHA-256, nameAlg SHA-256, attributes fixedTPM, fixedParent, sensitiveDataOrigin,
+userWithAuth, noDA, restricted, sign; empty authValue and policy; no symmetric algorithm. The
+hierarchy authorisations (endorsement, owner) are assumed empty, as on a fresh TPM; a TPM whose
+owner has set them needs an AK provisioned with the owner's tools, at ``ak_handle``.
+
+One quote (``_TpmSession.quote``), in a worker thread:
+
+1. TPM2_PCR_Read (Part 3 §22.4) of the configured PCRs of one bank, at most 8 per command (a
+   TPML_DIGEST holds 8 digests, Part 2 §10.9.2); the TPM may return fewer than asked, so the rest
+   is asked again, and ``pcrUpdateCounter`` must not move between the reads.
+2. TPM2_Quote (Part 3 §18.4) with qualifyingData =
+   ``atls_proxy.verify.tpm.qualifying_data(binding)`` — 32 bytes covering the binder *and* the
+   AIK hash (docs/PROTOCOL.md §3) — and the same PCR selection.
+3. Self-check, as the verifier will: the TPMS_ATTEST parses as a quote, carries our qualifying
+   data and selection, and its signature verifies with the AK's public key. Its pcrDigest must be
+   H(values read in 1), H the signing scheme's hash. A PCR extended between 1 and 2 makes it
+   differ: the attempt is repeated (``PCR_RACE_RETRIES`` times), never sent.
+4. The evidence: the CBOR map of ``atls_proxy.verify.tpm.evidence`` (TPMS_ATTEST, TPMT_SIGNATURE,
+   the PCR values, the bank and the AK's SubjectPublicKeyInfo as the key-5 hint), media type
+   ``atls_proxy.verify.tpm.MEDIA_TYPE``.
+
+Concurrency and failures. ESAPI contexts are not thread-safe and TPM commands block (a quote is
+milliseconds on a software TPM and tens of ms to a second on a hardware one), so each call runs
+in a daemon thread, one at a time per attester: an ``asyncio.Lock`` orders callers, and a call
+whose caller timed out keeps the TPM until it returns (the next caller waits for it inside its
+own timeout instead of starting a second TPM command beside it). Every failure — TCTI I/O (TPM
+gone), a TPM error code, a timeout, a quote that fails the self-check — raises
+``AttestationUnavailable`` with the operation, the TCTI and a hint; the session is then closed
+and reopened by the next call, so a TPM that comes back is used again. TPM_RC_RETRY, YIELDED and
+TESTING (Part 2 §6.6.3 warnings) are retried briefly.
+
+``simulated`` is False: a TPM is a hardware root of trust. A *software* TPM (swtpm, libtpms) is
+not, and nothing here can tell: the verifier recognises libtpms's firmwareVersion and refuses it
+unless the client's policy sets ``allow_software_tpm`` (docs/VERIFIERS-TPM.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar, cast
+
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from atls_proxy.attest.base import Evidence
+from atls_proxy.errors import AttestationUnavailable, DecodeError
+from atls_proxy.expat.binding import Binding
+from atls_proxy.verify.tpm.evidence import TpmEvidence, encode_evidence
+from atls_proxy.verify.tpm.structures import (
+    HASH_ALGS,
+    HASH_IDS,
+    HASH_SIZES,
+    parse_quote,
+    parse_signature,
+)
+from atls_proxy.verify.tpm.trust import AkKey, spki_der
+from atls_proxy.verify.tpm.verifier import (
+    MEDIA_TYPE,
+    QUALIFYING_DATA_SIZE,
+    pcr_digest,
+    qualifying_data,
+    verify_quote_signature,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "AK_ALGORITHMS",
+    "DEFAULT_PCRS",
+    "DEFAULT_PCR_BANK",
+    "HIERARCHIES",
+    "AkInfo",
+    "TpmAttester",
+    "TpmStats",
+    "parse_handle",
+    "read_ak",
+]
+
+AkAlgorithm = Literal["ecc-p256", "rsa-2048"]
+Hierarchy = Literal["endorsement", "owner"]
+AK_ALGORITHMS: tuple[AkAlgorithm, ...] = ("ecc-p256", "rsa-2048")
+HIERARCHIES: tuple[Hierarchy, ...] = ("endorsement", "owner")
+
+# PCRs 0-7 are the platform firmware's SRTM measurements in the TCG PC Client Platform Firmware
+# Profile (0 firmware code, 1 its configuration, 2-3 option ROMs, 4-5 boot manager and its
+# configuration / GPT, 6 platform events, 7 Secure Boot policy). Everything after that (8-15 OS
+# and boot loader, 16 debug, 17-22 DRTM, 23 application) depends on the OS: add it explicitly.
+DEFAULT_PCRS: tuple[int, ...] = tuple(range(8))
+DEFAULT_PCR_BANK = "sha256"
+# A PC Client TPM has 24 PCRs (TCG PC Client Platform TPM Profile); the TPM's own allocation is
+# checked when the session opens.
+PCR_COUNT = 24
+# TPML_DIGEST holds at most 8 digests (Part 2 §10.9.2), so TPM2_PCR_Read returns at most 8 values.
+PCR_READ_CHUNK = 8
+# PCR_Read may return fewer values than asked; this bounds the re-asks for one set of PCRs.
+MAX_PCR_READS = PCR_COUNT
+# A PCR extended between the read and the quote: repeat the pair this many more times.
+PCR_RACE_RETRIES = 3
+# TPM_RC_RETRY / YIELDED / TESTING: "try again"; a few short back-offs.
+TPM_BUSY_RETRIES = 3
+TPM_BUSY_BACKOFF = 0.05
+DEFAULT_TIMEOUT = 10.0
+MAX_TIMEOUT = 300.0
+# Owner persistent handles (Part 2 §7.4: TPM_HT_PERSISTENT 0x81; 0x81800000 and up: platform).
+PERSISTENT_MIN = 0x81000000
+PERSISTENT_MAX = 0x817FFFFF
+
+# TPM_PT values (Part 2 §6.13): PT_FIXED + 32.
+_TPM_PT_MAX_DIGEST = 0x120
+# TPM_RC (Part 2 §6.6): format-zero warnings that mean "busy, try again", and errors with hints.
+_RC_RETRY, _RC_YIELDED, _RC_TESTING = 0x922, 0x908, 0x90A
+_RC_OBJECT_MEMORY, _RC_LOCKOUT = 0x902, 0x921
+_RC_HANDLE, _RC_BAD_AUTH, _RC_AUTH_FAIL = 0x08B, 0x0A2, 0x08E
+_RC_NV_SPACE, _RC_NV_DEFINED, _RC_HIERARCHY = 0x14B, 0x14C, 0x085
+_TSS2_RC_LAYER_MASK = 0xFF << 16
+_TSS2_TCTI_RC_LAYER = 10 << 16
+
+_T = TypeVar("_T")
+
+
+def parse_handle(value: int | str) -> int:
+    """A persistent handle from an int or text (``0x81010002``); ``ValueError`` if out of range."""
+    if isinstance(value, bool):
+        raise ValueError("a persistent handle is a number such as 0x81010002")
+    if isinstance(value, str):
+        try:
+            value = int(value, 0)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a number such as 0x81010002") from None
+    if not PERSISTENT_MIN <= value <= PERSISTENT_MAX:
+        raise ValueError(
+            f"0x{value:x} is not an owner persistent handle "
+            f"(0x{PERSISTENT_MIN:08x}..0x{PERSISTENT_MAX:08x}, TPM 2.0 Part 2 §7.4)"
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class AkInfo:
+    """The attestation key in use."""
+
+    public_key: AkKey
+    algorithm: AkAlgorithm
+    # The persistent handle, or None for a primary key made at start-up.
+    handle: int | None
+    # True when this session created the key (primary, and made persistent when handle is set).
+    created: bool
+
+    @property
+    def spki(self) -> bytes:
+        return spki_der(self.public_key)
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the DER SubjectPublicKeyInfo: what the verifier reports (``tpm.ak.trusted``)."""
+        return hashlib.sha256(self.spki).hexdigest()
+
+
+@dataclass(slots=True)
+class TpmStats:
+    """Counters for the metrics layer (names are not public API until the metrics issue)."""
+
+    quotes: int = 0
+    failures: int = 0
+    timeouts: int = 0
+    pcr_races: int = 0
+    busy_retries: int = 0
+    opens: int = 0
+    last_quote_seconds: float = 0.0
+
+
+# --- tpm2-pytss ----------------------------------------------------------------------------------
+
+
+def _pytss() -> Any:
+    """The tpm2_pytss package, imported on first use (it is an optional dependency)."""
+    # The TSS logs every failed command to stderr itself; our errors say the same in one line.
+    # An operator who wants the TSS's own log sets TSS2_LOG (e.g. "all+debug").
+    os.environ.setdefault("TSS2_LOG", "all+none")
+    try:
+        import tpm2_pytss  # type: ignore[import-untyped,import-not-found,unused-ignore]
+    except ImportError as exc:  # also a missing libtss2 shared library
+        raise AttestationUnavailable(
+            f"tpm: tpm2-pytss is not usable ({exc}); install it with "
+            "`pip install 'atls-proxy[tpm]'` (it needs libtss2, e.g. Debian's libtss2-dev)"
+        ) from None
+    return tpm2_pytss
+
+
+def _describe(exc: BaseException, action: str, tcti: str) -> str:
+    """One line naming the operation, the TCTI, the TSS error and a hint."""
+    pytss = _pytss()
+    if not isinstance(exc, pytss.TSS2_Exception):
+        return f"tpm: {action} via {tcti!r} failed: {type(exc).__name__}: {exc}"
+    rc = int(exc.rc)
+    error = int(exc.error)
+    hint = ""
+    if rc & _TSS2_RC_LAYER_MASK == _TSS2_TCTI_RC_LAYER:
+        hint = "is the TPM reachable (swtpm running, /dev/tpmrm0 present and accessible)?"
+    elif error == _RC_OBJECT_MEMORY:
+        hint = (
+            "the TPM has no free object slot: use a resource manager (device:/dev/tpmrm0 or "
+            "tabrmd) or a persistent AK (ak_handle)"
+        )
+    elif error == _RC_LOCKOUT:
+        hint = "the TPM is in dictionary-attack lockout"
+    elif error in (_RC_BAD_AUTH, _RC_AUTH_FAIL):
+        hint = (
+            "the hierarchy has an authorisation value; provision the AK with the owner's tools "
+            "and configure its persistent handle (ak_handle) instead"
+        )
+    elif error == _RC_HIERARCHY:
+        hint = "the hierarchy is disabled"
+    elif error in (_RC_NV_SPACE, _RC_NV_DEFINED):
+        hint = "no room for another persistent object, or the handle is taken"
+    detail = f"{exc} (TSS rc 0x{rc:08x})"
+    return f"tpm: {action} via {tcti!r} failed: {detail}" + (f"; {hint}" if hint else "")
+
+
+def _is_busy(exc: BaseException) -> bool:
+    pytss = _pytss()
+    return isinstance(exc, pytss.TSS2_Exception) and int(exc.error) in (
+        _RC_RETRY,
+        _RC_YIELDED,
+        _RC_TESTING,
+    )
+
+
+def _ak_template(algorithm: AkAlgorithm) -> Any:
+    """TPM2B_PUBLIC of the AK (module docstring; Part 2 §12.2.4, §12.2.3.5/6, §8.3)."""
+    p = _pytss()
+    pub = p.TPMT_PUBLIC()
+    pub.nameAlg = p.TPM2_ALG.SHA256
+    pub.objectAttributes = (
+        p.TPMA_OBJECT.FIXEDTPM
+        | p.TPMA_OBJECT.FIXEDPARENT
+        | p.TPMA_OBJECT.SENSITIVEDATAORIGIN
+        | p.TPMA_OBJECT.USERWITHAUTH
+        | p.TPMA_OBJECT.NODA
+        | p.TPMA_OBJECT.RESTRICTED
+        | p.TPMA_OBJECT.SIGN_ENCRYPT
+    )
+    if algorithm == "ecc-p256":
+        pub.type = p.TPM2_ALG.ECC
+        pub.parameters.eccDetail.symmetric.algorithm = p.TPM2_ALG.NULL
+        pub.parameters.eccDetail.scheme.scheme = p.TPM2_ALG.ECDSA
+        pub.parameters.eccDetail.scheme.details.ecdsa.hashAlg = p.TPM2_ALG.SHA256
+        pub.parameters.eccDetail.curveID = p.TPM2_ECC.NIST_P256
+        pub.parameters.eccDetail.kdf.scheme = p.TPM2_ALG.NULL
+    else:
+        pub.type = p.TPM2_ALG.RSA
+        pub.parameters.rsaDetail.symmetric.algorithm = p.TPM2_ALG.NULL
+        pub.parameters.rsaDetail.scheme.scheme = p.TPM2_ALG.RSASSA
+        pub.parameters.rsaDetail.scheme.details.rsassa.hashAlg = p.TPM2_ALG.SHA256
+        pub.parameters.rsaDetail.keyBits = 2048
+        pub.parameters.rsaDetail.exponent = 0
+    return p.TPM2B_PUBLIC(pub)
+
+
+def _public_key(area: Any) -> tuple[AkKey, AkAlgorithm]:
+    """The cryptography key of a TPMT_PUBLIC (ECC P-256 or RSA-2048); ``ValueError`` otherwise."""
+    p = _pytss()
+    if area.type == p.TPM2_ALG.ECC:
+        if area.parameters.eccDetail.curveID != p.TPM2_ECC.NIST_P256:
+            raise ValueError("an ECC AK must be on NIST P-256")
+        x = bytes(area.unique.ecc.x)
+        y = bytes(area.unique.ecc.y)
+        numbers = ec.EllipticCurvePublicNumbers(
+            int.from_bytes(x, "big"), int.from_bytes(y, "big"), ec.SECP256R1()
+        )
+        return numbers.public_key(), "ecc-p256"
+    if area.type == p.TPM2_ALG.RSA:
+        bits = int(area.parameters.rsaDetail.keyBits)
+        if bits != 2048:
+            raise ValueError(f"an RSA AK must be RSA-2048, this one is RSA-{bits}")
+        exponent = int(area.parameters.rsaDetail.exponent) or 65537  # 0 = 2^16 + 1 (§12.2.3.5)
+        n = int.from_bytes(bytes(area.unique.rsa), "big")
+        return rsa.RSAPublicNumbers(exponent, n).public_key(), "rsa-2048"
+    raise ValueError(f"an AK is ECC or RSA, this key's type is 0x{int(area.type):04x}")
+
+
+def _check_ak_attributes(area: Any) -> None:
+    """An AK must be a fixedTPM restricted signing key that cannot decrypt (Part 2 §8.3.3.1)."""
+    p = _pytss()
+    attrs = int(area.objectAttributes)
+    need = {
+        "fixedTPM": int(p.TPMA_OBJECT.FIXEDTPM),
+        "restricted": int(p.TPMA_OBJECT.RESTRICTED),
+        "sign": int(p.TPMA_OBJECT.SIGN_ENCRYPT),
+    }
+    missing = [name for name, bit in need.items() if not attrs & bit]
+    if missing:
+        raise ValueError(f"not an attestation key: {', '.join(missing)} not set")
+    if attrs & int(p.TPMA_OBJECT.DECRYPT):
+        raise ValueError("not an attestation key: it can also decrypt")
+
+
+# --- the blocking session ----------------------------------------------------------------------
+
+
+class _TpmSession:
+    """One ESAPI context and its AK. Blocking; never used by two threads at once."""
+
+    def __init__(
+        self,
+        tcti: str,
+        *,
+        ak_handle: int | None,
+        create_ak: bool,
+        hierarchy: Hierarchy,
+        ak_algorithm: AkAlgorithm,
+        pcrs: tuple[int, ...],
+        pcr_bank: str,
+        stats: TpmStats,
+    ) -> None:
+        self.tcti = tcti
+        self.ak_handle = ak_handle
+        self.create_ak = create_ak
+        self.hierarchy = hierarchy
+        self.ak_algorithm = ak_algorithm
+        self.pcrs = pcrs
+        self.pcr_bank = pcr_bank
+        self.stats = stats
+        self.ak: AkInfo | None = None
+        self.broken = False
+        self._esapi: Any = None
+        self._ak_tr: Any = None
+        self._flush_ak = False
+        self._scheme: Any = None
+        self._atexit = False
+        self._action = "quoting"
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def open(self) -> AkInfo:
+        if self.broken:
+            self.close()
+        if self._esapi is not None and self.ak is not None:
+            return self.ak
+        p = _pytss()
+        action = "connecting"
+        try:
+            self._esapi = p.ESAPI(self.tcti)
+            self.stats.opens += 1
+            action = "reading capabilities"
+            self._check_capabilities()
+            action = "loading the AK"
+            self.ak = self._load_or_create_ak()
+        except AttestationUnavailable:
+            self.close()
+            raise
+        except (p.TSS2_Exception, RuntimeError, ValueError, TypeError) as exc:
+            self.close()
+            raise AttestationUnavailable(_describe(exc, action, self.tcti)) from None
+        if not self._atexit:
+            atexit.register(self.close)
+            self._atexit = True
+        return self.ak
+
+    def close(self) -> None:
+        """Flush a primary AK made here and finalize the context; never raises."""
+        esapi, self._esapi = self._esapi, None
+        tr, self._ak_tr = self._ak_tr, None
+        flush, self._flush_ak = self._flush_ak, False
+        self.ak = None
+        self.broken = False
+        if self._atexit:
+            atexit.unregister(self.close)
+            self._atexit = False
+        if esapi is None:
+            return
+        if flush and tr is not None:
+            try:
+                esapi.flush_context(tr)
+            except Exception as exc:  # the TPM may be gone; the key dies with its next reset
+                logger.debug("tpm: flushing the AK failed: %s", exc)
+        with contextlib.suppress(Exception):
+            esapi.close()
+
+    def _check_capabilities(self) -> None:
+        p = _pytss()
+        _, cap = self._esapi.get_capability(p.TPM2_CAP.TPM_PROPERTIES, _TPM_PT_MAX_DIGEST, 1)
+        props = cap.data.tpmProperties
+        for i in range(int(props.count)):
+            prop = props.tpmProperty[i]
+            if int(prop.property) == _TPM_PT_MAX_DIGEST and int(prop.value) < QUALIFYING_DATA_SIZE:
+                raise AttestationUnavailable(
+                    f"tpm: the TPM at {self.tcti!r} has no hash of at least "
+                    f"{QUALIFYING_DATA_SIZE} bytes (largest digest {int(prop.value)} bytes): "
+                    "its TPM2B_DATA cannot hold the qualifying data"
+                )
+        _, cap = self._esapi.get_capability(p.TPM2_CAP.PCRS, 0, 1)
+        assigned = cap.data.assignedPCR
+        want = HASH_IDS[self.pcr_bank]
+        for i in range(int(assigned.count)):
+            sel = assigned.pcrSelections[i]
+            if int(sel.hash) != want:
+                continue
+            have = _selected(bytes(sel.pcrSelect)[: int(sel.sizeofSelect)])
+            absent = [n for n in self.pcrs if n not in have]
+            if absent:
+                raise AttestationUnavailable(
+                    f"tpm: the TPM at {self.tcti!r} has no PCR(s) {_pcr_list(absent)} in its "
+                    f"{self.pcr_bank} bank"
+                )
+            return
+        raise AttestationUnavailable(
+            f"tpm: the TPM at {self.tcti!r} has no {self.pcr_bank} PCR bank allocated "
+            "(tpm2_pcrallocate changes the allocation)"
+        )
+
+    def _load_or_create_ak(self) -> AkInfo:
+        p = _pytss()
+        handle = self.ak_handle
+        if handle is not None:
+            try:
+                tr = self._esapi.tr_from_tpmpublic(handle)
+            except p.TSS2_Exception as exc:
+                if int(exc.error) != _RC_HANDLE:
+                    raise
+                if not self.create_ak:
+                    raise AttestationUnavailable(
+                        f"tpm: no key at persistent handle 0x{handle:08x} of {self.tcti!r}; "
+                        f"create it with `atls-proxy tpm-ak --tcti {self.tcti} --handle "
+                        f"0x{handle:08x} --create --out ak.pem` or set create_ak = true"
+                    ) from None
+            else:
+                self._ak_tr = tr
+                return self._adopt(created=False, where=f"persistent handle 0x{handle:08x}")
+        primary = p.ESYS_TR.ENDORSEMENT if self.hierarchy == "endorsement" else p.ESYS_TR.OWNER
+        tr, *_ = self._esapi.create_primary(None, _ak_template(self.ak_algorithm), primary)
+        self._ak_tr, self._flush_ak = tr, True
+        if handle is not None:
+            persistent = self._esapi.evict_control(p.ESYS_TR.OWNER, tr, handle)
+            self._esapi.flush_context(tr)
+            self._ak_tr, self._flush_ak = persistent, False
+            logger.info("tpm: created the AK and made it persistent at 0x%08x", handle)
+        where = f"persistent handle 0x{handle:08x}" if handle else f"{self.hierarchy} hierarchy"
+        return self._adopt(created=True, where=where)
+
+    def _adopt(self, *, created: bool, where: str) -> AkInfo:
+        p = _pytss()
+        public, _, _ = self._esapi.read_public(self._ak_tr)
+        area = public.publicArea
+        try:
+            _check_ak_attributes(area)
+            key, algorithm = _public_key(area)
+        except ValueError as exc:
+            raise AttestationUnavailable(f"tpm: the key at {where}: {exc}") from None
+        if algorithm != self.ak_algorithm:
+            raise AttestationUnavailable(
+                f"tpm: the key at {where} is {algorithm}, the configuration says "
+                f'ak_algorithm = "{self.ak_algorithm}"'
+            )
+        params = area.parameters.eccDetail if algorithm == "ecc-p256" else area.parameters.rsaDetail
+        if int(params.scheme.scheme) == int(p.TPM2_ALG.NULL):
+            # A restricted signing key carries its scheme (TPMs refuse to create one without).
+            raise AttestationUnavailable(f"tpm: the key at {where} has no signing scheme")
+        # TPM2_Quote inScheme TPM_ALG_NULL: the key's own scheme (Part 3 §18.4).
+        self._scheme = p.TPMT_SIG_SCHEME(scheme=p.TPM2_ALG.NULL)
+        return AkInfo(key, algorithm, self.ak_handle, created)
+
+    # -- quoting ----------------------------------------------------------------------------------
+
+    def quote(self, qualifying: bytes, deadline: float) -> bytes:
+        """The CBOR evidence of one quote (module docstring, steps 1-4). Blocking."""
+        p = _pytss()
+        busy = races = 0
+        try:
+            ak = self.open()
+            while True:
+                try:
+                    evidence = self._attempt(ak, qualifying)
+                except p.TSS2_Exception as exc:
+                    if not _is_busy(exc) or busy >= TPM_BUSY_RETRIES or time.monotonic() > deadline:
+                        raise
+                    busy += 1
+                    self.stats.busy_retries += 1
+                    time.sleep(TPM_BUSY_BACKOFF * busy)
+                    continue
+                if evidence is not None:
+                    return evidence
+                races += 1
+                self.stats.pcr_races += 1
+                if races > PCR_RACE_RETRIES or time.monotonic() > deadline:
+                    raise AttestationUnavailable(
+                        f"tpm: the PCRs kept changing between TPM2_PCR_Read and TPM2_Quote "
+                        f"({races} attempts) on {self.tcti!r}"
+                    )
+                logger.info("tpm: PCRs changed during a quote (attempt %d), quoting again", races)
+        except AttestationUnavailable:
+            self.broken = True
+            raise
+        except (p.TSS2_Exception, RuntimeError, ValueError, TypeError) as exc:
+            self.broken = True
+            raise AttestationUnavailable(_describe(exc, self._action, self.tcti)) from None
+
+    def _attempt(self, ak: AkInfo, qualifying: bytes) -> bytes | None:
+        """Read, quote, self-check: the evidence, or None when the PCRs moved meanwhile."""
+        p = _pytss()
+        self._action = "reading PCRs"
+        values = self._read_pcrs()
+        if values is None:
+            return None
+        self._action = "quoting"
+        attest, signature = self._esapi.quote(
+            self._ak_tr, self._selection(self.pcrs), p.TPM2B_DATA(qualifying), self._scheme
+        )
+        raw_attest = bytes(attest.marshal())[2:]  # TPM2B_ATTEST: UINT16 size ‖ TPMS_ATTEST
+        raw_signature = bytes(signature.marshal())
+        if not self._check(ak, qualifying, raw_attest, raw_signature, values):
+            return None
+        return encode_evidence(
+            TpmEvidence(raw_attest, raw_signature, values, self.pcr_bank, ak.spki)
+        )
+
+    def _selection(self, pcrs: Sequence[int]) -> Any:
+        """TPML_PCR_SELECTION of one bank (Part 2 §10.9.7, §10.6.2)."""
+        p = _pytss()
+        bits = bytearray(3)  # PCR_SELECT_MIN for 24 PCRs
+        for n in pcrs:
+            bits[n // 8] |= 1 << (n % 8)
+        sel = p.TPMS_PCR_SELECTION(
+            hash=HASH_IDS[self.pcr_bank], sizeofSelect=len(bits), pcrSelect=bytes(bits)
+        )
+        return p.TPML_PCR_SELECTION([sel])
+
+    def _read_pcrs(self) -> dict[int, bytes] | None:
+        """The configured PCRs' values, read in chunks; None when pcrUpdateCounter moved."""
+        values: dict[int, bytes] = {}
+        counter: int | None = None
+        size = HASH_SIZES[self.pcr_bank]
+        for _ in range(MAX_PCR_READS):
+            todo = [n for n in self.pcrs if n not in values][:PCR_READ_CHUNK]
+            if not todo:
+                return values
+            update, selection_out, digests = self._esapi.pcr_read(self._selection(todo))
+            if counter is not None and int(update) != counter:
+                return None  # extended between two chunks
+            counter = int(update)
+            got: list[int] = []
+            for i in range(int(selection_out.count)):
+                sel = selection_out.pcrSelections[i]
+                if int(sel.hash) != HASH_IDS[self.pcr_bank]:
+                    raise ValueError("TPM2_PCR_Read returned another bank than asked")
+                got.extend(sorted(_selected(bytes(sel.pcrSelect)[: int(sel.sizeofSelect)])))
+            digest_list = [bytes(d) for d in digests]
+            if len(got) != len(digest_list) or not set(got) <= set(todo):
+                raise ValueError("TPM2_PCR_Read returned values for PCRs that were not asked")
+            if not got:
+                raise ValueError(f"TPM2_PCR_Read returned none of PCR(s) {_pcr_list(todo)}")
+            for n, value in zip(got, digest_list, strict=True):
+                if len(value) != size:
+                    raise ValueError(f"PCR {n} is {len(value)} bytes, not a {self.pcr_bank} value")
+                values[n] = value
+        raise ValueError("TPM2_PCR_Read kept returning partial results")
+
+    def _check(
+        self,
+        ak: AkInfo,
+        qualifying: bytes,
+        raw_attest: bytes,
+        raw_signature: bytes,
+        values: dict[int, bytes],
+    ) -> bool:
+        """Step 3 of the module docstring. False: the PCRs moved (retry); raises otherwise."""
+        try:
+            quote = parse_quote(raw_attest)
+            sig = parse_signature(raw_signature)
+        except DecodeError as exc:
+            raise AttestationUnavailable(
+                f"tpm: the TPM returned a malformed quote: {exc}"
+            ) from None
+        if quote.trailing or sig.trailing:
+            raise AttestationUnavailable("tpm: the TPM returned bytes after its quote structures")
+        if quote.extra_data != qualifying:
+            raise AttestationUnavailable("tpm: the quote does not carry our qualifying data")
+        selected = [(s.hash_name, s.pcrs) for s in quote.selections if s.pcrs]
+        if selected != [(self.pcr_bank, self.pcrs)]:
+            raise AttestationUnavailable(
+                f"tpm: the quote selects {selected}, not {self.pcr_bank}:{_pcr_list(self.pcrs)}"
+            )
+        if not verify_quote_signature(ak.public_key, sig, quote.signed):
+            raise AttestationUnavailable(
+                f"tpm: the quote's signature does not verify with the AK (sha256(SPKI) "
+                f"{ak.fingerprint})"
+            )
+        return pcr_digest(HASH_ALGS[sig.hash_alg][0], quote, values) == quote.pcr_digest
+
+
+def _selected(bitmap: bytes) -> set[int]:
+    return {8 * i + b for i, byte in enumerate(bitmap) for b in range(8) if byte >> b & 1}
+
+
+def _pcr_list(pcrs: Sequence[int]) -> str:
+    return ",".join(map(str, pcrs))
+
+
+# --- the attester --------------------------------------------------------------------------------
+
+
+def _run_in_daemon_thread(fn: Callable[[], _T], name: str) -> asyncio.Future[_T]:
+    """Run ``fn`` in a new daemon thread; the returned future gets its outcome. A TPM command
+    stuck on a dead socket or device then neither blocks the loop nor delays interpreter exit."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[_T] = loop.create_future()
+
+    def deliver(result: _T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(cast(_T, result))
+
+    def run() -> None:
+        result: _T | None = None
+        error: BaseException | None = None
+        try:
+            result = fn()
+        except BaseException as exc:
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+            loop.call_soon_threadsafe(deliver, result, error)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
+
+
+def _consume_outcome(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+class TpmAttester:
+    """Quotes PCRs with a TPM attestation key (module docstring).
+
+    Construction checks the arguments only (``ValueError``); ``open()`` connects and loads or
+    creates the AK (blocking; ``AttestationUnavailable``); ``attest`` opens on demand. ``close()``
+    flushes a primary AK made at start-up and releases the TCTI.
+    """
+
+    name = "tpm"
+    simulated = False
+
+    def __init__(
+        self,
+        tcti: str,
+        *,
+        ak_handle: int | None = None,
+        create_ak: bool = False,
+        hierarchy: Hierarchy = "endorsement",
+        ak_algorithm: AkAlgorithm = "ecc-p256",
+        pcrs: Sequence[int] = DEFAULT_PCRS,
+        pcr_bank: str = DEFAULT_PCR_BANK,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        if not isinstance(tcti, str) or not tcti or "\0" in tcti:
+            raise ValueError("tcti is a TCTI string such as 'device:/dev/tpmrm0'")
+        if ak_handle is not None:
+            ak_handle = parse_handle(ak_handle)
+        if create_ak and ak_handle is None:
+            raise ValueError("create_ak makes the AK persistent at ak_handle: set ak_handle")
+        if hierarchy not in HIERARCHIES:
+            raise ValueError(f"hierarchy is one of {', '.join(HIERARCHIES)}")
+        if ak_algorithm not in AK_ALGORITHMS:
+            raise ValueError(f"ak_algorithm is one of {', '.join(AK_ALGORITHMS)}")
+        if pcr_bank not in HASH_IDS:
+            raise ValueError(f"pcr_bank is one of {', '.join(HASH_IDS)}")
+        chosen = tuple(pcrs)
+        if not chosen:
+            raise ValueError("at least one PCR must be quoted")
+        if any(isinstance(n, bool) or not isinstance(n, int) for n in chosen):
+            raise ValueError("PCR indexes are integers")
+        if len(set(chosen)) != len(chosen) or not all(0 <= n < PCR_COUNT for n in chosen):
+            raise ValueError(f"PCR indexes are distinct, in 0..{PCR_COUNT - 1}")
+        if not 0 < timeout <= MAX_TIMEOUT:
+            raise ValueError(f"timeout is in (0, {MAX_TIMEOUT:g}] seconds")
+        self.tcti = tcti
+        self.pcrs = tuple(sorted(chosen))
+        self.pcr_bank = pcr_bank
+        self.stats = TpmStats()
+        self._timeout = float(timeout)
+        self._session = _TpmSession(
+            tcti,
+            ak_handle=ak_handle,
+            create_ak=create_ak,
+            hierarchy=hierarchy,
+            ak_algorithm=ak_algorithm,
+            pcrs=self.pcrs,
+            pcr_bank=pcr_bank,
+            stats=self.stats,
+        )
+        # One TPM command sequence at a time (ESAPI is not thread-safe); a call whose caller gave
+        # up still holds the TPM until it returns.
+        self._tpm_lock = threading.Lock()
+        self._lock: asyncio.Lock | None = None
+        self._inflight: asyncio.Future[Any] | None = None
+
+    @property
+    def ak(self) -> AkInfo | None:
+        """The AK of the open session (None before ``open`` or after a failure)."""
+        return self._session.ak
+
+    def open(self) -> AkInfo:
+        """Connect and load or create the AK (blocking). Raises ``AttestationUnavailable``."""
+        with self._tpm_lock:
+            return self._session.open()
+
+    def close(self) -> None:
+        """Flush a primary AK made here and release the TCTI (blocking; never raises)."""
+        with self._tpm_lock:
+            self._session.close()
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close)
+
+    async def attest(self, binding: Binding) -> Evidence:
+        """A fresh quote over ``qualifying_data(binding)``; AttestationUnavailable on failure."""
+        qualifying = qualifying_data(binding)
+        started = time.monotonic()
+        deadline = started + self._timeout
+
+        def blocking() -> bytes:
+            with self._tpm_lock:
+                return self._session.quote(qualifying, deadline)
+
+        data = await self._call(blocking)
+        self.stats.quotes += 1
+        self.stats.last_quote_seconds = time.monotonic() - started
+        return Evidence(MEDIA_TYPE, data)
+
+    async def _call(self, fn: Callable[[], _T]) -> _T:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        phase = "waiting for the TPM lock"
+        try:
+            async with asyncio.timeout(self._timeout) as scope:
+                async with self._lock:
+                    previous = self._inflight
+                    if previous is not None and not previous.done():
+                        phase = "waiting for an abandoned TPM command that is still running"
+                        with contextlib.suppress(Exception):
+                            await asyncio.shield(previous)
+                    phase = "quoting"
+                    future = _run_in_daemon_thread(fn, "atls-proxy-tpm")
+                    future.add_done_callback(_consume_outcome)
+                    self._inflight = future
+                    return await asyncio.shield(future)
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            self.stats.timeouts += 1
+            self.stats.failures += 1
+            self._session.broken = True
+            raise AttestationUnavailable(
+                f"tpm: no quote within {self._timeout:g} s ({phase}) via {self.tcti!r}"
+            ) from None
+        except AttestationUnavailable:
+            self.stats.failures += 1
+            raise
+
+
+def read_ak(
+    tcti: str,
+    *,
+    ak_handle: int | None = None,
+    create_ak: bool = False,
+    hierarchy: Hierarchy = "endorsement",
+    ak_algorithm: AkAlgorithm = "ecc-p256",
+) -> AkInfo:
+    """Load or create the AK exactly as a ``TpmAttester`` with these settings would, and release
+    the TPM again (blocking; for ``atls-proxy tpm-ak``). Raises ``AttestationUnavailable``."""
+    attester = TpmAttester(
+        tcti,
+        ak_handle=ak_handle,
+        create_ak=create_ak,
+        hierarchy=hierarchy,
+        ak_algorithm=ak_algorithm,
+    )
+    try:
+        return attester.open()
+    finally:
+        attester.close()
