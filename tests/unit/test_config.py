@@ -987,3 +987,165 @@ def test_shipped_examples_load_against_a_dev_folder(tmp_path: Path) -> None:
     assert cl.ca is not None and cl.ca.resolve() == (root / "dev" / "ca.pem").resolve()
     assert c.detect_config_kind(root / "config" / "serve.toml") == "server"
     assert c.detect_config_kind(root / "config" / "connect.toml") == "client"
+
+
+# --- hardware attesters: [attester.configfs_tsm] and [attester.tpm] ---------------------------------
+
+
+def hw_doc(kind: str, table: dict[str, str] | None = None) -> Doc:
+    doc = server_doc()
+    del doc["attester.software"], doc["attester.software.measurements"]
+    doc["attester"] = {"kind": f'"{kind}"'}
+    if table is not None:
+        doc["attester." + kind.replace("-", "_")] = table
+    return doc
+
+
+def test_configfs_tsm_defaults_and_every_key(folder: Path) -> None:
+    s = c.load_server_config(write(folder, hw_doc("configfs-tsm")))
+    assert s.attester.kind == "configfs-tsm" and s.attester.software is None
+    assert s.attester.configfs_tsm == c.ConfigfsTsmAttesterConfig()
+    assert s.attester.configfs_tsm.root == Path("/sys/kernel/config/tsm/report")
+    doc = hw_doc(
+        "configfs-tsm",
+        {
+            "root": '"/tmp/tsm/report"',
+            "provider": '"sev_guest"',
+            "privlevel": "2",
+            "timeout": "30",
+            "retries": "0",
+            "entry_prefix": '"proxy-1"',
+        },
+    )
+    edit(doc, "attester", "tier", '"batched"')
+    s = c.load_server_config(write(folder, doc))
+    assert s.attester.tier == "batched"
+    assert s.attester.configfs_tsm == c.ConfigfsTsmAttesterConfig(
+        Path("/tmp/tsm/report"), "sev_guest", 2, 30.0, 0, "proxy-1"
+    )
+
+
+def test_tpm_defaults_and_every_key(folder: Path) -> None:
+    s = c.load_server_config(write(folder, hw_doc("tpm")))
+    assert s.attester.kind == "tpm" and s.attester.tpm == c.TpmAttesterConfig()
+    assert s.attester.tpm.tcti == "device:/dev/tpmrm0" and s.attester.tpm.pcrs == tuple(range(8))
+    doc = hw_doc(
+        "tpm",
+        {
+            "tcti": '"swtpm:host=127.0.0.1,port=2321"',
+            "ak_handle": "0x81010002",
+            "create_ak": "true",
+            "hierarchy": '"owner"',
+            "ak_algorithm": '"rsa-2048"',
+            "pcrs": "[7, 0, 23]",
+            "pcr_bank": '"sha384"',
+            "timeout": "2.5",
+        },
+    )
+    s = c.load_server_config(write(folder, doc))
+    assert s.attester.tpm == c.TpmAttesterConfig(
+        "swtpm:host=127.0.0.1,port=2321", 0x81010002, True, "owner", "rsa-2048", (0, 7, 23),
+        "sha384", 2.5,
+    )  # fmt: skip
+    edit(doc, "attester.tpm", "ak_handle", '"0x81000001"')  # text works too
+    assert c.load_server_config(write(folder, doc)).attester.tpm.ak_handle == 0x81000001  # type: ignore[union-attr]
+
+
+HW_RULES = [
+    # (kind, key, TOML value, expected key in the error, text in the message)
+    ("configfs-tsm", "roots", '"/x"', "attester.configfs_tsm.roots", "did you mean 'root'"),
+    ("configfs-tsm", "root", '"relative/dir"', "attester.configfs_tsm.root", "absolute"),
+    ("configfs-tsm", "root", "1", "attester.configfs_tsm.root", "expected a string"),
+    ("configfs-tsm", "provider", '"sgx"', "attester.configfs_tsm.provider", "tdx_guest"),
+    ("configfs-tsm", "privlevel", "4", "attester.configfs_tsm.privlevel", "0..3"),
+    ("configfs-tsm", "privlevel", "true", "attester.configfs_tsm.privlevel", "integer"),
+    ("configfs-tsm", "timeout", "301", "attester.configfs_tsm.timeout", "at most 300"),
+    ("configfs-tsm", "timeout", "0", "attester.configfs_tsm.timeout", "greater than 0"),
+    ("configfs-tsm", "retries", "11", "attester.configfs_tsm.retries", "0..10"),
+    ("configfs-tsm", "entry_prefix", '"a/b"', "attester.configfs_tsm.entry_prefix", "A-Z"),
+    ("configfs-tsm", "entry_prefix", '""', "attester.configfs_tsm.entry_prefix", "1..64"),
+    ("tpm", "tcti", '""', "attester.tpm.tcti", "TCTI string"),
+    ("tpm", "tcti", '"device:/dev/tpm\\u0000"', "attester.tpm.tcti", "TCTI string"),
+    ("tpm", "tcti", "5", "attester.tpm.tcti", "expected a string"),
+    ("tpm", "ak_handle", "0x80000001", "attester.tpm.ak_handle", "owner persistent handle"),
+    ("tpm", "ak_handle", "0x81800000", "attester.tpm.ak_handle", "0x817fffff"),
+    ("tpm", "ak_handle", '"handle"', "attester.tpm.ak_handle", "not a number"),
+    ("tpm", "ak_handle", "1.5", "attester.tpm.ak_handle", "a float"),
+    ("tpm", "ak_handle", "true", "attester.tpm.ak_handle", "a boolean"),
+    ("tpm", "create_ak", "true", "attester.tpm.create_ak", "set ak_handle"),
+    ("tpm", "create_ak", '"yes"', "attester.tpm.create_ak", "true or false"),
+    ("tpm", "hierarchy", '"platform"', "attester.tpm.hierarchy", '"endorsement", "owner"'),
+    ("tpm", "ak_algorithm", '"ed25519"', "attester.tpm.ak_algorithm", '"ecc-p256"'),
+    ("tpm", "pcrs", "[]", "attester.tpm.pcrs", "non-empty"),
+    ("tpm", "pcrs", "7", "attester.tpm.pcrs", "non-empty array"),
+    ("tpm", "pcrs", "[0, 24]", "attester.tpm.pcrs[1]", "0..23"),
+    ("tpm", "pcrs", '["0"]', "attester.tpm.pcrs[0]", "0..23"),
+    ("tpm", "pcrs", "[1, 1]", "attester.tpm.pcrs", "twice"),
+    ("tpm", "pcr_bank", '"md5"', "attester.tpm.pcr_bank", '"sha256"'),
+    ("tpm", "timeout", "1000", "attester.tpm.timeout", "at most 300"),
+    ("tpm", "ak_handel", "1", "attester.tpm.ak_handel", "did you mean 'ak_handle'"),
+]
+
+
+@pytest.mark.parametrize(
+    "kind,key,value,expected,text", HW_RULES, ids=[f"{r[3]}={r[2]}" for r in HW_RULES]
+)
+def test_hardware_attester_rule(
+    folder: Path, kind: str, key: str, value: str, expected: str, text: str
+) -> None:
+    err = server_error(folder, hw_doc(kind, {key: value}))
+    assert err.key == expected, err
+    assert text in err.message, err
+
+
+def test_privlevel_only_with_an_snp_provider(folder: Path) -> None:
+    doc = hw_doc("configfs-tsm", {"provider": '"tdx_guest"', "privlevel": "1"})
+    err = server_error(folder, doc)
+    assert err.key == "attester.configfs_tsm.privlevel" and "sev_guest" in err.message
+
+
+def test_attester_kind_and_tables_of_other_kinds(folder: Path) -> None:
+    err = server_error(folder, edit(server_doc(), "attester", "kind", '"sgx"'))
+    assert err.key == "attester.kind"
+    assert '"software", "configfs-tsm", "tpm"' in err.message
+    # A table for a kind that is not selected is refused, not silently ignored.
+    err = server_error(folder, edit(server_doc(), "attester.tpm", "tcti", '"device:/dev/tpm0"'))
+    assert err.key == "attester.tpm" and 'kind = "tpm"' in err.message
+    doc = hw_doc("tpm")
+    doc["attester.software"] = {"platform_key": '"platform-key.pem"'}
+    err = server_error(folder, doc)
+    assert err.key == "attester.software" and '(kind is "tpm")' in err.message
+    doc = hw_doc("configfs-tsm", {})
+    doc["attester.tpm"] = {}
+    assert server_error(folder, doc).key == "attester.tpm"
+    assert server_error(folder, hw_doc("tpm", {"pcrs": "[]"})).key == "attester.tpm.pcrs"
+    err = server_error(folder, "[attester]\nkind = 'tpm'\ntpm = 5\n[server]\n")
+    assert err.key in ("attester.tpm", "server.backend")
+
+
+def test_serve_tpm_example_lists_every_key_with_a_comment(tmp_path: Path) -> None:
+    path = ROOT / "config" / "serve-tpm.toml"
+    doc = tomllib.loads(path.read_text())
+    assert doc["attester"]["kind"] == "tpm"
+    assert set(doc["attester"]["tpm"]) == set(c._TPM_KEYS)
+    lines = path.read_text().splitlines()
+    section = ""
+    for i, line in enumerate(lines):
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        if section != "attester.tpm" or not line.strip() or line.startswith("#"):
+            continue
+        comment = []
+        j = i - 1
+        while j >= 0 and lines[j].startswith("#"):
+            comment.insert(0, lines[j])
+            j -= 1
+        assert comment and ("default" in " ".join(comment)), f"{line!r} lacks its default"
+    root = tmp_path / "repo"
+    shutil.copytree(ROOT / "config", root / "config")
+    dev_init(root / "dev")
+    s = c.load_server_config(root / "config" / "serve-tpm.toml")
+    assert s.attester.tpm == c.TpmAttesterConfig(
+        **{**doc["attester"]["tpm"], "pcrs": (0, 1, 2, 3, 4, 5, 6, 7)}
+    )

@@ -35,6 +35,7 @@ from atls_proxy.verify.tpm import (
     parse_quote,
     parse_signature,
     parse_tpm_policy,
+    qualifying_data,
 )
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -316,15 +317,23 @@ def test_trailing_bytes_after_the_attest_are_reported() -> None:
     assert "5 bytes after TPMS_ATTEST" in check.detail
 
 
-def test_verifier_class_uses_the_binder_as_qualifying_data() -> None:
+def test_verifier_class_uses_the_bindings_qualifying_data() -> None:
     binding = Binding("sha384", b"\x01" * 48, b"\x02" * 48)
-    synth = SynthQuote(extra_data=binding.binder)
+    synth = SynthQuote(extra_data=qualifying_data(binding))
     verifier = TpmVerifier(TpmPolicy(), synth.trust(), clock=lambda: NOW)
     assert verifier.accepts(MEDIA_TYPE)
     assert not verifier.accepts("application/vnd.atls-proxy.cca-token")
     assert verifier.appraise(MEDIA_TYPE, synth.evidence(), binding, 0.0).passed
     other = Binding("sha384", b"\x03" * 48, b"\x02" * 48)
     assert failed(verifier.appraise(MEDIA_TYPE, synth.evidence(), other, 0.0)) == "tpm.report-data"
+    # The AIK hash is covered too (the cached tier's quoted "binder" does not cover the TLS key).
+    other_aik = Binding("sha384", b"\x01" * 48, b"\x04" * 48)
+    assert (
+        failed(verifier.appraise(MEDIA_TYPE, synth.evidence(), other_aik, 0.0)) == "tpm.report-data"
+    )
+    # The binder alone (the earlier rule) is refused.
+    bare = SynthQuote(extra_data=binding.binder)
+    assert failed(verifier.appraise(MEDIA_TYPE, bare.evidence(), binding, 0.0)) == "tpm.report-data"
 
 
 def test_evidence_encoding_round_trip_and_errors() -> None:
