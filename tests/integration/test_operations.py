@@ -686,3 +686,43 @@ def test_socket_activation_and_notify(tmp_path: Path, ps: Procs, slow_backend: i
     assert popen.wait(20) == 0, proc.output()
     notify.close()
     os.unlink(notify_path)
+
+
+def test_client_broken_policy_reload_keeps_old_policy(
+    tmp_path: Path, ps: Procs, slow_backend: int
+) -> None:
+    """connect --admin: an unparsable policy on SIGHUP is reported; the old policy keeps working."""
+    dev = dev_init(tmp_path / "dev")
+    _, sport = start_server(ps, dev / "serve.toml", slow_backend)
+    admin = free_port()
+    cport = free_port()
+    client = ps.cli(
+        "connect",
+        "connect",
+        "--config",
+        str(dev / "connect.toml"),
+        "--listen",
+        f"127.0.0.1:{cport}",
+        "--server",
+        f"127.0.0.1:{sport}",
+        "--admin",
+        f"127.0.0.1:{admin}",
+    )
+    wait_port(admin, client)
+    wait_port(cport, client)
+    assert curl_through(cport, "/hello") == "hello\n"
+    policy = dev / "policy.toml"
+    good = policy.read_text()
+    policy.write_text(good + "\n[software\nallow_simulated = \n")
+    client.popen.send_signal(signal.SIGHUP)
+    wait_until(
+        lambda: json.loads(get(admin, "/status")[1])["last_reload"]["ok"] is False,
+        what="the failed reload in /status",
+    )
+    status = json.loads(get(admin, "/status")[1])
+    assert status["role"] == "client" and "not valid TOML" in status["last_reload"]["error"]
+    assert curl_through(cport, "/hello") == "hello\n"  # the old policy still appraises
+    text = get(admin, "/metrics")[1]
+    assert metric(text, "atls_proxy_reloads_total", result="failure") == 1
+    assert metric(text, "atls_proxy_appraisal_duration_seconds_count") >= 2
+    assert metric(text, "atls_proxy_attestation_successes_total") >= 2
