@@ -30,6 +30,7 @@ from typing import Any
 
 from atls_proxy.app import build_client_settings
 from atls_proxy.bench.common import cpu_seconds, free_port, wait_port
+from atls_proxy.bench.loadgen import plain_opener
 from atls_proxy.ops.config import load_client_config
 from atls_proxy.ops.devinit import dev_init
 from atls_proxy.proxy.client import AttestationFailed, ClientSettings, open_attested
@@ -115,13 +116,18 @@ def _server_config(
 
 async def _one(tier: str, settings: ClientSettings, tls: ssl.SSLContext, port: int) -> None:
     if tier == "off":
-        r, w = await asyncio.open_connection(
-            "127.0.0.1", port, ssl=tls, server_hostname="localhost"
-        )
-        w.write(b"ping\n")
-        await w.drain()
-        data = await r.read()
-        w.close()
+        # The same client TLS stack as the attested tiers (TLSStream over pyOpenSSL, the same
+        # context, so the same key exchange: X25519MLKEM768 with OpenSSL 4), minus the Expat
+        # exchange — so that off vs a tier differs by attestation only. (Python's ssl module
+        # links the system OpenSSL, which may negotiate another group and costs differently.)
+        stream = await plain_opener(settings)()
+        try:
+            await stream.write(b"ping\n")
+            data = b""
+            while chunk := await stream.read():
+                data += chunk
+        finally:
+            await stream.close()
         if data != b"pong\n":
             raise RuntimeError(f"unexpected response {data[:20]!r}")
         return
