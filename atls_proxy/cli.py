@@ -66,10 +66,12 @@ def _service_main(args: argparse.Namespace, role: str) -> int:
         from atls_proxy.ops.workers import supervise
 
         return supervise(args, role, cfg)
-    if worker and os.environ.get("LISTEN_FDS"):
-        # The supervisor passed its inherited sockets on; only we know our pid (sd_listen_fds(3)).
-        os.environ["LISTEN_PID"] = str(os.getpid())
-    inherited = systemd.listen_fds()
+    if worker:
+        from atls_proxy.ops.workers import worker_fds
+
+        inherited = worker_fds()  # the supervisor's listening sockets, if it was socket-activated
+    else:
+        inherited = systemd.listen_fds()
     tier = cfg.attester.tier if role == "server" else None
     kind = cfg.attester.kind if role == "server" else None
     metrics = Metrics(attester=kind, tier=tier)

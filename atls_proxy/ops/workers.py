@@ -8,7 +8,7 @@ supervisor does no proxying. It
 * starts N workers, each a fresh interpreter running the same ``serve``/``connect`` command with
   ``ATLS_PROXY_WORKER=1``: each worker binds the port itself with SO_REUSEPORT (the kernel spreads
   new connections across the sockets), or, under socket activation, inherits the supervisor's
-  listening socket (``LISTEN_FDS``; the worker fills in ``LISTEN_PID`` itself, sd_listen_fds(3));
+  listening socket (its descriptor numbers and names in ``ATLS_PROXY_WORKER_FDS``);
 * gives every worker ``PROMETHEUS_MULTIPROC_DIR`` (a private temporary folder) so their metrics
   land in files it merges for ``/metrics`` (ops/metrics.py explains the merge), and its own
   ``NOTIFY_SOCKET``: workers report ``READY=1``/``STOPPING=1`` to the supervisor exactly as they
@@ -52,6 +52,8 @@ from atls_proxy.ops.metrics import (
 
 log = logging.getLogger("atls_proxy")
 
+# "fd:name,fd:name": the listening sockets a worker inherits from the supervisor.
+WORKER_FDS_ENV = "ATLS_PROXY_WORKER_FDS"
 BACKOFF_START = 1.0
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 60.0
@@ -154,12 +156,14 @@ class Supervisor:
         env["NOTIFY_SOCKET"] = str(self.notify_path)
         for k in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
             env.pop(k, None)
+        env.pop(WORKER_FDS_ENV, None)
         if self.inherited:
-            names: list[str] = []
-            for name, socks in self.inherited.items():
-                names += [name] * len(socks)
-            env["LISTEN_FDS"] = str(len(names))
-            env["LISTEN_FDNAMES"] = ":".join(names)
+            # Descriptor numbers and names as they are in this process (kept by pass_fds). Not
+            # LISTEN_FDS: sd_listen_fds(3) wants them consecutive from 3, which they are not
+            # once the admin socket stays with the supervisor.
+            env[WORKER_FDS_ENV] = ",".join(
+                f"{s.fileno()}:{name}" for name, socks in self.inherited.items() for s in socks
+            )
         return env
 
     def _fds(self) -> list[int]:
@@ -313,8 +317,24 @@ def supervise(args: argparse.Namespace, role: str, cfg: Any) -> int:
     from atls_proxy.cli import run
 
     listen = cfg.listen
-    if listen.port == 0 and not os.environ.get("LISTEN_FDS"):
+    if listen.port == 0 and not os.environ.get("LISTEN_FDS"):  # (before listen_fds unsets it)
         raise ConfigError(
             "--workers", "workers share one fixed port: listen on a port other than 0"
         )
     return run(lambda: Supervisor(args, role, cfg).run())
+
+
+def worker_fds() -> dict[str, list[socket.socket]]:
+    """In a worker: the listening sockets the supervisor passed (``WORKER_FDS_ENV``), by name."""
+    text = os.environ.pop(WORKER_FDS_ENV, "")
+    out: dict[str, list[socket.socket]] = {}
+    for item in filter(None, text.split(",")):
+        fd_text, _, name = item.partition(":")
+        try:
+            fd = int(fd_text)
+        except ValueError:
+            raise ConfigError(WORKER_FDS_ENV, f"malformed entry {item!r}") from None
+        sock = socket.socket(fileno=fd)
+        sock.set_inheritable(False)
+        out.setdefault(name or "unknown", []).append(sock)
+    return out

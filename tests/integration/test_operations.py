@@ -617,7 +617,7 @@ fds = [int(x) for x in sys.argv[1].split(",")]
 for target, fd in enumerate(fds, start=3):  # sd_listen_fds(3): descriptors from 3 on
     os.dup2(fd, target)
 os.environ["LISTEN_FDS"] = str(len(fds))
-os.environ["LISTEN_FDNAMES"] = "attested:admin"
+os.environ["LISTEN_FDNAMES"] = os.environ.pop("TEST_FDNAMES", "attested:admin")
 os.environ["LISTEN_PID"] = str(os.getpid())  # exec keeps the pid
 os.execv(sys.executable, [sys.executable, "-m", "atls_proxy.cli", *sys.argv[2:]])
 """
@@ -726,3 +726,50 @@ def test_client_broken_policy_reload_keeps_old_policy(
     assert metric(text, "atls_proxy_reloads_total", result="failure") == 1
     assert metric(text, "atls_proxy_appraisal_duration_seconds_count") >= 2
     assert metric(text, "atls_proxy_attestation_successes_total") >= 2
+
+
+def test_workers_under_socket_activation(tmp_path: Path, ps: Procs, slow_backend: int) -> None:
+    """--workers with inherited sockets, the admin socket first (fd 3): the supervisor keeps the
+    admin socket, the workers share the attested one."""
+    import sys
+
+    from tests.support.procs import Proc, env
+
+    dev = dev_init(tmp_path / "dev")
+    admin = socket.create_server(("127.0.0.1", 0))
+    attested = socket.create_server(("127.0.0.1", 0))
+    aport, sport = admin.getsockname()[1], attested.getsockname()[1]
+    e = env()
+    e["TEST_FDNAMES"] = "admin:attested"
+    log = tmp_path / "workers-activated.log"
+    with log.open("wb") as fh:
+        popen = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _ACTIVATE,
+                f"{admin.fileno()},{attested.fileno()}",
+                "serve",
+                "--config",
+                str(dev / "serve.toml"),
+                "--backend",
+                f"127.0.0.1:{slow_backend}",
+                "--workers",
+                "2",
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=e,
+            pass_fds=(admin.fileno(), attested.fileno()),
+        )
+    proc = Proc("workers-activated", popen, log)
+    ps.procs.append(proc)
+    admin.close()
+    attested.close()
+    wait_until(lambda: get(aport, "/readyz")[0] == 200, timeout=40, what="2 workers ready")
+    assert len({w["pid"] for w in json.loads(get(aport, "/status")[1])["workers"]}) == 2
+    _, cport = start_client(ps, dev / "connect.toml", sport)
+    for _ in range(4):
+        assert curl_through(cport, "/hello") == "hello\n"
+    popen.send_signal(signal.SIGTERM)
+    assert popen.wait(30) == 0, proc.output()
