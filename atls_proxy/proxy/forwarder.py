@@ -4,7 +4,6 @@ connection to the server, appraised before a single byte of the local client is 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import time
@@ -141,7 +140,6 @@ class ClientForwarder(Listener):
             finally:
                 await conn.stream.close()
         finally:
+            # Buffered bytes still go out; nothing waits for the close (after the pump the
+            # transport reports to the pump's protocol, not to the stream's).
             writer.close()
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(1.0):
-                    await writer.wait_closed()

@@ -2,34 +2,36 @@
 
 Theory of operation
 -------------------
-Two coroutines, one per direction, each: read a chunk (up to 64 KiB), write it, await ``drain()``.
-Awaiting the writer's drain before the next read is the backpressure: a slow reader on one side
-stops us reading from the other, so memory per connection stays bounded by the transports' high
-water marks plus one chunk, whatever the peers do.
+Once a connection is attested its two transports are handed to two small protocol objects
+(``transport.set_protocol``): bytes are moved inside the transports' ``data_received`` callbacks —
+TLS bytes in, fed to the engine, plaintext out to the backend; backend bytes in, encrypted, TLS
+records out — with no StreamReader buffer, no future and no task step per chunk. Whatever the
+streams had already buffered when the pump starts is taken over first, so nothing read before
+the switch is lost.
 
-Half-close is carried across: EOF from the plain side becomes close_notify on TLS (and the peer's
-close_notify becomes ``write_eof()`` on the plain side), while the other direction keeps flowing.
-The connection ends when both directions ended, when either side fails (reset, TLS error: the other
-direction is cancelled), or when neither direction moved for ``idle_timeout`` seconds.
+Backpressure is the transports' own flow control, crossed over: when one side's write buffer
+passes its high-water mark (``pause_writing``) the pump stops reading the *other* side
+(``pause_reading``) until it drains (``resume_writing``). Memory per connection stays bounded by
+the two write buffers plus one read, whatever the peers do.
 
-No per-chunk logging, no per-chunk metrics labels: the counters are plain ints summed per connection.
+Half-close is carried across: EOF from the plain side becomes close_notify on TLS, and the peer's
+close_notify becomes ``write_eof()`` on the plain side, while the other direction keeps flowing.
+The pump ends when both directions ended, when either side fails (reset; a TLS error; a TLS EOF
+without close_notify, which is a truncation), or when neither direction moved for
+``idle_timeout`` seconds (one timer per connection, re-armed from the last activity, not per read).
 
-Cost per connection: the TLS→plain direction runs in the caller's task and the plain→TLS
-direction in one extra task; the idle watchdog is a single timer handle (``call_later``) that
-re-arms itself from the last activity, not a task and not a timer per read. A direction that fails
-cancels the caller's task at once (its done-callback), so a reset on one side never waits for
-the idle timeout of the other.
+No per-chunk logging, no per-chunk metric labels: the counters are plain ints summed per connection.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from atls_proxy.proxy.stream import TLSStream
-from atls_proxy.tls.engine import READ_CHUNK
+from atls_proxy.tls.engine import TLSError
 
 
 class IdleTimeout(Exception):
@@ -43,6 +45,162 @@ class PumpStats:
     last_activity: float = 0.0
 
 
+def _take_buffer(reader: asyncio.StreamReader) -> tuple[bytes, bool]:
+    """What a StreamReader holds and whether it saw EOF, emptied (CPython's reader internals)."""
+    buf: bytearray = reader._buffer  # type: ignore[attr-defined]
+    data = bytes(buf)
+    buf.clear()
+    return data, bool(reader._eof)  # type: ignore[attr-defined]
+
+
+class _Pump:
+    def __init__(
+        self,
+        tls: TLSStream,
+        plain: asyncio.WriteTransport,
+        tls_transport: asyncio.Transport,
+        done: asyncio.Future[PumpStats],
+    ) -> None:
+        self.engine = tls.engine
+        self.plain = plain
+        self.tls = tls_transport
+        self.done = done
+        self.stats = PumpStats(last_activity=time.monotonic())
+        self.tls_in_done = False  # the TLS peer sent close_notify
+        self.plain_in_done = False  # the plain side sent EOF
+
+    # -- ending --------------------------------------------------------------------------------
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.done.done():
+            self.done.set_exception(exc)
+
+    def maybe_finish(self) -> None:
+        if self.tls_in_done and self.plain_in_done and not self.done.done():
+            self.done.set_result(self.stats)
+
+    # -- TLS → plain ---------------------------------------------------------------------------
+
+    def tls_bytes(self, data: bytes) -> None:
+        try:
+            self.engine.feed(data)
+            self.decrypt()
+        except TLSError as exc:
+            self.fail(exc)
+
+    def decrypt(self) -> None:
+        engine, plain = self.engine, self.plain
+        while not self.tls_in_done:
+            data = engine.read()
+            if data is None:
+                break
+            if not data:  # close_notify: the peer's direction is finished (RFC 8446 §6.1)
+                self.tls_in_done = True
+                if plain.can_write_eof() and not plain.is_closing():
+                    plain.write_eof()
+                break
+            self.stats.tls_to_plain += len(data)
+            self.stats.last_activity = time.monotonic()
+            plain.write(data)
+        self.flush_tls()  # key updates, alerts: whatever reading produced goes out
+        self.maybe_finish()
+
+    def tls_eof(self) -> None:
+        if self.tls_in_done:
+            return
+        try:
+            self.engine.feed_eof()
+            self.decrypt()
+        except TLSError as exc:
+            self.fail(exc)
+            return
+        if not self.tls_in_done:
+            self.fail(TLSError("connection closed without close_notify"))
+
+    def flush_tls(self) -> None:
+        out = self.engine.outgoing()
+        if out and not self.tls.is_closing():
+            self.tls.write(out)
+
+    # -- plain → TLS ---------------------------------------------------------------------------
+
+    def plain_bytes(self, data: bytes) -> None:
+        self.stats.plain_to_tls += len(data)
+        self.stats.last_activity = time.monotonic()
+        try:
+            self.engine.write(data)
+        except TLSError as exc:
+            self.fail(exc)
+            return
+        self.flush_tls()
+
+    def plain_eof(self) -> None:
+        if self.plain_in_done:
+            return
+        self.plain_in_done = True
+        self.engine.close_notify()
+        self.flush_tls()
+        self.maybe_finish()
+
+
+class _TLSSide(asyncio.Protocol):
+    def __init__(self, p: _Pump) -> None:
+        self.p = p
+
+    def data_received(self, data: bytes) -> None:
+        self.p.tls_bytes(data)
+
+    def eof_received(self) -> bool:
+        self.p.tls_eof()
+        return True  # keep our sending direction open
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            self.p.fail(exc)
+        elif not self.p.tls_in_done:
+            self.p.fail(TLSError("connection closed without close_notify"))
+
+    def pause_writing(self) -> None:
+        _pause(self.p.plain)
+
+    def resume_writing(self) -> None:
+        _resume(self.p.plain)
+
+
+class _PlainSide(asyncio.Protocol):
+    def __init__(self, p: _Pump) -> None:
+        self.p = p
+
+    def data_received(self, data: bytes) -> None:
+        self.p.plain_bytes(data)
+
+    def eof_received(self) -> bool:
+        self.p.plain_eof()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            self.p.fail(exc)
+        else:
+            self.p.plain_eof()  # closed: no more bytes from this side
+
+    def pause_writing(self) -> None:
+        _pause(self.p.tls)
+
+    def resume_writing(self) -> None:
+        _resume(self.p.tls)
+
+
+def _pause(transport: Any) -> None:
+    if not transport.is_closing():
+        transport.pause_reading()
+
+
+def _resume(transport: Any) -> None:
+    if not transport.is_closing():
+        transport.resume_reading()
+
+
 async def pump(
     tls: TLSStream,
     reader: asyncio.StreamReader,
@@ -50,65 +208,53 @@ async def pump(
     idle_timeout: float,
     initial_to_plain: bytes = b"",
 ) -> PumpStats:
-    stats = PumpStats(last_activity=time.monotonic())
-
-    async def tls_to_plain() -> None:
-        if initial_to_plain:
-            writer.write(initial_to_plain)
-            stats.tls_to_plain += len(initial_to_plain)
-            await writer.drain()
-        while data := await tls.read():
-            stats.last_activity = time.monotonic()
-            stats.tls_to_plain += len(data)
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-
-    async def plain_to_tls() -> None:
-        while data := await reader.read(READ_CHUNK):
-            stats.last_activity = time.monotonic()
-            stats.plain_to_tls += len(data)
-            await tls.write(data)
-        await tls.close_write()
-
     loop = asyncio.get_running_loop()
-    me = asyncio.current_task()
-    assert me is not None
-    other = asyncio.ensure_future(plain_to_tls())
-    why: list[BaseException] = []  # what ended the pump early: IdleTimeout or a failed direction
-    timer: asyncio.TimerHandle | None = None
+    done: asyncio.Future[PumpStats] = loop.create_future()
+    tls_tr: Any = tls.writer.transport
+    plain_tr: Any = writer.transport
+    p = _Pump(tls, plain_tr, tls_tr, done)
 
-    def on_other_done(t: asyncio.Future[None]) -> None:
-        if not t.cancelled() and t.exception() is not None and not why:
-            why.append(t.exception())  # type: ignore[arg-type]
-            me.cancel()
+    # Take over what the streams already hold, then switch the transports to the pump.
+    tls_pending, tls_eof = _take_buffer(tls.reader)
+    plain_pending, plain_eof = _take_buffer(reader)
+    tls_tr.set_protocol(_TLSSide(p))
+    plain_tr.set_protocol(_PlainSide(p))
+    _resume(tls_tr)
+    _resume(plain_tr)
+    if initial_to_plain:
+        p.stats.tls_to_plain += len(initial_to_plain)
+        plain_tr.write(initial_to_plain)
+    if tls_pending:
+        p.tls_bytes(tls_pending)
+    else:
+        try:
+            p.decrypt()  # records the engine had buffered before the switch
+        except TLSError as exc:
+            p.fail(exc)
+    if tls_eof or tls._eof:
+        p.tls_eof()
+    if plain_pending:
+        p.plain_bytes(plain_pending)
+    if plain_eof:
+        p.plain_eof()
+
+    timer: asyncio.TimerHandle | None = None
 
     def check_idle() -> None:
         nonlocal timer
-        remaining = stats.last_activity + idle_timeout - time.monotonic()
+        remaining = p.stats.last_activity + idle_timeout - time.monotonic()
         if remaining > 0:
             timer = loop.call_later(remaining, check_idle)
-        elif not why:
-            why.append(IdleTimeout())
-            me.cancel()
+        else:
+            p.fail(IdleTimeout())
 
-    other.add_done_callback(on_other_done)
     timer = loop.call_later(idle_timeout, check_idle)
     try:
-        try:
-            await tls_to_plain()
-            await asyncio.shield(other)
-        except asyncio.CancelledError:
-            if not why:
-                raise  # cancelled from outside (shutdown): not ours to translate
-            me.uncancel()
-            raise why[0] from None
+        return await done
     finally:
-        if timer is not None:
-            timer.cancel()
-        if not other.done():
-            other.cancel()
-        with contextlib.suppress(BaseException):
-            await other
-    return stats
+        timer.cancel()
+        if not done.done():
+            done.cancel()
+        # Stop feeding callbacks into a finished pump; the caller closes both transports.
+        for tr in (tls_tr, plain_tr):
+            _pause(tr)

@@ -88,7 +88,8 @@ class TLSStream:
         """Send close_notify if we still can, then close the socket.
 
         The transport sends what is still buffered before it closes the descriptor; nothing
-        waits for that (awaiting ``wait_closed`` only cost a loop iteration per connection).
+        waits for that (``wait_closed`` would cost a loop iteration per connection, and after the
+        pump the transport reports to the pump's protocol, so it would never complete).
         """
         if not self.writer.is_closing():
             self.engine.close_notify()
