@@ -67,7 +67,6 @@ evidence is the CBOR map ``{1: report, 2: certificate table}`` (deterministic en
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import io
 import logging
@@ -80,11 +79,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, Protocol
 
 import cbor2
 
 from atls_proxy.attest.base import Evidence
+from atls_proxy.attest.blocking import SerialThreadCalls
 from atls_proxy.errors import AttestationUnavailable
 from atls_proxy.expat.binding import Binding
 from atls_proxy.expat.cmw import MAX_CMW_SIZE
@@ -567,44 +567,6 @@ _OPTIONAL_ATTRIBUTES = (
     "manifestblob",
 )
 
-_T = TypeVar("_T")
-
-
-def _run_in_daemon_thread(fn: Callable[[], _T], name: str) -> asyncio.Future[_T]:
-    """Run ``fn`` in a new daemon thread; the returned future (of the running loop) gets its
-    outcome. Unlike ``asyncio.to_thread`` the thread never delays interpreter exit."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[_T] = loop.create_future()
-
-    def deliver(result: _T | None, error: BaseException | None) -> None:
-        if future.done():  # cancelled meanwhile
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(cast(_T, result))
-
-    def run() -> None:
-        result: _T | None = None
-        error: BaseException | None = None
-        try:
-            result = fn()
-        except BaseException as exc:
-            error = exc
-        # RuntimeError: the loop closed while the kernel call was running; nobody is waiting.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(deliver, result, error)
-
-    threading.Thread(target=run, name=name, daemon=True).start()
-    return future
-
-
-def _consume_outcome(future: asyncio.Future[Any]) -> None:
-    # A quote abandoned by its caller still finishes; read its exception so asyncio does not
-    # log "exception was never retrieved".
-    if not future.cancelled():
-        future.exception()
-
 
 class ConfigfsTsmAttester:
     """Quotes through ``/sys/kernel/config/tsm/report``: TDX quotes, SNP reports, CCA tokens.
@@ -649,9 +611,13 @@ class ConfigfsTsmAttester:
         self._retries = retries
         self._prefix = entry_prefix
         self._ops: TsmOps = ops if ops is not None else OsTsmOps()
-        self._lock = asyncio.Lock()
-        # The quote currently in the kernel; its caller may have gone (time-out, cancellation).
-        self._inflight: asyncio.Future[TsmReport] | None = None
+        # One quote in the kernel at a time; a quote whose caller gave up still holds it.
+        self._calls = SerialThreadCalls(
+            "configfs-tsm",
+            "atls-configfs-tsm",
+            "waiting for the quote lock",
+            "waiting for an abandoned quote that is still in the kernel",
+        )
         self._announced: str | None = None
 
     # -- async API --------------------------------------------------------------------------
@@ -666,21 +632,21 @@ class ConfigfsTsmAttester:
             raise ValueError(f"report data is exactly {REPORT_DATA_SIZE} bytes")
         started = time.monotonic()
         deadline = started + self._timeout
-        phase = "waiting for the quote lock"
+        stop = threading.Event()
         try:
             async with asyncio.timeout(self._timeout) as scope:
-                async with self._lock:
-                    phase = "waiting for an abandoned quote that is still in the kernel"
-                    await self._wait_for_abandoned()
-                    phase = "quoting"
-                    report = await self._run_quote(report_data, deadline)
+                report = await self._calls.call(
+                    lambda: self._quote_blocking(report_data, deadline, stop),
+                    on_abandon=stop.set,  # no new attempts; the current kernel call runs out
+                )
         except TimeoutError:
             if not scope.expired():
                 raise
             self.stats.timeouts += 1
             self.stats.failures += 1
             raise AttestationUnavailable(
-                f"configfs-tsm: no report within {self._timeout:g} s ({phase}) under {self.root}"
+                f"configfs-tsm: no report within {self._timeout:g} s ({self._calls.phase}) "
+                f"under {self.root}"
             ) from None
         except AttestationUnavailable:
             self.stats.failures += 1
@@ -695,34 +661,6 @@ class ConfigfsTsmAttester:
         self.last_report = report
         self._announce(report)
         return evidence
-
-    async def _wait_for_abandoned(self) -> None:
-        previous = self._inflight
-        if previous is None or previous.done():
-            return
-        if previous.get_loop() is not asyncio.get_running_loop():
-            raise AttestationUnavailable(
-                "configfs-tsm: a quote started on another event loop is still in the kernel"
-            )
-        logger.warning(
-            "configfs-tsm: a previous quote (its caller gave up) is still in the kernel; waiting "
-            "for it rather than starting a second one"
-        )
-        await asyncio.wait({previous})
-
-    async def _run_quote(self, report_data: bytes, deadline: float) -> TsmReport:
-        stop = threading.Event()
-        future = _run_in_daemon_thread(
-            lambda: self._quote_blocking(report_data, deadline, stop), "atls-configfs-tsm"
-        )
-        future.add_done_callback(_consume_outcome)
-        self._inflight = future
-        try:
-            # shield: a time-out or cancellation of this caller must not forget the kernel call.
-            return await asyncio.shield(future)
-        except BaseException:
-            stop.set()  # no new attempts; the current kernel call still runs to its end
-            raise
 
     def _announce(self, report: TsmReport) -> None:
         if self._announced == report.provider:

@@ -72,11 +72,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from atls_proxy.attest.base import Evidence
+from atls_proxy.attest.blocking import SerialThreadCalls
 from atls_proxy.errors import AttestationUnavailable, DecodeError
 from atls_proxy.expat.binding import Binding
 from atls_proxy.verify.tpm.evidence import TpmEvidence, encode_evidence
@@ -633,39 +634,6 @@ def _pcr_list(pcrs: Sequence[int]) -> str:
 # --- the attester --------------------------------------------------------------------------------
 
 
-def _run_in_daemon_thread(fn: Callable[[], _T], name: str) -> asyncio.Future[_T]:
-    """Run ``fn`` in a new daemon thread; the returned future gets its outcome. A TPM command
-    stuck on a dead socket or device then neither blocks the loop nor delays interpreter exit."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[_T] = loop.create_future()
-
-    def deliver(result: _T | None, error: BaseException | None) -> None:
-        if future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(cast(_T, result))
-
-    def run() -> None:
-        result: _T | None = None
-        error: BaseException | None = None
-        try:
-            result = fn()
-        except BaseException as exc:
-            error = exc
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
-            loop.call_soon_threadsafe(deliver, result, error)
-
-    threading.Thread(target=run, name=name, daemon=True).start()
-    return future
-
-
-def _consume_outcome(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
-
-
 class TpmAttester:
     """Quotes PCRs with a TPM attestation key (module docstring).
 
@@ -728,8 +696,12 @@ class TpmAttester:
         # One TPM command sequence at a time (ESAPI is not thread-safe); a call whose caller gave
         # up still holds the TPM until it returns.
         self._tpm_lock = threading.Lock()
-        self._lock: asyncio.Lock | None = None
-        self._inflight: asyncio.Future[Any] | None = None
+        self._calls = SerialThreadCalls(
+            "tpm",
+            "atls-proxy-tpm",
+            "waiting for the TPM lock",
+            "waiting for an abandoned TPM command that is still running",
+        )
 
     @property
     def ak(self) -> AkInfo | None:
@@ -765,22 +737,9 @@ class TpmAttester:
         return Evidence(MEDIA_TYPE, data)
 
     async def _call(self, fn: Callable[[], _T]) -> _T:
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        phase = "waiting for the TPM lock"
         try:
             async with asyncio.timeout(self._timeout) as scope:
-                async with self._lock:
-                    previous = self._inflight
-                    if previous is not None and not previous.done():
-                        phase = "waiting for an abandoned TPM command that is still running"
-                        with contextlib.suppress(Exception):
-                            await asyncio.shield(previous)
-                    phase = "quoting"
-                    future = _run_in_daemon_thread(fn, "atls-proxy-tpm")
-                    future.add_done_callback(_consume_outcome)
-                    self._inflight = future
-                    return await asyncio.shield(future)
+                return await self._calls.call(fn)
         except TimeoutError:
             if not scope.expired():
                 raise
@@ -788,7 +747,7 @@ class TpmAttester:
             self.stats.failures += 1
             self._session.broken = True
             raise AttestationUnavailable(
-                f"tpm: no quote within {self._timeout:g} s ({phase}) via {self.tcti!r}"
+                f"tpm: no quote within {self._timeout:g} s ({self._calls.phase}) via {self.tcti!r}"
             ) from None
         except AttestationUnavailable:
             self.stats.failures += 1

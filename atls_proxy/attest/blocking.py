@@ -1,0 +1,114 @@
+"""Blocking device calls (a configfs write, a TPM command) from the event loop, one at a time.
+
+Theory of operation
+-------------------
+A TEE or TPM call can block for seconds or forever (a dead socket, a stuck driver), must never
+run twice at once (parallel quote requests have crashed TDs; ESAPI is not thread-safe) and must
+not block the event loop. ``SerialThreadCalls.call(fn)`` therefore
+
+* takes an asyncio lock, so callers queue;
+* runs ``fn`` in a new *daemon* thread (unlike ``asyncio.to_thread`` it never delays interpreter
+  exit when the call hangs) and awaits its outcome through ``asyncio.shield``: a caller that
+  times out or is cancelled goes away, but the call is not forgotten;
+* makes the next caller wait for such an abandoned call before it starts another one (the device
+  is still busy with it), with ``phase`` naming what is being waited for, for the caller's
+  time-out message.
+
+The caller puts ``call`` under its own ``asyncio.timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+from atls_proxy.errors import AttestationUnavailable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def run_in_daemon_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
+    """Run ``fn`` in a new daemon thread; the returned future (of the running loop) gets its
+    outcome."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def deliver(result: T | None, error: BaseException | None) -> None:
+        if future.done():  # cancelled meanwhile
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(cast(T, result))
+
+    def run() -> None:
+        result: T | None = None
+        error: BaseException | None = None
+        try:
+            result = fn()
+        except BaseException as exc:
+            error = exc
+        # RuntimeError: the loop closed while the call was running; nobody is waiting.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(deliver, result, error)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
+
+
+def _consume_outcome(future: asyncio.Future[Any]) -> None:
+    # A call abandoned by its caller still finishes; read its exception so asyncio does not log
+    # "exception was never retrieved".
+    if not future.cancelled():
+        future.exception()
+
+
+class SerialThreadCalls:
+    """One blocking call at a time, each in a daemon thread (module docstring)."""
+
+    def __init__(self, what: str, thread_name: str, lock_phase: str, abandoned_phase: str) -> None:
+        self.what = what  # prefix of error messages, e.g. "tpm"
+        self.thread_name = thread_name
+        self.phase = lock_phase
+        self._lock_phase = lock_phase
+        self._abandoned_phase = abandoned_phase
+        self._lock: asyncio.Lock | None = None  # made on first use, in the caller's loop
+        self._inflight: asyncio.Future[Any] | None = None
+
+    async def call(self, fn: Callable[[], T], on_abandon: Callable[[], None] | None = None) -> T:
+        """``fn()`` in a daemon thread. ``on_abandon`` runs when this caller leaves (time-out,
+        cancellation) while the call still runs — e.g. to tell it to stop retrying."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        self.phase = self._lock_phase
+        async with self._lock:
+            previous = self._inflight
+            if previous is not None and not previous.done():
+                if previous.get_loop() is not asyncio.get_running_loop():
+                    raise AttestationUnavailable(
+                        f"{self.what}: a call started on another event loop is still running"
+                    )
+                self.phase = self._abandoned_phase
+                log.warning(
+                    "%s: a previous call (its caller gave up) is still running; waiting for it "
+                    "rather than starting a second one",
+                    self.what,
+                )
+                await asyncio.wait({previous})
+            self.phase = "quoting"
+            future = run_in_daemon_thread(fn, self.thread_name)
+            future.add_done_callback(_consume_outcome)
+            self._inflight = future
+            try:
+                # shield: a time-out or cancellation of this caller must not forget the call.
+                return await asyncio.shield(future)
+            except BaseException:
+                if on_abandon is not None and not future.done():
+                    on_abandon()
+                raise
