@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping
 from typing import Final
 
 from atls_proxy.errors import ConfigError
+from atls_proxy.proxy.listener import Listener
 
 __all__ = ["AdminServer"]
 
@@ -68,8 +69,13 @@ class _BadRequest(Exception):
         self.status = status
 
 
-class AdminServer:
-    """The admin listener. ``start()`` binds (or adopts ``sock``); ``close()`` stops it."""
+class AdminServer(Listener):
+    """The admin listener. ``start()`` binds (or adopts ``sock``); ``close()`` stops it.
+
+    The accept loop, the connection limit and the cancelling shutdown are the proxy's own
+    (``proxy.listener.Listener``); this class serves one HTTP request per connection."""
+
+    limit_check = "admin.max-connections"
 
     def __init__(
         self,
@@ -85,6 +91,7 @@ class AdminServer:
         max_head: int = MAX_HEAD,
         max_connections: int = MAX_CONNECTIONS,
     ) -> None:
+        super().__init__(max_connections)
         self.host = host
         self.port = port
         self._ready = ready
@@ -94,25 +101,20 @@ class AdminServer:
         self.read_timeout = read_timeout
         self.write_timeout = write_timeout
         self.max_head = max_head
-        self.max_connections = max_connections
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> list[tuple[str, int]]:
         """Listen; returns the bound (host, port) addresses. Raises ``ConfigError("admin.listen")``."""
         try:
-            if self._sock is not None:
-                self._server = await asyncio.start_server(self._accept, sock=self._sock)
-            else:
-                self._server = await asyncio.start_server(self._accept, self.host, self.port)
+            await self.listen(self.host, self.port, sock=self._sock)
         except OSError as exc:
             where = _address(self.host, self.port) if self._sock is None else "inherited socket"
             why = exc.strerror or str(exc) or type(exc).__name__
             raise ConfigError(
                 "admin.listen", f"cannot listen on {where}: {why} (errno {exc.errno})"
             ) from exc
+        assert self._server is not None
         addrs: list[tuple[str, int]] = []
         for s in self._server.sockets:
             name = s.getsockname()
@@ -123,13 +125,7 @@ class AdminServer:
 
     async def close(self) -> None:
         """Stop listening and cancel requests in progress."""
-        if self._server is not None:
-            self._server.close()
-        for t in list(self._tasks):
-            t.cancel()
-        for t in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await t
+        await super().close()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
@@ -137,23 +133,12 @@ class AdminServer:
 
     # -- one connection ----------------------------------------------------------------------
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self._tasks) >= self.max_connections:
-            log.warning("admin connection refused: %d requests in progress", len(self._tasks))
-            writer.transport.abort()
-            return
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await self._serve(reader, writer)
-        except asyncio.CancelledError:
-            writer.transport.abort()  # shutdown: the stream callback must not see the cancellation
         except Exception:  # never let one request take the listener down
             log.exception("admin request failed")
             writer.transport.abort()
-        finally:
-            self._tasks.discard(task)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head_only = False

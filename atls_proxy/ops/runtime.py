@@ -42,9 +42,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from atls_proxy import __version__
+from atls_proxy.expat.tiers import Tier
 from atls_proxy.ops import systemd
 from atls_proxy.ops.admin import AdminServer
 from atls_proxy.ops.config import ClientConfig, OpsConfig, ServerConfig
@@ -379,6 +380,23 @@ class Runtime:
         return EXIT_DRAIN_TIMEOUT
 
 
+_C = TypeVar("_C", ServerConfig, ClientConfig)
+
+
+def _keep_restart_only(old: _C, new: _C, fields: dict[str, str]) -> tuple[_C, list[str]]:
+    """``new`` with the settings only a restart can change (``fields``: attribute → the name
+    reported, plus the admin address) taken from ``old``; and the names of those that differ."""
+    pending = [name for attr, name in fields.items() if getattr(new, attr) != getattr(old, attr)]
+    if new.ops.admin != old.ops.admin:
+        pending.append("admin.listen")
+    kept = replace(
+        new,
+        ops=replace(new.ops, admin=old.ops.admin),
+        **{attr: getattr(old, attr) for attr in fields},
+    )
+    return kept, pending
+
+
 # --- the two services ---------------------------------------------------------------------------
 
 
@@ -412,21 +430,8 @@ class ServerService:
         new = load_server_config(self.cfg.source, **self.overrides)
         identity = load_server_identity(new.certificate, new.private_key)
         keys = ServerKeys.build(identity, server_context(identity))
-        pending = []
-        if new.listen != self.cfg.listen:
-            pending.append("server.listen")
-        if new.attester != self.cfg.attester:
-            pending.append("attester")
-        if new.ops.admin != self.cfg.ops.admin:
-            pending.append("admin.listen")
-        if new.log != self.cfg.log:
-            pending.append("log")
-        new = replace(
-            new,
-            listen=self.cfg.listen,
-            attester=self.cfg.attester,
-            log=self.cfg.log,
-            ops=replace(new.ops, admin=self.cfg.ops.admin),
+        new, pending = _keep_restart_only(
+            self.cfg, new, {"listen": "server.listen", "attester": "attester", "log": "log"}
         )
         return new, keys, profile_from(new.expat), pending
 
@@ -443,7 +448,7 @@ class ServerService:
     def not_ready(self) -> list[str]:
         eng = self.server.engine
         reasons = []
-        if eng.tier.value == "cached" and eng.epoch_age() is None:
+        if eng.tier is Tier.CACHED and eng.epoch_age() is None:
             reasons.append("no current evidence epoch")
         if eng.stats.consecutive_failures >= 3:
             reasons.append(f"attester failing ({eng.stats.consecutive_failures} quotes in a row)")
@@ -500,19 +505,7 @@ class ClientService:
         new = load_client_config(self.cfg.source, **self.overrides)
         # A fresh appraisal cache: nothing appraised under the old policy is reused.
         settings = replace(build_client_settings(new), metrics=self.metrics)
-        pending = []
-        if new.listen != self.cfg.listen:
-            pending.append("client.listen")
-        if new.ops.admin != self.cfg.ops.admin:
-            pending.append("admin.listen")
-        if new.log != self.cfg.log:
-            pending.append("log")
-        new = replace(
-            new,
-            listen=self.cfg.listen,
-            log=self.cfg.log,
-            ops=replace(new.ops, admin=self.cfg.ops.admin),
-        )
+        new, pending = _keep_restart_only(self.cfg, new, {"listen": "client.listen", "log": "log"})
         return new, settings, pending
 
     async def reload(self) -> list[str]:

@@ -130,11 +130,12 @@ async def _run(stream: TLSStream, s: ClientSettings, report: AttestationReport) 
     if leaf is None:
         report.checks.append(Check("tls.certificate", False, "server sent no certificate"))
         raise AttestationFailed(report)
+    leaf_der = leaf.public_bytes(Encoding.DER)
     if s.verify_pki:
         report.checks.append(
             Check("tls.chain", True, "certificate chain verified to the configured CA")
         )
-        if not _name_matches(leaf, s.server_name):
+        if not _name_matches(leaf, leaf_der, s.server_name):
             report.checks.append(
                 Check(
                     "tls.hostname",
@@ -153,7 +154,6 @@ async def _run(stream: TLSStream, s: ClientSettings, report: AttestationReport) 
             Check("tls.chain", True, "NOT VERIFIED: verify_pki = false (insecure: no PKI identity)")
         )
 
-    leaf_der = leaf.public_bytes(Encoding.DER)
     sess = xs.RelyingPartySession(
         xs.TLSInfo(engine.export, engine.hash_name), s.profile, os.urandom(CONTEXT_LENGTH), leaf_der
     )
@@ -243,8 +243,8 @@ _NAME_CACHE: dict[tuple[bytes, str], bool] = {}
 _NAME_CACHE_MAX = 256
 
 
-def _name_matches(leaf: x509.Certificate, name: str) -> bool:
-    key = (leaf.public_bytes(Encoding.DER), name)
+def _name_matches(leaf: x509.Certificate, leaf_der: bytes, name: str) -> bool:
+    key = (leaf_der, name)
     hit = _NAME_CACHE.get(key)
     if hit is None:
         if len(_NAME_CACHE) >= _NAME_CACHE_MAX:

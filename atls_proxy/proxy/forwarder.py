@@ -10,7 +10,7 @@ import time
 from typing import TYPE_CHECKING
 
 from atls_proxy.proxy.client import AttestationFailed, ClientSettings, open_attested
-from atls_proxy.proxy.listener import Listener, Outcome, monotonic_ms
+from atls_proxy.proxy.listener import Listener, Outcome, log_event, monotonic_ms
 from atls_proxy.proxy.pump import IdleTimeout, pump
 from atls_proxy.tls.engine import TLSError
 
@@ -66,20 +66,16 @@ class ClientForwarder(Listener):
                 failure = exc.report.first_failure
                 check = failure.name if failure else "unknown"
                 reason = failure.detail if failure else str(exc)
-                log.warning(
-                    "attestation failed server=%s check=%s reason=%r duration_ms=%.1f",
-                    target,
-                    check,
-                    reason,
-                    (time.monotonic() - t0) * 1000,
-                    extra={
-                        "event": "connection",
-                        "server": target,
-                        "result": "failed",
-                        "check": check,
-                        "reason": reason,
-                        "duration_ms": monotonic_ms(t0),
-                    },
+                log_event(
+                    log,
+                    logging.WARNING,
+                    "connection",
+                    "attestation failed",
+                    server=target,
+                    result="failed",
+                    check=check,
+                    reason=reason,
+                    duration_ms=monotonic_ms(t0),
                 )
                 if check in _PRE_ATTESTATION:
                     return Outcome(_PRE_ATTESTATION[check])
@@ -91,50 +87,51 @@ class ClientForwarder(Listener):
             if m is not None:
                 m.attestation_requested()
                 m.attestation_succeeded()
-            log.info(
-                "attested server=%s simulated=%s setup_ms=%.1f",
-                target,
-                conn.report.simulated,
-                (time.monotonic() - t0) * 1000,
-                extra={
-                    "event": "attested",
-                    "server": target,
-                    "simulated": conn.report.simulated,
-                    "setup_ms": monotonic_ms(t0),
-                },
+            log_event(
+                log,
+                logging.INFO,
+                "attested",
+                "attested",
+                server=target,
+                simulated=conn.report.simulated,
+                setup_ms=monotonic_ms(t0),
             )
             try:
                 stats = await pump(conn.stream, reader, writer, settings.timeouts.idle)
-                log.info(
-                    "connection closed server=%s from_server=%d to_server=%d duration_ms=%.1f",
-                    target,
-                    stats.tls_to_plain,
-                    stats.plain_to_tls,
-                    (time.monotonic() - t0) * 1000,
-                    extra={
-                        "event": "connection",
-                        "server": target,
-                        "result": "attested",
-                        "to_client": stats.tls_to_plain,
-                        "to_backend": stats.plain_to_tls,
-                        "duration_ms": monotonic_ms(t0),
-                    },
+                log_event(
+                    log,
+                    logging.INFO,
+                    "connection",
+                    "connection closed",
+                    server=target,
+                    result="attested",
+                    to_client=stats.tls_to_plain,
+                    to_backend=stats.plain_to_tls,
+                    duration_ms=monotonic_ms(t0),
                 )
                 # Seen from the client side, the "backend" is the attested server.
                 return Outcome("completed", stats.plain_to_tls, stats.tls_to_plain)
             except IdleTimeout:
-                log.info(
-                    "connection closed server=%s result=idle-timeout",
-                    target,
-                    extra={"event": "connection", "server": target, "result": "idle-timeout"},
+                log_event(
+                    log,
+                    logging.INFO,
+                    "connection",
+                    "connection closed",
+                    server=target,
+                    result="idle-timeout",
+                    duration_ms=monotonic_ms(t0),
                 )
                 return Outcome("idle_timeout")
             except (TLSError, ConnectionError, OSError) as exc:
-                log.warning(
-                    "connection broken server=%s reason=%r",
-                    target,
-                    str(exc),
-                    extra={"event": "connection", "server": target, "result": "broken"},
+                log_event(
+                    log,
+                    logging.WARNING,
+                    "connection",
+                    "connection broken",
+                    server=target,
+                    result="broken",
+                    reason=str(exc),
+                    duration_ms=monotonic_ms(t0),
                 )
                 return Outcome("peer_reset")
             finally:

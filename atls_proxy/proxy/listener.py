@@ -115,12 +115,15 @@ class Listener:
             self.refused_limit += 1
             if self.metrics is not None:
                 self.metrics.conn_refused()
-            log.warning(
-                "connection refused peer=%s check=%s limit=%d",
-                peer_name(writer),
-                self.limit_check,
-                self.max_connections,
-                extra={"event": "connection", "result": "refused", "check": self.limit_check},
+            log_event(
+                log,
+                logging.WARNING,
+                "connection",
+                "connection refused",
+                peer=peer_name(writer),
+                result="refused",
+                check=self.limit_check,
+                limit=self.max_connections,
             )
             writer.transport.abort()
             return
@@ -152,6 +155,18 @@ class Listener:
 
 def monotonic_ms(t0: float) -> float:
     return round((time.monotonic() - t0) * 1000, 1)
+
+
+def log_event(logger: logging.Logger, level: int, event: str, what: str, **fields: object) -> None:
+    """One event per connection outcome: the text line ``what k=v …`` and, for JSON logs, the
+    same fields as attributes (``ops/logs.py``). Nothing is formatted when the level is off."""
+    if not logger.isEnabledFor(level):
+        return
+    text = " ".join(
+        f"{k}={v!r}" if isinstance(v, str) and (not v or " " in v) else f"{k}={v}"
+        for k, v in fields.items()
+    )
+    logger.log(level, "%s %s", what, text, extra={"event": event, **fields})
 
 
 def peer_name(writer: asyncio.StreamWriter) -> str:

@@ -43,6 +43,7 @@ from atls_proxy.proxy.listener import (
     WRITE_HIGH_WATER,
     Listener,
     Outcome,
+    log_event,
     monotonic_ms,
     peer_name,
 )
@@ -199,21 +200,16 @@ class AttestedServer(Listener):
             finally:
                 b_writer.close()  # buffered bytes still go out; nothing waits for that
             result = "unattested" if plain else "attested"
-            log.info(
-                "connection closed peer=%s result=%s to_backend=%d from_backend=%d duration_ms=%.1f",
-                peer,
-                result,
-                stats.tls_to_plain,
-                stats.plain_to_tls,
-                (time.monotonic() - t0) * 1000,
-                extra={
-                    "event": "connection",
-                    "peer": peer,
-                    "result": result,
-                    "to_backend": stats.tls_to_plain,
-                    "to_client": stats.plain_to_tls,
-                    "duration_ms": monotonic_ms(t0),
-                },
+            log_event(
+                log,
+                logging.INFO,
+                "connection",
+                "connection closed",
+                peer=peer,
+                result=result,
+                to_backend=stats.tls_to_plain,
+                to_client=stats.plain_to_tls,
+                duration_ms=monotonic_ms(t0),
             )
             return Outcome("completed", stats.tls_to_plain, stats.plain_to_tls)
         except Refused as exc:
@@ -225,16 +221,14 @@ class AttestedServer(Listener):
         except TimeoutError:
             return self._fail(peer, stage, f"timed out in {stage}", t0, stage)
         except IdleTimeout:
-            log.info(
-                "connection closed peer=%s result=idle-timeout duration_ms=%.1f",
-                peer,
-                (time.monotonic() - t0) * 1000,
-                extra={
-                    "event": "connection",
-                    "peer": peer,
-                    "result": "idle-timeout",
-                    "duration_ms": monotonic_ms(t0),
-                },
+            log_event(
+                log,
+                logging.INFO,
+                "connection",
+                "connection closed",
+                peer=peer,
+                result="idle-timeout",
+                duration_ms=monotonic_ms(t0),
             )
             return Outcome("idle_timeout")
         except TLSError as exc:
@@ -251,21 +245,17 @@ class AttestedServer(Listener):
     def _fail(self, peer: str, check: str, message: str, t0: float, stage: str) -> Outcome:
         self.stats.failed += 1
         self.stats.by_check[check] = self.stats.by_check.get(check, 0) + 1
-        log.warning(
-            "connection failed peer=%s check=%s reason=%r duration_ms=%.1f",
-            peer,
-            check,
-            message,
-            (time.monotonic() - t0) * 1000,
-            extra={
-                "event": "connection",
-                "peer": peer,
-                "result": "failed",
-                "stage": stage,
-                "check": check,
-                "reason": message,
-                "duration_ms": monotonic_ms(t0),
-            },
+        log_event(
+            log,
+            logging.WARNING,
+            "connection",
+            "connection failed",
+            peer=peer,
+            result="failed",
+            check=check,
+            stage=stage,
+            reason=message,
+            duration_ms=monotonic_ms(t0),
         )
         m = self.metrics
         if stage == "tls.handshake":

@@ -493,7 +493,8 @@ def test_client_side_reload_swaps_policy(tmp_path: Path, ps: Procs, slow_backend
         timeout=20,
     )
     assert out.stdout == ""  # refused: the new policy does not accept simulated evidence
-    assert "software.simulated" in client.output() or "simulated" in client.output()
+    assert "attestation failed" in client.output()
+    assert "check=evidence.simulated-allowed" in client.output()
 
 
 # --- workers ------------------------------------------------------------------------------------
