@@ -233,11 +233,11 @@ def cmd_tpm_ak(args: argparse.Namespace) -> int:
     """Load or create the TPM attestation key as ``serve`` would; write its public key (PEM)."""
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-    from atls_proxy.attest.tpm import TpmAttester
+    from atls_proxy.attest.tpm import read_ak
     from atls_proxy.errors import AttestationUnavailable
 
     try:
-        attester = TpmAttester(
+        ak = read_ak(
             args.tcti,
             ak_handle=args.handle,
             create_ak=args.create,
@@ -246,13 +246,9 @@ def cmd_tpm_ak(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise ConfigError("tpm-ak", str(exc)) from None
-    try:
-        ak = attester.open()
     except AttestationUnavailable as exc:
         print(f"atls-proxy: tpm-ak: {exc}", file=sys.stderr)
         return 1
-    finally:
-        attester.close()
     pem = ak.public_key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
     try:
         Path(args.out).write_bytes(pem)

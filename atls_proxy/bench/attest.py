@@ -16,11 +16,9 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import ssl
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from atls_proxy.app import build_client_settings
-from atls_proxy.bench.common import cpu_seconds, free_port, wait_port
+from atls_proxy.bench.common import cpu_seconds, free_port, pinned_argv, serve_argv, wait_port
 from atls_proxy.bench.loadgen import plain_opener
 from atls_proxy.ops.config import load_client_config
 from atls_proxy.ops.devinit import dev_init
@@ -154,22 +152,9 @@ async def run_attest_bench(
         bport = backend.sockets[0].getsockname()[1]
         sport = _free_port()
         cfg = _server_config(dev, tier, quote_ms, concurrency)
-        argv = [
-            sys.executable,
-            "-m",
-            "atls_proxy",
-            "serve",
-            "--config",
-            str(cfg),
-            "--listen",
-            f"127.0.0.1:{sport}",
-            "--backend",
-            f"127.0.0.1:{bport}",
-            "--log-level",
-            "error",
-        ]
-        if two_cpus and shutil.which("taskset"):
-            argv = ["taskset", "-c", "0", *argv]
+        argv = serve_argv(cfg, sport, bport)
+        if two_cpus:
+            argv = pinned_argv(argv, 0)
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             if two_cpus:

@@ -70,6 +70,24 @@ def pinned_argv(argv: Sequence[str], cpu: int) -> list[str]:
     return list(argv)
 
 
+def serve_argv(config: Path, port: int, backend_port: int) -> list[str]:
+    """``atls-proxy serve`` on 127.0.0.1:``port`` in front of 127.0.0.1:``backend_port``, quiet."""
+    return [
+        sys.executable,
+        "-m",
+        "atls_proxy",
+        "serve",
+        "--config",
+        str(config),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--backend",
+        f"127.0.0.1:{backend_port}",
+        "--log-level",
+        "error",
+    ]
+
+
 def pin_pid(pid: int, cpu: int) -> None:
     """Fallback when taskset is missing: pin an already started (single-threaded) child."""
     if can_pin():

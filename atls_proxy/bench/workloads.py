@@ -74,6 +74,7 @@ from atls_proxy.bench.common import (
     pinned_argv,
     raise_nofile,
     rss_kib,
+    serve_argv,
     software_versions,
     unpin_self,
     wait_port,
@@ -225,20 +226,7 @@ async def start_proxy(env: Env, tier: str, max_connections: int) -> Child:
         max_connections=max_connections,
     )
     port = free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "atls_proxy",
-        "serve",
-        "--config",
-        str(cfg),
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--backend",
-        f"127.0.0.1:{env.backend_child.port}",
-        "--log-level",
-        "error",
-    ]
+    argv = serve_argv(cfg, port, env.backend_child.port)
     log = env.tmp / f"serve-{tier}-{port}.log"
     with log.open("wb") as err:
         proc = subprocess.Popen(
