@@ -166,6 +166,30 @@ async def _request_close(opener: Opener, request: bytes) -> int:
     return size
 
 
+async def _warm_then_measure(
+    run: Callable[[float, bool], Awaitable[None]],
+    reset: Callable[[], None],
+    warmup: float,
+    duration: float,
+    window: CpuWindow | None,
+    figures: GenFigures,
+) -> None:
+    """``run`` unrecorded for ``warmup`` seconds, ``reset`` the request count, then ``run``
+    recorded for ``duration`` with the CPU window (and the generator's own CPU) around it."""
+    if warmup > 0:
+        await run(time.monotonic() + warmup, False)
+    reset()
+    if window is not None:
+        window.start()
+    cpu0 = time.process_time()
+    t0 = time.monotonic()
+    await run(t0 + duration, True)
+    figures.duration_s = time.monotonic() - t0
+    figures.generator_cpu_s = time.process_time() - cpu0
+    if window is not None:
+        window.stop()
+
+
 async def per_request(
     opener: Opener,
     path: str,
@@ -205,18 +229,11 @@ async def per_request(
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
 
-    if warmup > 0:
-        await run(time.monotonic() + warmup, record=False)
-    count = 0
-    if window is not None:
-        window.start()
-    cpu0 = time.process_time()
-    t0 = time.monotonic()
-    await run(t0 + duration, record=True)
-    figures.duration_s = time.monotonic() - t0
-    figures.generator_cpu_s = time.process_time() - cpu0
-    if window is not None:
-        window.stop()
+    def reset() -> None:
+        nonlocal count
+        count = 0
+
+    await _warm_then_measure(run, reset, warmup, duration, window, figures)
     return figures
 
 
@@ -301,18 +318,11 @@ async def keepalive(
 
             await asyncio.gather(*(worker(s) for s in streams))
 
-        if warmup > 0:
-            await run(time.monotonic() + warmup, record=False)
-        count = 0
-        if window is not None:
-            window.start()
-        cpu0 = time.process_time()
-        t0 = time.monotonic()
-        await run(t0 + duration, record=True)
-        figures.duration_s = time.monotonic() - t0
-        figures.generator_cpu_s = time.process_time() - cpu0
-        if window is not None:
-            window.stop()
+        def reset() -> None:
+            nonlocal count
+            count = 0
+
+        await _warm_then_measure(run, reset, warmup, duration, window, figures)
     finally:
         await close_all(streams)
     figures.errors += setup.errors

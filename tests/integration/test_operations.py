@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 
 from atls_proxy.ops import devinit
 from tests.integration.conftest import dev_init, start_backend, start_client, start_server
-from tests.support.procs import Procs, free_port, run_cli, wait_port
+from tests.support.procs import Proc, Procs, free_port, run_cli, wait_port
 
 pytestmark = pytest.mark.integration
 
@@ -144,6 +144,18 @@ def background_curl(client_port: int, path: str) -> subprocess.Popen[str]:
     )
 
 
+def serve_with_admin(
+    ps: Procs, dev: Path, config: Path, backend_port: int, *extra: str
+) -> tuple[Proc, int, int, int]:
+    """``serve --admin`` and a ``connect`` in front of it: (server, server port, admin port,
+    client port), both listening."""
+    admin = free_port()
+    server, sport = start_server(ps, config, backend_port, "--admin", f"127.0.0.1:{admin}", *extra)
+    wait_port(admin, server)
+    _, cport = start_client(ps, dev / "connect.toml", sport)
+    return server, sport, admin, cport
+
+
 # --- admin endpoints and metrics ------------------------------------------------------------------
 
 
@@ -153,12 +165,9 @@ def test_admin_endpoints_and_counters_move(tmp_path: Path, ps: Procs) -> None:
     www.mkdir()
     (www / "hello.txt").write_text("hello through atls-proxy\n")
     _, bport = start_backend(ps, www)
-    admin = free_port()
-    server, sport = start_server(
-        ps, dev / "serve.toml", bport, "--admin", f"127.0.0.1:{admin}", "--log-format", "json"
+    server, sport, admin, cport = serve_with_admin(
+        ps, dev, dev / "serve.toml", bport, "--log-format", "json"
     )
-    wait_port(admin, server)
-    _, cport = start_client(ps, dev / "connect.toml", sport)
 
     assert get(admin, "/healthz") == (200, "ok\n")
     wait_until(lambda: get(admin, "/readyz")[0] == 200, what="/readyz 200")
@@ -258,12 +267,7 @@ def test_sigterm_drains_readiness_false_and_exit_0(
     tmp_path: Path, ps: Procs, slow_backend: int
 ) -> None:
     dev = dev_init(tmp_path / "dev")
-    admin = free_port()
-    server, sport = start_server(
-        ps, dev / "serve.toml", slow_backend, "--admin", f"127.0.0.1:{admin}"
-    )
-    wait_port(admin, server)
-    _, cport = start_client(ps, dev / "connect.toml", sport)
+    server, sport, admin, cport = serve_with_admin(ps, dev, dev / "serve.toml", slow_backend)
     wait_until(lambda: get(admin, "/readyz")[0] == 200, what="ready")
 
     slow = background_curl(cport, "/slow?2")
@@ -370,10 +374,7 @@ def test_sighup_swaps_certificate_open_connection_undisturbed(
         .read_text()
         .replace('kind = "software"\n', f'kind = "software"\ntier = "{tier}"\n', 1)
     )
-    admin = free_port()
-    server, sport = start_server(ps, cfg, slow_backend, "--admin", f"127.0.0.1:{admin}")
-    wait_port(admin, server)
-    _, cport = start_client(ps, dev / "connect.toml", sport)
+    server, sport, admin, cport = serve_with_admin(ps, dev, cfg, slow_backend)
     old_fp = served_cert_sha256(sport, dev / "ca.pem")
 
     slow = background_curl(cport, "/slow?3")  # open across the reload
@@ -397,12 +398,7 @@ def test_broken_reload_keeps_old_state_and_reports_it(
     tmp_path: Path, ps: Procs, slow_backend: int
 ) -> None:
     dev = dev_init(tmp_path / "dev")
-    admin = free_port()
-    server, sport = start_server(
-        ps, dev / "serve.toml", slow_backend, "--admin", f"127.0.0.1:{admin}"
-    )
-    wait_port(admin, server)
-    _, cport = start_client(ps, dev / "connect.toml", sport)
+    server, sport, admin, cport = serve_with_admin(ps, dev, dev / "serve.toml", slow_backend)
     old_fp = served_cert_sha256(sport, dev / "ca.pem")
 
     # 1. a key that does not match the certificate

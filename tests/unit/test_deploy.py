@@ -174,6 +174,24 @@ def test_systemd_analyze_verify_with_drop_in(units_dir: Path, drop_in: str) -> N
     assert about_units(lines, units_dir) == [], "\n".join(lines)
 
 
+@pytest.mark.parametrize("name", ["atls-proxy.service", "atls-proxy-connect.service"])
+def test_hardening_exposure_is_ok(units_dir: Path, name: str) -> None:
+    """docs/OPERATIONS.md says both units rate "OK" (exposure below 2.0) in
+    ``systemd-analyze security``; this keeps that true."""
+    staged_units(units_dir)
+    proc = subprocess.run(
+        [tool("systemd-analyze"), "security", "--offline=true", str(units_dir / name)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "SYSTEMD_LOG_COLOR": "0", "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0"},
+    )
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", proc.stdout)
+    assert found, proc.stdout[-2000:] + proc.stderr
+    assert float(found.group(1)) < 2.0, found.group(0)
+
+
 def test_systemd_analyze_verify_reports_mistakes(units_dir: Path) -> None:
     # The check above can fail: an unknown key in a unit or a drop-in is reported.
     staged_units(units_dir, ("tpm.conf",))
