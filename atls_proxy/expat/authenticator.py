@@ -83,6 +83,16 @@ class Role(Enum):
         return Role.SERVER if self is Role.CLIENT else Role.CLIENT
 
 
+# RFC 9261 §5.1 exporter labels per sending role: (handshake context, finished key).
+_LABELS = {
+    role: (
+        f"EXPORTER-{role.value} authenticator handshake context".encode(),
+        f"EXPORTER-{role.value} authenticator finished key".encode(),
+    )
+    for role in Role
+}
+
+
 @dataclass(frozen=True, slots=True)
 class AuthenticatorKeys:
     """The two exporter-derived values of RFC 9261 §5.1 for one sender role on one connection."""
@@ -94,12 +104,8 @@ class AuthenticatorKeys:
     @classmethod
     def derive(cls, exporter: Exporter, sender: Role, hash_name: str) -> AuthenticatorKeys:
         n = HASH_LENGTHS[hash_name]
-        base = f"EXPORTER-{sender.value} authenticator "
-        return cls(
-            hash_name=hash_name,
-            handshake_context=exporter((base + "handshake context").encode(), n, b""),
-            finished_key=exporter((base + "finished key").encode(), n, b""),
-        )
+        context_label, finished_label = _LABELS[sender]
+        return cls(hash_name, exporter(context_label, n, b""), exporter(finished_label, n, b""))
 
     def transcript_hash(self, *parts: bytes) -> bytes:
         h = hashlib.new(self.hash_name, self.handshake_context)

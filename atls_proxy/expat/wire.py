@@ -48,14 +48,20 @@ class Reader:
         return len(self._data) - self._pos
 
     def take(self, n: int) -> bytes:
-        if n < 0 or n > self.remaining:
+        pos = self._pos
+        end = pos + n
+        if n < 0 or end > len(self._data):
             raise DecodeError(f"{self._what}: truncated (need {n} bytes, have {self.remaining})")
-        out = self._data[self._pos : self._pos + n]
-        self._pos += n
-        return out
+        self._pos = end
+        return self._data[pos:end]
 
     def uint(self, size: int) -> int:
-        return int.from_bytes(self.take(size), "big")
+        pos = self._pos
+        end = pos + size
+        if end > len(self._data):
+            raise DecodeError(f"{self._what}: truncated (need {size} bytes, have {self.remaining})")
+        self._pos = end
+        return int.from_bytes(self._data[pos:end], "big")
 
     def opaque(self, prefix: int, minimum: int = 0, maximum: int | None = None) -> bytes:
         n = self.uint(prefix)

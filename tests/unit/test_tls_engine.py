@@ -1,0 +1,106 @@
+"""TLSEngine in memory: every outcome of the direct-to-OpenSSL fast paths (feed, outgoing, read,
+write, export) against pyOpenSSL's own behaviour — data, "need more", close_notify, truncation,
+tampering, output larger than one scratch buffer, exporter values."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from atls_proxy.tls.context import server_context
+from atls_proxy.tls.engine import READ_CHUNK, TLSEngine, TLSError
+from tests.support.pki import identity, tls_pair
+
+
+def _drain(engine: TLSEngine) -> bytes:
+    out = b""
+    while (chunk := engine.read()) not in (None, b""):
+        out += chunk
+    return out
+
+
+def test_round_trip_and_need_more() -> None:
+    client, server = tls_pair(identity())
+    assert server.read() is None  # nothing sent yet: "need more", not an error
+    assert client.outgoing() == b""  # empty BIO
+    client.write(b"hello")
+    wire = client.outgoing()
+    server.feed(wire[:3])  # a partial record is buffered, not an error
+    assert server.read() is None
+    server.feed(wire[3:])
+    assert server.read() == b"hello"
+    assert server.read() is None
+
+
+def test_output_larger_than_one_scratch_buffer() -> None:
+    """A write of several records whose ciphertext exceeds READ_CHUNK leaves in full."""
+    client, server = tls_pair(identity())
+    payload = os.urandom(3 * READ_CHUNK + 123)
+    client.write(payload)
+    wire = client.outgoing()
+    assert len(wire) > 3 * READ_CHUNK
+    assert client.outgoing() == b""
+    server.feed(wire)
+    assert _drain(server) == payload
+
+
+def test_close_notify_reads_as_empty() -> None:
+    client, server = tls_pair(identity())
+    client.write(b"last")
+    client.close_notify()
+    server.feed(client.outgoing())
+    assert server.read() == b"last"
+    assert server.read() == b""
+
+
+def test_eof_without_close_notify_is_truncation() -> None:
+    client, server = tls_pair(identity())
+    client.write(b"partial")
+    server.feed(client.outgoing())
+    assert server.read() == b"partial"
+    server.feed_eof()
+    with pytest.raises(TLSError, match="unexpected EOF"):
+        server.read()
+    with pytest.raises(TLSError):  # the engine stays broken
+        server.read()
+
+
+def test_tampered_record_is_an_error() -> None:
+    client, server = tls_pair(identity())
+    client.write(b"x" * 100)
+    wire = bytearray(client.outgoing())
+    wire[-5] ^= 0x01  # inside the AEAD tag
+    server.feed(bytes(wire))
+    with pytest.raises(TLSError, match="TLS error"):
+        server.read()
+    with pytest.raises(TLSError):
+        server.write(b"after")
+
+
+def test_exporter_matches_pyopenssl_and_both_sides() -> None:
+    client, server = tls_pair(identity())
+    for context in (None, b"", b"ctx"):
+        ours = client.export(b"EXPORTER-test", 32, context)
+        assert ours == server.export(b"EXPORTER-test", 32, context)
+        assert ours == client._conn.export_keying_material(b"EXPORTER-test", 32, context)
+    # RFC 8446 §7.5: under TLS 1.3 no context and an empty context export the same value.
+    assert client.export(b"EXPORTER-test", 48, None) == client.export(b"EXPORTER-test", 48, b"")
+    assert client.export(b"EXPORTER-test", 32, b"a") != client.export(b"EXPORTER-test", 32, b"b")
+
+
+def test_exporter_and_hash_need_the_handshake() -> None:
+    engine = TLSEngine(server_context(identity()), server_side=True)
+    with pytest.raises(RuntimeError):
+        engine.export(b"EXPORTER-test", 32, None)
+    with pytest.raises(RuntimeError):
+        _ = engine.hash_name
+
+
+@pytest.mark.parametrize(
+    ("suite", "expected"),
+    [("TLS_AES_128_GCM_SHA256", "sha256"), ("TLS_AES_256_GCM_SHA384", "sha384")],
+)
+def test_hash_name_follows_the_suite(suite: str, expected: str) -> None:
+    client, server = tls_pair(identity(), ciphersuite=suite)
+    assert client.hash_name == server.hash_name == expected
