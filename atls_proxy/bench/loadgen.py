@@ -32,6 +32,7 @@ from typing import Protocol, TypeVar
 
 from atls_proxy.bench.common import CpuWindow
 from atls_proxy.proxy.client import AttestationFailed, ClientSettings, open_attested
+from atls_proxy.proxy.conn import open_conn
 from atls_proxy.proxy.stream import TLSStream
 from atls_proxy.tls.engine import TLSEngine, TLSError
 
@@ -139,10 +140,12 @@ def plain_opener(settings: ClientSettings) -> Opener:
     without the Expat exchange: a plain TLS client, for the proxy with attestation off."""
 
     async def opener() -> TLSStream:
-        reader, writer = await asyncio.open_connection(settings.host, settings.port, limit=65536)
+        # The same connection object as open_attested (proxy/conn.py), so that the two
+        # generators differ by the Expat exchange only.
+        conn = await open_conn(settings.host, settings.port)
         stream = TLSStream(
-            reader,
-            writer,
+            conn,
+            conn,
             TLSEngine(settings.ssl_context, server_side=False, server_name=settings.server_name),
         )
         try:

@@ -31,6 +31,7 @@ from atls_proxy.expat import session as xs
 from atls_proxy.expat.framing import ErrorCode
 from atls_proxy.expat.profile import ExpatProfile
 from atls_proxy.ops.config import Timeouts
+from atls_proxy.proxy.conn import open_conn
 from atls_proxy.proxy.stream import TLSStream
 from atls_proxy.tls.context import hostname_matches
 from atls_proxy.tls.engine import TLSEngine, TLSError
@@ -87,14 +88,12 @@ async def open_attested(settings: ClientSettings, *, keep_open: bool = True) -> 
     to = settings.timeouts
     try:
         async with asyncio.timeout(to.connect):
-            reader, writer = await asyncio.open_connection(
-                settings.host, settings.port, limit=65536
-            )
+            conn = await open_conn(settings.host, settings.port)
     except (OSError, TimeoutError) as exc:
         report.checks.append(Check("tcp.connect", False, _why(exc, "connect")))
         raise AttestationFailed(report) from None
     engine = TLSEngine(settings.ssl_context, server_side=False, server_name=settings.server_name)
-    stream = TLSStream(reader, writer, engine)
+    stream = TLSStream(conn, conn, engine)
     try:
         await _run(stream, settings, report)
     except BaseException:

@@ -10,7 +10,9 @@ import logging
 import socket
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from atls_proxy.proxy.conn import Conn
 
 if TYPE_CHECKING:
     from atls_proxy.ops.metrics import Metrics
@@ -33,9 +35,15 @@ class Outcome:
 
 
 class Listener:
-    """Subclasses implement ``handle()``; ``limit_check`` names the refusal in the log."""
+    """Subclasses implement ``handle()``; ``limit_check`` names the refusal in the log.
+
+    ``light_streams``: hand ``handle()`` one ``proxy.conn.Conn`` as both reader and writer instead
+    of asyncio's StreamReader/StreamWriter pair (less memory and work per connection; enough for
+    ``TLSStream`` and the pump, not for line-based readers).
+    """
 
     limit_check = "max-connections"
+    light_streams = False
 
     def __init__(self, max_connections: int, metrics: Metrics | None = None) -> None:
         self.max_connections = max_connections
@@ -56,7 +64,19 @@ class Listener:
         ``reuse_port`` sets SO_REUSEPORT so several worker processes share the port (the kernel
         spreads new connections across them).
         """
-        if sock is not None:
+        if self.light_streams:
+            loop = asyncio.get_running_loop()
+
+            def factory() -> Conn:
+                return Conn(self._spawn, READ_LIMIT)
+
+            if sock is not None:
+                self._server = await loop.create_server(factory, sock=sock, backlog=4096)
+            else:
+                self._server = await loop.create_server(
+                    factory, host, port, reuse_port=reuse_port or None, backlog=4096
+                )
+        elif sock is not None:
             self._server = await asyncio.start_server(
                 self._accept, sock=sock, limit=READ_LIMIT, backlog=4096
             )
@@ -105,12 +125,16 @@ class Listener:
             with contextlib.suppress(BaseException):
                 await t
 
-    async def handle(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> Outcome | None:
+    async def handle(self, reader: Any, writer: Any) -> Outcome | None:
+        """``reader``/``writer``: StreamReader/StreamWriter, or one ``Conn`` (``light_streams``)."""
         raise NotImplementedError
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _spawn(self, conn: Conn) -> None:
+        """A ``Conn`` was accepted: run its handler as a task (what start_server does for streams)."""
+        task = asyncio.get_running_loop().create_task(self._accept(conn, conn))
+        task.add_done_callback(_report_unhandled)
+
+    async def _accept(self, reader: Any, writer: Any) -> None:
         if self.active >= self.max_connections:
             self.refused_limit += 1
             if self.metrics is not None:
@@ -153,6 +177,11 @@ class Listener:
                 self.metrics.conn_closed(o.reason, o.to_backend, o.to_client)
 
 
+def _report_unhandled(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("connection handler failed: %r", exc, exc_info=exc)
+
+
 def monotonic_ms(t0: float) -> float:
     return round((time.monotonic() - t0) * 1000, 1)
 
@@ -169,7 +198,7 @@ def log_event(logger: logging.Logger, level: int, event: str, what: str, **field
     logger.log(level, "%s %s", what, text, extra={"event": event, **fields})
 
 
-def peer_name(writer: asyncio.StreamWriter) -> str:
+def peer_name(writer: Any) -> str:
     info = writer.get_extra_info("peername")
     if isinstance(info, tuple) and len(info) >= 2:
         return f"{info[0]}:{info[1]}"

@@ -30,7 +30,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from atls_proxy.proxy.stream import TLSStream
+from atls_proxy.proxy.conn import Conn
+from atls_proxy.proxy.stream import ByteReader, ByteWriter, TLSStream
 from atls_proxy.tls.engine import TLSError
 
 
@@ -45,8 +46,11 @@ class PumpStats:
     last_activity: float = 0.0
 
 
-def _take_buffer(reader: asyncio.StreamReader) -> tuple[bytes, bool]:
-    """What a StreamReader holds and whether it saw EOF, emptied (CPython's reader internals)."""
+def _take_buffer(reader: ByteReader) -> tuple[bytes, bool]:
+    """What a reader holds and whether it saw EOF, emptied (for a StreamReader: CPython's
+    reader internals)."""
+    if isinstance(reader, Conn):
+        return reader.take_buffer()
     buf: bytearray = reader._buffer  # type: ignore[attr-defined]
     data = bytes(buf)
     buf.clear()
@@ -54,6 +58,8 @@ def _take_buffer(reader: asyncio.StreamReader) -> tuple[bytes, bool]:
 
 
 class _Pump:
+    __slots__ = ("done", "engine", "plain", "plain_in_done", "stats", "tls", "tls_in_done")
+
     def __init__(
         self,
         tls: TLSStream,
@@ -144,6 +150,8 @@ class _Pump:
 
 
 class _TLSSide(asyncio.Protocol):
+    __slots__ = ("p",)
+
     def __init__(self, p: _Pump) -> None:
         self.p = p
 
@@ -168,6 +176,8 @@ class _TLSSide(asyncio.Protocol):
 
 
 class _PlainSide(asyncio.Protocol):
+    __slots__ = ("p",)
+
     def __init__(self, p: _Pump) -> None:
         self.p = p
 
@@ -203,8 +213,8 @@ def _resume(transport: Any) -> None:
 
 async def pump(
     tls: TLSStream,
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
+    reader: ByteReader,
+    writer: ByteWriter,
     idle_timeout: float,
     initial_to_plain: bytes = b"",
 ) -> PumpStats:

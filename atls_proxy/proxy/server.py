@@ -39,6 +39,7 @@ from atls_proxy.expat import session as xs
 from atls_proxy.expat.framing import ErrorCode
 from atls_proxy.expat.profile import ExpatProfile
 from atls_proxy.ops.config import Address, ServerConfig
+from atls_proxy.proxy.conn import Conn, open_conn, open_unix_conn
 from atls_proxy.proxy.listener import (
     WRITE_HIGH_WATER,
     Listener,
@@ -48,7 +49,7 @@ from atls_proxy.proxy.listener import (
     peer_name,
 )
 from atls_proxy.proxy.pump import IdleTimeout, pump
-from atls_proxy.proxy.stream import TLSStream
+from atls_proxy.proxy.stream import ByteReader, ByteWriter, TLSStream
 from atls_proxy.tls.context import ServerIdentity
 from atls_proxy.tls.engine import TLSEngine, TLSError
 
@@ -101,6 +102,7 @@ class ServerKeys:
 
 class AttestedServer(Listener):
     limit_check = "server.max-connections"
+    light_streams = True  # TLSStream and the pump need no more than proxy/conn.py's Conn
 
     def __init__(
         self,
@@ -156,15 +158,11 @@ class AttestedServer(Listener):
         await super().close()
         await self.engine.close()
 
-    async def handle(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> Outcome | None:
+    async def handle(self, reader: ByteReader, writer: ByteWriter) -> Outcome | None:
         self.stats.accepted += 1
         return await self._handle(reader, writer, peer_name(writer))
 
-    async def _handle(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
-    ) -> Outcome:
+    async def _handle(self, reader: ByteReader, writer: ByteWriter, peer: str) -> Outcome:
         t0 = time.monotonic()
         m = self.metrics
         # One TLS context / identity per connection: a reload swaps them for later connections.
@@ -192,13 +190,13 @@ class AttestedServer(Listener):
                     m.attestation_succeeded()
             stage = "backend.connect"
             async with asyncio.timeout(timeouts.connect):
-                b_reader, b_writer = await _open(config.backend)
-            b_writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+                backend = await _open(config.backend)
+            backend.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
             stage = "forward"
             try:
-                stats = await pump(tls, b_reader, b_writer, timeouts.idle, initial_to_plain=initial)
+                stats = await pump(tls, backend, backend, timeouts.idle, initial_to_plain=initial)
             finally:
-                b_writer.close()  # buffered bytes still go out; nothing waits for that
+                backend.close()  # buffered bytes still go out; nothing waits for that
             result = "unattested" if plain else "attested"
             log_event(
                 log,
@@ -355,7 +353,7 @@ class AttestedServer(Listener):
         return sess.authenticator(cmw)
 
 
-async def _open(addr: Address) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def _open(addr: Address) -> Conn:
     if addr.kind == "unix":
-        return await asyncio.open_unix_connection(addr.path, limit=65536)
-    return await asyncio.open_connection(addr.host, addr.port, limit=65536)
+        return await open_unix_conn(addr.path)
+    return await open_conn(addr.host, addr.port)

@@ -14,18 +14,37 @@ first, so a peer that waits for us always gets what we have.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+from typing import Any, Protocol
 
 from atls_proxy.tls.engine import READ_CHUNK, TLSEngine, TLSError
+
+
+class ByteReader(Protocol):
+    """What TLSStream reads from: an ``asyncio.StreamReader`` or a ``proxy.conn.Conn``."""
+
+    async def read(self, n: int = -1) -> bytes: ...
+
+
+class ByteWriter(Protocol):
+    """What TLSStream writes to: an ``asyncio.StreamWriter`` or a ``proxy.conn.Conn``."""
+
+    @property
+    def transport(self) -> Any: ...
+
+    def write(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def is_closing(self) -> bool: ...
+
+    def close(self) -> None: ...
 
 
 class TLSStream:
     __slots__ = ("_eof", "engine", "reader", "writer")
 
-    def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, engine: TLSEngine
-    ) -> None:
+    def __init__(self, reader: ByteReader, writer: ByteWriter, engine: TLSEngine) -> None:
         self.reader = reader
         self.writer = writer
         self.engine = engine

@@ -1,0 +1,189 @@
+"""One TCP connection as a byte stream, in a single protocol object (``Conn``).
+
+Theory of operation
+-------------------
+``TLSStream`` needs little of a connection before the pump takes it over: ``read()`` (some bytes,
+``b""`` at EOF), ``write()``, ``drain()`` (backpressure), ``close()`` and the transport. asyncio's
+streams provide that with three objects per connection — a ``StreamReader``, a
+``StreamReaderProtocol`` (with its drain-waiter deque and a "closed" future) and a
+``StreamWriter`` — plus, for accepted connections, a done-callback closure per task. ``Conn`` is
+that subset in one slotted object: the transport's protocol *and* the reader and writer
+``TLSStream`` and the pump see. On a proxy holding thousands of connections that is memory and
+work per connection saved (``docs/PERFORMANCE.md``); behaviour is the streams' own:
+
+* reads are buffered up to ``2 × limit`` bytes, then the transport stops reading until the
+  buffer drains (``StreamReader``'s rule: a peer that sends while we wait for the TEE cannot grow
+  it without bound);
+* EOF ends reads with ``b""``; a connection lost with an error raises that error from ``read()``;
+  ``eof_received`` returns False, so a plain TCP transport closes on EOF, as with streams;
+* ``drain()`` waits while the transport is above its write high-water mark and raises
+  ``ConnectionResetError`` once the connection is lost.
+
+Used for the proxy's accepted TLS connections, its backend connections and the client's
+connections to an attested server. Accepted connections start their handler through
+``on_made`` (``Listener``); the pump switches the transport to its own protocols and takes over
+what is still buffered (``take_buffer``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+# Read buffer limit: one TLS read chunk, as for the streams this replaces.
+READ_LIMIT = 65536
+
+
+class Conn(asyncio.Protocol):
+    __slots__ = (
+        "_buf",
+        "_drain_waiter",
+        "_eof",
+        "_exc",
+        "_limit",
+        "_lost",
+        "_on_made",
+        "_read_paused",
+        "_read_waiter",
+        "_write_paused",
+        "transport",
+    )
+
+    def __init__(
+        self, on_made: Callable[[Conn], None] | None = None, limit: int = READ_LIMIT
+    ) -> None:
+        self._on_made = on_made
+        self._limit = limit
+        self._buf = bytearray()
+        self._eof = False
+        self._exc: BaseException | None = None
+        self._lost = False
+        self._read_paused = False
+        self._write_paused = False
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self.transport: Any = None  # uvloop's transports do not subclass asyncio's
+
+    # -- protocol callbacks ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        if self._on_made is not None:
+            on_made, self._on_made = self._on_made, None
+            on_made(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        self._wake_reader()
+        if not self._read_paused and len(self._buf) > 2 * self._limit:
+            try:
+                self.transport.pause_reading()
+            except NotImplementedError:  # pragma: no cover - every TCP transport can pause
+                return
+            self._read_paused = True
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake_reader()
+        return False  # plain TCP: the transport closes, as with asyncio streams
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._eof = True
+        if exc is not None:
+            self._exc = exc
+        self._wake_reader()
+        waiter, self._drain_waiter = self._drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionResetError("Connection lost"))
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        waiter, self._drain_waiter = self._drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake_reader(self) -> None:
+        waiter, self._read_waiter = self._read_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- the reader side ---------------------------------------------------------------------
+
+    async def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes (all buffered when ``n < 0``) once some arrived; ``b""`` at EOF."""
+        if n == 0:
+            return b""
+        while not self._buf:
+            if self._exc is not None:
+                raise self._exc
+            if self._eof:
+                return b""
+            if self._read_waiter is not None:
+                raise RuntimeError("read() called while another read is waiting")
+            self._read_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._read_waiter
+            finally:
+                self._read_waiter = None
+        if n < 0 or n >= len(self._buf):
+            data = bytes(self._buf)
+            self._buf.clear()
+        else:
+            data = bytes(self._buf[:n])
+            del self._buf[:n]
+        if self._read_paused and len(self._buf) <= self._limit:
+            self._read_paused = False
+            self.transport.resume_reading()
+        return data
+
+    def take_buffer(self) -> tuple[bytes, bool]:
+        """What is buffered and whether EOF was seen, emptied: the pump takes over from here."""
+        data = bytes(self._buf)
+        self._buf = bytearray()
+        return data, self._eof
+
+    # -- the writer side ---------------------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self._exc is not None:
+            raise self._exc
+        if self.transport.is_closing():
+            # Let connection_lost run first (asyncio's StreamWriter.drain does the same).
+            await asyncio.sleep(0)
+        if self._lost:
+            raise ConnectionResetError("Connection lost")
+        if not self._write_paused:
+            return
+        if self._drain_waiter is None:
+            self._drain_waiter = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._drain_waiter)
+
+    def is_closing(self) -> bool:
+        return bool(self.transport.is_closing())
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.transport.get_extra_info(name, default)
+
+
+async def open_conn(host: str, port: int) -> Conn:
+    """A TCP connection to ``host:port`` as a ``Conn``."""
+    loop = asyncio.get_running_loop()
+    _, conn = await loop.create_connection(Conn, host, port)
+    return conn
+
+
+async def open_unix_conn(path: str) -> Conn:
+    loop = asyncio.get_running_loop()
+    _, conn = await loop.create_unix_connection(Conn, path)
+    return conn
