@@ -9,12 +9,14 @@ streams provide that with three objects per connection — a ``StreamReader``, a
 ``StreamWriter`` — plus, for accepted connections, a done-callback closure per task. ``Conn`` is
 that subset in one slotted object: the transport's protocol *and* the reader and writer
 ``TLSStream`` and the pump see. On a proxy holding thousands of connections that is memory and
-work per connection saved (``docs/PERFORMANCE.md``); behaviour is the streams' own:
+work per connection saved (``docs/PERFORMANCE.md``); behaviour follows the streams':
 
 * reads are buffered up to ``2 × limit`` bytes, then the transport stops reading until the
   buffer drains (``StreamReader``'s rule: a peer that sends while we wait for the TEE cannot grow
   it without bound);
-* EOF ends reads with ``b""``; a connection lost with an error raises that error from ``read()``;
+* EOF ends reads with ``b""``; a connection lost with an error raises that error from ``read()``
+  once the bytes that arrived before it were read (a StreamReader raises at once and drops them;
+  delivering them lets the TLS engine see a close_notify or alert that preceded a reset);
   ``eof_received`` returns False, so a plain TCP transport closes on EOF, as with streams;
 * ``drain()`` waits while the transport is above its write high-water mark and raises
   ``ConnectionResetError`` once the connection is lost.
