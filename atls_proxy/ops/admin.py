@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping
 from typing import Final
 
 from atls_proxy.errors import ConfigError
+from atls_proxy.proxy.conn import Conn
 from atls_proxy.proxy.listener import Listener
 
 __all__ = ["AdminServer"]
@@ -133,19 +134,19 @@ class AdminServer(Listener):
 
     # -- one connection ----------------------------------------------------------------------
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handle(self, conn: Conn) -> None:
         try:
-            await self._serve(reader, writer)
+            await self._serve(conn)
         except Exception:  # never let one request take the listener down
             log.exception("admin request failed")
-            writer.transport.abort()
+            conn.transport.abort()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, conn: Conn) -> None:
         head_only = False
         linger = False
         try:
             async with asyncio.timeout(self.read_timeout):
-                head = await self._read_head(reader)
+                head = await self._read_head(conn)
             method, path = _parse(head)
             head_only = method == b"HEAD"
             status, ctype, body, extra = self._route(method, path)
@@ -155,16 +156,16 @@ class AdminServer(Listener):
             status, ctype, body, extra = exc.status, _TEXT, f"{exc}\n".encode(), {}
             linger = True
         except ConnectionError:
-            writer.transport.abort()
+            conn.transport.abort()
             return
-        await self._respond(writer, status, ctype, body, extra, head_only)
-        if linger and not writer.transport.is_closing():
+        await self._respond(conn, status, ctype, body, extra, head_only)
+        if linger and not conn.is_closing():
             with contextlib.suppress(Exception):
-                writer.write_eof()  # tell the client we are done, then drain what it still sends
-            await self._linger(reader)
-        await self._close(writer)
+                conn.write_eof()  # tell the client we are done, then drain what it still sends
+            await self._linger(conn)
+        await self._close(conn)
 
-    async def _read_head(self, reader: asyncio.StreamReader) -> bytes:
+    async def _read_head(self, reader: Conn) -> bytes:
         buf = bytearray()
         while True:
             chunk = await reader.read(4096)
@@ -207,7 +208,7 @@ class AdminServer(Listener):
 
     async def _respond(
         self,
-        writer: asyncio.StreamWriter,
+        writer: Conn,
         status: int,
         ctype: str,
         body: bytes,
@@ -232,7 +233,7 @@ class AdminServer(Listener):
         except (ConnectionError, TimeoutError, OSError):
             writer.transport.abort()
 
-    async def _linger(self, reader: asyncio.StreamReader) -> None:
+    async def _linger(self, reader: Conn) -> None:
         """After refusing a request we did not read in full, discard what the client still sends
         for a moment: closing with unread data would reset the connection, and the client might
         lose the answer."""
@@ -242,7 +243,7 @@ class AdminServer(Listener):
                     if not await reader.read(65536):
                         break
 
-    async def _close(self, writer: asyncio.StreamWriter) -> None:
+    async def _close(self, writer: Conn) -> None:
         if writer.transport.is_closing():
             return
         try:

@@ -17,14 +17,16 @@ work per connection saved (``docs/PERFORMANCE.md``); behaviour follows the strea
 * EOF ends reads with ``b""``; a connection lost with an error raises that error from ``read()``
   once the bytes that arrived before it were read (a StreamReader raises at once and drops them;
   delivering them lets the TLS engine see a close_notify or alert that preceded a reset);
-  ``eof_received`` returns False, so a plain TCP transport closes on EOF, as with streams;
+  ``eof_received`` returns True, so after the peer's EOF we can still answer (a half-closed
+  HTTP request to the admin endpoint, TLS 1.3 half-close), as with asyncio's plain-TCP streams;
 * ``drain()`` waits while the transport is above its write high-water mark and raises
   ``ConnectionResetError`` once the connection is lost.
 
-Used for the proxy's accepted TLS connections, its backend connections and the client's
-connections to an attested server. Accepted connections start their handler through
-``on_made`` (``Listener``); the pump switches the transport to its own protocols and takes over
-what is still buffered (``take_buffer``).
+Every connection the project opens or accepts is a ``Conn``: the listeners' (``serve``,
+``connect``, the admin endpoint), the proxy's backend connections and the client's connections to
+an attested server. Accepted connections start their handler through ``on_made``
+(``Listener``); the pump switches the transport to its own protocols and takes over what is still
+buffered (``take_buffer``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ READ_LIMIT = 65536
 class Conn(asyncio.Protocol):
     __slots__ = (
         "_buf",
+        "_closed_waiter",
         "_drain_waiter",
         "_eof",
         "_exc",
@@ -65,6 +68,7 @@ class Conn(asyncio.Protocol):
         self._write_paused = False
         self._read_waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
+        self._closed_waiter: asyncio.Future[None] | None = None  # only when someone waits
         self.transport: Any = None  # uvloop's transports do not subclass asyncio's
 
     # -- protocol callbacks ------------------------------------------------------------------
@@ -88,7 +92,7 @@ class Conn(asyncio.Protocol):
     def eof_received(self) -> bool:
         self._eof = True
         self._wake_reader()
-        return False  # plain TCP: the transport closes, as with asyncio streams
+        return True  # half-close: our direction stays open, as with asyncio's plain-TCP streams
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
@@ -99,6 +103,9 @@ class Conn(asyncio.Protocol):
         waiter, self._drain_waiter = self._drain_waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_exception(ConnectionResetError("Connection lost"))
+        closed, self._closed_waiter = self._closed_waiter, None
+        if closed is not None and not closed.done():
+            closed.set_result(None)
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -168,11 +175,22 @@ class Conn(asyncio.Protocol):
             self._drain_waiter = asyncio.get_running_loop().create_future()
         await asyncio.shield(self._drain_waiter)
 
+    def write_eof(self) -> None:
+        self.transport.write_eof()
+
     def is_closing(self) -> bool:
         return bool(self.transport.is_closing())
 
     def close(self) -> None:
         self.transport.close()
+
+    async def wait_closed(self) -> None:
+        """Until the transport reported the connection lost (after ``close()``: flushed)."""
+        if self._lost:
+            return
+        if self._closed_waiter is None:
+            self._closed_waiter = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._closed_waiter)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self.transport.get_extra_info(name, default)

@@ -3,13 +3,13 @@ connection to the server, appraised before a single byte of the local client is 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 import time
 from typing import TYPE_CHECKING
 
 from atls_proxy.proxy.client import AttestationFailed, ClientSettings, open_attested
+from atls_proxy.proxy.conn import Conn
 from atls_proxy.proxy.listener import Listener, Outcome, log_event, monotonic_ms
 from atls_proxy.proxy.pump import IdleTimeout, pump
 from atls_proxy.tls.engine import TLSError
@@ -51,9 +51,7 @@ class ClientForwarder(Listener):
             self.listen_host, self.listen_port, sock=sock, reuse_port=reuse_port
         )
 
-    async def handle(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> Outcome | None:
+    async def handle(self, local: Conn) -> Outcome | None:
         t0 = time.monotonic()
         settings = self.settings  # captured: a reload swaps it for later connections only
         target = f"{settings.host}:{settings.port}"
@@ -97,7 +95,7 @@ class ClientForwarder(Listener):
                 setup_ms=monotonic_ms(t0),
             )
             try:
-                stats = await pump(conn.stream, reader, writer, settings.timeouts.idle)
+                stats = await pump(conn.stream, local, settings.timeouts.idle)
                 log_event(
                     log,
                     logging.INFO,
@@ -139,4 +137,4 @@ class ClientForwarder(Listener):
         finally:
             # Buffered bytes still go out; nothing waits for the close (after the pump the
             # transport reports to the pump's protocol, not to the stream's).
-            writer.close()
+            local.close()

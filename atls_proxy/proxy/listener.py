@@ -10,7 +10,7 @@ import logging
 import socket
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from atls_proxy.proxy.conn import Conn
 
@@ -21,8 +21,6 @@ log = logging.getLogger("atls_proxy")
 
 # Transport buffer ceiling per direction; beyond it drain() blocks (backpressure).
 WRITE_HIGH_WATER = 256 * 1024
-# StreamReader buffer limit: one TLS read chunk.
-READ_LIMIT = 65536
 
 
 @dataclass(slots=True)
@@ -35,15 +33,11 @@ class Outcome:
 
 
 class Listener:
-    """Subclasses implement ``handle()``; ``limit_check`` names the refusal in the log.
-
-    ``light_streams``: hand ``handle()`` one ``proxy.conn.Conn`` as both reader and writer instead
-    of asyncio's StreamReader/StreamWriter pair (less memory and work per connection; enough for
-    ``TLSStream`` and the pump, not for line-based readers).
-    """
+    """Subclasses implement ``handle()``, given each accepted connection as one
+    ``proxy.conn.Conn`` (reader, writer and protocol together); ``limit_check`` names the refusal
+    in the log."""
 
     limit_check = "max-connections"
-    light_streams = False
 
     def __init__(self, max_connections: int, metrics: Metrics | None = None) -> None:
         self.max_connections = max_connections
@@ -64,30 +58,16 @@ class Listener:
         ``reuse_port`` sets SO_REUSEPORT so several worker processes share the port (the kernel
         spreads new connections across them).
         """
-        if self.light_streams:
-            loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
 
-            def factory() -> Conn:
-                return Conn(self._spawn, READ_LIMIT)
+        def factory() -> Conn:
+            return Conn(self._spawn)
 
-            if sock is not None:
-                self._server = await loop.create_server(factory, sock=sock, backlog=4096)
-            else:
-                self._server = await loop.create_server(
-                    factory, host, port, reuse_port=reuse_port or None, backlog=4096
-                )
-        elif sock is not None:
-            self._server = await asyncio.start_server(
-                self._accept, sock=sock, limit=READ_LIMIT, backlog=4096
-            )
+        if sock is not None:
+            self._server = await loop.create_server(factory, sock=sock, backlog=4096)
         else:
-            self._server = await asyncio.start_server(
-                self._accept,
-                host,
-                port,
-                limit=READ_LIMIT,
-                reuse_port=reuse_port or None,
-                backlog=4096,
+            self._server = await loop.create_server(
+                factory, host, port, reuse_port=reuse_port or None, backlog=4096
             )
         return [s.getsockname()[:2] for s in self._server.sockets]
 
@@ -125,16 +105,15 @@ class Listener:
             with contextlib.suppress(BaseException):
                 await t
 
-    async def handle(self, reader: Any, writer: Any) -> Outcome | None:
-        """``reader``/``writer``: StreamReader/StreamWriter, or one ``Conn`` (``light_streams``)."""
+    async def handle(self, conn: Conn) -> Outcome | None:
         raise NotImplementedError
 
     def _spawn(self, conn: Conn) -> None:
-        """A ``Conn`` was accepted: run its handler as a task (what start_server does for streams)."""
-        task = asyncio.get_running_loop().create_task(self._accept(conn, conn))
+        """A connection was accepted: run its handler as a task (what start_server does)."""
+        task = asyncio.get_running_loop().create_task(self._accept(conn))
         task.add_done_callback(_report_unhandled)
 
-    async def _accept(self, reader: Any, writer: Any) -> None:
+    async def _accept(self, conn: Conn) -> None:
         if self.active >= self.max_connections:
             self.refused_limit += 1
             if self.metrics is not None:
@@ -144,12 +123,12 @@ class Listener:
                 logging.WARNING,
                 "connection",
                 "connection refused",
-                peer=peer_name(writer),
+                peer=peer_name(conn),
                 result="refused",
                 check=self.limit_check,
                 limit=self.max_connections,
             )
-            writer.transport.abort()
+            conn.transport.abort()
             return
         task = asyncio.current_task()
         assert task is not None
@@ -160,12 +139,12 @@ class Listener:
             self.metrics.conn_accepted()
         outcome: Outcome | None = None
         try:
-            writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-            outcome = await self.handle(reader, writer)
+            conn.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+            outcome = await self.handle(conn)
         except asyncio.CancelledError:
-            # Shutdown cancels connection tasks; the stream callback must not see the
-            # cancellation (Python 3.11's StreamReaderProtocol logs it as an error).
-            writer.transport.abort()
+            # Shutdown cancels connection tasks; the cancellation ends here, as a drained
+            # (or failed) outcome, not as an unhandled task error.
+            conn.transport.abort()
             outcome = Outcome("drained" if self.draining else "error")
         finally:
             self.active -= 1
@@ -198,8 +177,8 @@ def log_event(logger: logging.Logger, level: int, event: str, what: str, **field
     logger.log(level, "%s %s", what, text, extra={"event": event, **fields})
 
 
-def peer_name(writer: Any) -> str:
-    info = writer.get_extra_info("peername")
+def peer_name(conn: Conn) -> str:
+    info = conn.get_extra_info("peername")
     if isinstance(info, tuple) and len(info) >= 2:
         return f"{info[0]}:{info[1]}"
     return str(info or "unix")

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from atls_proxy.proxy.conn import Conn
-from atls_proxy.proxy.stream import ByteReader, ByteWriter, TLSStream
+from atls_proxy.proxy.stream import TLSStream
 from atls_proxy.tls.engine import TLSError
 
 
@@ -44,17 +44,6 @@ class PumpStats:
     tls_to_plain: int = 0
     plain_to_tls: int = 0
     last_activity: float = 0.0
-
-
-def _take_buffer(reader: ByteReader) -> tuple[bytes, bool]:
-    """What a reader holds and whether it saw EOF, emptied (for a StreamReader: CPython's
-    reader internals)."""
-    if isinstance(reader, Conn):
-        return reader.take_buffer()
-    buf: bytearray = reader._buffer  # type: ignore[attr-defined]
-    data = bytes(buf)
-    buf.clear()
-    return data, bool(reader._eof)  # type: ignore[attr-defined]
 
 
 class _Pump:
@@ -212,21 +201,22 @@ def _resume(transport: Any) -> None:
 
 
 async def pump(
-    tls: TLSStream,
-    reader: ByteReader,
-    writer: ByteWriter,
-    idle_timeout: float,
-    initial_to_plain: bytes = b"",
+    tls: TLSStream, plain: Conn, idle_timeout: float, initial_to_plain: bytes = b""
 ) -> PumpStats:
+    """Move bytes between ``tls`` (a TLSStream over a ``Conn``) and ``plain`` until both
+    directions ended; ``initial_to_plain``: plaintext already read from ``tls``."""
+    tls_conn = tls.reader
+    if not isinstance(tls_conn, Conn):
+        raise TypeError("the pump takes over a TLSStream built on a proxy.conn.Conn")
     loop = asyncio.get_running_loop()
     done: asyncio.Future[PumpStats] = loop.create_future()
-    tls_tr: Any = tls.writer.transport
-    plain_tr: Any = writer.transport
+    tls_tr: Any = tls_conn.transport
+    plain_tr: Any = plain.transport
     p = _Pump(tls, plain_tr, tls_tr, done)
 
-    # Take over what the streams already hold, then switch the transports to the pump.
-    tls_pending, tls_eof = _take_buffer(tls.reader)
-    plain_pending, plain_eof = _take_buffer(reader)
+    # Take over what the connections already hold, then switch the transports to the pump.
+    tls_pending, tls_eof = tls_conn.take_buffer()
+    plain_pending, plain_eof = plain.take_buffer()
     tls_tr.set_protocol(_TLSSide(p))
     plain_tr.set_protocol(_PlainSide(p))
     _resume(tls_tr)

@@ -49,7 +49,7 @@ from atls_proxy.proxy.listener import (
     peer_name,
 )
 from atls_proxy.proxy.pump import IdleTimeout, pump
-from atls_proxy.proxy.stream import ByteReader, ByteWriter, TLSStream
+from atls_proxy.proxy.stream import TLSStream
 from atls_proxy.tls.context import ServerIdentity
 from atls_proxy.tls.engine import TLSEngine, TLSError
 
@@ -102,7 +102,6 @@ class ServerKeys:
 
 class AttestedServer(Listener):
     limit_check = "server.max-connections"
-    light_streams = True  # TLSStream and the pump need no more than proxy/conn.py's Conn
 
     def __init__(
         self,
@@ -158,16 +157,16 @@ class AttestedServer(Listener):
         await super().close()
         await self.engine.close()
 
-    async def handle(self, reader: ByteReader, writer: ByteWriter) -> Outcome | None:
+    async def handle(self, conn: Conn) -> Outcome | None:
         self.stats.accepted += 1
-        return await self._handle(reader, writer, peer_name(writer))
+        return await self._handle(conn, peer_name(conn))
 
-    async def _handle(self, reader: ByteReader, writer: ByteWriter, peer: str) -> Outcome:
+    async def _handle(self, conn: Conn, peer: str) -> Outcome:
         t0 = time.monotonic()
         m = self.metrics
         # One TLS context / identity per connection: a reload swaps them for later connections.
         keys, config, profile = self.keys, self.config, self.profile
-        tls = TLSStream(reader, writer, TLSEngine(keys.ssl_context, server_side=True))
+        tls = TLSStream(conn, conn, TLSEngine(keys.ssl_context, server_side=True))
         timeouts = config.timeouts
         stage = "tls.handshake"
         try:
@@ -194,7 +193,7 @@ class AttestedServer(Listener):
             backend.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
             stage = "forward"
             try:
-                stats = await pump(tls, backend, backend, timeouts.idle, initial_to_plain=initial)
+                stats = await pump(tls, backend, timeouts.idle, initial_to_plain=initial)
             finally:
                 backend.close()  # buffered bytes still go out; nothing waits for that
             result = "unattested" if plain else "attested"

@@ -76,7 +76,7 @@ async def test_buffer_is_bounded_reading_paused_then_resumed() -> None:
 async def test_eof_and_take_buffer() -> None:
     c, _ = _conn()
     c.data_received(b"tail")
-    assert c.eof_received() is False  # a plain TCP transport closes on EOF, as with streams
+    assert c.eof_received() is True  # half-close: the transport keeps our direction open
     assert c.take_buffer() == (b"tail", True)
     assert await c.read() == b""
 
