@@ -45,7 +45,7 @@ import platform
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Final, Literal
+from typing import Final, Generic, Literal, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -176,6 +176,41 @@ class _BoundedLabel:
         return value
 
 
+_M = TypeVar("_M", Counter, Histogram)
+
+
+class _Children(Generic[_M]):
+    """The label children of one metric, looked up by the caller's raw values.
+
+    Each raw value is bounded first (``_BoundedLabel``, or a fixed set); the child is cached
+    under the raw values only when bounding left them unchanged, so odd values (bounded to
+    ``other``) cannot grow the cache without end.
+    """
+
+    __slots__ = ("_bounds", "_by_label", "_by_value", "_metric")
+
+    def __init__(self, metric: _M, *bounds: Callable[[str], str]) -> None:
+        self._metric: _M = metric
+        self._bounds = bounds
+        self._by_value: dict[tuple[str, ...], _M] = {}
+        self._by_label: dict[tuple[str, ...], _M] = {}
+
+    def __len__(self) -> int:
+        """Cache entries: each accepted value once by value and once by label, plus ``other``."""
+        return len(self._by_value) + len(self._by_label)
+
+    def __call__(self, *values: str) -> _M:
+        child = self._by_value.get(values)
+        if child is None:
+            labels = tuple(bound(v) for bound, v in zip(self._bounds, values, strict=True))
+            child = self._by_label.get(labels)
+            if child is None:
+                child = self._by_label[labels] = self._metric.labels(*labels)
+            if labels == values:
+                self._by_value[values] = child
+        return child
+
+
 class _WithoutCreated(Collector):
     """The registry minus the ``*_created`` samples.
 
@@ -280,7 +315,7 @@ class Metrics:
             ("check",),
             registry=reg,
         )
-        self._failures: dict[str, Counter] = {}
+        self._failures = _Children(self.attestation_failures, self._checks)
 
         # -- evidence ------------------------------------------------------------------------
         self.evidence_duration = Histogram(
@@ -290,7 +325,9 @@ class Metrics:
             buckets=EVIDENCE_BUCKETS,
             registry=reg,
         )
-        self._evidence: dict[tuple[str, str], Histogram] = {}
+        self._evidence = _Children(
+            self.evidence_duration, self._attesters, lambda t: t if t in TIERS else OTHER
+        )
         self.quote_duration = Histogram(
             p + "quote_duration_seconds",
             "Duration of TEE quote operations (successful or not).",
@@ -298,14 +335,14 @@ class Metrics:
             buckets=QUOTE_BUCKETS,
             registry=reg,
         )
-        self._quote: dict[str, Histogram] = {}
+        self._quote = _Children(self.quote_duration, self._attesters)
         self.quote_failures = Counter(
             p + "quote_failures_total",
             "TEE quote operations that failed or timed out.",
             ("attester",),
             registry=reg,
         )
-        self._quote_failed: dict[str, Counter] = {}
+        self._quote_failed = _Children(self.quote_failures, self._attesters)
         self.quote_queue_depth = gauge(
             "quote_queue_depth", "Evidence requests waiting for the single-flight quote gate."
         )
@@ -363,11 +400,11 @@ class Metrics:
         self.draining_gauge = gauge("draining", "1 while the process drains for shutdown, else 0.")
         self.draining_gauge.set(0)
 
-        if attester is not None:
-            self._quote_child(attester)
-            self._quote_failed_child(attester)
+        if attester is not None:  # the configured attester's series exist from the start
+            self._quote(attester)
+            self._quote_failed(attester)
             if tier is not None:
-                self._evidence_child(attester, tier)
+                self._evidence(attester, tier)
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -411,34 +448,19 @@ class Metrics:
 
     def attestation_failed(self, check: str) -> None:
         """An attestation exchange failed at ``check`` (bounded label: odd or excess names → other)."""
-        child = self._failures.get(check)
-        if child is None:
-            label = self._checks(check)
-            child = self._failures.get(label)
-            if child is None:
-                child = self._failures[label] = self.attestation_failures.labels(label)
-        child.inc()
+        self._failures(check).inc()
 
     # -- evidence ------------------------------------------------------------------------------
 
     def evidence(self, attester: str, tier: str, seconds: float) -> None:
         """One connection's CMW was produced by ``attester`` in ``tier`` after ``seconds``."""
-        child = self._evidence.get((attester, tier))
-        if child is None:
-            child = self._evidence_child(attester, tier)
-        child.observe(seconds)
+        self._evidence(attester, tier).observe(seconds)
 
     def quote(self, attester: str, seconds: float, ok: bool = True) -> None:
         """One quote operation of ``attester`` ended after ``seconds``; failures are also counted."""
-        child = self._quote.get(attester)
-        if child is None:
-            child = self._quote_child(attester)
-        child.observe(seconds)
+        self._quote(attester).observe(seconds)
         if not ok:
-            failed = self._quote_failed.get(attester)
-            if failed is None:
-                failed = self._quote_failed_child(attester)
-            failed.inc()
+            self._quote_failed(attester).inc()
 
     def queue_depth(self, waiting: int) -> None:
         """Requests now waiting at the quote gate (``EngineStats.waiting``)."""
@@ -509,31 +531,6 @@ class Metrics:
     def names(self) -> set[str]:
         """The metric family names as exposed (counters with their ``_total``)."""
         return _family_names(self.registry.collect())
-
-    # -- children ------------------------------------------------------------------------------
-    # Each cache maps the caller's string to its child; a string that was bounded to "other" is
-    # not remembered under its own name (that would let odd values grow the cache without end).
-
-    def _quote_child(self, attester: str) -> Histogram:
-        label = self._attesters(attester)
-        child = self._quote.get(label)
-        if child is None:
-            child = self._quote[label] = self.quote_duration.labels(label)
-        return child
-
-    def _quote_failed_child(self, attester: str) -> Counter:
-        label = self._attesters(attester)
-        child = self._quote_failed.get(label)
-        if child is None:
-            child = self._quote_failed[label] = self.quote_failures.labels(label)
-        return child
-
-    def _evidence_child(self, attester: str, tier: str) -> Histogram:
-        key = (self._attesters(attester), tier if tier in TIERS else OTHER)
-        child = self._evidence.get(key)
-        if child is None:
-            child = self._evidence[key] = self.evidence_duration.labels(*key)
-        return child
 
 
 # -- multiprocess --------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from atls_proxy.proxy.client import AttestationFailed, ClientSettings, open_attested
 from atls_proxy.proxy.conn import Conn
-from atls_proxy.proxy.listener import Listener, Outcome, log_event, monotonic_ms
+from atls_proxy.proxy.listener import Listener, Outcome, log_closed, log_event, monotonic_ms
 from atls_proxy.proxy.pump import IdleTimeout, pump
 from atls_proxy.tls.engine import TLSError
 
@@ -96,29 +96,18 @@ class ClientForwarder(Listener):
             )
             try:
                 stats = await pump(conn.stream, local, settings.timeouts.idle)
-                log_event(
+                log_closed(
                     log,
-                    logging.INFO,
-                    "connection",
-                    "connection closed",
+                    t0,
+                    "attested",
                     server=target,
-                    result="attested",
                     to_client=stats.tls_to_plain,
                     to_backend=stats.plain_to_tls,
-                    duration_ms=monotonic_ms(t0),
                 )
                 # Seen from the client side, the "backend" is the attested server.
                 return Outcome("completed", stats.plain_to_tls, stats.tls_to_plain)
             except IdleTimeout:
-                log_event(
-                    log,
-                    logging.INFO,
-                    "connection",
-                    "connection closed",
-                    server=target,
-                    result="idle-timeout",
-                    duration_ms=monotonic_ms(t0),
-                )
+                log_closed(log, t0, "idle-timeout", server=target)
                 return Outcome("idle_timeout")
             except (TLSError, ConnectionError, OSError) as exc:
                 log_event(

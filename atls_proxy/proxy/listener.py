@@ -177,6 +177,22 @@ def log_event(logger: logging.Logger, level: int, event: str, what: str, **field
     logger.log(level, "%s %s", what, text, extra={"event": event, **fields})
 
 
+def log_closed(
+    logger: logging.Logger, t0: float, result: str, level: int = logging.INFO, **fields: object
+) -> None:
+    """The one "connection closed" event of a connection that got past attestation (or was
+    served unattested): ``result`` and ``fields``, plus the duration since ``t0``."""
+    log_event(
+        logger,
+        level,
+        "connection",
+        "connection closed",
+        **fields,
+        result=result,
+        duration_ms=monotonic_ms(t0),
+    )
+
+
 def peer_name(conn: Conn) -> str:
     info = conn.get_extra_info("peername")
     if isinstance(info, tuple) and len(info) >= 2:

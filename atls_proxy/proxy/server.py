@@ -44,6 +44,7 @@ from atls_proxy.proxy.listener import (
     WRITE_HIGH_WATER,
     Listener,
     Outcome,
+    log_closed,
     log_event,
     monotonic_ms,
     peer_name,
@@ -196,17 +197,13 @@ class AttestedServer(Listener):
                 stats = await pump(tls, backend, timeouts.idle, initial_to_plain=initial)
             finally:
                 backend.close()  # buffered bytes still go out; nothing waits for that
-            result = "unattested" if plain else "attested"
-            log_event(
+            log_closed(
                 log,
-                logging.INFO,
-                "connection",
-                "connection closed",
+                t0,
+                "unattested" if plain else "attested",
                 peer=peer,
-                result=result,
                 to_backend=stats.tls_to_plain,
                 to_client=stats.plain_to_tls,
-                duration_ms=monotonic_ms(t0),
             )
             return Outcome("completed", stats.tls_to_plain, stats.plain_to_tls)
         except Refused as exc:
@@ -218,15 +215,7 @@ class AttestedServer(Listener):
         except TimeoutError:
             return self._fail(peer, stage, f"timed out in {stage}", t0, stage)
         except IdleTimeout:
-            log_event(
-                log,
-                logging.INFO,
-                "connection",
-                "connection closed",
-                peer=peer,
-                result="idle-timeout",
-                duration_ms=monotonic_ms(t0),
-            )
+            log_closed(log, t0, "idle-timeout", peer=peer)
             return Outcome("idle_timeout")
         except TLSError as exc:
             return self._fail(

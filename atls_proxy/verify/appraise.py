@@ -202,12 +202,7 @@ def _batched(
         ),
     ]
     effective = Binding(expected.hash_name, root, expected.aik_hash)
-    key = AppraisalCache.key(evidence, effective) if cache is not None else b""
-    appraisal = cache.get(key, now) if cache is not None else None
-    if appraisal is None:
-        appraisal = _record(evidence, "evidence", effective, verifiers, now)
-        if cache is not None:
-            cache.put(key, appraisal, now + BATCH_CACHE_SECONDS)
+    appraisal = _shared(evidence, effective, verifiers, now, cache, now + BATCH_CACHE_SECONDS)
     appraisal.checks[0:0] = pre
     return appraisal
 
@@ -261,11 +256,28 @@ def _cached(
     if not binding_check.passed:
         return Appraisal("cmw", [tier, epoch_check, binding_check])
     effective = Binding(expected.hash_name, digest, expected.aik_hash)
-    key = AppraisalCache.key(evidence, effective) if cache is not None else b""
-    appraisal = cache.get(key, now) if cache is not None else None
+    until = min(float(epoch.expires), now + CACHE_MAX_SECONDS)
+    appraisal = _shared(evidence, effective, verifiers, now, cache, until)
+    appraisal.checks[0:0] = [tier, epoch_check, binding_check]
+    return appraisal
+
+
+def _shared(
+    evidence: CMWRecord,
+    effective: Binding,
+    verifiers: Sequence[Verifier],
+    now: float,
+    cache: AppraisalCache | None,
+    until: float,
+) -> Appraisal:
+    """Appraise evidence that several connections share (a batch's quote, an epoch's quote)
+    against ``effective``, through ``cache`` until ``until`` when there is one. The caller adds
+    its per-connection checks in front of the returned (fresh or copied) appraisal."""
+    if cache is None:
+        return _record(evidence, "evidence", effective, verifiers, now)
+    key = AppraisalCache.key(evidence, effective)
+    appraisal = cache.get(key, now)
     if appraisal is None:
         appraisal = _record(evidence, "evidence", effective, verifiers, now)
-        if cache is not None:
-            cache.put(key, appraisal, min(float(epoch.expires), now + CACHE_MAX_SECONDS))
-    appraisal.checks[0:0] = [tier, epoch_check, binding_check]
+        cache.put(key, appraisal, until)
     return appraisal
