@@ -55,8 +55,8 @@ from atls_proxy.verify.tpm import (
     parse_quote,
     qualifying_data,
 )
-from tests.integration.conftest import dev_init, start_backend
-from tests.support.procs import Procs, free_port, procs, run_cli, wait_port
+from tests.integration.conftest import dev_init, start_backend, start_server
+from tests.support.procs import Procs, free_port, procs, run_cli
 from tests.support.swtpm import Swtpm, free_port_pair, require_swtpm, start_swtpm
 
 pytestmark = [pytest.mark.tpm, pytest.mark.integration]
@@ -456,36 +456,14 @@ def test_serve_with_the_tpm_attester_end_to_end(
     www.mkdir()
     _, bport = start_backend(ps, www)
     for tier in ("strict", "cached"):
-        port = free_port()
-        srv = ps.cli(
-            f"serve-{tier}",
-            "serve",
-            "--config",
-            str(_tpm_serve_config(dev, tpm.tcti, tier)),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--backend",
-            f"127.0.0.1:{bport}",
-        )
-        wait_port(port, srv)
+        srv, port = start_server(ps, _tpm_serve_config(dev, tpm.tcti, tier), bport)
         res = run_cli("attest", f"127.0.0.1:{port}", "--config", str(dev / "connect.toml"))
         assert res.returncode == 0, res.stdout + srv.output()
         assert "tpm.report-data" in res.stdout and "tpm.signature.quote" in res.stdout
         srv.stop()
     # The software TPM is refused by a policy that does not opt in.
     policy.write_text(base + '\n[tpm]\n\n[trust.tpm]\ncerts = "tpm-aks"\n')
-    port = free_port()
-    srv = ps.cli(
-        "serve-refused",
-        "serve",
-        "--config",
-        str(_tpm_serve_config(dev, tpm.tcti)),
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--backend",
-        f"127.0.0.1:{bport}",
-    )
-    wait_port(port, srv)
+    srv, port = start_server(ps, _tpm_serve_config(dev, tpm.tcti), bport)
     res = run_cli("attest", f"127.0.0.1:{port}", "--config", str(dev / "connect.toml"))
     assert res.returncode == 1 and "tpm.firmware" in res.stdout
     assert "Traceback" not in srv.output()

@@ -41,6 +41,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.fds import MOVE_FDS_TO_3
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 SYSTEMD = DEPLOY / "systemd"
@@ -367,15 +369,8 @@ def _notifications(sock: socket.socket, until: str, deadline: float) -> list[str
 # LISTEN_PID = its own pid (kept by exec), LISTEN_FDNAMES from atls-proxy(-admin).socket.
 SOCKET_ACTIVATED = (
     MDWE_PRELUDE
+    + MOVE_FDS_TO_3
     + """
-import fcntl
-given = [int(x) for x in sys.argv[2].split(",")]
-high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in given]
-for fd in given:
-    os.close(fd)
-for i, fd in enumerate(high):
-    os.dup2(fd, 3 + i, inheritable=True)
-    os.close(fd)
 os.environ["LISTEN_PID"] = str(os.getpid())
 os.execv(sys.argv[3], sys.argv[3:])
 """

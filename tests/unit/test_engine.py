@@ -46,6 +46,18 @@ def appraise(cmw: bytes, b: Binding, fresh: Freshness | None = None, now: float 
     return a
 
 
+class CountingVerifier(SoftwareVerifier):
+    """Counts full appraisals (what the client's AppraisalCache is meant to save)."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.calls: list[int] = []
+
+    def appraise(self, *a, **k):  # type: ignore[no-untyped-def]
+        self.calls.append(1)
+        return super().appraise(*a, **k)
+
+
 class Recording(SoftwareAttester):
     """Counts quotes and detects overlapping quote operations."""
 
@@ -311,14 +323,8 @@ async def test_client_cache_reuses_epoch_appraisal_only_while_valid() -> None:
         clock=lambda: now[0],
     )
     cache = AppraisalCache()
-    calls = []
-
-    class Counting(SoftwareVerifier):
-        def appraise(self, *a, **k):  # type: ignore[no-untyped-def]
-            calls.append(1)
-            return super().appraise(*a, **k)
-
-    v = Counting(VERIFIER._policy)  # type: ignore[attr-defined]
+    v = CountingVerifier(VERIFIER._policy)  # type: ignore[attr-defined]
+    calls = v.calls
     for _ in range(5):
         b = binding()
         (a,) = appraise_cmw(
@@ -364,14 +370,8 @@ async def test_client_cache_shares_a_batch_quote_only_within_the_batch() -> None
     att = Recording(latency=0.05)
     eng = EvidenceEngine(att, Tier.BATCHED)
     cache = AppraisalCache()
-    calls = []
-
-    class Counting(SoftwareVerifier):
-        def appraise(self, *a, **k):  # type: ignore[no-untyped-def]
-            calls.append(1)
-            return super().appraise(*a, **k)
-
-    v = Counting(VERIFIER._policy)  # type: ignore[attr-defined]
+    v = CountingVerifier(VERIFIER._policy)  # type: ignore[attr-defined]
+    calls = v.calls
     first = binding()
     t_first = asyncio.ensure_future(eng.evidence_for(first))
     await asyncio.sleep(0.01)  # the first quote is in flight: the next 8 form one batch

@@ -22,6 +22,7 @@ import pytest
 
 from atls_proxy.errors import ConfigError
 from atls_proxy.ops import systemd
+from tests.support.fds import MOVE_FDS_TO_3
 
 # -- notify ------------------------------------------------------------------------------------
 
@@ -141,17 +142,10 @@ def test_parse_listen_env_malformed(env: dict[str, str], key: str) -> None:
 
 # The child plays the service: it claims the environment for its own pid, as systemd would have
 # set it, then reports what listen_fds() found (or the error) as JSON.
-CHILD = r"""
-import fcntl, json, os, socket, sys
-# Move the inherited descriptors to 3, 4, ... as systemd passes them (via high numbers first,
-# so a descriptor that already sits at a target is not overwritten before it is moved).
-given = [int(x) for x in sys.argv[2].split(",") if x]
-high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in given]
-for fd in given:
-    os.close(fd)
-for i, fd in enumerate(high):
-    os.dup2(fd, 3 + i, inheritable=True)
-    os.close(fd)
+CHILD = (
+    MOVE_FDS_TO_3
+    + r"""
+import json, socket
 os.environ["LISTEN_PID"] = str(os.getpid()) if sys.argv[1] == "self" else sys.argv[1]
 from atls_proxy.errors import ConfigError
 from atls_proxy.ops import systemd
@@ -176,6 +170,7 @@ for name, socks in found.items():
 left = sorted(k for k in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES") if k in os.environ)
 print(json.dumps({"sockets": out, "env_left": left}))
 """
+)
 
 
 def _run_child(fds: list[int], env_extra: dict[str, str], pid: str = "self") -> dict[str, object]:
