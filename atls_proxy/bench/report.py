@@ -288,6 +288,17 @@ def _latency(
     ax.tick_params(axis="both", labelsize=8)
 
 
+def _chart_peers(
+    by_name: dict[str, Any], tiers: list[str]
+) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    """One chart row's peers in display order, with their colours and axis labels."""
+    names = ordered(by_name)
+    peers = [by_name[n] for n in names]
+    colors = [_color(n, tiers) for n in names]
+    labels = [f"{n}  ({_generator(p)})" for n, p in zip(names, peers, strict=True)]
+    return peers, colors, labels
+
+
 def write_png(doc: dict[str, Any], path: str | Path) -> None:
     """Write the chart; raises ``RuntimeError(MATPLOTLIB_MISSING)`` without matplotlib."""
     try:
@@ -308,10 +319,7 @@ def write_png(doc: dict[str, Any], path: str | Path) -> None:
     tiers: list[str] = list(doc.get("options", {}).get("tiers", []))
     for r, name in enumerate(rows):
         w = workloads[name]
-        names = ordered(w["peers"])
-        peers = [w["peers"][n] for n in names]
-        colors = [_color(n, tiers) for n in names]
-        labels = [f"{n}  ({_generator(p)})" for n, p in zip(names, peers, strict=True)]
+        peers, colors, labels = _chart_peers(w["peers"], tiers)
         _bars(
             axes[r][0],
             labels,
@@ -337,10 +345,7 @@ def write_png(doc: dict[str, Any], path: str | Path) -> None:
         )
     if idle:
         r = len(rows)
-        names = ordered(idle["peers"])
-        peers = [idle["peers"][n] for n in names]
-        colors = [_color(n, tiers) for n in names]
-        labels = [f"{n}  ({_generator(p)})" for n, p in zip(names, peers, strict=True)]
+        peers, colors, labels = _chart_peers(idle["peers"], tiers)
         _bars(
             axes[r][0],
             labels,
