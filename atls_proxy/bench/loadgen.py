@@ -367,6 +367,18 @@ async def plain_tls_get(port: int, tls: ssl.SSLContext, path: str) -> PlainTLSCo
     return PlainTLSConn(reader, writer)
 
 
+async def plain_get(settings: ClientSettings, path: str) -> TLSStream:
+    """``attested_get`` without the Expat exchange: the same client stack (``plain_opener``)."""
+    stream = await plain_opener(settings)()
+    try:
+        await stream.write(request_bytes(path, close=False))
+        await ResponseReader(stream).response()
+    except BaseException:
+        await stream.close()
+        raise
+    return stream
+
+
 async def attested_get(settings: ClientSettings, path: str) -> TLSStream:
     """Open an attested connection, send one keep-alive GET, read the response, keep it open.
 

@@ -24,7 +24,8 @@ Workloads (the subject is the peer the ratios are about):
   baselines ``off-asyncio``, ``off``, ``haproxy``, ``direct``;
 * ``bulk``: the same with ``/bulk`` (1 MiB) → MB/s (10^6 bytes of body per second);
 * ``idle``: N connections opened, one GET each, then held: proxy RSS growth per connection;
-  subject ``atls``, baselines ``off`` and ``haproxy`` (plain TLS with the stdlib client).
+  subject ``atls``, baselines ``off-asyncio`` (the same client stack without Expat: what
+  attestation itself costs), ``off`` and ``haproxy`` (plain TLS with the stdlib client).
 
 The proxy (or HAProxy) runs pinned to one core; this process, wrk and the backend to the other.
 Every figure is also divided by the CPU seconds the process under test spent in the measured
@@ -573,7 +574,7 @@ async def idle_run(env: Env, peer: str, n: int) -> dict[str, Any]:
     limit = n + 256
     if peer == "atls":
         child = await start_proxy(env, KEEPALIVE_TIER, limit)
-    elif peer == "off":
+    elif peer in ("off", "off-asyncio"):
         child = await start_proxy(env, "off", limit)
     else:
         assert env.haproxy is not None
@@ -586,6 +587,13 @@ async def idle_run(env: Env, peer: str, n: int) -> dict[str, Any]:
 
             def opener() -> Any:
                 return loadgen.attested_get(settings, "/small")
+        elif peer == "off-asyncio":
+            # The attested peer's client stack minus Expat: the same key exchange, so
+            # atls ÷ off-asyncio is what attestation itself costs in memory per connection.
+            plain_settings = env.client_settings(child.port)
+
+            def opener() -> Any:
+                return loadgen.plain_get(plain_settings, "/small")
         else:
             tls = env.plain_tls()
 
@@ -636,9 +644,8 @@ async def idle_workload(env: Env) -> dict[str, Any]:
             f"idle: RLIMIT_NOFILE is {soft}; holding {capped} connections instead of {n}"
         )
         n = capped
-    plan = ["atls"]
+    plan = ["atls", "off-asyncio", "off"]
     skipped: dict[str, str] = {}
-    plan.append("off")
     if env.haproxy is not None:
         plan.append("haproxy")
     else:
@@ -646,6 +653,9 @@ async def idle_workload(env: Env) -> dict[str, Any]:
     peers: dict[str, dict[str, Any]] = {
         "atls": _peer_doc(
             "atls", PEER_LABELS["atls"].format(tier=KEEPALIVE_TIER), f"{GEN_ATTESTED}, one GET"
+        ),
+        "off-asyncio": _peer_doc(
+            "off-asyncio", PEER_LABELS["off-asyncio"], f"{GEN_PLAIN}, one GET"
         ),
         "off": _peer_doc("off", PEER_LABELS["off"], f"{GEN_PLAIN_TLS}, one GET"),
     }
@@ -716,7 +726,7 @@ async def run_suite(opts: SuiteOptions, log: Log | None = None) -> dict[str, Any
             "attested peers (atls, atls-TIER)": GEN_ATTESTED
             + " in the bench process, on the generator core",
             "off, haproxy, direct": "wrk, 1 thread, on the generator core",
-            "idle": "asyncio generator for every peer (open_attested / stdlib ssl)",
+            "idle": "asyncio generator for every peer (open_attested / TLSStream / stdlib ssl)",
             "backend": "atls_proxy.bench.backend (asyncio Protocol on uvloop), on the generator core",
         },
         "skipped": {},

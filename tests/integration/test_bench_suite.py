@@ -110,6 +110,8 @@ def test_bench_suite_tiny(tmp_path: Path) -> None:
         assert run["connections"] == 20 and run["errors"] == 0, (peer, run)
         assert run["rss_after_kib"] > 0 and run["rss_before_kib"] > 0, (peer, run)
     assert ("haproxy" in idle["peers"]) == have_haproxy
+    assert {"atls", "off-asyncio", "off"} <= set(idle["peers"])
+    assert "off-asyncio" in idle["ratio"]
     assert all(_positive(r) for r in idle["ratio"].values())
 
     if want_png:
