@@ -5,8 +5,8 @@ Theory of operation
 Once a connection is attested its two transports are handed to two small protocol objects
 (``transport.set_protocol``): bytes are moved inside the transports' ``data_received`` callbacks —
 TLS bytes in, fed to the engine, plaintext out to the backend; backend bytes in, encrypted, TLS
-records out — with no StreamReader buffer, no future and no task step per chunk. Whatever the
-streams had already buffered when the pump starts is taken over first, so nothing read before
+records out — with no read buffer, no future and no task step per chunk. Whatever the
+connections (``Conn``) had already buffered when the pump starts is taken over first, so nothing read before
 the switch is lost.
 
 Backpressure is the transports' own flow control, crossed over: when one side's write buffer

@@ -1,4 +1,5 @@
-"""asyncio adapter for ``TLSEngine``: a TLS stream over an asyncio ``StreamReader``/``StreamWriter``.
+"""asyncio adapter for ``TLSEngine``: a TLS stream over a ``proxy.conn.Conn`` (what the project's
+connections are) or any reader/writer pair with the same few methods (asyncio's streams, in tests).
 
 Thin on purpose (aioquic's habit): it moves ciphertext between the socket and the engine, drains
 the engine's output before every wait for input, and awaits ``drain()`` after writes so a slow peer
