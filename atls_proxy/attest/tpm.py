@@ -65,7 +65,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import hashlib
 import logging
 import os
 import threading
@@ -88,7 +87,7 @@ from atls_proxy.verify.tpm.structures import (
     parse_quote,
     parse_signature,
 )
-from atls_proxy.verify.tpm.trust import AkKey, spki_der
+from atls_proxy.verify.tpm.trust import AkKey, ak_fingerprint, spki_der
 from atls_proxy.verify.tpm.verifier import (
     MEDIA_TYPE,
     QUALIFYING_DATA_SIZE,
@@ -187,8 +186,8 @@ class AkInfo:
 
     @property
     def fingerprint(self) -> str:
-        """SHA-256 of the DER SubjectPublicKeyInfo: what the verifier reports (``tpm.ak.trusted``)."""
-        return hashlib.sha256(self.spki).hexdigest()
+        """What the verifier reports for this AK (``tpm.ak.trusted``)."""
+        return ak_fingerprint(self.public_key)
 
 
 @dataclass(slots=True)

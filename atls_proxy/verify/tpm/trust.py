@@ -51,6 +51,11 @@ def spki_der(key: AkKey) -> bytes:
     return key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
 
 
+def ak_fingerprint(key: AkKey) -> str:
+    """SHA-256 of the AK's DER SubjectPublicKeyInfo, hex: how the AK is named in reports."""
+    return hashlib.sha256(spki_der(key)).hexdigest()
+
+
 def check_ak(key: object, source: str) -> AkKey:
     """``key`` if it is an acceptable AK type and size; ``DecodeError`` otherwise."""
     if isinstance(key, rsa.RSAPublicKey):
@@ -82,7 +87,7 @@ class TrustedAk:
 
     @property
     def fingerprint(self) -> str:
-        return hashlib.sha256(self.spki).hexdigest()
+        return ak_fingerprint(self.key)
 
 
 @dataclass(frozen=True, slots=True)
