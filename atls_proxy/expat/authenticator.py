@@ -37,6 +37,7 @@ whose chain TLS already validated).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from collections.abc import Callable, Iterable, Sequence
@@ -45,6 +46,7 @@ from enum import Enum
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from atls_proxy.errors import DecodeError, ProtocolError, VerificationError
 from atls_proxy.expat import schemes
@@ -133,8 +135,13 @@ def build_request(
     if not context:
         # An empty context would make every request on a connection share one binder (digest §2.2).
         raise ValueError("certificate_request_context must not be empty")
-    exts = (signature_algorithms_extension(offered_schemes), *extra_extensions)
+    exts = (_signature_algorithms(tuple(offered_schemes)), *extra_extensions)
     return AuthenticatorRequest(msg_type, context, exts)
+
+
+@functools.lru_cache(maxsize=16)
+def _signature_algorithms(offered: tuple[int, ...]) -> Extension:
+    return signature_algorithms_extension(offered)
 
 
 def _empty_certificate(context: bytes) -> bytes:
@@ -194,12 +201,10 @@ class ValidatedAuthenticator:
     certificate: Certificate | None = None
     scheme: int | None = None
     leaf: x509.Certificate | None = None
-
-    @property
-    def leaf_public_key(self) -> CertificatePublicKeyTypes:
-        if self.leaf is None:
-            raise ValueError("the empty authenticator carries no certificate")
-        return self.leaf.public_key()
+    # The key the CertificateVerify signature was verified with (the leaf's), and its DER
+    # SubjectPublicKeyInfo.
+    signer: CertificatePublicKeyTypes | None = None
+    signer_spki: bytes | None = None
 
 
 def validate(
@@ -263,8 +268,7 @@ def validate(
                 )
 
     try:
-        leaf = x509.load_der_x509_certificate(cert.entries[0].cert_data)
-        public_key = leaf.public_key()
+        leaf, public_key, spki = parse_leaf(cert.entries[0].cert_data)
     except (ValueError, TypeError) as exc:  # cryptography's parse errors
         raise ProtocolError(
             f"end-entity certificate does not parse: {exc}",
@@ -293,7 +297,36 @@ def validate(
     expected = keys.finished(req, cert_msg, cv_msg)
     if len(fin_body) != len(expected) or not hmac.compare_digest(fin_body, expected):
         raise VerificationError("ea.finished", "Finished does not match the transcript")
-    return ValidatedAuthenticator(empty=False, certificate=cert, scheme=cv.scheme, leaf=leaf)
+    return ValidatedAuthenticator(
+        empty=False,
+        certificate=cert,
+        scheme=cv.scheme,
+        leaf=leaf,
+        signer=public_key,
+        signer_spki=spki,
+    )
+
+
+Leaf = tuple[x509.Certificate, CertificatePublicKeyTypes, bytes]
+# End-entity DER -> (certificate, public key, DER SubjectPublicKeyInfo). A relying party sees the
+# same server certificate on every connection and parsing is deterministic, so the parse is kept
+# (bounded: cleared when full).
+_LEAVES: dict[bytes, Leaf] = {}
+_LEAVES_MAX = 256
+
+
+def parse_leaf(der: bytes) -> Leaf:
+    """The certificate in ``der``, its public key and DER SPKI; raises what ``cryptography``
+    raises for a certificate or key it cannot use."""
+    hit = _LEAVES.get(der)
+    if hit is None:
+        leaf = x509.load_der_x509_certificate(der)
+        key = leaf.public_key()
+        hit = (leaf, key, key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo))
+        if len(_LEAVES) >= _LEAVES_MAX:
+            _LEAVES.clear()
+        _LEAVES[der] = hit
+    return hit
 
 
 def request_from_bytes(data: bytes) -> AuthenticatorRequest:

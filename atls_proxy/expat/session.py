@@ -40,6 +40,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from atls_proxy.errors import DecodeError, ProtocolError, VerificationError
@@ -101,6 +102,11 @@ class AuthenticatorValidated:
     binding: Binding
     cmw: bytes
     checks: list[Check] = field(default_factory=list)
+    # The key the authenticator's CertificateVerify was verified with: the TLS server
+    # certificate's key (ea.identity). Its signature covers the Certificate message carrying
+    # ``cmw`` (RFC 9261 §5.2.2), so ``cmw`` is these exact bytes as that key's holder sent them
+    # on this connection (verify/appraise.py: ``cmw_signed_by_aik``).
+    signer: CertificatePublicKeyTypes | None = None
 
 
 Event = PlainClient | AttestationRequested | Accepted | PeerError | AuthenticatorValidated
@@ -390,7 +396,9 @@ class RelyingPartySession(_Base):
                 "ea.refused", "the server declined to attest (empty authenticator, RFC 9261 §6)"
             )
         assert (
-            result.certificate is not None and result.leaf is not None and result.scheme is not None
+            result.certificate is not None
+            and result.scheme is not None
+            and result.signer_spki is not None
         )
         self.checks += [
             Check("ea.context", True, "matches the outstanding request; first use"),
@@ -434,9 +442,9 @@ class RelyingPartySession(_Base):
         self.checks.append(
             Check("cmw.present", True, f"{len(cmw)} bytes of CMW in CertificateEntry 0")
         )
-        binding = _binding(self._tls, self._profile, spki_der(result.leaf), self._request.context)
+        binding = _binding(self._tls, self._profile, result.signer_spki, self._request.context)
         self._state = _State.APPRAISING
-        return AuthenticatorValidated(binding, cmw, list(self.checks))
+        return AuthenticatorValidated(binding, cmw, list(self.checks), result.signer)
 
     def accept(self) -> bytes:
         if self._state is not _State.APPRAISING:

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
 
 from atls_proxy.errors import AtlsError, DecodeError, ProtocolError, VerificationError
 from atls_proxy.expat import session as xs
+from atls_proxy.expat.authenticator import parse_leaf
 from atls_proxy.expat.framing import ErrorCode
 from atls_proxy.expat.profile import ExpatProfile
 from atls_proxy.ops.config import Timeouts
@@ -125,11 +125,15 @@ async def _run(stream: TLSStream, s: ClientSettings, report: AttestationReport) 
             observed=f"{engine.version} {engine.cipher}",
         )
     )
-    leaf = engine.peer_certificate()
-    if leaf is None:
+    leaf_der = engine.peer_certificate_der()
+    if leaf_der is None:
         report.checks.append(Check("tls.certificate", False, "server sent no certificate"))
         raise AttestationFailed(report)
-    leaf_der = leaf.public_bytes(Encoding.DER)
+    try:
+        leaf, _, _ = parse_leaf(leaf_der)  # parsed once per certificate, not per connection
+    except Exception as exc:  # OpenSSL accepted it, so this is an unsupported key type
+        report.checks.append(Check("tls.certificate", False, f"certificate unusable: {exc}"))
+        raise AttestationFailed(report) from None
     if s.verify_pki:
         report.checks.append(
             Check("tls.chain", True, "certificate chain verified to the configured CA")
@@ -196,9 +200,10 @@ async def _run(stream: TLSStream, s: ClientSettings, report: AttestationReport) 
         validated.binding,
         s.verifiers,
         time.time(),
-        aik_public_key=leaf.public_key(),
+        aik_public_key=validated.signer,
         freshness=s.freshness,
         cache=s.appraisal_cache,
+        cmw_signed_by_aik=True,
     )
     if s.metrics is not None:
         s.metrics.appraisal(time.monotonic() - t_appraise)

@@ -241,6 +241,24 @@ class TLSEngine:
         cert = self._conn.get_peer_certificate(as_cryptography=True)
         return cert
 
+    def peer_certificate_der(self) -> bytes | None:
+        """The peer's certificate as DER, straight from OpenSSL (no pyOpenSSL or ``cryptography``
+        objects: a caller that sees the same certificate on every connection parses it once)."""
+        cert = _lib.SSL_get_peer_certificate(self._conn._ssl)  # a new reference
+        if cert == _ffi.NULL:
+            return None
+        bio = _lib.BIO_new(_lib.BIO_s_mem())
+        try:
+            if bio == _ffi.NULL or _lib.i2d_X509_bio(bio, cert) != 1:
+                raise TLSError("cannot encode the peer certificate")
+            data = _ffi.new("char**")
+            n = _lib.BIO_get_mem_data(bio, data)
+            return _copy(data[0], n)
+        finally:
+            if bio != _ffi.NULL:
+                _lib.BIO_free(bio)
+            _lib.X509_free(cert)
+
     def peer_chain(self) -> list[x509.Certificate]:
         chain = self._conn.get_peer_cert_chain(as_cryptography=True)
         return list(chain or [])

@@ -97,7 +97,19 @@ def appraise_cmw(
     aik_public_key: CertificatePublicKeyTypes | None = None,
     freshness: Freshness | None = None,
     cache: AppraisalCache | None = None,
+    cmw_signed_by_aik: bool = False,
 ) -> list[Appraisal]:
+    """Appraise ``cmw_bytes`` against this connection's ``expected`` binding.
+
+    ``aik_public_key`` is the AIK (the TLS certificate's key) for the cached tier.
+    ``cmw_signed_by_aik`` says the caller received these exact bytes inside an RFC 9261
+    Certificate message whose CertificateVerify it verified with ``aik_public_key`` on this
+    connection (``AuthenticatorValidated.signer``). That signature already covers the binding
+    record and the epoch record beside it, over a transcript bound to this connection's exporter
+    (RFC 9261 §5.1, §5.2.2), so the cached tier's AIK binding signature proves nothing more to
+    this relying party and is not verified a second time; it is there for verifiers that see the
+    CMW outside the connection (logs, audits), which call this without the flag.
+    """
     fresh = freshness or Freshness()
     try:
         cmw = decode_cmw(cmw_bytes)
@@ -108,7 +120,11 @@ def appraise_cmw(
         if labels == {"evidence", "merkle"}:
             return [_batched(cmw, expected, verifiers, now, fresh, cache)]
         if labels == {"evidence", "epoch", "binding"}:
-            return [_cached(cmw, expected, verifiers, now, fresh, aik_public_key, cache)]
+            return [
+                _cached(
+                    cmw, expected, verifiers, now, fresh, aik_public_key, cache, cmw_signed_by_aik
+                )
+            ]
     out = []
     for path, rec in records(cmw):
         a = _record(rec, path, expected, verifiers, now)
@@ -215,6 +231,7 @@ def _cached(
     fresh: Freshness,
     aik_public_key: CertificatePublicKeyTypes | None,
     cache: AppraisalCache | None,
+    signed_by_aik: bool,
 ) -> Appraisal:
     tier = _tier_check(Tier.CACHED, fresh)
     try:
@@ -237,6 +254,17 @@ def _cached(
     if aik_public_key is None:
         binding_check = Check(
             "evidence.aik-binding", False, "no AIK public key to check the binding with"
+        )
+    elif signed_by_aik:
+        fits = scheme in schemes.schemes_for_key(aik_public_key)
+        binding_check = Check(
+            "evidence.aik-binding",
+            fits,
+            "the AIK signed this CMW on this connection: the authenticator's CertificateVerify "
+            "(RFC 9261 §5.2.2) covers it; the record's own signature is not verified again"
+            if fits
+            else "the binding record's scheme does not fit the AIK",
+            observed=schemes.scheme_name(scheme),
         )
     else:
         try:

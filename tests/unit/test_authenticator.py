@@ -7,7 +7,7 @@ import hmac
 import os
 
 import pytest
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from atls_proxy.errors import DecodeError, ProtocolError, VerificationError
 from atls_proxy.expat import authenticator as ea
@@ -241,3 +241,42 @@ def test_request_without_signature_algorithms_refused() -> None:
     raw = m.AuthenticatorRequest(17, b"x" * 32, (m.Extension(0xFF00),)).encode()
     with pytest.raises(ProtocolError):
         ea.request_from_bytes(raw)
+
+
+def test_parse_leaf_keeps_one_parse_per_certificate() -> None:
+    """A relying party parses the server's certificate once, not per connection; what it keeps
+    is what a fresh parse gives, and undecodable input still raises."""
+    ident = identity("p256")
+    der = ident.chain_der[0]
+    first = ea.parse_leaf(der)
+    assert ea.parse_leaf(bytes(der)) is first  # equal bytes, another object: the same parse
+    cert, key, spki = first
+    assert cert.public_bytes(Encoding.DER) == der
+    assert spki == key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    with pytest.raises(ValueError):
+        ea.parse_leaf(der[:-1])
+    for _ in range(ea._LEAVES_MAX + 1):  # bounded
+        ea.parse_leaf(identity("p256").chain_der[0])
+    assert len(ea._LEAVES) <= ea._LEAVES_MAX
+
+
+@pytest.mark.parametrize("rounds", [1, 3])
+def test_schemes_for_key_by_class_and_curve(rounds: int) -> None:
+    """The per-class memo never confuses curves of one key class, nor private and public keys."""
+    expected = {
+        "p256": (schemes.ECDSA_SECP256R1_SHA256,),
+        "p384": (schemes.ECDSA_SECP384R1_SHA384,),
+        "p521": (schemes.ECDSA_SECP521R1_SHA512,),
+        "ed25519": (schemes.ED25519,),
+        "ed448": (schemes.ED448,),
+        "rsa": (
+            schemes.RSA_PSS_RSAE_SHA256,
+            schemes.RSA_PSS_RSAE_SHA384,
+            schemes.RSA_PSS_RSAE_SHA512,
+        ),
+    }
+    keys = {kind: make_key(kind) for kind in expected}
+    for _ in range(rounds):
+        for kind, key in keys.items():
+            assert schemes.schemes_for_key(key) == expected[kind]
+            assert schemes.schemes_for_key(key.public_key()) == expected[kind]

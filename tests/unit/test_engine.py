@@ -20,6 +20,8 @@ from atls_proxy.errors import AttestationUnavailable, DecodeError
 from atls_proxy.expat import merkle
 from atls_proxy.expat.binding import Binding
 from atls_proxy.expat.cmw import CMWCollection, CMWRecord, decode_cmw, encode_cmw
+from atls_proxy.expat.schemes import ECDSA_SECP256R1_SHA256, ECDSA_SECP384R1_SHA384
+from atls_proxy.expat.tiers import AIK_BINDING_MEDIA_TYPE, encode_aik_binding
 from atls_proxy.verify.appraise import appraise_cmw
 from atls_proxy.verify.policy import Freshness, SoftwarePolicy
 from atls_proxy.verify.software import SoftwareVerifier
@@ -191,6 +193,55 @@ async def test_cached_wrong_aik_key_rejected() -> None:
     other = ec.generate_private_key(ec.SECP256R1()).public_key()
     (a,) = appraise_cmw(cmw, b, [VERIFIER], time.time(), aik_public_key=other)
     assert a.first_failure.name == "evidence.aik-binding"
+
+
+def _with_binding_record(cmw: bytes, scheme: int, sig: bytes) -> bytes:
+    col = decode_cmw(cmw)
+    assert isinstance(col, CMWCollection)
+    members = dict(col.members)
+    members["binding"] = CMWRecord(AIK_BINDING_MEDIA_TYPE, encode_aik_binding(scheme, sig))
+    return encode_cmw(CMWCollection(members))
+
+
+async def test_cached_binding_signature_covered_by_certificate_verify() -> None:
+    """``cmw_signed_by_aik``: the relying party verified the AIK's CertificateVerify over the
+    Certificate carrying this CMW, so the binding record's own signature is not verified again.
+    The record must still be there, well formed, with a scheme that fits the AIK; without the flag
+    (a verifier outside the connection) the signature is verified as before."""
+    eng = EvidenceEngine(Recording(), Tier.CACHED, aik_key=AIK)
+    b = binding()
+    cmw = await eng.evidence_for(b)
+
+    def run(data: bytes, signed: bool, key: object = AIK.public_key()):  # type: ignore[no-untyped-def]
+        (a,) = appraise_cmw(
+            data, b, [VERIFIER], time.time(), aik_public_key=key, cmw_signed_by_aik=signed
+        )
+        return a
+
+    ok = run(cmw, True)
+    assert ok.passed, ok.first_failure
+    check = next(c for c in ok.checks if c.name == "evidence.aik-binding")
+    assert "CertificateVerify" in check.detail and "not verified again" in check.detail
+    garbage = _with_binding_record(cmw, ECDSA_SECP256R1_SHA256, b"\x30" * 70)
+    assert run(garbage, True).passed  # only an AIK holder can put it under a valid CV
+    assert run(garbage, False).first_failure.name == "evidence.aik-binding"
+    wrong_scheme = _with_binding_record(cmw, ECDSA_SECP384R1_SHA384, b"\x30" * 70)
+    assert run(wrong_scheme, True).first_failure.name == "evidence.aik-binding"
+    assert run(cmw, True, None).first_failure.name == "evidence.aik-binding"
+    # The epoch evidence still names the AIK: a CMW under another key's CertificateVerify fails.
+    other = ec.generate_private_key(ec.SECP256R1()).public_key()
+    other_hash = hashlib.sha256(
+        other.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    ).digest()
+    (a,) = appraise_cmw(
+        cmw,
+        Binding("sha256", b.binder, other_hash),
+        [VERIFIER],
+        time.time(),
+        aik_public_key=other,
+        cmw_signed_by_aik=True,
+    )
+    assert not a.passed
 
 
 class Broken:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from atls_proxy.errors import ProtocolError, VerificationError
 from atls_proxy.expat import authenticator as ea
@@ -246,3 +246,28 @@ def test_api_misuse_raises() -> None:
         rp.accept()
     with pytest.raises(ValueError):
         xs.RelyingPartySession(xs.TLSInfo(lambda *a: b"", "sha256"), PROFILE, b"short", None)
+
+
+def test_cmw_altered_in_flight_fails_certificate_verify(ident: ServerIdentity) -> None:
+    """Every CMW byte is under the CertificateVerify (RFC 9261 §5.2.2) by the key the TLS handshake
+    authenticated: what the relying party appraises is what that key's holder sent on this
+    connection (the reason verify/appraise.py need not verify the cached tier's AIK binding
+    signature a second time). A changed byte anywhere in the CMW fails ``ea.signature``."""
+    cmw = bytes(range(1, 200))
+    for i in (0, 100, len(cmw) - 1):
+        rp, at = _pair(ident)
+        at.receive(rp.start())
+        frame = bytearray(at.authenticator(cmw))
+        at_cmw = bytes(frame).index(cmw)
+        frame[at_cmw + i] ^= 0x01
+        with pytest.raises(VerificationError) as e:
+            rp.receive(bytes(frame))
+        assert e.value.check == "ea.signature"
+    rp, at = _pair(ident)
+    at.receive(rp.start())
+    (ok,) = rp.receive(at.authenticator(cmw))
+    assert isinstance(ok, xs.AuthenticatorValidated) and ok.cmw == cmw
+    assert ok.signer is not None
+    assert ok.signer.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo) == (
+        ident.private_key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    )

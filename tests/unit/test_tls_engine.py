@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from atls_proxy.tls.context import server_context
 from atls_proxy.tls.engine import READ_CHUNK, TLSEngine, TLSError
@@ -104,3 +105,11 @@ def test_exporter_and_hash_need_the_handshake() -> None:
 def test_hash_name_follows_the_suite(suite: str, expected: str) -> None:
     client, server = tls_pair(identity(), ciphersuite=suite)
     assert client.hash_name == server.hash_name == expected
+
+
+def test_peer_certificate_der_is_the_peer_certificate() -> None:
+    client, server = tls_pair(identity("p256"))
+    leaf = client.peer_certificate()
+    assert leaf is not None
+    assert client.peer_certificate_der() == leaf.public_bytes(Encoding.DER)
+    assert server.peer_certificate_der() is None  # no client certificate was asked for
