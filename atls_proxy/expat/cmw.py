@@ -193,23 +193,69 @@ def decode_cmw(data: bytes) -> CMW:
             raise DecodeError(f"JSON CMW does not parse: {exc}") from None
         return _from_obj(obj, 0, json_form=True)
     if first in (0x82, 0x83, 0xDA) or 0xA1 <= first <= 0xBB:
-        stream = BytesIO(data)
-        try:
-            obj = cbor2.CBORDecoder(stream).decode()
-        except Exception as exc:  # cbor2 raises several types, incl. RecursionError/OverflowError
-            raise DecodeError(f"CBOR CMW does not parse: {exc}") from None
-        if stream.tell() != len(data):
-            raise DecodeError(f"{len(data) - stream.tell()} bytes after the CBOR CMW")
-        try:
-            canonical = cbor2.dumps(obj)
-        except Exception as exc:
-            raise DecodeError(f"CBOR CMW does not re-encode: {exc}") from None
-        if canonical != data:
-            raise DecodeError("CBOR CMW is not in preferred serialization (or has duplicate keys)")
-        return _from_obj(obj, 0, json_form=False)
+        prefix = _last_prefix
+        if prefix is not None and len(data) > len(prefix.data) and data.startswith(prefix.data):
+            tail = _strict_cbor(data[len(prefix.data) :], "CBOR CMW")
+            members = dict(prefix.members)
+            members[prefix.last_label] = _from_obj(tail, 1, json_form=False)
+            return CMWCollection(members, prefix.ctype)
+        obj = _strict_cbor(data, "CBOR CMW")
+        cmw = _from_obj(obj, 0, json_form=False)
+        _remember_prefix(data, obj, cmw)
+        return cmw
     if first in (0x9F, 0xBF, 0xA0):
         raise DecodeError("indefinite-length or empty CBOR CMW is not accepted by this profile")
     raise DecodeError(f"first byte 0x{first:02x} is not a CMW")
+
+
+def _strict_cbor(data: bytes, what: str) -> Any:
+    """One CBOR item that is all of ``data`` and in preferred serialization (module docstring)."""
+    stream = BytesIO(data)
+    try:
+        obj = cbor2.CBORDecoder(stream).decode()
+    except Exception as exc:  # cbor2 raises several types, incl. RecursionError/OverflowError
+        raise DecodeError(f"{what} does not parse: {exc}") from None
+    if stream.tell() != len(data):
+        raise DecodeError(f"{len(data) - stream.tell()} bytes after the {what}")
+    try:
+        canonical = cbor2.dumps(obj)
+    except Exception as exc:
+        raise DecodeError(f"{what} does not re-encode: {exc}") from None
+    if canonical != data:
+        raise DecodeError(f"{what} is not in preferred serialization (or has duplicate keys)")
+    return obj
+
+
+@dataclass(frozen=True, slots=True)
+class _Prefix:
+    """A decoded CBOR collection up to the value of its last member."""
+
+    data: bytes
+    members: Mapping[int | str, CMW]  # all members but the last
+    last_label: int | str
+    ctype: str | None
+
+
+# The cached tier's CMW is the same on every connection of an epoch but for the value of its last
+# member (the per-connection binding record, engine.py). ``decode_cmw`` keeps the last collection
+# it decoded up to that value: a CMW that starts with exactly those bytes is that map header and
+# those members, followed by one item that must be the last member's value. Only that item is
+# decoded and checked for preferred serialization; the result equals a full decode (the prefix
+# was part of a CMW that passed every check, and the bytes that follow are checked the same way).
+_last_prefix: _Prefix | None = None
+
+
+def _remember_prefix(data: bytes, obj: Any, cmw: CMW) -> None:
+    global _last_prefix
+    if not isinstance(cmw, CMWCollection) or not isinstance(obj, dict) or len(obj) < 2:
+        return
+    last_label = next(reversed(obj))
+    if last_label == COLLECTION_TYPE_KEY:
+        return
+    tail_len = len(cbor2.dumps(obj[last_label]))
+    members = dict(cmw.members)
+    del members[last_label]
+    _last_prefix = _Prefix(data[: len(data) - tail_len], members, last_label, cmw.ctype)
 
 
 def records(cmw: CMW) -> list[tuple[str, CMWRecord]]:

@@ -96,3 +96,72 @@ def test_depth_and_size_caps() -> None:
     many = {str(i): ["a/b", b"x"] for i in range(c.MAX_MEMBERS + 2)}
     with pytest.raises(DecodeError, match="members"):
         c.decode_cmw(cbor2.dumps(many))
+
+
+def _cached_shape(evidence: bytes, binding: bytes) -> bytes:
+    return c.encode_cmw(
+        c.CMWCollection(
+            {
+                "evidence": c.CMWRecord("application/a", evidence, 4),
+                "epoch": c.CMWRecord("application/e", b"epoch"),
+                "binding": c.CMWRecord("application/b", binding),
+            }
+        )
+    )
+
+
+def _full_decode(data: bytes) -> c.CMW:
+    """decode_cmw with no remembered prefix: the reference the prefix path must equal."""
+    saved, c._last_prefix = c._last_prefix, None
+    try:
+        return c.decode_cmw(data)
+    finally:
+        c._last_prefix = saved
+
+
+def test_prefix_reuse_equals_a_full_decode() -> None:
+    """The cached tier's CMWs differ in their last member only; decode_cmw decodes just that part
+    once it has seen the rest, and the result is exactly what a full decode gives."""
+    first = _cached_shape(b"quote", b"sig-1")
+    assert c.decode_cmw(first) == _full_decode(first)
+    assert c._last_prefix is not None and first.startswith(c._last_prefix.data)
+    for sig in (b"sig-2", b"a longer signature " * 10, b"\x00"):
+        data = _cached_shape(b"quote", sig)
+        assert data.startswith(c._last_prefix.data)
+        assert c.decode_cmw(data) == _full_decode(data)
+    # Another epoch (different evidence): a full decode, and its prefix is remembered instead.
+    other = _cached_shape(b"quote-2", b"sig-1")
+    assert c.decode_cmw(other) == _full_decode(other)
+    assert other.startswith(c._last_prefix.data)
+
+
+@pytest.mark.parametrize(
+    "tail,why",
+    [
+        (cbor2.dumps(["application/b", b"sig"]) + b"\x00", "bytes after"),  # trailing item
+        (bytes.fromhex("9f") + cbor2.dumps("application/b")[0:] + b"\x43sig\xff", "preferred"),
+        (bytes.fromhex("82") + bytes.fromhex("7800") + b"\x43sig", "preferred"),  # long length
+        (bytes.fromhex("8201"), "parse"),  # truncated
+        (cbor2.dumps({"x": ["a/b", b"1"]}), ""),  # a collection is a valid member value
+        (cbor2.dumps(7), "not a CMW"),
+    ],
+)
+def test_prefix_reuse_checks_the_new_bytes_like_a_full_decode(tail: bytes, why: str) -> None:
+    """Whatever follows a remembered prefix is held to the same rules as a full decode."""
+    c.decode_cmw(_cached_shape(b"quote", b"sig"))
+    prefix = c._last_prefix
+    assert prefix is not None
+    data = prefix.data + tail
+    try:
+        expected: c.CMW | str = _full_decode(data)
+    except DecodeError as exc:
+        expected = str(exc)
+    try:
+        got: c.CMW | str = c.decode_cmw(data)
+    except DecodeError as exc:
+        got = str(exc)
+    assert isinstance(got, str) == isinstance(expected, str), (got, expected)
+    if isinstance(got, str):
+        assert why in got
+    else:
+        assert got == expected
