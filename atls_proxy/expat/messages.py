@@ -13,6 +13,7 @@ holds for every accepted input (the golden-byte tests check it).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -136,7 +137,7 @@ class AuthenticatorRequest:
 
     def body(self) -> bytes:
         # extensions<2..2^16-1>: RFC 9261 §4 requires at least signature_algorithms.
-        return opaque(1, self.context) + opaque(2, encode_extensions(self.extensions), minimum=2)
+        return opaque(1, self.context) + _extensions_block(self.extensions)
 
     def encode(self) -> bytes:
         return handshake(self.msg_type, self.body())
@@ -152,6 +153,12 @@ class AuthenticatorRequest:
 
     def extension(self, ext_type: int) -> Extension | None:
         return next((e for e in self.extensions if e.ext_type == ext_type), None)
+
+
+@functools.lru_cache(maxsize=64)
+def _extensions_block(exts: tuple[Extension, ...]) -> bytes:
+    """A request's ``extensions<2..2^16-1>``; a client sends the same ones on every connection."""
+    return opaque(2, encode_extensions(exts), minimum=2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +249,13 @@ def signature_algorithms_extension(
 
 
 def parse_signature_algorithms(ext: Extension) -> tuple[int, ...]:
-    r = Reader(ext.data, "signature_algorithms")
+    return _schemes(ext.data)
+
+
+# Peers send the same list on every connection. Bounded; a failed parse raises and is not kept.
+@functools.lru_cache(maxsize=64)
+def _schemes(data: bytes) -> tuple[int, ...]:
+    r = Reader(data, "signature_algorithms")
     block = r.opaque(2, minimum=2)
     r.end()
     if len(block) % 2:

@@ -91,8 +91,28 @@ def schemes_for_key(
     rsa_pss_pss_* need an RSASSA-PSS SPKI, which ``cryptography`` keys do not carry; RSA keys here
     are rsaEncryption keys and use rsa_pss_rsae_* (RFC 8446 §4.2.3).
     """
+    cls = type(key)
+    if cls in _EC_CLASSES:  # the per-signature path: no ABC isinstance checks
+        return _EC_SCHEMES.get(key.curve.name, ())  # type: ignore[union-attr]  # EC classes only
+    hit = _CLASS_SCHEMES.get(cls)
+    if hit is not None:
+        return hit
     if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
-        return tuple(s for s, (curve, _) in _ECDSA.items() if isinstance(key.curve, curve))
+        _EC_CLASSES.add(cls)
+        return _EC_SCHEMES.get(key.curve.name, ())
+    found = _schemes_by_class(key)
+    if found:
+        _CLASS_SCHEMES[cls] = found
+    return found
+
+
+# Concrete key class -> schemes (EC classes: by curve name). Filled as keys are seen.
+_EC_CLASSES: set[type] = set()
+_EC_SCHEMES: dict[str, tuple[int, ...]] = {curve().name: (s,) for s, (curve, _) in _ECDSA.items()}
+_CLASS_SCHEMES: dict[type, tuple[int, ...]] = {}
+
+
+def _schemes_by_class(key: SigningKey | CertificatePublicKeyTypes) -> tuple[int, ...]:
     if isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey):
         return (RSA_PSS_RSAE_SHA256, RSA_PSS_RSAE_SHA384, RSA_PSS_RSAE_SHA512)
     if isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
