@@ -20,9 +20,9 @@ explains why: a peer may be waiting on bytes we hold).
 The exporter (RFC 8446 §7.5) is exposed as ``export(label, length, context)`` — the one thing the
 stdlib ``ssl`` module cannot do and the reason pyOpenSSL is here.
 
-Fast paths: the per-record calls (``feed``, ``outgoing``, ``read``, ``write``, ``export``) go to
-OpenSSL through pyOpenSSL's own cffi bindings (``OpenSSL._util.lib``) on the ``SSL``/``BIO``
-handles of the pyOpenSSL ``Connection``, into one reusable buffer per thread. pyOpenSSL's wrappers
+Fast paths: the per-record calls (``handshake``, ``feed``, ``outgoing``, ``read``, ``write``,
+``export``) go to OpenSSL through pyOpenSSL's own cffi bindings (``OpenSSL._util.lib``) on the
+``SSL``/``BIO`` handles of the pyOpenSSL ``Connection``, into one reusable buffer per thread. pyOpenSSL's wrappers
 answer "no data yet" with an exception and allocate a buffer per call; on an attested connection
 that was ~10 exceptions and allocations, a few µs each, per side. Only the outcome codes that mean
 "no data" (``SSL_ERROR_WANT_READ``, an empty BIO) and "close_notify" are handled here; every
@@ -32,6 +32,7 @@ other outcome goes to pyOpenSSL's error translation, so errors read exactly as b
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import threading
 
@@ -84,9 +85,9 @@ class TLSEngine:
         if server_side:
             self._conn.set_accept_state()
         else:
-            # SNI; IP literals are not sent (RFC 6066 §3).
-            if server_name and not _is_ip_literal(server_name):
-                self._conn.set_tlsext_host_name(server_name.encode("idna"))
+            sni = _sni(server_name) if server_name else None
+            if sni is not None:
+                self._conn.set_tlsext_host_name(sni)
             self._conn.set_connect_state()
         self._handshake_done = False
         self._hash_name = "sha256"
@@ -141,12 +142,16 @@ class TLSEngine:
         self._check()
         if self._handshake_done:
             return True
-        try:
-            self._conn.do_handshake()
-        except SSL.WantReadError:
-            return False
-        except SSL.Error as exc:
-            raise self._fail(exc) from None
+        ssl = self._conn._ssl
+        result = _lib.SSL_do_handshake(ssl)
+        if result <= 0:
+            if _lib.SSL_get_error(ssl, result) == _WANT_READ:  # needs the peer's next flight
+                return False
+            try:  # pyOpenSSL turns the code and OpenSSL's error queue into the exception
+                self._conn._raise_ssl_error(ssl, result)
+            except SSL.Error as exc:
+                raise self._fail(exc) from None
+            raise self._fail(SSL.Error(f"SSL_do_handshake failed ({result})"))
         self._handshake_done = True
         if self._conn.get_protocol_version_name() != "TLSv1.3":  # belt and braces: contexts pin 1.3
             raise self._fail(SSL.Error("negotiated protocol is not TLS 1.3"))
@@ -278,6 +283,13 @@ def _describe(exc: Exception) -> str:
                 parts.append(str(item))
         return "TLS error: " + "; ".join(parts)
     return f"TLS error: {exc}"
+
+
+@functools.lru_cache(maxsize=64)
+def _sni(server_name: str) -> bytes | None:
+    """The SNI host_name for ``server_name``; None for IP literals, which are not sent
+    (RFC 6066 §3). A client names the same few servers on every connection: computed once."""
+    return None if _is_ip_literal(server_name) else server_name.encode("idna")
 
 
 def _is_ip_literal(name: str) -> bool:
