@@ -61,11 +61,14 @@ from atls_proxy.expat.messages import (
     CertificateVerify,
     Extension,
     Finished,
+    encode_extensions,
+    handshake,
     parse_signature_algorithms,
     signature_algorithms_extension,
     split_handshake_messages,
 )
 from atls_proxy.expat.schemes import SigningKey
+from atls_proxy.expat.wire import opaque
 
 Exporter = Callable[[bytes, int, bytes], bytes]
 """``exporter(label, length, context)``: RFC 8446 §7.5 TLS-Exporter of the live connection."""
@@ -183,14 +186,28 @@ def authenticate(
     if scheme is None:
         return empty_authenticator(keys, request_bytes, request.context, include_header)
 
-    entries = [CertificateEntry(chain[0], tuple(entry0_extensions))]
-    entries += [CertificateEntry(der) for der in chain[1:]]
-    cert_msg = Certificate(request.context, tuple(entries)).encode()
+    cert_msg = certificate_message(request.context, tuple(chain), entry0_extensions)
     req = request_transcript(request_bytes, include_header)
     content = _CV_PREFIX + keys.transcript_hash(req, cert_msg)
     cv_msg = CertificateVerify(scheme, schemes.sign(private_key, scheme, content)).encode()
     fin_msg = Finished(keys.finished(req, cert_msg, cv_msg)).encode()
     return cert_msg + cv_msg + fin_msg
+
+
+def certificate_message(
+    context: bytes, chain: tuple[bytes, ...], entry0_extensions: Sequence[Extension] = ()
+) -> bytes:
+    """``Certificate(context, [chain[0] + entry0_extensions, *chain[1:]]).encode()``; the parts
+    that are the same on every connection (the certificates) are encoded once per chain."""
+    leaf, rest = _chain_parts(chain)
+    entries = leaf + opaque(2, encode_extensions(entry0_extensions)) + rest
+    return handshake(CERTIFICATE, opaque(1, context) + opaque(3, entries))
+
+
+@functools.lru_cache(maxsize=8)
+def _chain_parts(chain: tuple[bytes, ...]) -> tuple[bytes, bytes]:
+    rest = b"".join(CertificateEntry(der).encode() for der in chain[1:])
+    return opaque(3, chain[0], minimum=1), rest
 
 
 @dataclass(frozen=True, slots=True)

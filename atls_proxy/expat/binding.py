@@ -17,6 +17,7 @@ realm challenge) get one filling, used everywhere (open point O-5):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -64,5 +65,11 @@ def compute_binding(hash_name: str, spki_der: bytes, exported_value: bytes) -> B
     return Binding(
         hash_name=hash_name,
         binder=hash_bytes(hash_name, spki_der + exported_value),
-        aik_hash=hash_bytes(hash_name, spki_der),
+        aik_hash=aik_hash(hash_name, spki_der),
     )
+
+
+@functools.lru_cache(maxsize=64)
+def aik_hash(hash_name: str, spki_der: bytes) -> bytes:
+    """H(SPKI_DER(EE key)) (expat-04 §5.2): the same for every connection to one certificate."""
+    return hash_bytes(hash_name, spki_der)

@@ -64,6 +64,23 @@ def encode_extensions(exts: Iterable[Extension]) -> bytes:
 
 def decode_extensions(block: bytes, what: str) -> tuple[Extension, ...]:
     """Parse an extension list; duplicate types are an error (RFC 8446 §4.2)."""
+    if len(block) <= _MEMO_BLOCK:
+        return _decode_extensions_memo(block, what)
+    return _decode_extensions(block, what)
+
+
+# A peer sends the same short extension blocks on every connection (a request's
+# signature_algorithms and cmw_attestation offer): their parse is kept. Bounded in entries and in
+# block size; a block that fails to parse raises and is not kept. Extensions are immutable.
+_MEMO_BLOCK = 256
+
+
+@functools.lru_cache(maxsize=128)
+def _decode_extensions_memo(block: bytes, what: str) -> tuple[Extension, ...]:
+    return _decode_extensions(block, what)
+
+
+def _decode_extensions(block: bytes, what: str) -> tuple[Extension, ...]:
     r = Reader(block, what)
     out: list[Extension] = []
     seen: set[int] = set()

@@ -280,3 +280,17 @@ def test_schemes_for_key_by_class_and_curve(rounds: int) -> None:
         for kind, key in keys.items():
             assert schemes.schemes_for_key(key) == expected[kind]
             assert schemes.schemes_for_key(key.public_key()) == expected[kind]
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_certificate_message_equals_the_codec(n: int) -> None:
+    chain = tuple(identity("p256").chain_der[0] + bytes([i]) for i in range(n))
+    exts = (m.Extension(0xFF00, b"\x00\x03cmw"),)
+    for context, entry0 in ((b"ctx", exts), (os.urandom(32), ()), (b"", exts)):
+        entries = (
+            m.CertificateEntry(chain[0], entry0),
+            *(m.CertificateEntry(d) for d in chain[1:]),
+        )
+        assert ea.certificate_message(context, chain, entry0) == (
+            m.Certificate(context, entries).encode()
+        )

@@ -129,3 +129,21 @@ def test_opaque_bounds() -> None:
     r = Reader(b"\x00\x03ab", "t")
     with pytest.raises(DecodeError, match="truncated"):
         r.opaque(2)
+
+
+def test_extension_block_memo_is_a_plain_parse() -> None:
+    """Short extension blocks are parsed once per distinct value; a block that fails keeps
+    failing (errors are not remembered), and the answer equals the uncached parser's."""
+    block = m.encode_extensions([m.signature_algorithms_extension([0x0403]), m.Extension(0xFF00)])
+    assert m.decode_extensions(block, "x") == m._decode_extensions(block, "x")
+    assert m.decode_extensions(block, "x") is m.decode_extensions(bytes(block), "x")
+    dup = block + m.Extension(0xFF00).encode()
+    for _ in range(2):
+        with pytest.raises(ProtocolError):
+            m.decode_extensions(dup, "x")
+    truncated = block[:-1]
+    for _ in range(2):
+        with pytest.raises(DecodeError):
+            m.decode_extensions(truncated, "x")
+    big = m.encode_extensions([m.Extension(0x1234, b"\x00" * (m._MEMO_BLOCK + 1))])
+    assert m.decode_extensions(big, "x") == (m.Extension(0x1234, b"\x00" * (m._MEMO_BLOCK + 1)),)
