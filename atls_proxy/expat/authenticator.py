@@ -38,7 +38,6 @@ whose chain TLS already validated).
 from __future__ import annotations
 
 import functools
-import hashlib
 import hmac
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from atls_proxy.errors import DecodeError, ProtocolError, VerificationError
 from atls_proxy.expat import schemes
+from atls_proxy.expat.binding import new_hash
 from atls_proxy.expat.messages import (
     CERTIFICATE,
     CERTIFICATE_VERIFY,
@@ -113,7 +113,7 @@ class AuthenticatorKeys:
         return cls(hash_name, exporter(context_label, n, b""), exporter(finished_label, n, b""))
 
     def transcript_hash(self, *parts: bytes) -> bytes:
-        h = hashlib.new(self.hash_name, self.handshake_context)
+        h = new_hash(self.hash_name, self.handshake_context)
         for p in parts:
             h.update(p)
         return h.digest()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # Expat -04 §5.1: the exported value is always 32 bytes, whatever the suite's hash.
@@ -29,10 +30,24 @@ DEFAULT_EXPORTER_LABEL = b"EXPORTER-cmw-attestation"
 _HASH_LENGTHS = {"sha256": 32, "sha384": 48}
 
 
-def hash_bytes(hash_name: str, data: bytes) -> bytes:
-    if hash_name not in _HASH_LENGTHS:
+# The suites' hashes by name, as hashlib's direct constructors: ``hashlib.new(name)`` looks the
+# algorithm up by name on every call (an OpenSSL fetch), and these run per connection.
+_HASHES: dict[str, Callable[..., hashlib._Hash]] = {
+    "sha256": hashlib.sha256,
+    "sha384": hashlib.sha384,
+}
+
+
+def new_hash(hash_name: str, data: bytes = b"") -> hashlib._Hash:
+    """A hash object for a TLS 1.3 suite's hash (``sha256`` / ``sha384``); ValueError otherwise."""
+    ctor = _HASHES.get(hash_name)
+    if ctor is None:
         raise ValueError(f"unsupported authenticator hash {hash_name!r}")
-    return hashlib.new(hash_name, data).digest()
+    return ctor(data)
+
+
+def hash_bytes(hash_name: str, data: bytes) -> bytes:
+    return new_hash(hash_name, data).digest()
 
 
 @dataclass(frozen=True, slots=True)

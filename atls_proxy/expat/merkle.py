@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import cbor2
 
 from atls_proxy.errors import DecodeError
+from atls_proxy.expat.binding import new_hash
 
 # One quote covers at most this many connections: 2^16 leaves gives proofs of at most 16 hashes,
 # and at ~25 quotes/s covers a million connections per second — far above any proxy's rate.
@@ -32,7 +33,7 @@ MERKLE_PROOF_MEDIA_TYPE = "application/vnd.atls-proxy.merkle-proof+cbor"
 
 
 def _h(hash_name: str, *parts: bytes) -> bytes:
-    h = hashlib.new(hash_name)
+    h = new_hash(hash_name)
     for p in parts:
         h.update(p)
     return h.digest()

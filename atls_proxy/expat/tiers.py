@@ -10,12 +10,12 @@
 from __future__ import annotations
 
 import enum
-import hashlib
 from dataclasses import dataclass
 
 import cbor2
 
 from atls_proxy.errors import DecodeError
+from atls_proxy.expat.binding import hash_bytes
 
 EPOCH_MEDIA_TYPE = "application/vnd.atls-proxy.epoch+cbor"
 AIK_BINDING_MEDIA_TYPE = "application/vnd.atls-proxy.aik-binding+cbor"
@@ -70,7 +70,7 @@ class Epoch:
 
 def epoch_digest(hash_name: str, encoded_epoch: bytes) -> bytes:
     """What the epoch quote carries in place of a binder."""
-    return hashlib.new(hash_name, EPOCH_DIGEST_LABEL + encoded_epoch).digest()
+    return hash_bytes(hash_name, EPOCH_DIGEST_LABEL + encoded_epoch)
 
 
 def aik_binding_content(binder: bytes, digest: bytes) -> bytes:
