@@ -101,6 +101,34 @@ def test_cmw_mutated(e: list[tuple[int, int]]) -> None:
         c.decode_cmw(_mutate(VALID_CMW, e))
 
 
+def _decode_outcome(data: bytes, remembered: c._Prefix | None) -> object:
+    """decode_cmw's result, or the DecodeError's message, with ``remembered`` as the last prefix."""
+    saved, c._last_prefix = c._last_prefix, remembered
+    try:
+        return c.decode_cmw(data)
+    except DecodeError as exc:
+        return f"error: {exc}"
+    finally:
+        c._last_prefix = saved
+
+
+@FUZZ
+@given(st.binary(max_size=96), edits | st.just([]))
+def test_cmw_prefix_path_equals_full_decode(tail: bytes, e: list[tuple[int, int]]) -> None:
+    """Whatever follows a remembered collection prefix, decode_cmw answers exactly as a full
+    decode does: the same CMW, or an error (for a random tail, and for mutated valid tails)."""
+    c.decode_cmw(VALID_CMW)
+    prefix = c._last_prefix
+    assert prefix is not None and VALID_CMW.startswith(prefix.data)
+    for data in (prefix.data + tail, _mutate(VALID_CMW, e) if e else VALID_CMW):
+        via_prefix = _decode_outcome(data, prefix)
+        full = _decode_outcome(data, None)
+        if isinstance(full, str):
+            assert isinstance(via_prefix, str)
+        else:
+            assert via_prefix == full
+
+
 @FUZZ
 @given(
     st.recursive(
