@@ -326,10 +326,12 @@ def validate(
 
 Leaf = tuple[x509.Certificate, CertificatePublicKeyTypes, bytes]
 # End-entity DER -> (certificate, public key, DER SubjectPublicKeyInfo). A relying party sees the
-# same server certificate on every connection and parsing is deterministic, so the parse is kept
-# (bounded: cleared when full).
+# same server certificate on every connection and parsing is deterministic, so the parse is kept.
+# Bounded in entries (cleared when full) and in size: a peer that sends large or ever-different
+# certificates gets them parsed every time, never kept.
 _LEAVES: dict[bytes, Leaf] = {}
-_LEAVES_MAX = 256
+_LEAVES_MAX = 64
+_LEAF_KEEP_MAX = 16 * 1024
 
 
 def parse_leaf(der: bytes) -> Leaf:
@@ -340,9 +342,10 @@ def parse_leaf(der: bytes) -> Leaf:
         leaf = x509.load_der_x509_certificate(der)
         key = leaf.public_key()
         hit = (leaf, key, key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo))
-        if len(_LEAVES) >= _LEAVES_MAX:
-            _LEAVES.clear()
-        _LEAVES[der] = hit
+        if len(der) <= _LEAF_KEEP_MAX:
+            if len(_LEAVES) >= _LEAVES_MAX:
+                _LEAVES.clear()
+            _LEAVES[der] = hit
     return hit
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import hmac
 import os
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.x509.oid import NameOID
 
 from atls_proxy.errors import DecodeError, ProtocolError, VerificationError
 from atls_proxy.expat import authenticator as ea
@@ -258,6 +262,30 @@ def test_parse_leaf_keeps_one_parse_per_certificate() -> None:
     for _ in range(ea._LEAVES_MAX + 1):  # bounded
         ea.parse_leaf(identity("p256").chain_der[0])
     assert len(ea._LEAVES) <= ea._LEAVES_MAX
+    big = _big_certificate()
+    assert len(big) > ea._LEAF_KEEP_MAX
+    cert, _, _ = ea.parse_leaf(big)
+    assert cert.public_bytes(Encoding.DER) == big and big not in ea._LEAVES  # parsed, not kept
+
+
+def _big_certificate() -> bytes:
+    key = make_key("p256")
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "big")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(datetime.datetime(2026, 1, 1))
+        .not_valid_after(datetime.datetime(2027, 1, 1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(f"h{i}.example") for i in range(2000)]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    return cert.public_bytes(Encoding.DER)
 
 
 @pytest.mark.parametrize("rounds", [1, 3])
