@@ -266,11 +266,18 @@ def signature_algorithms_extension(
 
 
 def parse_signature_algorithms(ext: Extension) -> tuple[int, ...]:
+    if len(ext.data) <= _MEMO_BLOCK:
+        return _schemes_memo(ext.data)
     return _schemes(ext.data)
 
 
-# Peers send the same list on every connection. Bounded; a failed parse raises and is not kept.
+# Peers send the same short list on every connection: its parse is kept (bounded in entries and
+# size, like the extension blocks above; a failed parse raises and is not kept).
 @functools.lru_cache(maxsize=64)
+def _schemes_memo(data: bytes) -> tuple[int, ...]:
+    return _schemes(data)
+
+
 def _schemes(data: bytes) -> tuple[int, ...]:
     r = Reader(data, "signature_algorithms")
     block = r.opaque(2, minimum=2)

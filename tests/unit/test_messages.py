@@ -147,3 +147,15 @@ def test_extension_block_memo_is_a_plain_parse() -> None:
             m.decode_extensions(truncated, "x")
     big = m.encode_extensions([m.Extension(0x1234, b"\x00" * (m._MEMO_BLOCK + 1))])
     assert m.decode_extensions(big, "x") == (m.Extension(0x1234, b"\x00" * (m._MEMO_BLOCK + 1)),)
+
+
+def test_signature_algorithms_parse_memo_only_for_short_lists() -> None:
+    short = m.signature_algorithms_extension([0x0403, 0x0804])
+    assert m.parse_signature_algorithms(short) == (0x0403, 0x0804)
+    long = m.signature_algorithms_extension([0x0403] * 200)  # 402 bytes: parsed, not kept
+    before = m._schemes_memo.cache_info().currsize
+    assert m.parse_signature_algorithms(long) == (0x0403,) * 200
+    assert m._schemes_memo.cache_info().currsize == before
+    for bad in (m.Extension(m.EXT_SIGNATURE_ALGORITHMS, b"\x00\x03\x04\x03\x01"),) * 2:
+        with pytest.raises(DecodeError):
+            m.parse_signature_algorithms(bad)
