@@ -54,7 +54,6 @@ from atls_proxy.expat.binding import Binding
 from atls_proxy.expat.cmw import (
     IND_EVIDENCE,
     MAX_CMW_SIZE,
-    CMWCollection,
     CMWRecord,
     encode_cmw,
 )
@@ -302,17 +301,19 @@ class EvidenceEngine:
                 if not f.done():
                     f.set_exception(AttestationUnavailable(str(exc)))
             return
-        record = CMWRecord(ev.media_type, ev.data, IND_EVIDENCE)
+        # Byte-identical to encode_cmw(CMWCollection({"evidence", "merkle"})) per member: the
+        # quote is the same for the whole batch, so it is encoded once.
+        prefix = _batched_cmw_prefix(ev)
         for (_, f), proof in zip(members, proofs, strict=True):
             if f.done():
                 continue  # the client went away while we quoted
-            cmw = CMWCollection(
-                {
-                    "evidence": record,
-                    "merkle": CMWRecord(merkle.MERKLE_PROOF_MEDIA_TYPE, proof.encode()),
-                }
-            )
-            f.set_result(encode_cmw(cmw))
+            cmw = prefix + encode_record(merkle.MERKLE_PROOF_MEDIA_TYPE, proof.encode())
+            if len(cmw) > MAX_CMW_SIZE:
+                f.set_exception(
+                    AttestationUnavailable(f"CMW of {len(cmw)} bytes exceeds {MAX_CMW_SIZE}")
+                )
+                continue
+            f.set_result(cmw)
 
     # -- cached ------------------------------------------------------------------------------------
 
@@ -392,19 +393,34 @@ def _aik_hash(hash_name: str, key: SigningKey) -> bytes:
     return h
 
 
-def _cached_cmw_prefix(evidence: Evidence, encoded_epoch: bytes) -> bytes:
-    """CBOR of the cached tier's collection without the value of its last member ("binding").
+def _collection_prefix(head: dict[str, list[object]], last_label: str) -> bytes:
+    """CBOR of a CMW collection whose members are ``head`` (in order) and then ``last_label``,
+    without the last member's value: the caller appends that value per connection.
 
-    A map of three members in this order (RFC 8949 §3.1: major type 5 with count 3 is 0xA3), each
-    key a text string and each value a CMW record array (draft-ietf-rats-msg-wrap §3.1). The
-    per-connection record is appended to these bytes as the "binding" value.
+    RFC 8949 §3.1: a map of n < 24 pairs starts with the single byte 0xA0 + n; ``head`` is encoded
+    as a map of len(head) pairs and its header rewritten to one pair more. Keys are text strings,
+    values CMW record arrays (draft-ietf-rats-msg-wrap §3.1).
     """
-    head = cbor2.dumps(
+    n = len(head)
+    enc = cbor2.dumps(head)
+    if n + 1 > 23 or enc[0] != 0xA0 + n:
+        raise AssertionError("unexpected CBOR map header")
+    return bytes([0xA0 + n + 1]) + enc[1:] + cbor2.dumps(last_label)
+
+
+def _cached_cmw_prefix(evidence: Evidence, encoded_epoch: bytes) -> bytes:
+    """The cached tier's collection up to the value of its last member ("binding")."""
+    return _collection_prefix(
         {
             "evidence": [evidence.media_type, evidence.data, IND_EVIDENCE],
             "epoch": [EPOCH_MEDIA_TYPE, encoded_epoch],
-        }
+        },
+        "binding",
     )
-    if head[0] != 0xA2:  # a 2-member map, rewritten to 3 members with the binding key below
-        raise AssertionError("unexpected CBOR map header")
-    return b"\xa3" + head[1:] + cbor2.dumps("binding")
+
+
+def _batched_cmw_prefix(evidence: Evidence) -> bytes:
+    """The batched tier's collection up to the value of its last member ("merkle")."""
+    return _collection_prefix(
+        {"evidence": [evidence.media_type, evidence.data, IND_EVIDENCE]}, "merkle"
+    )

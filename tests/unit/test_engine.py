@@ -414,6 +414,19 @@ async def test_cached_cmw_is_the_collection_encode_cmw_would_write() -> None:
     assert appraise(cmw, b).passed
 
 
+async def test_batched_cmw_is_the_collection_encode_cmw_would_write() -> None:
+    """The batch's quote is encoded once; each member's CMW is still exactly the collection."""
+    eng = EvidenceEngine(Recording(latency=0.01), Tier.BATCHED)
+    bs = [binding() for _ in range(5)]
+    cmws = await asyncio.gather(*(eng.evidence_for(b) for b in bs))
+    for b, cmw in zip(bs, cmws, strict=True):
+        decoded = decode_cmw(cmw)
+        assert isinstance(decoded, CMWCollection)
+        assert list(decoded.members) == ["evidence", "merkle"]
+        assert encode_cmw(decoded) == cmw
+        assert appraise(cmw, b).passed
+
+
 async def test_client_cache_shares_a_batch_quote_only_within_the_batch() -> None:
     from atls_proxy.verify.appraise import BATCH_CACHE_SECONDS, AppraisalCache
 
