@@ -27,7 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from atls_proxy.app import build_client_settings
-from atls_proxy.bench.common import cpu_seconds, free_port, pinned_argv, serve_argv, wait_port
+from atls_proxy.bench.common import (
+    cpu_seconds,
+    free_port,
+    pinned_argv,
+    serve_argv,
+    stop,
+    wait_port,
+)
 from atls_proxy.bench.loadgen import plain_opener
 from atls_proxy.ops.config import load_client_config
 from atls_proxy.ops.devinit import dev_init
@@ -178,11 +185,10 @@ async def run_attest_bench(
             result.server_cpu_s = _cpu_seconds(proc.pid) - window["cpu0"]
             return result
         finally:
-            proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(10)
-            if proc.poll() is None:
-                proc.kill()
+            # In a thread, so that this loop keeps running meanwhile: the client connections
+            # cancelled at the end of the window close in it, and the server's drain, which waits
+            # for them, ends at once instead of at the 10 s kill.
+            await asyncio.to_thread(stop, proc, 10)
             backend.close()
             if two_cpus:
                 os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))

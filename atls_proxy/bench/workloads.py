@@ -615,7 +615,8 @@ async def idle_run(env: Env, peer: str, n: int) -> dict[str, Any]:
         cpu = window.stop()
         await loadgen.close_all(conns)
     finally:
-        stop_child(env, child)
+        # In a thread: the closes above complete in this loop while the server drains.
+        await asyncio.to_thread(stop_child, env, child)
     held = len(conns)
     server_cpu = cpu["server"]
     return {
