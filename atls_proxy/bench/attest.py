@@ -55,6 +55,9 @@ class Result:
     errors: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     server_cpu_s: float = 0.0
+    # This process's CPU seconds in the window: the load generator and the tiny backend. Near
+    # duration_s means the generator's core, not the server, set the rate.
+    generator_cpu_s: float = 0.0
     error_samples: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -78,6 +81,7 @@ class Result:
             "duration_s": round(self.duration_s, 2),
             "simulated_quote_ms": self.simulated_quote_ms,
             "server_cpu_s": round(self.server_cpu_s, 3),
+            "generator_cpu_s": round(self.generator_cpu_s, 3),
             "connections_per_server_cpu_s": round(self.connections / self.server_cpu_s, 1)
             if self.server_cpu_s
             else None,
@@ -177,12 +181,14 @@ async def run_attest_bench(
 
             def window_opens() -> None:
                 window["cpu0"] = _cpu_seconds(proc.pid)
+                window["gen0"] = time.process_time()
 
             await _load(
                 tier, settings, tls, sport, concurrency, warmup, duration, result, window_opens
             )
             result.duration_s = duration
             result.server_cpu_s = _cpu_seconds(proc.pid) - window["cpu0"]
+            result.generator_cpu_s = time.process_time() - window["gen0"]
             return result
         finally:
             # In a thread, so that this loop keeps running meanwhile: the client connections
@@ -269,16 +275,20 @@ async def _load(
 
 def render(results: list[Result]) -> str:
     rows = [
-        "| tier | conn/s | p50 ms | p99 ms | errors | conn per server CPU-s |",
-        "|---|---|---|---|---|---|",
+        "| tier | conn/s | p50 ms | p99 ms | errors | conn per server CPU-s | generator CPU % |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         j = r.to_json()
         rows.append(
             f"| {j['tier']} | {j['connections_per_s']} | {j['p50_ms']} | {j['p99_ms']} | {j['errors']} | "
-            f"{j['connections_per_server_cpu_s']} |"
+            f"{j['connections_per_server_cpu_s']} | {_percent(r.generator_cpu_s, r.duration_s)} |"
         )
     return "\n".join(rows)
+
+
+def _percent(cpu_s: float, wall_s: float) -> str:
+    return f"{cpu_s / wall_s * 100:.0f}" if wall_s else "-"
 
 
 def print_results(results: list[Result], as_json: bool) -> None:

@@ -31,3 +31,5 @@ def test_bench_attest_tiny(tier: str) -> None:
     doc = json.loads(res.stdout)
     assert {"tier", "connections_per_s", "p50_ms", "p99_ms", "errors"} <= set(doc)
     assert doc["tier"] == tier and doc["errors"] == 0 and doc["connections"] > 0, doc
+    # Both sides' CPU in the window are reported (which of them set the rate).
+    assert doc["server_cpu_s"] > 0 and doc["generator_cpu_s"] > 0, doc
