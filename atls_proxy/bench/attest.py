@@ -35,7 +35,7 @@ from atls_proxy.bench.common import (
     stop,
     wait_port,
 )
-from atls_proxy.bench.loadgen import plain_opener
+from atls_proxy.bench.loadgen import ERRORS, plain_opener
 from atls_proxy.ops.config import load_client_config
 from atls_proxy.ops.devinit import dev_init
 from atls_proxy.proxy.client import AttestationFailed, ClientSettings, open_attested
@@ -95,7 +95,8 @@ _free_port = free_port
 
 async def _backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(reader.readline(), 30)
+        async with asyncio.timeout(30):
+            await reader.readline()
         writer.write(b"pong\n")
         await writer.drain()
     writer.close()
@@ -233,9 +234,12 @@ async def _load(
             count += 1
             t0 = time.monotonic()
             try:
-                await asyncio.wait_for(_one(tier, settings, tls, port), 30)
+                # asyncio.timeout, not wait_for: 3.11's wait_for runs the coroutine as one more
+                # task per connection, which the generator's core would pay for.
+                async with asyncio.timeout(30):
+                    await _one(tier, settings, tls, port)
                 ok, exc = True, None
-            except (AttestationFailed, OSError, RuntimeError, TimeoutError, ssl.SSLError) as e:
+            except ERRORS as e:  # anything else is a bug and ends the run
                 ok, exc = False, e
             t1 = time.monotonic()
             if not opened and t1 >= t_open:
@@ -271,6 +275,10 @@ async def _load(
         for t in tasks:
             with contextlib.suppress(BaseException):
                 await t
+    # A worker that died of an unexpected exception would silently lower the concurrency.
+    for t in tasks:
+        if not t.cancelled() and t.exception() is not None:
+            raise RuntimeError("a load-generator worker failed") from t.exception()
 
 
 def render(results: list[Result]) -> str:
