@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from atls_proxy.app import build_client_settings
 from atls_proxy.bench.common import (
@@ -93,13 +93,34 @@ _cpu_seconds = cpu_seconds
 _free_port = free_port
 
 
-async def _backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(30):
-            await reader.readline()
-        writer.write(b"pong\n")
-        await writer.drain()
-    writer.close()
+class _PongBackend(asyncio.Protocol):
+    """The backend: reads one line (``ping``), answers ``pong``, closes; also on EOF. A protocol,
+    not streams and a task: it shares the generator's core, so it should cost as little as it can
+    (bench/backend.py does the same for the suite's HTTP backend)."""
+
+    __slots__ = ("_buf", "_transport")
+
+    def __init__(self) -> None:
+        self._transport: asyncio.Transport | None = None
+        self._buf = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        if b"\n" in self._buf or len(self._buf) > 1024:
+            self._answer()
+
+    def eof_received(self) -> bool:
+        self._answer()
+        return False
+
+    def _answer(self) -> None:
+        t = self._transport
+        if t is not None and not t.is_closing():
+            t.write(b"pong\n")
+            t.close()
 
 
 def _server_config(
@@ -160,7 +181,9 @@ async def run_attest_bench(
     with tempfile.TemporaryDirectory(prefix="atls-bench-") as tmp:
         dev = Path(tmp)
         dev_init(dev)
-        backend = await asyncio.start_server(_backend, "127.0.0.1", 0, backlog=4096)
+        backend = await asyncio.get_running_loop().create_server(
+            _PongBackend, "127.0.0.1", 0, backlog=4096
+        )
         bport = backend.sockets[0].getsockname()[1]
         sport = _free_port()
         cfg = _server_config(dev, tier, quote_ms, concurrency)
