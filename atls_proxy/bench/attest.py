@@ -4,7 +4,8 @@ The server is the real ``atls-proxy serve`` in a subprocess (the software attest
 optional simulated quote latency, serialised like a TEE's); the load generator is this process.
 Each connection is: TCP connect, TLS 1.3 handshake, the Expat exchange and appraisal (skipped with
 ``--tier off``: the same proxy with attestation switched off, i.e. plain TLS clients served
-unattested), one tiny request answered by a backend, close. On Linux the server is pinned to CPU 0
+unattested), ``GET /small`` with ``Connection: close`` answered by the suite's backend protocol
+(bench/backend.py) in this process, close. On Linux the server is pinned to CPU 0
 and the generator to CPU 1 when the machine has two or more, so the numbers read as work per core;
 the server's CPU seconds come from /proc. Everything runs on 127.0.0.1 and is bounded by
 ``--duration`` and a connection cap.
@@ -16,7 +17,6 @@ import asyncio
 import contextlib
 import json
 import os
-import ssl
 import statistics
 import subprocess
 import tempfile
@@ -24,9 +24,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from atls_proxy.app import build_client_settings
+from atls_proxy.bench.backend import HTTPBackend
 from atls_proxy.bench.common import (
     cpu_seconds,
     free_port,
@@ -35,10 +36,17 @@ from atls_proxy.bench.common import (
     stop,
     wait_port,
 )
-from atls_proxy.bench.loadgen import ERRORS, plain_opener
+from atls_proxy.bench.loadgen import (
+    ERRORS,
+    REQUEST_TIMEOUT,
+    attested_opener,
+    plain_opener,
+    request_bytes,
+    request_close,
+)
 from atls_proxy.ops.config import load_client_config
 from atls_proxy.ops.devinit import dev_init
-from atls_proxy.proxy.client import AttestationFailed, ClientSettings, open_attested
+from atls_proxy.proxy.client import AttestationFailed, ClientSettings
 
 # Whatever the duration, never more than this many connections in one run.
 MAX_CONNECTIONS = 200_000
@@ -93,36 +101,6 @@ _cpu_seconds = cpu_seconds
 _free_port = free_port
 
 
-class _PongBackend(asyncio.Protocol):
-    """The backend: reads one line (``ping``), answers ``pong``, closes; also on EOF. A protocol,
-    not streams and a task: it shares the generator's core, so it should cost as little as it can
-    (bench/backend.py does the same for the suite's HTTP backend)."""
-
-    __slots__ = ("_buf", "_transport")
-
-    def __init__(self) -> None:
-        self._transport: asyncio.Transport | None = None
-        self._buf = b""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        self._buf += data
-        if b"\n" in self._buf or len(self._buf) > 1024:
-            self._answer()
-
-    def eof_received(self) -> bool:
-        self._answer()
-        return False
-
-    def _answer(self) -> None:
-        t = self._transport
-        if t is not None and not t.is_closing():
-            t.write(b"pong\n")
-            t.close()
-
-
 def _server_config(
     dev: Path, tier: str, quote_ms: int, concurrency: int, *, max_connections: int | None = None
 ) -> Path:
@@ -145,33 +123,6 @@ def _server_config(
     return out
 
 
-async def _one(tier: str, settings: ClientSettings, tls: ssl.SSLContext, port: int) -> None:
-    if tier == "off":
-        # The same client TLS stack as the attested tiers (TLSStream over pyOpenSSL, the same
-        # context, so the same key exchange: X25519MLKEM768 with OpenSSL 4), minus the Expat
-        # exchange — so that off vs a tier differs by attestation only. (Python's ssl module
-        # links the system OpenSSL, which may negotiate another group and costs differently.)
-        stream = await plain_opener(settings)()
-        try:
-            await stream.write(b"ping\n")
-            data = b""
-            while chunk := await stream.read():
-                data += chunk
-        finally:
-            await stream.close()
-        if data != b"pong\n":
-            raise RuntimeError(f"unexpected response {data[:20]!r}")
-        return
-    conn = await open_attested(settings)
-    await conn.stream.write(b"ping\n")
-    data = b""
-    while chunk := await conn.stream.read():
-        data += chunk
-    await conn.stream.close()
-    if data != b"pong\n":
-        raise RuntimeError(f"unexpected response {data[:20]!r}")
-
-
 async def run_attest_bench(
     tier: str, quote_ms: int, concurrency: int, duration: float, warmup: float = 1.0
 ) -> Result:
@@ -181,8 +132,9 @@ async def run_attest_bench(
     with tempfile.TemporaryDirectory(prefix="atls-bench-") as tmp:
         dev = Path(tmp)
         dev_init(dev)
+        # The suite's backend protocol, in this process: it shares the generator's core.
         backend = await asyncio.get_running_loop().create_server(
-            _PongBackend, "127.0.0.1", 0, backlog=4096
+            HTTPBackend, "127.0.0.1", 0, backlog=4096
         )
         bport = backend.sockets[0].getsockname()[1]
         sport = _free_port()
@@ -198,8 +150,6 @@ async def run_attest_bench(
             settings = build_client_settings(
                 load_client_config(dev / "connect.toml", server=f"127.0.0.1:{sport}")
             )
-            tls = ssl.create_default_context(cafile=str(dev / "ca.pem"))
-            tls.minimum_version = ssl.TLSVersion.TLSv1_3
             result = Result(tier, concurrency, duration, quote_ms)
             window: dict[str, float] = {}
 
@@ -207,9 +157,7 @@ async def run_attest_bench(
                 window["cpu0"] = _cpu_seconds(proc.pid)
                 window["gen0"] = time.process_time()
 
-            await _load(
-                tier, settings, tls, sport, concurrency, warmup, duration, result, window_opens
-            )
+            await _load(tier, settings, concurrency, warmup, duration, result, window_opens)
             result.duration_s = duration
             result.server_cpu_s = _cpu_seconds(proc.pid) - window["cpu0"]
             result.generator_cpu_s = time.process_time() - window["gen0"]
@@ -231,8 +179,6 @@ async def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 
 async def _load(
     tier: str,
     settings: ClientSettings,
-    tls: ssl.SSLContext,
-    port: int,
     concurrency: int,
     warmup: float,
     duration: float,
@@ -246,6 +192,11 @@ async def _load(
     inside one window under-counts when latency is long against the window: in the strict tier
     64 clients wait ~2.6 s each, and a 5 s window would lose half its completions.) Connections
     still open when the window closes are cancelled, not counted."""
+    # ``off``: the same client TLS stack as the attested tiers (TLSStream over pyOpenSSL, the same
+    # context, so the same key exchange: X25519MLKEM768 with OpenSSL 4), minus the Expat exchange
+    # — so that off vs a tier differs by attestation only.
+    connect = plain_opener(settings) if tier == "off" else attested_opener(settings)
+    request = request_bytes("/small", close=True)
     t_start = time.monotonic()
     t_open, t_close = t_start + warmup, t_start + warmup + duration
     count = 0
@@ -259,8 +210,8 @@ async def _load(
             try:
                 # asyncio.timeout, not wait_for: 3.11's wait_for runs the coroutine as one more
                 # task per connection, which the generator's core would pay for.
-                async with asyncio.timeout(30):
-                    await _one(tier, settings, tls, port)
+                async with asyncio.timeout(REQUEST_TIMEOUT):
+                    await request_close(connect, request)
                 ok, exc = True, None
             except ERRORS as e:  # anything else is a bug and ends the run
                 ok, exc = False, e

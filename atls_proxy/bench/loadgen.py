@@ -159,7 +159,9 @@ def plain_opener(settings: ClientSettings) -> Opener:
     return opener
 
 
-async def _request_close(opener: Opener, request: bytes) -> int:
+async def request_close(opener: Opener, request: bytes) -> int:
+    """Open a connection, send ``request`` (``Connection: close``), read the response, close;
+    return the body's length."""
     stream = await opener()
     try:
         await stream.write(request)
@@ -219,7 +221,7 @@ async def per_request(
                 t0 = time.monotonic()
                 try:
                     async with asyncio.timeout(REQUEST_TIMEOUT):
-                        size = await _request_close(opener, request)
+                        size = await request_close(opener, request)
                 except ERRORS as exc:
                     if record:
                         figures.error(exc)
