@@ -32,7 +32,9 @@ def make_key(kind: str) -> SigningKey:
     raise ValueError(kind)
 
 
-def self_signed(key: SigningKey, name: str = "localhost") -> x509.Certificate:
+def self_signed(
+    key: SigningKey, name: str = "localhost", extra_names: tuple[str, ...] = ()
+) -> x509.Certificate:
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     algo = (
         None
@@ -47,7 +49,10 @@ def self_signed(key: SigningKey, name: str = "localhost") -> x509.Certificate:
         .serial_number(x509.random_serial_number())
         .not_valid_before(NOW - datetime.timedelta(hours=1))
         .not_valid_after(NOW + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(n) for n in (name, *extra_names)]),
+            critical=False,
+        )
         .sign(key, algo)
     )
 
