@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -49,6 +48,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from atls_proxy.attest.base import Attester, Evidence
 from atls_proxy.errors import AttestationUnavailable
+from atls_proxy.expat import binding as expat_binding
 from atls_proxy.expat import merkle, schemes
 from atls_proxy.expat.binding import Binding
 from atls_proxy.expat.cmw import (
@@ -385,8 +385,9 @@ def _aik_hash(hash_name: str, key: SigningKey) -> bytes:
     hit = _AIK_HASHES.get((hash_name, id(key)))
     if hit is not None and hit[0] is key:
         return hit[1]
-    spki = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-    h = hashlib.new(hash_name, spki).digest()
+    h = expat_binding.aik_hash(
+        hash_name, key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    )
     if len(_AIK_HASHES) > 64:  # keys replaced by reloads: forget them, never grow without bound
         _AIK_HASHES.clear()
     _AIK_HASHES[(hash_name, id(key))] = (key, h)
