@@ -262,8 +262,11 @@ def cmd_tpm_ak(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from atls_proxy.bench import print_results, run_attest_bench
+    from atls_proxy.bench.attest import MAX_ROUNDS, print_rounds
 
     tiers: list[str] = args.tier or ["strict"]
+    if not 1 <= args.rounds <= MAX_ROUNDS:
+        raise ConfigError("--rounds", f"must be 1..{MAX_ROUNDS}, got {args.rounds}")
 
     async def all_tiers() -> list[Any]:
         return [
@@ -271,7 +274,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             for t in tiers
         ]
 
-    print_results(run(all_tiers), args.json)
+    if args.rounds == 1:
+        print_results(run(all_tiers), args.json)
+    else:
+        print_rounds([run(all_tiers) for _ in range(args.rounds)], args.json)
     return 0
 
 
@@ -454,6 +460,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="simulated serialised quote latency (default 40)",
     )
     ba.add_argument("--concurrency", type=int, default=64, help="concurrent clients (default 64)")
+    ba.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every --tier once per round, the tiers one after the other, and report each "
+        "round's batched/strict and cached/off ratios with their median and range (default 1)",
+    )
     ba.add_argument(
         "--duration", type=float, default=5.0, help="seconds of measured load (default 5)"
     )

@@ -33,3 +33,35 @@ def test_bench_attest_tiny(tier: str) -> None:
     assert doc["tier"] == tier and doc["errors"] == 0 and doc["connections"] > 0, doc
     # Both sides' CPU in the window are reported (which of them set the rate).
     assert doc["server_cpu_s"] > 0 and doc["generator_cpu_s"] > 0, doc
+
+
+def test_bench_attest_rounds_report_each_rounds_ratio() -> None:
+    res = run_cli(
+        "bench",
+        "attest",
+        "--tier",
+        "cached",
+        "--tier",
+        "off",
+        "--rounds",
+        "2",
+        "--simulated-quote-ms",
+        "5",
+        "--concurrency",
+        "4",
+        "--duration",
+        "0.3",
+        "--json",
+        timeout=180,
+    )
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert [[r["tier"] for r in runs] for runs in doc["runs"]] == [["cached", "off"]] * 2
+    ratio = doc["summary"]["ratios"]["cached/off"]
+    assert len(ratio["per_round"]) == 2 and all(x > 0 for x in ratio["per_round"]), ratio
+    assert doc["summary"]["tiers"]["cached"]["errors"] == 0
+
+
+def test_bench_attest_rounds_out_of_range_is_a_usage_error() -> None:
+    res = run_cli("bench", "attest", "--rounds", "0", timeout=60)
+    assert res.returncode == 2 and "--rounds" in res.stderr
