@@ -21,6 +21,7 @@ def test_ratios_are_taken_within_each_round_not_across() -> None:
     b = s["ratios"]["batched/strict"]
     assert b["per_round"] == [round(2500 / 120, 3), round(2300 / 120, 3)]
     assert b["rounds_at_or_above"] == 1 and b["threshold"] == 20.0
+    assert b["per_server_cpu_s"] == []  # strict's rate is the TEE's, not the proxy's CPU
     c = s["ratios"]["cached/off"]
     assert c["per_round"] == [round(2000 / 3000, 3), 0.9]
     assert c["median"] == round((0.667 + 0.9) / 2, 3)  # the median of the rounded ratios
