@@ -120,7 +120,7 @@ class AuthenticatorKeys:
 
     def finished(self, *parts: bytes) -> bytes:
         """``HMAC(FinishedMACKey, Hash(HandshakeContext ‖ parts...))`` (RFC 9261 §5.2.3)."""
-        return hmac.new(self.finished_key, self.transcript_hash(*parts), self.hash_name).digest()
+        return hmac.digest(self.finished_key, self.transcript_hash(*parts), self.hash_name)
 
 
 def request_transcript(request_bytes: bytes, include_header: bool = True) -> bytes:

@@ -17,6 +17,7 @@ it is never skipped. The accepted tiers and the epoch age come from the policy.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -140,8 +141,14 @@ def _tier_check(tier: Tier, fresh: Freshness) -> Check:
         ok,
         "" if ok else "the policy does not accept this freshness tier",
         observed=tier.value,
-        expected=" | ".join(sorted(t.value for t in fresh.tiers)),
+        expected=_accepted_tiers(fresh.tiers),
     )
+
+
+@functools.lru_cache(maxsize=16)
+def _accepted_tiers(tiers: frozenset[Tier]) -> str:
+    """The policy's tiers as the check reports them; a policy has one set, so once per set."""
+    return " | ".join(sorted(t.value for t in tiers))
 
 
 def _record(

@@ -11,9 +11,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
+from operator import attrgetter
 from typing import Any
 
 EAR_PROFILE = "tag:ietf.org,2026:rats/ear#03"
+
+# ``all(map(_PASSED, checks))``: the same answer as ``all(c.passed for c in checks)`` without a
+# generator frame resumed per check (a report is read once per connection, ~25 checks).
+_PASSED = attrgetter("passed")
 
 
 class Tier(IntEnum):
@@ -70,7 +75,7 @@ class Appraisal:
 
     @property
     def passed(self) -> bool:
-        return bool(self.checks) and all(c.passed for c in self.checks)
+        return bool(self.checks) and all(map(_PASSED, self.checks))
 
     @property
     def first_failure(self) -> Check | None:
@@ -112,8 +117,8 @@ class AttestationReport:
     def passed(self) -> bool:
         return (
             bool(self.appraisals)
-            and all(c.passed for c in self.checks)
-            and all(a.passed for a in self.appraisals)
+            and all(map(_PASSED, self.checks))
+            and all(map(_PASSED, self.appraisals))
         )
 
     @property
