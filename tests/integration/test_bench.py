@@ -50,7 +50,7 @@ def test_bench_attest_rounds_report_each_rounds_ratio() -> None:
         "--concurrency",
         "4",
         "--duration",
-        "0.3",
+        "0.5",
         "--json",
         timeout=180,
     )
