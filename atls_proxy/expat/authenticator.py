@@ -50,6 +50,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from atls_proxy.errors import DecodeError, ProtocolError, VerificationError
 from atls_proxy.expat import schemes
 from atls_proxy.expat.binding import new_hash
+from atls_proxy.expat.memo import keep_short
 from atls_proxy.expat.messages import (
     CERTIFICATE,
     CERTIFICATE_VERIFY,
@@ -217,7 +218,6 @@ class ValidatedAuthenticator:
     empty: bool
     certificate: Certificate | None = None
     scheme: int | None = None
-    leaf: x509.Certificate | None = None
     # The key the CertificateVerify signature was verified with (the leaf's), and its DER
     # SubjectPublicKeyInfo.
     signer: CertificatePublicKeyTypes | None = None
@@ -285,7 +285,7 @@ def validate(
                 )
 
     try:
-        leaf, public_key, spki = parse_leaf(cert.entries[0].cert_data)
+        _, public_key, spki = parse_leaf(cert.entries[0].cert_data)
     except (ValueError, TypeError) as exc:  # cryptography's parse errors
         raise ProtocolError(
             f"end-entity certificate does not parse: {exc}",
@@ -318,35 +318,23 @@ def validate(
         empty=False,
         certificate=cert,
         scheme=cv.scheme,
-        leaf=leaf,
         signer=public_key,
         signer_spki=spki,
     )
 
 
 Leaf = tuple[x509.Certificate, CertificatePublicKeyTypes, bytes]
-# End-entity DER -> (certificate, public key, DER SubjectPublicKeyInfo). A relying party sees the
-# same server certificate on every connection and parsing is deterministic, so the parse is kept.
-# Bounded in entries (cleared when full) and in size: a peer that sends large or ever-different
-# certificates gets them parsed every time, never kept.
-_LEAVES: dict[bytes, Leaf] = {}
-_LEAVES_MAX = 64
-_LEAF_KEEP_MAX = 16 * 1024
 
 
+# A relying party sees the same server certificate on every connection and parsing is
+# deterministic, so the parse is kept (expat/memo.py): certificates up to 16 KiB, at most 64.
+@keep_short(16 * 1024, maxsize=64)
 def parse_leaf(der: bytes) -> Leaf:
     """The certificate in ``der``, its public key and DER SPKI; raises what ``cryptography``
     raises for a certificate or key it cannot use."""
-    hit = _LEAVES.get(der)
-    if hit is None:
-        leaf = x509.load_der_x509_certificate(der)
-        key = leaf.public_key()
-        hit = (leaf, key, key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo))
-        if len(der) <= _LEAF_KEEP_MAX:
-            if len(_LEAVES) >= _LEAVES_MAX:
-                _LEAVES.clear()
-            _LEAVES[der] = hit
-    return hit
+    leaf = x509.load_der_x509_certificate(der)
+    key = leaf.public_key()
+    return leaf, key, key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
 
 
 def request_from_bytes(data: bytes) -> AuthenticatorRequest:

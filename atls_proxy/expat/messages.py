@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from atls_proxy.errors import DecodeError, ProtocolError
+from atls_proxy.expat.memo import keep_short
 from atls_proxy.expat.wire import Reader, opaque, u8, u16, u24
 
 # RFC 8446 §4 / RFC 9261 §8.3 HandshakeType values.
@@ -62,25 +63,15 @@ def encode_extensions(exts: Iterable[Extension]) -> bytes:
     return b"".join(e.encode() for e in exts)
 
 
-def decode_extensions(block: bytes, what: str) -> tuple[Extension, ...]:
-    """Parse an extension list; duplicate types are an error (RFC 8446 §4.2)."""
-    if len(block) <= _MEMO_BLOCK:
-        return _decode_extensions_memo(block, what)
-    return _decode_extensions(block, what)
-
-
 # A peer sends the same short extension blocks on every connection (a request's
-# signature_algorithms and cmw_attestation offer): their parse is kept. Bounded in entries and in
-# block size; a block that fails to parse raises and is not kept. Extensions are immutable.
+# signature_algorithms and cmw_attestation offer): their parse is kept (expat/memo.py; immutable
+# Extensions, bounded in entries and block size, failures never kept).
 _MEMO_BLOCK = 256
 
 
-@functools.lru_cache(maxsize=128)
-def _decode_extensions_memo(block: bytes, what: str) -> tuple[Extension, ...]:
-    return _decode_extensions(block, what)
-
-
-def _decode_extensions(block: bytes, what: str) -> tuple[Extension, ...]:
+@keep_short(_MEMO_BLOCK, maxsize=128)
+def decode_extensions(block: bytes, what: str) -> tuple[Extension, ...]:
+    """Parse an extension list; duplicate types are an error (RFC 8446 §4.2)."""
     r = Reader(block, what)
     out: list[Extension] = []
     seen: set[int] = set()
@@ -266,18 +257,11 @@ def signature_algorithms_extension(
 
 
 def parse_signature_algorithms(ext: Extension) -> tuple[int, ...]:
-    if len(ext.data) <= _MEMO_BLOCK:
-        return _schemes_memo(ext.data)
     return _schemes(ext.data)
 
 
-# Peers send the same short list on every connection: its parse is kept (bounded in entries and
-# size, like the extension blocks above; a failed parse raises and is not kept).
-@functools.lru_cache(maxsize=64)
-def _schemes_memo(data: bytes) -> tuple[int, ...]:
-    return _schemes(data)
-
-
+# Peers send the same short list on every connection: its parse is kept, like the extension blocks.
+@keep_short(_MEMO_BLOCK, maxsize=64)
 def _schemes(data: bytes) -> tuple[int, ...]:
     r = Reader(data, "signature_algorithms")
     block = r.opaque(2, minimum=2)

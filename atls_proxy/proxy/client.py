@@ -29,6 +29,7 @@ from atls_proxy.errors import AtlsError, DecodeError, ProtocolError, Verificatio
 from atls_proxy.expat import session as xs
 from atls_proxy.expat.authenticator import parse_leaf
 from atls_proxy.expat.framing import ErrorCode
+from atls_proxy.expat.memo import keep_short
 from atls_proxy.expat.profile import ExpatProfile
 from atls_proxy.ops.config import Timeouts
 from atls_proxy.proxy.conn import open_conn
@@ -138,7 +139,7 @@ async def _run(stream: TLSStream, s: ClientSettings, report: AttestationReport) 
         report.checks.append(
             Check("tls.chain", True, "certificate chain verified to the configured CA")
         )
-        if not _name_matches(leaf, leaf_der, s.server_name):
+        if not _name_matches(leaf_der, s.server_name):
             report.checks.append(
                 Check(
                     "tls.hostname",
@@ -241,20 +242,11 @@ async def _send_reject(
         )
 
 
-# (certificate DER, name) -> RFC 6125 result. A client talks to few servers, each presenting the
-# same certificate on every connection: parsing its subjectAltName once is enough. Bounded.
-_NAME_CACHE: dict[tuple[bytes, str], bool] = {}
-_NAME_CACHE_MAX = 256
-
-
-def _name_matches(leaf: x509.Certificate, leaf_der: bytes, name: str) -> bool:
-    key = (leaf_der, name)
-    hit = _NAME_CACHE.get(key)
-    if hit is None:
-        if len(_NAME_CACHE) >= _NAME_CACHE_MAX:
-            _NAME_CACHE.clear()
-        hit = _NAME_CACHE[key] = hostname_matches(leaf, name)
-    return hit
+# A client talks to few servers, each presenting the same certificate on every connection:
+# matching its subjectAltName once per (certificate, name) is enough (expat/memo.py).
+@keep_short(16 * 1024, maxsize=256)
+def _name_matches(leaf_der: bytes, name: str) -> bool:
+    return hostname_matches(parse_leaf(leaf_der)[0], name)
 
 
 def _why(exc: BaseException, what: str) -> str:

@@ -256,13 +256,11 @@ def test_parse_leaf_keeps_one_parse_per_certificate() -> None:
     assert spki == key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     with pytest.raises(ValueError):
         ea.parse_leaf(der[:-1])
-    for _ in range(ea._LEAVES_MAX + 1):  # bounded
-        ea.parse_leaf(identity("p256").chain_der[0])
-    assert len(ea._LEAVES) <= ea._LEAVES_MAX
-    big = _big_certificate()
-    assert len(big) > ea._LEAF_KEEP_MAX
+    big = _big_certificate()  # over the 16 KiB kept: parsed every time, never held
+    before = ea.parse_leaf.cache_info().currsize
     cert, _, _ = ea.parse_leaf(big)
-    assert cert.public_bytes(Encoding.DER) == big and big not in ea._LEAVES  # parsed, not kept
+    assert cert.public_bytes(Encoding.DER) == big
+    assert ea.parse_leaf.cache_info().currsize == before
 
 
 def _big_certificate() -> bytes:

@@ -131,32 +131,32 @@ def test_opaque_bounds() -> None:
         r.opaque(2)
 
 
-def test_extension_block_memo_is_a_plain_parse() -> None:
-    """Short extension blocks are parsed once per distinct value; a block that fails keeps
-    failing (errors are not remembered), and the answer equals the uncached parser's."""
+def test_extension_block_and_signature_list_parses_are_kept() -> None:
+    """Both parsers go through expat/memo.py (tested there): equal short input, the same parse;
+    failures still raise; long input parses the same, and is not kept."""
     block = m.encode_extensions([m.signature_algorithms_extension([0x0403]), m.Extension(0xFF00)])
-    assert m.decode_extensions(block, "x") == m._decode_extensions(block, "x")
     again = bytes(bytearray(block))  # equal bytes, another object: the kept parse
     assert again is not block and m.decode_extensions(block, "x") is m.decode_extensions(again, "x")
-    dup = block + m.Extension(0xFF00).encode()
-    for _ in range(2):
-        with pytest.raises(ProtocolError):
-            m.decode_extensions(dup, "x")
-    truncated = block[:-1]
-    for _ in range(2):
-        with pytest.raises(DecodeError):
-            m.decode_extensions(truncated, "x")
+    assert m.decode_extensions(block, "x") == (
+        m.signature_algorithms_extension([0x0403]),
+        m.Extension(0xFF00),
+    )
+    with pytest.raises(ProtocolError):
+        m.decode_extensions(block + m.Extension(0xFF00).encode(), "x")  # duplicate
+    with pytest.raises(DecodeError):
+        m.decode_extensions(block[:-1], "x")
     big = m.encode_extensions([m.Extension(0x1234, b"\x00" * (m._MEMO_BLOCK + 1))])
+    before = m.decode_extensions.cache_info().currsize
     assert m.decode_extensions(big, "x") == (m.Extension(0x1234, b"\x00" * (m._MEMO_BLOCK + 1)),)
+    assert m.decode_extensions.cache_info().currsize == before
 
-
-def test_signature_algorithms_parse_memo_only_for_short_lists() -> None:
     short = m.signature_algorithms_extension([0x0403, 0x0804])
     assert m.parse_signature_algorithms(short) == (0x0403, 0x0804)
     long = m.signature_algorithms_extension([0x0403] * 200)  # 402 bytes: parsed, not kept
-    before = m._schemes_memo.cache_info().currsize
+    before = m._schemes.cache_info().currsize
     assert m.parse_signature_algorithms(long) == (0x0403,) * 200
-    assert m._schemes_memo.cache_info().currsize == before
-    for bad in (m.Extension(m.EXT_SIGNATURE_ALGORITHMS, b"\x00\x03\x04\x03\x01"),) * 2:
-        with pytest.raises(DecodeError):
-            m.parse_signature_algorithms(bad)
+    assert m._schemes.cache_info().currsize == before
+    with pytest.raises(DecodeError):
+        m.parse_signature_algorithms(
+            m.Extension(m.EXT_SIGNATURE_ALGORITHMS, b"\x00\x03\x04\x03\x01")
+        )
