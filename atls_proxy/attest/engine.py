@@ -164,7 +164,10 @@ class EvidenceEngine:
                 ev = await self._quote(binding)
             finally:
                 self._release()
-            return encode_cmw(CMWRecord(ev.media_type, ev.data, IND_EVIDENCE))
+            try:
+                return encode_cmw(CMWRecord(ev.media_type, ev.data, IND_EVIDENCE))
+            except ValueError as exc:  # over MAX_CMW_SIZE: as _complete, for the other tiers
+                raise AttestationUnavailable(str(exc)) from None
         if self.tier is Tier.BATCHED:
             return await self._batched(binding)
         return await self._cached(binding, aik_key or self._aik)
@@ -307,13 +310,10 @@ class EvidenceEngine:
         for (_, f), proof in zip(members, proofs, strict=True):
             if f.done():
                 continue  # the client went away while we quoted
-            cmw = prefix + encode_record(merkle.MERKLE_PROOF_MEDIA_TYPE, proof.encode())
-            if len(cmw) > MAX_CMW_SIZE:
-                f.set_exception(
-                    AttestationUnavailable(f"CMW of {len(cmw)} bytes exceeds {MAX_CMW_SIZE}")
-                )
-                continue
-            f.set_result(cmw)
+            try:
+                f.set_result(_complete(prefix, merkle.MERKLE_PROOF_MEDIA_TYPE, proof.encode()))
+            except AttestationUnavailable as exc:
+                f.set_exception(exc)
 
     # -- cached ------------------------------------------------------------------------------------
 
@@ -326,10 +326,7 @@ class EvidenceEngine:
         # Byte-identical to encode_cmw(CMWCollection({"evidence", "epoch", "binding"})): the
         # first two members are the same for the whole epoch, so they are encoded once
         # (_new_epoch) and only the binding record is encoded per connection.
-        cmw = ep.cmw_prefix + encode_record(AIK_BINDING_MEDIA_TYPE, encode_aik_binding(scheme, sig))
-        if len(cmw) > MAX_CMW_SIZE:
-            raise AttestationUnavailable(f"CMW of {len(cmw)} bytes exceeds {MAX_CMW_SIZE}")
-        return cmw
+        return _complete(ep.cmw_prefix, AIK_BINDING_MEDIA_TYPE, encode_aik_binding(scheme, sig))
 
     async def _current_epoch(self, hash_name: str, aik_key: SigningKey) -> _Epoch:
         key = (hash_name, _aik_hash(hash_name, aik_key))
@@ -407,6 +404,16 @@ def _collection_prefix(head: dict[str, list[object]], last_label: str) -> bytes:
     if n + 1 > 23 or enc[0] != 0xA0 + n:
         raise AssertionError("unexpected CBOR map header")
     return bytes([0xA0 + n + 1]) + enc[1:] + cbor2.dumps(last_label)
+
+
+def _complete(prefix: bytes, media_type: str, value: bytes) -> bytes:
+    """``prefix`` (``_collection_prefix``) completed with its last member, the record
+    ``[media_type, value]``; a CMW the Certificate cannot carry (over ``MAX_CMW_SIZE``, as
+    ``encode_cmw`` refuses) leaves that connection without evidence."""
+    cmw = prefix + encode_record(media_type, value)
+    if len(cmw) > MAX_CMW_SIZE:
+        raise AttestationUnavailable(f"CMW of {len(cmw)} bytes exceeds {MAX_CMW_SIZE}")
+    return cmw
 
 
 def _cached_cmw_prefix(evidence: Evidence, encoded_epoch: bytes) -> bytes:

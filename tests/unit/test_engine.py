@@ -19,7 +19,7 @@ from atls_proxy.attest.software import SoftwareAttester
 from atls_proxy.errors import AttestationUnavailable, DecodeError
 from atls_proxy.expat import merkle
 from atls_proxy.expat.binding import Binding
-from atls_proxy.expat.cmw import CMWCollection, CMWRecord, decode_cmw, encode_cmw
+from atls_proxy.expat.cmw import MAX_CMW_SIZE, CMWCollection, CMWRecord, decode_cmw, encode_cmw
 from atls_proxy.expat.schemes import ECDSA_SECP256R1_SHA256, ECDSA_SECP384R1_SHA384
 from atls_proxy.expat.tiers import AIK_BINDING_MEDIA_TYPE, encode_aik_binding
 from atls_proxy.verify.appraise import appraise_cmw
@@ -468,3 +468,33 @@ def test_direct_cbor_writers_equal_cbor2(n: int) -> None:
     assert encode_aik_binding(0x0403, sig) == cbor2.dumps([0x0403, sig])
     mt = "application/x" + "y" * (n % 70)
     assert encode_record(mt, sig) == cbor2.dumps([mt, sig])
+
+
+class Oversized(SoftwareAttester):
+    """A TEE whose quote is too large for any CMW the Certificate can carry (MAX_CMW_SIZE)."""
+
+    def __init__(self) -> None:
+        super().__init__(PLATFORM, MEAS)
+        self.big = False
+
+    async def attest(self, b: Binding) -> Evidence:
+        ev = await super().attest(b)
+        return Evidence(ev.media_type, b"\x00" * (MAX_CMW_SIZE - 40)) if self.big else ev
+
+
+@pytest.mark.parametrize("tier", [Tier.STRICT, Tier.BATCHED, Tier.CACHED])
+async def test_a_cmw_too_large_to_carry_fails_each_connection_not_the_engine(tier: Tier) -> None:
+    """Every tier: the connections get AttestationUnavailable (no data crosses), the engine and
+    its batcher keep working, and the next quote that fits is served."""
+    att = Oversized()
+    att.big = True
+    eng = EvidenceEngine(att, tier, aik_key=AIK)
+    with pytest.raises(AttestationUnavailable, match="exceeds"):
+        if tier is Tier.CACHED:
+            await eng.start()  # the epoch quote fits in no CMW either
+        await asyncio.gather(*(eng.evidence_for(binding()) for _ in range(3)))
+    att.big = False
+    if tier is Tier.CACHED:
+        eng = EvidenceEngine(att, tier, aik_key=AIK)  # a new epoch
+    b = binding()
+    assert appraise(await eng.evidence_for(b), b).passed
