@@ -24,9 +24,10 @@ Fast paths: the per-record calls (``handshake``, ``feed``, ``outgoing``, ``read`
 ``export``) go to OpenSSL through pyOpenSSL's own cffi bindings (``OpenSSL._util.lib``) on the
 ``SSL``/``BIO`` handles of the pyOpenSSL ``Connection``, into one reusable buffer per thread.
 pyOpenSSL's wrappers answer "no data yet" with an exception and allocate a buffer per call; on an
-attested connection that was ~10 exceptions and allocations, a few µs each, per side. Only the outcome codes that mean
-"no data" (``SSL_ERROR_WANT_READ``, an empty BIO) and "close_notify" are handled here; every
-other outcome goes to pyOpenSSL's error translation, so errors read exactly as before.
+attested connection that was ~10 exceptions and allocations, a few µs each, per side. Only the
+outcome codes that mean "no data" (``SSL_ERROR_WANT_READ``, an empty BIO) and "close_notify" are
+handled here; every other outcome goes to pyOpenSSL's error translation, so errors read exactly as
+before.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -11,13 +12,12 @@ from tests.support.procs import run_cli
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.parametrize("tier", ["strict", "batched", "cached", "off"])
-def test_bench_attest_tiny(tier: str) -> None:
+def _bench_attest(*flags: str, timeout: float = 120) -> dict[str, Any]:
+    """A tiny ``bench attest`` run (5 ms quote, 4 clients, 0.5 s); its JSON document."""
     res = run_cli(
         "bench",
         "attest",
-        "--tier",
-        tier,
+        *flags,
         "--simulated-quote-ms",
         "5",
         "--concurrency",
@@ -25,10 +25,16 @@ def test_bench_attest_tiny(tier: str) -> None:
         "--duration",
         "0.5",
         "--json",
-        timeout=120,
+        timeout=timeout,
     )
     assert res.returncode == 0, res.stderr
-    doc = json.loads(res.stdout)
+    doc: dict[str, Any] = json.loads(res.stdout)
+    return doc
+
+
+@pytest.mark.parametrize("tier", ["strict", "batched", "cached", "off"])
+def test_bench_attest_tiny(tier: str) -> None:
+    doc = _bench_attest("--tier", tier)
     assert {"tier", "connections_per_s", "p50_ms", "p99_ms", "errors"} <= set(doc)
     assert doc["tier"] == tier and doc["errors"] == 0 and doc["connections"] > 0, doc
     # Both sides' CPU in the window are reported (which of them set the rate).
@@ -36,26 +42,7 @@ def test_bench_attest_tiny(tier: str) -> None:
 
 
 def test_bench_attest_rounds_report_each_rounds_ratio() -> None:
-    res = run_cli(
-        "bench",
-        "attest",
-        "--tier",
-        "cached",
-        "--tier",
-        "off",
-        "--rounds",
-        "2",
-        "--simulated-quote-ms",
-        "5",
-        "--concurrency",
-        "4",
-        "--duration",
-        "0.5",
-        "--json",
-        timeout=180,
-    )
-    assert res.returncode == 0, res.stderr
-    doc = json.loads(res.stdout)
+    doc = _bench_attest("--tier", "cached", "--tier", "off", "--rounds", "2", timeout=180)
     assert [[r["tier"] for r in runs] for runs in doc["runs"]] == [["cached", "off"]] * 2
     ratio = doc["summary"]["ratios"]["cached/off"]
     assert len(ratio["per_round"]) == 2 and all(x > 0 for x in ratio["per_round"]), ratio
