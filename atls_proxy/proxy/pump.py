@@ -16,6 +16,9 @@ the two write buffers plus one read, whatever the peers do.
 
 Half-close is carried across: EOF from the plain side becomes close_notify on TLS, and the peer's
 close_notify becomes ``write_eof()`` on the plain side, while the other direction keeps flowing.
+After the peer's close_notify nothing it sends matters (RFC 8446 §6.1: data received after a
+closure alert MUST be ignored): the TLS side stops being read and any bytes already in flight are
+dropped unread, so a peer cannot grow the engine's input buffer by streaming after its close.
 The pump ends when both directions ended, when either side fails (reset; a TLS error; a TLS EOF
 without close_notify, which is a truncation), or when neither direction moved for
 ``idle_timeout`` seconds (one timer per connection, re-armed from the last activity, not per read).
@@ -77,6 +80,8 @@ class _Pump:
     # -- TLS → plain ---------------------------------------------------------------------------
 
     def tls_bytes(self, data: bytes) -> None:
+        if self.tls_in_done:
+            return  # after close_notify: ignored, never buffered (module docstring)
         try:
             self.engine.feed(data)
             self.decrypt()
@@ -91,6 +96,7 @@ class _Pump:
                 break
             if not data:  # close_notify: the peer's direction is finished (RFC 8446 §6.1)
                 self.tls_in_done = True
+                _pause(self.tls)  # nothing more from this peer is read (module docstring)
                 if plain.can_write_eof() and not plain.is_closing():
                     plain.write_eof()
                 break
@@ -187,7 +193,8 @@ class _PlainSide(asyncio.Protocol):
         _pause(self.p.tls)
 
     def resume_writing(self) -> None:
-        _resume(self.p.tls)
+        if not self.p.tls_in_done:  # after close_notify the TLS side stays paused
+            _resume(self.p.tls)
 
 
 def _pause(transport: Any) -> None:
