@@ -18,8 +18,10 @@ three tiers chosen per listener; every tier still binds the evidence to *this* c
 ``cached``   the TEE quotes the AIK once per epoch, over ``epoch_digest`` (below); per connection
              the AIK — the TLS key, which also signs the CertificateVerify over the exporter-bound
              transcript — signs the connection's binder together with the epoch digest. The epoch
-             is refreshed ahead of expiry and never served stale: a request that finds the epoch
-             expired waits for a fresh quote. CMW: ``{"evidence": epoch quote, "epoch": epoch
+             is refreshed ahead of expiry (from ``REFRESH_AHEAD`` of its life before it ends) and
+             never served stale: a request that finds the epoch expired, or starting after now
+             (the clock was stepped back), waits for a fresh quote, and a fresh epoch that is no
+             longer valid when its quote returns fails the waiting connections. CMW: ``{"evidence": epoch quote, "epoch": epoch
              record, "binding": AIK signature record}``.
 
              epoch           = CBOR {1: start (s), 2: expires (s), 3: 16 random bytes}
@@ -28,15 +30,18 @@ three tiers chosen per listener; every tier still binds the evidence to *this* c
                                encoded CBOR [SignatureScheme, signature]
 
 Every quote goes through one single-flight gate: never two quote operations at once, at most
-``max_waiters`` requests waiting (more are refused at once), each quote under ``quote_timeout``. A
-TEE failure fails the waiting connections with ``AttestationUnavailable``; they get no data.
-Waiters whose client has gone (cancelled futures) are skipped when results are handed out.
+``max_waiters`` requests waiting in any tier (more are refused at once), each quote under
+``quote_timeout``. A TEE failure fails the waiting connections with ``AttestationUnavailable``;
+they get no data, and neither do the connections still waiting when the engine closes. A batch
+member whose client has gone leaves the queue at once (it takes no place in the next batch) and is
+skipped when results are handed out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import time
 from collections.abc import Callable
@@ -70,7 +75,12 @@ from atls_proxy.expat.tiers import (
     epoch_digest,
 )
 
-__all__ = ["EngineHooks", "EngineStats", "EvidenceEngine", "Tier"]
+__all__ = ["REFRESH_AHEAD", "EngineHooks", "EngineStats", "EvidenceEngine", "Tier"]
+
+# The cached tier starts quoting the next epoch when this fraction of the current one is left.
+# ops/config.py requires that window to be at least ``quote_timeout`` long, so that a slow quote
+# still ends (or fails) before the epoch it replaces expires.
+REFRESH_AHEAD = 0.2
 
 
 class EngineHooks(Protocol):
@@ -122,7 +132,7 @@ class EvidenceEngine:
         quote_timeout: float = 10.0,
         max_waiters: int = 4096,
         epoch_seconds: float = 300.0,
-        refresh_ahead: float = 0.2,
+        refresh_ahead: float = REFRESH_AHEAD,
         clock: Callable[[], float] = time.time,
         hooks: EngineHooks | None = None,
     ) -> None:
@@ -265,13 +275,18 @@ class EvidenceEngine:
     async def _batched(self, binding: Binding) -> bytes:
         self._admit()
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._pending.append((binding, fut))
+        entry = (binding, fut)
+        self._pending.append(entry)
         if self._batcher is None or self._batcher.done():
             self._batcher = asyncio.ensure_future(self._drain_batches())
         try:
             return await fut
         finally:
             self._release()
+            if fut.cancelled():
+                # The client went away: its place in the next batch goes to a live request.
+                with contextlib.suppress(ValueError):
+                    self._pending.remove(entry)
 
     async def _drain_batches(self) -> None:
         while self._pending:
@@ -283,8 +298,13 @@ class EvidenceEngine:
             groups: dict[tuple[str, bytes], list[tuple[Binding, asyncio.Future[bytes]]]] = {}
             for b, f in batch:
                 groups.setdefault((b.hash_name, b.aik_hash), []).append((b, f))
-            for (hash_name, aik_hash), members in groups.items():
-                await self._quote_group(hash_name, aik_hash, members)
+            try:
+                for (hash_name, aik_hash), members in groups.items():
+                    await self._quote_group(hash_name, aik_hash, members)
+            except asyncio.CancelledError:
+                # close(): the members taken out of the queue get an answer too, not silence.
+                _fail([f for _, f in batch], "evidence engine closed")
+                raise
 
     async def _quote_group(
         self, hash_name: str, aik_hash: bytes, members: list[tuple[Binding, asyncio.Future[bytes]]]
@@ -300,9 +320,7 @@ class EvidenceEngine:
         try:
             ev = await self._quote(Binding(hash_name, root, aik_hash))
         except AttestationUnavailable as exc:
-            for _, f in members:
-                if not f.done():
-                    f.set_exception(AttestationUnavailable(str(exc)))
+            _fail([f for _, f in members], str(exc))
             return
         # Byte-identical to encode_cmw(CMWCollection({"evidence", "merkle"})) per member: the
         # quote is the same for the whole batch, so it is encoded once.
@@ -332,14 +350,36 @@ class EvidenceEngine:
         key = (hash_name, _aik_hash(hash_name, aik_key))
         now = self._clock()
         ep = self._epochs.get(key)
-        if ep is not None and now < ep.expires:
+        # An epoch that starts after now means the clock was stepped back since it was quoted:
+        # relying parties would see it as issued in the future (appraise.py: EPOCH_CLOCK_SKEW),
+        # and its refresh point would be as far away as the step; quote a new one instead.
+        if ep is not None and ep.start <= now < ep.expires:
             refresh_at = ep.expires - self._refresh_ahead * (ep.expires - ep.start)
             if now >= refresh_at and key not in self._refreshing:
                 self._spawn_refresh(key, aik_key)  # ahead of expiry, in the background
             return ep
         # No epoch, or it expired: never serve stale evidence — wait for a fresh quote.
         task = self._refreshing.get(key) or self._spawn_refresh(key, aik_key)
-        return await asyncio.shield(task)
+        self._admit()
+        try:
+            ep = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and (current is None or current.cancelling() == 0):
+                # The refresh was cancelled (close()), not this caller: say so, like a TEE error.
+                raise AttestationUnavailable("evidence engine closed") from None
+            raise
+        finally:
+            self._release()
+        # The epoch's times were fixed before its quote: a quote slower than the epoch (or a
+        # clock step meanwhile) returns one that is already invalid. Never serve it.
+        now = self._clock()
+        if not ep.start <= now < ep.expires:
+            raise AttestationUnavailable(
+                f"the fresh epoch [{ep.start}, {ep.expires}) is not valid at {now:.0f}: the quote "
+                f"took longer than the epoch ({self._epoch_seconds:g} s) or the clock moved"
+            )
+        return ep
 
     def _spawn_refresh(self, key: tuple[str, bytes], aik_key: SigningKey) -> asyncio.Task[_Epoch]:
         task = asyncio.ensure_future(self._new_epoch(key[0], key[1]))
@@ -354,9 +394,11 @@ class EvidenceEngine:
         return task
 
     async def _new_epoch(self, hash_name: str, aik_hash: bytes) -> _Epoch:
+        # Whole seconds (the epoch record's unit): start rounded down, the lifetime up, so an
+        # epoch is never shorter than configured.
         start = int(self._clock())
         epoch = Epoch(
-            start, start + max(1, int(self._epoch_seconds)), os.urandom(EPOCH_NONCE_LENGTH)
+            start, start + max(1, math.ceil(self._epoch_seconds)), os.urandom(EPOCH_NONCE_LENGTH)
         )
         encoded = epoch.encode()
         digest = epoch_digest(hash_name, encoded)
@@ -371,6 +413,13 @@ class EvidenceEngine:
             evidence,
             _cached_cmw_prefix(evidence, encoded),
         )
+
+
+def _fail(futures: list[asyncio.Future[bytes]], reason: str) -> None:
+    """Answer every still-waiting connection of a batch with ``AttestationUnavailable``."""
+    for f in futures:
+        if not f.done():
+            f.set_exception(AttestationUnavailable(reason))
 
 
 # (hash name, id(key)) -> (key, H(SPKI)); the key is kept so that its id cannot be reused.

@@ -43,6 +43,7 @@ from typing import Any, Literal
 
 from atls_proxy.attest import configfs as _configfs
 from atls_proxy.attest import tpm as _tpm
+from atls_proxy.attest.engine import REFRESH_AHEAD
 from atls_proxy.attest.software import (
     MAX_MEASUREMENTS,
     MEASUREMENT_DIGEST_LENGTHS,
@@ -750,6 +751,15 @@ def _attester(root: _Table) -> AttesterConfig:
         "quote_timeout": t.seconds("quote_timeout", 10.0),
         "max_waiters": t.integer("max_waiters", 4096, 1, 1_000_000),
     }
+    epoch, quote = common["epoch_seconds"], common["quote_timeout"]
+    if tier == "cached" and epoch * REFRESH_AHEAD < quote:
+        # The next epoch is quoted in the current one's last REFRESH_AHEAD: a shorter window
+        # than a quote may take would let the epoch expire first, failing connections.
+        raise ConfigError(
+            t.key("epoch_seconds"),
+            f"{epoch:g} s is refreshed in its last {epoch * REFRESH_AHEAD:g} s, less than "
+            f"quote_timeout ({quote:g} s): use at least {quote / REFRESH_AHEAD:g}",
+        )
     if kind == "configfs-tsm":
         cfs = _configfs_tsm(t.table("configfs_tsm", _CONFIGFS_TSM_KEYS))
         return AttesterConfig(kind="configfs-tsm", configfs_tsm=cfs, **common)

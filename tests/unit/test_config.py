@@ -513,6 +513,20 @@ def test_too_many_measurements(folder: Path) -> None:
     c.load_server_config(write(folder, doc))
 
 
+def test_a_cached_epoch_must_leave_a_quote_time_to_refresh(folder: Path) -> None:
+    # The next epoch is quoted in the last 20 % (REFRESH_AHEAD) of the current one: that window
+    # must fit a whole quote_timeout, or the epoch can expire while its successor is quoted.
+    doc = server_doc()
+    doc["attester"] = {"tier": '"cached"', "epoch_seconds": "30", "quote_timeout": "10"}
+    err = server_error(folder, doc)
+    assert err.key == "attester.epoch_seconds" and "use at least 50" in str(err)
+    doc["attester"]["epoch_seconds"] = "50"
+    assert c.load_server_config(write(folder, doc)).attester.epoch_seconds == 50
+    # The other tiers have no epoch: the same numbers are accepted there.
+    doc["attester"] = {"tier": '"strict"', "epoch_seconds": "30", "quote_timeout": "10"}
+    c.load_server_config(write(folder, doc))
+
+
 def test_empty_measurements_allowed(folder: Path) -> None:
     doc = server_doc()
     del doc["attester.software.measurements"]

@@ -288,6 +288,90 @@ async def test_queue_is_bounded() -> None:
     assert len(refused) == 3 and eng.stats.refused_full == 3
 
 
+@pytest.mark.parametrize("tier", [Tier.BATCHED, Tier.CACHED])
+async def test_waiters_are_bounded_in_every_tier(tier: Tier) -> None:
+    # The cached tier waits for a quote only when it has no valid epoch (here: none yet).
+    eng = EvidenceEngine(Recording(0.05), tier, aik_key=AIK, max_waiters=3)
+    results = await asyncio.gather(
+        *(eng.evidence_for(binding()) for _ in range(6)), return_exceptions=True
+    )
+    refused = [r for r in results if isinstance(r, AttestationUnavailable)]
+    assert len(refused) == 3 and eng.stats.refused_full == 3
+    assert all("queue full" in str(r) for r in refused)
+    assert eng.stats.waiting == 0
+
+
+async def test_a_cancelled_batch_member_frees_its_place_in_the_queue() -> None:
+    eng = EvidenceEngine(Recording(0.05), Tier.BATCHED)
+    first = asyncio.ensure_future(eng.evidence_for(binding()))
+    await asyncio.sleep(0.005)  # its batch is being quoted; the next ones queue
+    waiting = [asyncio.ensure_future(eng.evidence_for(binding())) for _ in range(3)]
+    await asyncio.sleep(0.005)
+    assert len(eng._pending) == 3
+    waiting[0].cancel()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert len(eng._pending) == 2  # no dead entry taking a place in the next batch
+    await first
+    assert len(await asyncio.gather(*waiting[1:])) == 2
+    assert eng.stats.last_batch_size == 2
+
+
+@pytest.mark.parametrize("tier", [Tier.BATCHED, Tier.CACHED])
+async def test_close_answers_every_waiting_connection(tier: Tier) -> None:
+    eng = EvidenceEngine(Broken("hang"), tier, aik_key=AIK, quote_timeout=30)
+    waiting = [asyncio.ensure_future(eng.evidence_for(binding())) for _ in range(3)]
+    await asyncio.sleep(0.01)  # batched: all three taken out of the queue, their quote in flight
+    await asyncio.wait_for(eng.close(), 2)
+    results = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), 2)
+    assert all(isinstance(r, AttestationUnavailable) for r in results), results
+    assert all("closed" in str(r) for r in results)
+
+
+class SlowClock(SoftwareAttester):
+    """A quote during which the (fake) wall clock moves on by ``step`` seconds."""
+
+    def __init__(self, now: list[float], step: float) -> None:
+        super().__init__(PLATFORM, MEAS, clock=lambda: now[0])
+        self.now, self.step = now, step
+
+    async def attest(self, b: Binding) -> Evidence:
+        self.now[0] += self.step
+        return await super().attest(b)
+
+
+async def test_an_epoch_already_expired_when_its_quote_returns_is_not_served() -> None:
+    now = [1_000_000.9]
+    eng = EvidenceEngine(
+        SlowClock(now, 3.0), Tier.CACHED, aik_key=AIK, epoch_seconds=2, clock=lambda: now[0]
+    )
+    with pytest.raises(AttestationUnavailable, match="not valid"):
+        await eng.evidence_for(binding())
+
+
+async def test_an_epoch_is_never_shorter_than_configured() -> None:
+    now = [1_000_000.9]  # start is rounded down to whole seconds, so the end must be rounded up
+    eng = EvidenceEngine(
+        Recording(), Tier.CACHED, aik_key=AIK, epoch_seconds=1.5, clock=lambda: now[0]
+    )
+    await eng.start()
+    (ep,) = (e for (h, _), e in eng._epochs.items() if h == "sha256")
+    assert ep.expires - now[0] >= 1.0 and ep.expires - ep.start == 2
+
+
+async def test_after_the_clock_steps_back_a_new_epoch_is_quoted() -> None:
+    now = [2_000_000.0]
+    att = SoftwareAttester(PLATFORM, MEAS, clock=lambda: now[0])
+    eng = EvidenceEngine(att, Tier.CACHED, aik_key=AIK, epoch_seconds=300, clock=lambda: now[0])
+    await eng.evidence_for(binding())
+    epochs = eng.stats.epochs
+    now[0] -= 3600  # e.g. NTP corrected a clock that ran an hour ahead
+    b = binding()
+    a = appraise(await eng.evidence_for(b), b, now=now[0])
+    assert a.passed, a.first_failure  # not an epoch that starts an hour in the client's future
+    assert eng.stats.epochs == epochs + 1
+
+
 def test_merkle_known_shapes() -> None:
     # RFC 9162 §2.1.1: a one-leaf tree's root is the leaf hash; two leaves are one node.
     a, b = b"a" * 32, b"b" * 32
