@@ -181,9 +181,7 @@ def authenticate(
     for ext in entry0_extensions:
         if ext.ext_type not in offered_types:
             raise ValueError(f"extension 0x{ext.ext_type:04x} was not offered in the request")
-    sig_ext = request.extension(EXT_SIGNATURE_ALGORITHMS)
-    offered = parse_signature_algorithms(sig_ext) if sig_ext else ()
-    scheme = next((s for s in schemes.schemes_for_key(private_key) if s in offered), None)
+    scheme = _scheme_for(request, private_key)
     if scheme is None:
         return empty_authenticator(keys, request_bytes, request.context, include_header)
 
@@ -193,6 +191,23 @@ def authenticate(
     cv_msg = CertificateVerify(scheme, schemes.sign(private_key, scheme, content)).encode()
     fin_msg = Finished(keys.finished(req, cert_msg, cv_msg)).encode()
     return cert_msg + cv_msg + fin_msg
+
+
+def _scheme_for(request: AuthenticatorRequest, private_key: SigningKey) -> int | None:
+    """The first of the key's schemes that the request offers (RFC 9261 §5.2.2), or None."""
+    sig_ext = request.extension(EXT_SIGNATURE_ALGORITHMS)
+    offered = parse_signature_algorithms(sig_ext) if sig_ext else ()
+    return next((s for s in schemes.schemes_for_key(private_key) if s in offered), None)
+
+
+def can_answer(request: AuthenticatorRequest, private_key: SigningKey) -> bool:
+    """Whether ``authenticate`` would answer with an identity (not the empty authenticator)."""
+    return _scheme_for(request, private_key) is not None
+
+
+def is_empty(authenticator: bytes) -> bool:
+    """RFC 9261 §6: the empty authenticator is a lone Finished message."""
+    return authenticator[:1] == bytes([FINISHED])
 
 
 def certificate_message(

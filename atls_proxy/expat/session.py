@@ -74,7 +74,9 @@ class PlainClient:
 
 @dataclass(frozen=True, slots=True)
 class AttestationRequested:
-    """Produce evidence for ``binding`` (None when the request did not offer cmw_attestation)."""
+    """Produce evidence for ``binding``. None when no evidence can be sent: the request did not
+    offer cmw_attestation, or offers no signature scheme the server's key can sign with (the
+    answer is then RFC 9261 §5.2.2's empty authenticator, and a quote would be wasted)."""
 
     request: AuthenticatorRequest
     binding: Binding | None
@@ -175,6 +177,9 @@ class AttesterSession(_Base):
         self._used_contexts: set[bytes] = set()
         self._request: AuthenticatorRequest | None = None
         self._request_bytes = b""
+        # Whether the authenticator carried evidence (cmw_attestation in a non-empty
+        # authenticator): a relying party's ACCEPT without it is not an attested connection.
+        self.evidence_sent = False
 
     @property
     def state(self) -> str:
@@ -251,7 +256,8 @@ class AttesterSession(_Base):
         binding = None
         if offer is not None:
             self._profile.check_offer_is_empty(offer)
-            binding = _binding(self._tls, self._profile, self._spki, req.context)
+            if ea.can_answer(req, self._key):
+                binding = _binding(self._tls, self._profile, self._spki, req.context)
         self._request, self._request_bytes = req, payload
         self._state = _State.ATTESTING
         return AttestationRequested(req, binding)
@@ -276,6 +282,7 @@ class AttesterSession(_Base):
             exts,
             self._profile.request_header_in_transcript,
         )
+        self.evidence_sent = cmw is not None and not ea.is_empty(auth)
         self._state = _State.RESULT
         return self._out(framing.encode_frame(FrameType.AUTHENTICATOR, auth))
 

@@ -324,7 +324,19 @@ class AttestedServer(Listener):
                         f"client rejected the attestation (code {ev.code}): {ev.reason}",
                     )
                 elif isinstance(ev, xs.Accepted):
-                    return ev.data
+                    if sess.evidence_sent:
+                        return ev.data
+                    # An Expat client that asked for no evidence (no cmw_attestation offer, or
+                    # no signature scheme the key can use) is not attested: the same policy as
+                    # a plain TLS client, and counted as unattested (DESIGN.md §7).
+                    if serve_plain:
+                        log.warning("Expat client accepted without evidence: served UNATTESTED")
+                        return _Plain(ev.data)
+                    raise Refused(
+                        "expat.unattested",
+                        "the client accepted without evidence (no cmw_attestation offered, or "
+                        "no common signature scheme); plain_clients = refuse",
+                    )
 
     async def _answer(
         self, sess: xs.AttesterSession, ev: xs.AttestationRequested, keys: ServerKeys

@@ -22,7 +22,7 @@ from atls_proxy.expat import authenticator as ea
 from atls_proxy.expat import framing as f
 from atls_proxy.expat import messages as m
 from atls_proxy.expat.profile import ExpatProfile
-from tests.integration.conftest import Stack, serve_variant
+from tests.integration.conftest import Stack, backend_requests, serve_variant
 from tests.support.evil import EvilServer
 from tests.support.procs import CLI, env, run_cli
 
@@ -113,6 +113,24 @@ def test_truncated_frame_then_close(stack: Stack) -> None:
     with _tls_client(stack.server_port, stack.dev / "ca.pem") as s:
         s.sendall(f.PREAMBLE + b"\x01\x00\x01\x00" + b"x" * 10)
     _assert_logged(stack, "expat.exchange")
+
+
+def test_a_client_that_asks_for_no_evidence_is_not_forwarded_as_attested(stack: Stack) -> None:
+    # An Expat client whose request offers no cmw_attestation gets a plain RFC 9261 authenticator
+    # and can ACCEPT it; with plain_clients = "refuse" (the default) that is unattested traffic,
+    # refused like a plain TLS client, never counted as attested.
+    before = backend_requests(stack.backend)
+    req = ea.build_request(m.CLIENT_CERTIFICATE_REQUEST, os.urandom(32)).encode()
+    with _tls_client(stack.server_port, stack.dev / "ca.pem") as s:
+        s.sendall(f.PREAMBLE + f.encode_frame(f.FrameType.AUTH_REQUEST, req))
+        s.settimeout(10)
+        got = s.recv(65536)
+        assert got.startswith(f.PREAMBLE + bytes([f.FrameType.AUTHENTICATOR]))
+        s.sendall(f.encode_frame(f.FrameType.ACCEPT) + b"GET /hello.txt HTTP/1.0\r\n\r\n")
+        got = _read_all(s)
+    assert b"hello through" not in got
+    _assert_logged(stack, "expat.unattested")
+    assert backend_requests(stack.backend) == before
 
 
 def _assert_logged(stack: Stack, check: str) -> None:

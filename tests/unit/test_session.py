@@ -162,6 +162,45 @@ def test_authenticator_without_cmw_fails(ident: ServerIdentity) -> None:
     assert e.value.check == "cmw.present"
 
 
+def _ask(at: xs.AttesterSession, schemes: tuple[int, ...], offer: bool) -> xs.AttestationRequested:
+    req = ea.build_request(
+        m.CLIENT_CERTIFICATE_REQUEST,
+        os.urandom(32),
+        schemes,
+        [PROFILE.offer()] if offer else [],
+    )
+    (ev,) = at.receive(f.PREAMBLE + f.encode_frame(f.FrameType.AUTH_REQUEST, req.encode()))
+    assert isinstance(ev, xs.AttestationRequested)
+    return ev
+
+
+@pytest.mark.parametrize(
+    "schemes,offer,why",
+    [
+        ((0x0403,), False, "no cmw_attestation offered"),
+        ((0x0807,), True, "only Ed25519 offered, the key is P-256: the empty authenticator"),
+    ],
+)
+def test_no_evidence_is_asked_for_or_sent_when_none_can_be_carried(
+    ident: ServerIdentity, schemes: tuple[int, ...], offer: bool, why: str
+) -> None:
+    _, at = _pair(ident)
+    ev = _ask(at, schemes, offer)
+    assert ev.binding is None, why  # the server produces no evidence (no quote is spent)
+    at.authenticator(None)
+    assert not at.evidence_sent
+    (acc,) = at.receive(f.encode_frame(f.FrameType.ACCEPT) + b"GET /")
+    assert isinstance(acc, xs.Accepted)  # the adapter decides: refused or served unattested
+
+
+def test_evidence_sent_only_with_cmw_in_a_real_authenticator(ident: ServerIdentity) -> None:
+    _, at = _pair(ident)
+    ev = _ask(at, (0x0403,), True)
+    assert ev.binding is not None and not at.evidence_sent
+    at.authenticator(CMW)
+    assert at.evidence_sent
+
+
 def test_identity_must_be_tls_certificate(ident: ServerIdentity) -> None:
     """Diversion at the protocol level: an authenticator for another identity is refused."""
     client, server = tls_pair(ident)
