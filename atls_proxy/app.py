@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from atls_proxy.attest.engine import EvidenceEngine
+from atls_proxy.attest.engine import REFRESH_AHEAD, EvidenceEngine
 from atls_proxy.attest.factory import build_attester
 from atls_proxy.errors import ConfigError
 from atls_proxy.expat.profile import ExpatProfile
@@ -16,6 +16,7 @@ from atls_proxy.ops.policyfile import load_policy
 from atls_proxy.proxy.client import ClientSettings
 from atls_proxy.proxy.server import AttestedServer
 from atls_proxy.tls.context import client_context, load_server_identity, server_context
+from atls_proxy.verify.policy import DEFAULT_MAX_EPOCH_AGE
 from atls_proxy.verify.registry import verifiers_for
 
 if TYPE_CHECKING:
@@ -40,6 +41,18 @@ def build_server(cfg: ServerConfig, metrics: Metrics | None = None) -> AttestedS
     if cfg.plain_clients == "serve-unattested":
         log.warning(
             "plain_clients = serve-unattested: TLS clients without Expat are forwarded UNATTESTED"
+        )
+    oldest = cfg.attester.epoch_seconds * (1 - REFRESH_AHEAD) + cfg.attester.quote_timeout
+    if cfg.attester.tier == "cached" and oldest > DEFAULT_MAX_EPOCH_AGE:
+        # An epoch is served until its successor's quote returns: clients on the default
+        # freshness policy refuse it past DEFAULT_MAX_EPOCH_AGE, which the server cannot see.
+        log.warning(
+            "epoch_seconds = %g: epochs are served up to %.0f s old, but clients with the default "
+            "max_epoch_age (%.0f s) refuse older ones; lower epoch_seconds or raise the clients' "
+            "max_epoch_age",
+            cfg.attester.epoch_seconds,
+            oldest,
+            DEFAULT_MAX_EPOCH_AGE,
         )
     engine = EvidenceEngine(
         attester,

@@ -435,6 +435,8 @@ def _read_toml(path: str | Path) -> tuple[dict[str, Any], Path]:
     except tomllib.TOMLDecodeError as exc:
         # tomllib's message ends with "(at line L, column C)".
         raise ConfigError("config", f"{p} is not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses per nested array / inline table
+        raise ConfigError("config", f"{p} is not valid TOML: nested too deeply") from None
     # Not resolve(): a config reached through a symlink (a Kubernetes ConfigMap mount) keeps its
     # folder, so relative paths do not point into a versioned directory that later disappears.
     return data, p.absolute().parent

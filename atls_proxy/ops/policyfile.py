@@ -51,6 +51,10 @@ def load_policy(path: str | Path) -> Policy:
         raise ConfigError(
             "policy", f"policy file {str(policy_path)!r} is not valid TOML: {exc}"
         ) from exc
+    except RecursionError:  # tomllib recurses per nested array / inline table
+        raise ConfigError(
+            "policy", f"policy file {str(policy_path)!r} is not valid TOML: nested too deeply"
+        ) from None
 
     base = policy_path.parent
 
@@ -82,7 +86,7 @@ def trust_files(path: str | Path) -> list[Path]:
             return _read_bounded(base / Path(name), MAX_KEY_FILE_SIZE)
 
         policy = parse_policy(doc, read_file, source=str(policy_path))
-    except (OSError, ValueError, ConfigError):
+    except (OSError, ValueError, ConfigError, RecursionError):
         return []
     out = list(named)
     for collateral, certs in policy.trust_dirs.values():

@@ -527,6 +527,28 @@ def test_a_cached_epoch_must_leave_a_quote_time_to_refresh(folder: Path) -> None
     c.load_server_config(write(folder, doc))
 
 
+@pytest.mark.parametrize("epoch,warned", [(300, False), (600, True)])
+def test_serve_warns_when_its_epochs_outlive_the_default_client_policy(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, epoch: int, warned: bool
+) -> None:
+    from atls_proxy.app import build_server
+
+    dev_init(tmp_path)
+    text = (tmp_path / "serve.toml").read_text()
+    text = text.replace(
+        'kind = "software"\n', f'kind = "software"\ntier = "cached"\nepoch_seconds = {epoch}\n', 1
+    )
+    (tmp_path / "serve-cached.toml").write_text(text)
+    with caplog.at_level("WARNING", logger="atls_proxy"):
+        build_server(c.load_server_config(tmp_path / "serve-cached.toml"))
+    assert ("default max_epoch_age" in caplog.text) is warned, caplog.text
+
+
+def test_a_config_nested_too_deeply_is_a_config_error(folder: Path) -> None:
+    err = server_error(folder, "x = " + "[" * 5000 + "]" * 5000 + "\n")
+    assert err.key == "config" and "nested too deeply" in str(err)
+
+
 def test_empty_measurements_allowed(folder: Path) -> None:
     doc = server_doc()
     del doc["attester.software.measurements"]

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from atls_proxy.attest.software import SOFTWARE_MEDIA_TYPE, SoftwareAttester
 from atls_proxy.errors import ConfigError
 from atls_proxy.expat.binding import Binding
-from atls_proxy.ops.policyfile import MAX_POLICY_FILE_SIZE, load_policy
+from atls_proxy.ops.policyfile import MAX_POLICY_FILE_SIZE, load_policy, trust_files
 from atls_proxy.verify.policy import (
     DEFAULT_POLICY_ID,
     MAX_PLATFORM_KEYS,
@@ -369,6 +369,16 @@ def test_load_policy_directory(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_policy(tmp_path)
     assert info.value.key == "policy"
+
+
+def test_a_policy_nested_too_deeply_is_a_config_error(tmp_path: Path) -> None:
+    # tomllib recurses once per nested array: past the interpreter's limit it raises
+    # RecursionError, which must not escape as a traceback (nor stop the reload watcher).
+    path = write_policy(tmp_path, "x = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_policy(path)
+    assert info.value.key == "policy" and "nested too deeply" in info.value.message
+    assert trust_files(path) == []
 
 
 def test_load_policy_toml_syntax_error_names_the_line(tmp_path: Path) -> None:
