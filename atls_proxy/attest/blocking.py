@@ -14,7 +14,13 @@ not block the event loop. ``SerialThreadCalls.call(fn)`` therefore
   is still busy with it), with ``phase`` naming what is being waited for, for the caller's
   time-out message.
 
-The caller puts ``call`` under its own ``asyncio.timeout``.
+The caller puts ``call`` under its own ``asyncio.timeout``. A call that ends in a
+``BaseException`` that is not an ``Exception`` (or in ``StopIteration``, which a future refuses)
+is delivered as ``AttestationUnavailable``, so its future always completes.
+
+``call_with_deadline(fn, timeout, name)`` is the synchronous counterpart for code outside the
+event loop (opening a device at start-up): ``fn`` in a daemon thread, waited for at most
+``timeout`` seconds, then ``TimeoutError`` while the abandoned call runs on.
 """
 
 from __future__ import annotations
@@ -43,6 +49,16 @@ def run_in_daemon_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
         if future.done():  # cancelled meanwhile
             return
         if error is not None:
+            if isinstance(error, StopIteration) or not isinstance(error, Exception):
+                # set_exception raises TypeError for StopIteration (the future would never
+                # complete and SerialThreadCalls would wait for it forever), and a
+                # KeyboardInterrupt/SystemExit set on a future escapes from the event loop when
+                # awaited: both become an ordinary failure of this call.
+                wrapped = AttestationUnavailable(
+                    f"{name}: the device call raised {type(error).__name__}"
+                )
+                wrapped.__cause__ = error
+                error = wrapped
             future.set_exception(error)
         else:
             future.set_result(cast(T, result))
@@ -60,6 +76,30 @@ def run_in_daemon_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
 
     threading.Thread(target=run, name=name, daemon=True).start()
     return future
+
+
+def call_with_deadline(fn: Callable[[], T], timeout: float, name: str) -> T:
+    """``fn()`` in a new daemon thread named ``name``, waited for at most ``timeout`` seconds
+    (blocking): its result, or its exception re-raised; ``TimeoutError`` on expiry, while ``fn``
+    runs on in its thread (a daemon: it never delays interpreter exit)."""
+    done = threading.Event()
+    outcome: list[tuple[bool, Any]] = []  # (True, result) or (False, exception)
+
+    def run() -> None:
+        try:
+            outcome.append((True, fn()))
+        except BaseException as exc:  # re-raised in the caller's thread
+            outcome.append((False, exc))
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    if not done.wait(timeout):
+        raise TimeoutError(f"{name}: no outcome within {timeout:g} s")
+    ok, value = outcome[0]
+    if not ok:
+        raise cast(BaseException, value)
+    return cast(T, value)
 
 
 def _consume_outcome(future: asyncio.Future[Any]) -> None:

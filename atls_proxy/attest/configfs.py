@@ -28,11 +28,25 @@ it; userspace never talks to the vendor ioctl. The ABI as this module uses it:
     own writes means another writer touched the entry between our write and our read.
 ``privlevel`` (WO, text) / ``privlevel_floor`` (RO, text), optional
     the SEV-SNP VMPL to request, ``privlevel_floor <= privlevel <= 3`` (TSM_PRIVLEVEL_MAX).
+    Only ``sev_guest`` acts on it (``PRIVLEVEL_PROVIDERS``); see "Attribute visibility".
 ``service_provider``, ``service_guid``, ``service_manifest_version``, ``manifestblob``, optional
     SVSM service attestation (kernel 6.10+). Detected and reported, never written: this
     attester quotes the SNP firmware report, not the SVSM's.
 ``rmdir report/$name``
     frees the entry.
+
+Attribute visibility. The presence of an optional attribute does not mean that the provider
+implements it. Since kernel 6.10 every entry has every attribute, and the report core hides one
+only when the provider's ``report_attr_visible``/``report_bin_attr_visible`` callback says so:
+``tsm_report_is_visible()`` in drivers/virt/coco/tsm.c (later tsm-report.c) returns true when
+``provider.ops->report_attr_visible`` is NULL ("x86/sev: Take advantage of configfs visibility
+support in TSM", v6.10). ``tdx_guest`` and ``sev_guest`` register callbacks; ``arm_cca_guest``
+(``arm_cca_tsm_ops`` in drivers/virt/coco/arm-cca-guest, 6.13+) sets only ``name`` and
+``report_new``, so a CCA entry shows ``privlevel``, ``privlevel_floor``, ``auxblob`` and the
+SVSM attributes too, and ``arm_cca_report_new`` ignores them. So this attester decides by the
+provider, not by the files: a configured ``privlevel`` is refused unless the provider is
+``sev_guest``, and only a ``sev_guest`` entry's ``privlevel_floor`` and SVSM attributes mean
+anything.
 
 One quote (``_attempt``), on a fresh uniquely-named entry (so the ABI's "instance per requesting
 context" already rules out conflicts; the generation check catches a stray writer anyway):
@@ -93,6 +107,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_ROOT",
+    "PRIVLEVEL_PROVIDERS",
     "PROVIDER_AUX_MEDIA_TYPES",
     "PROVIDER_MEDIA_TYPES",
     "SNP_CERTS_MEDIA_TYPE",
@@ -131,6 +146,10 @@ AUX_MAP_AUXBLOB = 2
 REPORT_DATA_SIZE = 64
 # TSM_PRIVLEVEL_MAX (include/linux/tsm.h): SEV-SNP VMPL 0..3.
 PRIVLEVEL_MAX = 3
+# Providers that act on ``privlevel`` (and whose ``privlevel_floor`` and SVSM attributes mean
+# something): SEV-SNP only. Not "providers with a privlevel file": arm_cca_guest has one on
+# every kernel that has the driver and ignores it (module docstring, "Attribute visibility").
+PRIVLEVEL_PROVIDERS: frozenset[str] = frozenset({"sev_guest"})
 
 # Read caps. outblob: a TDX quote with its PEM PCK chain is ~5 KB (some stacks pad to 8000
 # bytes), an SNP report 1184 bytes, a CCA token 1-3 KB. 64 KiB matches the TDX verifier's
@@ -280,7 +299,9 @@ class TsmReport:
     auxblob: bytes | None  # None: the provider has no auxblob attribute
     privlevel: int | None  # the privlevel written, None when none was
     attempts: int
-    features: frozenset[str]  # optional attributes present (privlevel, auxblob, manifestblob, ...)
+    # Optional attributes present (privlevel, auxblob, manifestblob, ...); present is not
+    # implemented: arm_cca_guest shows them all (module docstring, "Attribute visibility").
+    features: frozenset[str]
 
 
 # TDX quote (Intel TDX DCAP Quoting Library API, App. A; offsets checked against the real quotes
@@ -571,8 +592,9 @@ _OPTIONAL_ATTRIBUTES = (
 class ConfigfsTsmAttester:
     """Quotes through ``/sys/kernel/config/tsm/report``: TDX quotes, SNP reports, CCA tokens.
 
-    ``privlevel`` is the SEV-SNP VMPL to request; None asks for ``privlevel_floor`` when the
-    provider has one above 0 (a guest under an SVSM) and the provider default otherwise.
+    ``privlevel`` is the SEV-SNP VMPL to request: a quote fails (before anything is quoted)
+    unless the provider is ``sev_guest``. None asks ``sev_guest`` for its ``privlevel_floor``
+    when that is above 0 (a guest under an SVSM) and for the provider default otherwise.
     ``timeout`` bounds a whole ``attest`` call, waiting for a previous quote included;
     ``retries`` is the number of additional attempts after a transient failure.
     """
@@ -666,6 +688,17 @@ class ConfigfsTsmAttester:
         if self._announced == report.provider:
             return
         self._announced = report.provider
+        if report.provider not in PRIVLEVEL_PROVIDERS:
+            # A provider without visibility callbacks shows every attribute (module docstring,
+            # "Attribute visibility"): their presence says nothing, so say they are unused.
+            unused = sorted(report.features)
+            logger.info(
+                "configfs-tsm attester: provider %s under %s (no privilege levels%s)",
+                report.provider,
+                self.root,
+                f"; the entry also shows {', '.join(unused)}: not used" if unused else "",
+            )
+            return
         extras = sorted(report.features & {"service_provider", "manifestblob"})
         logger.info(
             "configfs-tsm attester: provider %s under %s (privlevel %s%s)",
@@ -790,10 +823,19 @@ class ConfigfsTsmAttester:
 
     def _choose_privlevel(self, entry: Path, provider: str, features: frozenset[str]) -> int | None:
         wanted = self._privlevel
+        if provider not in PRIVLEVEL_PROVIDERS:
+            # Decided by the provider, not by the privlevel file: arm_cca_guest has the file
+            # (no report_attr_visible callback) and ignores what is written to it.
+            if wanted is not None:
+                raise AttestationUnavailable(
+                    f"configfs-tsm: privlevel {wanted} is configured but provider {provider} has "
+                    "no privilege levels (only SEV-SNP, sev_guest, has them)"
+                )
+            return None
         if wanted is not None and "privlevel" not in features:
             raise AttestationUnavailable(
                 f"configfs-tsm: privlevel {wanted} is configured but provider {provider} has no "
-                "privlevel attribute (only SEV-SNP has privilege levels)"
+                "privlevel attribute"
             )
         floor = 0
         if "privlevel_floor" in features:

@@ -9,6 +9,11 @@ kernel ABI doc (Documentation/ABI/testing/configfs-tsm) and the report core:
 * ``mkdir`` under ``root`` creates an entry with ``inblob outblob provider generation`` and, per
   provider, ``auxblob`` (sev_guest), ``privlevel privlevel_floor`` (sev_guest) and, with
   ``svsm=True``, the SVSM attributes; ENOENT without ``root``, EEXIST for a taken name.
+  With ``all_attributes=True`` (the default for arm_cca_guest) an entry shows every attribute,
+  as kernels >= 6.10 do for a provider that registers no ``report_attr_visible`` callback
+  (``tsm_report_is_visible()`` in drivers/virt/coco/tsm.c returns true then; ``arm_cca_tsm_ops``
+  has none, and the driver only exists since 6.13): an empty ``auxblob``, ``privlevel`` (accepted
+  and ignored), ``privlevel_floor`` 0 and the SVSM attributes.
 * Writing ``inblob`` (at most 64 bytes, else EFBIG) or ``privlevel`` (``floor..3``, else EINVAL)
   bumps ``generation``; reading a write-only attribute or writing a read-only one is EACCES.
 * Reading ``outblob``/``auxblob`` generates the report when the entry changed since the last
@@ -177,19 +182,27 @@ class FakeTsm:
         auxblob: bytes | None = None,
         privlevel_floor: int | None = None,
         svsm: bool = False,
+        all_attributes: bool | None = None,
     ) -> None:
         self.root = Path(root)
         self.provider = provider
         self.key = key
         is_snp = provider == "sev_guest"
-        # sev_guest shows auxblob and the privlevel pair; the others show neither.
+        # Kernels >= 6.10 show every attribute of a provider without visibility callbacks
+        # (module docstring): arm_cca_guest on every kernel that has it.
+        show_all = provider == "arm_cca_guest" if all_attributes is None else all_attributes
+        self.all_attributes = show_all
+        # sev_guest shows auxblob and the privlevel pair; tdx_guest shows neither; a provider
+        # without callbacks shows both, an empty auxblob and privlevel_floor 0 (the ops' default).
         self.auxblob = (
-            auxblob if auxblob is not None else (fake_cert_table(key) if is_snp else None)
+            auxblob
+            if auxblob is not None
+            else (fake_cert_table(key) if is_snp else (b"" if show_all else None))
         )
         self.privlevel_floor = (
-            privlevel_floor if privlevel_floor is not None else (0 if is_snp else None)
+            privlevel_floor if privlevel_floor is not None else (0 if is_snp or show_all else None)
         )
-        self.svsm = svsm
+        self.svsm = svsm or show_all
         # Fault knobs.
         self.race_count = 0
         self.outblob_errors: list[int] = []

@@ -5,8 +5,9 @@ every problem it finds is a ``ConfigError`` naming the configuration key (exit c
 
 * ``software``: the platform key file parses as a P-256 private key.
 * ``configfs-tsm``: the report directory exists, a report entry can be created, the kernel names
-  a known provider (the configured one, when ``provider`` is set) and ``privlevel`` fits it. No
-  quote is made (the probe is a mkdir, a read and an rmdir).
+  a known provider (the configured one, when ``provider`` is set) and ``privlevel`` fits it
+  (only ``sev_guest`` has privilege levels). No quote is made (the probe is a mkdir, a read and
+  an rmdir).
 * ``tpm``: the TPM answers at the TCTI, has the PCR bank and PCRs, and the AK can be loaded (or
   created): the attester is returned open, so its first quote costs only the quote.
 """
@@ -106,10 +107,18 @@ def probe_configfs_tsm(cfg: ConfigfsTsmAttesterConfig, ops: TsmOps) -> str:
             f"this guest's TSM provider is {provider!r}, the configuration expects "
             f"{cfg.provider!r}",
         )
+    if cfg.privlevel is not None and provider not in configfs.PRIVLEVEL_PROVIDERS:
+        # By the provider, not by the file: arm_cca_guest shows a privlevel attribute (no
+        # report_attr_visible callback, kernel >= 6.10) and ignores it (configfs.py docstring).
+        raise ConfigError(
+            "attester.configfs_tsm.privlevel",
+            f"provider {provider!r} has no privilege levels (privlevel is for SEV-SNP guests, "
+            "provider 'sev_guest', only)",
+        )
     if cfg.privlevel is not None and "privlevel" not in features:
         raise ConfigError(
             "attester.configfs_tsm.privlevel",
-            f"provider {provider!r} has no privlevel attribute (only SEV-SNP guests have one)",
+            f"provider {provider!r} has no privlevel attribute",
         )
     return provider
 

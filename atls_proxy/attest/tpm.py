@@ -16,12 +16,14 @@ The AK (``_TpmSession.open``), one of:
   from the hierarchy's seed and the template, so the same TPM yields the same AK at every start
   until the seed changes (TPM2_Clear for owner, TPM2_ChangeEPS for endorsement): an operator
   exports its public key once (``atls-proxy tpm-ak``) and trusts it. It is flushed
-  (TPM2_FlushContext, Part 3 §28.4) on ``close`` and at interpreter exit.
+  (TPM2_FlushContext, Part 3 §28.4) on ``close`` and at interpreter exit, unless a TPM command
+  is still running then (below).
 * **a persistent key** at ``ak_handle`` (0x81000000-0x817FFFFF, owner persistent range, Part 2
   §7.4): read with TPM2_ReadPublic (Part 3 §12.4). With ``create_ak`` a missing key is created as
   above and made persistent with TPM2_EvictControl (Part 3 §28.5, owner authorisation). A key
   already at the handle is never replaced; it must be a fixedTPM restricted signing key without
-  ``decrypt`` of the configured algorithm, or opening fails.
+  ``decrypt`` of the configured algorithm, whose scheme (RSASSA, RSAPSS or ECDSA) hashes with
+  SHA-256, SHA-384 or SHA-512 as verifiers require, or opening fails.
 
 The template (Part 2 §12.2.4 TPMT_PUBLIC): ECC NIST P-256 with ECDSA/SHA-256 (default) or RSA-2048
 with RSASSA/SHA-256, nameAlg SHA-256, attributes fixedTPM, fixedParent, sensitiveDataOrigin,
@@ -55,6 +57,12 @@ gone), a TPM error code, a timeout, a quote that fails the self-check — raises
 and reopened by the next call, so a TPM that comes back is used again. TPM_RC_RETRY, YIELDED and
 TESTING (Part 2 §6.6.3 warnings) are retried briefly.
 
+Opening (connect, read capabilities, load or create the AK) runs in a daemon thread too, waited
+for at most ``open_timeout`` seconds (``blocking.call_with_deadline``), so a TPM that never answers
+fails start-up instead of hanging it. ``close`` waits at most ``timeout`` seconds for the TPM lock,
+the exit-time close ``EXIT_CLOSE_WAIT``: when an abandoned call still holds it, the session is not
+closed under it and the TCTI is left to process exit.
+
 ``simulated`` is False: a TPM is a hardware root of trust. A *software* TPM (swtpm, libtpms) is
 not, and nothing here can tell: the verifier recognises libtpms's firmwareVersion and refuses it
 unless the client's policy sets ``allow_software_tpm`` (docs/VERIFIERS-TPM.md).
@@ -76,14 +84,16 @@ from typing import Any, Literal, TypeVar
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from atls_proxy.attest.base import Evidence
-from atls_proxy.attest.blocking import SerialThreadCalls
+from atls_proxy.attest.blocking import SerialThreadCalls, call_with_deadline
 from atls_proxy.errors import AttestationUnavailable, DecodeError
 from atls_proxy.expat.binding import Binding
 from atls_proxy.verify.tpm.evidence import TpmEvidence, encode_evidence
+from atls_proxy.verify.tpm.policy import DEFAULT_SIGNATURE_HASHES
 from atls_proxy.verify.tpm.structures import (
     HASH_ALGS,
     HASH_IDS,
     HASH_SIZES,
+    SIG_SCHEMES,
     parse_quote,
     parse_signature,
 )
@@ -135,6 +145,13 @@ TPM_BUSY_RETRIES = 3
 TPM_BUSY_BACKOFF = 0.05
 DEFAULT_TIMEOUT = 10.0
 MAX_TIMEOUT = 300.0
+# open() (connect, read capabilities, load or create the AK) is bounded by open_timeout, by default
+# max(timeout, OPEN_TIMEOUT_FLOOR): TPM2_CreatePrimary of an RSA key makes the TPM search for
+# primes, which takes tens of seconds on some hardware TPMs, far more than one quote.
+OPEN_TIMEOUT_FLOOR = 60.0
+# At interpreter exit the session is finalized only if the TPM lock is free within this time: an
+# abandoned (timed-out) call may still be inside Esys with the context, which is not thread-safe.
+EXIT_CLOSE_WAIT = 2.0
 # Owner persistent handles (Part 2 §7.4: TPM_HT_PERSISTENT 0x81; 0x81800000 and up: platform).
 PERSISTENT_MIN = 0x81000000
 PERSISTENT_MAX = 0x817FFFFF
@@ -313,6 +330,26 @@ def _public_key(area: Any) -> tuple[AkKey, AkAlgorithm]:
     raise ValueError(f"an AK is ECC or RSA, this key's type is 0x{int(area.type):04x}")
 
 
+def _scheme_problem(scheme: int, hash_alg: int) -> str | None:
+    """Why verifiers would refuse every quote signed with this scheme and hash (TPM_ALG_IDs), or
+    None. The verifier parses RSASSA, RSAPSS and ECDSA signatures (``SIG_SCHEMES``) and by default
+    accepts their hash only from ``DEFAULT_SIGNATURE_HASHES`` (no SHA-1)."""
+    scheme_name = SIG_SCHEMES.get(scheme, f"scheme 0x{scheme:04x}")
+    hash_name = HASH_ALGS[hash_alg][0] if hash_alg in HASH_ALGS else f"hash 0x{hash_alg:04x}"
+    accepted = sorted(DEFAULT_SIGNATURE_HASHES)
+    if scheme not in SIG_SCHEMES:
+        return (
+            f"signs with {scheme_name}/{hash_name}; verifiers accept "
+            f"{', '.join(SIG_SCHEMES.values())} signatures only"
+        )
+    if hash_name not in DEFAULT_SIGNATURE_HASHES:
+        return (
+            f"signs with {scheme_name}/{hash_name}; verifiers accept {', '.join(accepted)} "
+            "signature hashes only (create an AK with a SHA-256 scheme)"
+        )
+    return None
+
+
 def _check_ak_attributes(area: Any) -> None:
     """An AK must be a fixedTPM restricted signing key that cannot decrypt (Part 2 §8.3.3.1)."""
     p = _pytss()
@@ -346,6 +383,7 @@ class _TpmSession:
         pcrs: tuple[int, ...],
         pcr_bank: str,
         stats: TpmStats,
+        lock: threading.Lock,
     ) -> None:
         self.tcti = tcti
         self.ak_handle = ak_handle
@@ -355,6 +393,7 @@ class _TpmSession:
         self.pcrs = pcrs
         self.pcr_bank = pcr_bank
         self.stats = stats
+        self._lock = lock  # the attester's TPM lock; held by every caller but the exit hook
         self.ak: AkInfo | None = None
         self.broken = False
         self._esapi: Any = None
@@ -372,22 +411,25 @@ class _TpmSession:
         if self._esapi is not None and self.ak is not None:
             return self.ak
         p = _pytss()
-        action = "connecting"
+        # self._action names the step for errors and for TpmAttester.open's time-out message.
+        self._action = "connecting"
         try:
             self._esapi = p.ESAPI(self.tcti)
             self.stats.opens += 1
-            action = "reading capabilities"
+            self._action = "reading capabilities"
             self._check_capabilities()
-            action = "loading the AK"
+            self._action = "loading the AK"
             self.ak = self._load_or_create_ak()
         except AttestationUnavailable:
             self.close()
             raise
         except (p.TSS2_Exception, RuntimeError, ValueError, TypeError) as exc:
             self.close()
-            raise AttestationUnavailable(_describe(exc, action, self.tcti)) from None
+            raise AttestationUnavailable(_describe(exc, self._action, self.tcti)) from None
         if not self._atexit:
-            atexit.register(self.close)
+            # Not self.close: atexit calls it without the lock, possibly while an abandoned
+            # call's thread is still inside Esys with this context (_close_at_exit).
+            atexit.register(self._close_at_exit)
             self._atexit = True
         return self.ak
 
@@ -399,7 +441,7 @@ class _TpmSession:
         self.ak = None
         self.broken = False
         if self._atexit:
-            atexit.unregister(self.close)
+            atexit.unregister(self._close_at_exit)
             self._atexit = False
         if esapi is None:
             return
@@ -410,6 +452,22 @@ class _TpmSession:
                 logger.debug("tpm: flushing the AK failed: %s", exc)
         with contextlib.suppress(Exception):
             esapi.close()
+
+    def _close_at_exit(self) -> None:
+        """``close`` under the TPM lock, or not at all when the lock stays busy for
+        ``EXIT_CLOSE_WAIT`` s (a TPM command is still running): the process exit then releases
+        the TCTI, and a primary AK stays loaded until the resource manager or a TPM reset
+        flushes it."""
+        if not self._lock.acquire(timeout=EXIT_CLOSE_WAIT):
+            logger.warning(
+                "tpm: a TPM command via %r is still running at exit; not closing the session",
+                self.tcti,
+            )
+            return
+        try:
+            self.close()
+        finally:
+            self._lock.release()
 
     def _check_capabilities(self) -> None:
         p = _pytss()
@@ -462,6 +520,7 @@ class _TpmSession:
                 self._ak_tr = tr
                 return self._adopt(created=False, where=f"persistent handle 0x{handle:08x}")
         primary = p.ESYS_TR.ENDORSEMENT if self.hierarchy == "endorsement" else p.ESYS_TR.OWNER
+        self._action = "creating the AK"
         tr, *_ = self._esapi.create_primary(None, _ak_template(self.ak_algorithm), primary)
         self._ak_tr, self._flush_ak = tr, True
         if handle is not None:
@@ -487,9 +546,14 @@ class _TpmSession:
                 f'ak_algorithm = "{self.ak_algorithm}"'
             )
         params = area.parameters.eccDetail if algorithm == "ecc-p256" else area.parameters.rsaDetail
-        if int(params.scheme.scheme) == int(p.TPM2_ALG.NULL):
+        scheme = int(params.scheme.scheme)
+        if scheme == int(p.TPM2_ALG.NULL):
             # A restricted signing key carries its scheme (TPMs refuse to create one without).
             raise AttestationUnavailable(f"tpm: the key at {where} has no signing scheme")
+        # anySig: the TPMS_SCHEME_HASH every signing scheme's details start with (Part 2 §11.2.1).
+        problem = _scheme_problem(scheme, int(params.scheme.details.anySig.hashAlg))
+        if problem:
+            raise AttestationUnavailable(f"tpm: the key at {where} {problem}")
         # TPM2_Quote inScheme TPM_ALG_NULL: the key's own scheme (Part 3 §18.4).
         self._scheme = p.TPMT_SIG_SCHEME(scheme=p.TPM2_ALG.NULL)
         return AkInfo(key, algorithm, self.ak_handle, created)
@@ -637,8 +701,9 @@ class TpmAttester:
     """Quotes PCRs with a TPM attestation key (module docstring).
 
     Construction checks the arguments only (``ValueError``); ``open()`` connects and loads or
-    creates the AK (blocking; ``AttestationUnavailable``); ``attest`` opens on demand. ``close()``
-    flushes a primary AK made at start-up and releases the TCTI.
+    creates the AK (blocking, at most ``open_timeout`` s; ``AttestationUnavailable``); ``attest``
+    opens on demand. ``close()`` flushes a primary AK made at start-up and releases the TCTI
+    (skipped, with a warning, while a timed-out TPM command still holds the TPM).
     """
 
     name = "tpm"
@@ -655,6 +720,7 @@ class TpmAttester:
         pcrs: Sequence[int] = DEFAULT_PCRS,
         pcr_bank: str = DEFAULT_PCR_BANK,
         timeout: float = DEFAULT_TIMEOUT,
+        open_timeout: float | None = None,
     ) -> None:
         if not isinstance(tcti, str) or not tcti or "\0" in tcti:
             raise ValueError("tcti is a TCTI string such as 'device:/dev/tpmrm0'")
@@ -677,11 +743,19 @@ class TpmAttester:
             raise ValueError(f"PCR indexes are distinct, in 0..{PCR_COUNT - 1}")
         if not 0 < timeout <= MAX_TIMEOUT:
             raise ValueError(f"timeout is in (0, {MAX_TIMEOUT:g}] seconds")
+        if open_timeout is None:
+            open_timeout = max(timeout, OPEN_TIMEOUT_FLOOR)
+        if not 0 < open_timeout <= MAX_TIMEOUT:
+            raise ValueError(f"open_timeout is in (0, {MAX_TIMEOUT:g}] seconds")
         self.tcti = tcti
         self.pcrs = tuple(sorted(chosen))
         self.pcr_bank = pcr_bank
         self.stats = TpmStats()
         self._timeout = float(timeout)
+        self._open_timeout = float(open_timeout)
+        # One TPM command sequence at a time (ESAPI is not thread-safe); a call whose caller gave
+        # up still holds the TPM until it returns.
+        self._tpm_lock = threading.Lock()
         self._session = _TpmSession(
             tcti,
             ak_handle=ak_handle,
@@ -691,10 +765,8 @@ class TpmAttester:
             pcrs=self.pcrs,
             pcr_bank=pcr_bank,
             stats=self.stats,
+            lock=self._tpm_lock,
         )
-        # One TPM command sequence at a time (ESAPI is not thread-safe); a call whose caller gave
-        # up still holds the TPM until it returns.
-        self._tpm_lock = threading.Lock()
         self._calls = SerialThreadCalls(
             "tpm",
             "atls-proxy-tpm",
@@ -708,14 +780,50 @@ class TpmAttester:
         return self._session.ak
 
     def open(self) -> AkInfo:
-        """Connect and load or create the AK (blocking). Raises ``AttestationUnavailable``."""
-        with self._tpm_lock:
-            return self._session.open()
+        """Connect and load or create the AK (blocking, at most ``open_timeout`` seconds).
+        Raises ``AttestationUnavailable``."""
+        locked = threading.Event()
+
+        def locked_open() -> AkInfo:
+            with self._tpm_lock:
+                locked.set()
+                return self._session.open()
+
+        # In a daemon thread: a TPM that accepts the connection and never answers would
+        # otherwise block serve / check-config / tpm-ak forever; the abandoned thread keeps the
+        # lock until the TCTI gives up, so nothing else uses the context meanwhile.
+        try:
+            return call_with_deadline(locked_open, self._open_timeout, "atls-proxy-tpm-open")
+        except TimeoutError:
+            self._session.broken = True  # the next open or quote starts afresh
+            step = (
+                self._session._action
+                if locked.is_set()
+                else "waiting for a TPM command that is still running"
+            )
+            raise AttestationUnavailable(
+                f"tpm: no answer within {self._open_timeout:g} s while opening the TPM via "
+                f"{self.tcti!r} (open_timeout; step: {step}); is the TPM or its resource "
+                "manager hung?"
+            ) from None
 
     def close(self) -> None:
-        """Flush a primary AK made here and release the TCTI (blocking; never raises)."""
-        with self._tpm_lock:
+        """Flush a primary AK made here and release the TCTI (blocking, at most ``timeout``
+        seconds; never raises)."""
+        # Bounded: an abandoned (timed-out) call may hold the lock for as long as the TPM stays
+        # silent, and closing the context under it is not allowed (ESAPI is not thread-safe).
+        if not self._tpm_lock.acquire(timeout=self._timeout):
+            logger.warning(
+                "tpm: a TPM command via %r is still running after %g s; not closing the "
+                "session, the TCTI is left to process exit",
+                self.tcti,
+                self._timeout,
+            )
+            return
+        try:
             self._session.close()
+        finally:
+            self._tpm_lock.release()
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
@@ -760,6 +868,7 @@ def read_ak(
     create_ak: bool = False,
     hierarchy: Hierarchy = "endorsement",
     ak_algorithm: AkAlgorithm = "ecc-p256",
+    open_timeout: float | None = None,
 ) -> AkInfo:
     """Load or create the AK exactly as a ``TpmAttester`` with these settings would, and release
     the TPM again (blocking; for ``atls-proxy tpm-ak``). Raises ``AttestationUnavailable``."""
@@ -769,6 +878,7 @@ def read_ak(
         create_ak=create_ak,
         hierarchy=hierarchy,
         ak_algorithm=ak_algorithm,
+        open_timeout=open_timeout,
     )
     try:
         return attester.open()

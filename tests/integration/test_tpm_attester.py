@@ -6,8 +6,10 @@ AK (passes, extraData = ``qualifying_data(binding)``); another connection's bind
 a PCR policy mismatch and a policy refusing software TPMs (each fails its own check); the engine in
 the strict, batched and cached tiers through ``appraise_cmw``; the PCR read/quote race (retried,
 then refused); the TPM vanishing mid-run (AttestationUnavailable, then recovery) and a TPM that
-never answers (timeout); ``check-config`` with a dead and a live TPM; and a full ``serve`` (kind =
-"tpm") + ``attest`` run through the real CLI.
+never answers (quote and open time out, close and the exit-time close stay bounded, the factory
+reports a configuration error); a persistent AK with a SHA-1 scheme (refused at open);
+``check-config`` with a dead and a live TPM; and a full ``serve`` (kind = "tpm") + ``attest`` run
+through the real CLI.
 
 Skipped without swtpm / tpm2-pytss, failed instead when ATLS_PROXY_REQUIRE_TOOLS=1
 (tests/support/swtpm.py).
@@ -21,7 +23,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,9 +33,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from atls_proxy.attest import tpm as tpm_module
 from atls_proxy.attest.engine import EvidenceEngine, Tier
-from atls_proxy.attest.tpm import TpmAttester
-from atls_proxy.errors import AttestationUnavailable
+from atls_proxy.attest.factory import build_attester
+from atls_proxy.attest.tpm import TpmAttester, read_ak
+from atls_proxy.errors import AttestationUnavailable, ConfigError
 from atls_proxy.expat import schemes
 from atls_proxy.expat.binding import Binding
 from atls_proxy.expat.cmw import CMWCollection, CMWRecord, decode_cmw, encode_cmw
@@ -43,6 +47,7 @@ from atls_proxy.expat.tiers import (
     encode_aik_binding,
     epoch_digest,
 )
+from atls_proxy.ops.config import AttesterConfig, TpmAttesterConfig
 from atls_proxy.ops.tpm_files import load_tpm_trust
 from atls_proxy.verify.appraise import appraise_cmw
 from atls_proxy.verify.result import Appraisal
@@ -159,8 +164,6 @@ def test_tpm_ak_cli_persistent_create_load_and_errors(
 def test_a_key_at_the_handle_that_is_not_an_ak_is_refused(tpm: Swtpm) -> None:
     import tpm2_pytss as p  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
-    from atls_proxy.attest.tpm import read_ak
-
     template = p.TPM2B_PUBLIC.parse(
         "rsa2048", objectAttributes=p.TPMA_OBJECT.DEFAULT_TPM2_TOOLS_CREATEPRIMARY_ATTRS
     )  # a storage (decrypt) key, as tpm2_createprimary makes by default
@@ -171,6 +174,26 @@ def test_a_key_at_the_handle_that_is_not_an_ak_is_refused(tpm: Swtpm) -> None:
     for create in (False, True):  # never replaced, not even with create_ak
         with pytest.raises(AttestationUnavailable, match="not an attestation key"):
             read_ak(tpm.tcti, ak_handle=0x81010012, create_ak=create, ak_algorithm="rsa-2048")
+
+
+def test_a_persistent_ak_with_a_sha1_scheme_is_refused(tpm: Swtpm) -> None:
+    """Verifiers refuse SHA-1 quote signatures (policy default), so such an AK fails at open."""
+    import tpm2_pytss as p  # type: ignore[import-untyped,import-not-found,unused-ignore]
+
+    handle = 0x81010013
+    template = tpm_module._ak_template("ecc-p256")  # our AK, but ECDSA with SHA-1
+    template.publicArea.parameters.eccDetail.scheme.details.ecdsa.hashAlg = p.TPM2_ALG.SHA1
+    with p.ESAPI(tpm.tcti) as esapi:
+        tr, *_ = esapi.create_primary(None, template, p.ESYS_TR.OWNER)
+        esapi.evict_control(p.ESYS_TR.OWNER, tr, handle)
+        esapi.flush_context(tr)
+    try:
+        for create in (False, True):  # never replaced, not even with create_ak
+            with pytest.raises(AttestationUnavailable, match=r"ECDSA/sha1; verifiers accept"):
+                read_ak(tpm.tcti, ak_handle=handle, create_ak=create)
+    finally:
+        with p.ESAPI(tpm.tcti) as esapi:
+            esapi.evict_control(p.ESYS_TR.OWNER, esapi.tr_from_tpmpublic(handle), handle)
 
 
 # --- one quote, appraised ---------------------------------------------------------------------------
@@ -368,7 +391,9 @@ async def test_tpm_vanishing_mid_run_fails_closed_and_recovers(
             a.close()
 
 
-async def test_a_tpm_that_never_answers_times_out() -> None:
+@pytest.fixture
+def silent_tcti() -> Iterator[str]:
+    """A swtpm TCTI whose server accepts connections and never answers."""
     port, ctrl = free_port_pair()  # the swtpm TCTI talks to both
     listeners = []
     for p in (port, ctrl):
@@ -389,21 +414,110 @@ async def test_a_tpm_that_never_answers_times_out() -> None:
 
     for lst in listeners:
         threading.Thread(target=accept, args=(lst,), daemon=True).start()
-    a = TpmAttester(f"swtpm:host=127.0.0.1,port={port}", timeout=0.5)
     try:
-        t0 = time.monotonic()
-        with pytest.raises(AttestationUnavailable, match=r"no quote within 0.5 s"):
-            await a.attest(binding())
-        assert time.monotonic() - t0 < 2
-        # The stuck call still holds the TPM: the next caller waits for it, within its timeout.
-        with pytest.raises(AttestationUnavailable, match="abandoned TPM command"):
-            await a.attest(binding())
-        assert a.stats.timeouts == 2
-    finally:
+        yield f"swtpm:host=127.0.0.1,port={port}"
+    finally:  # the stuck calls' TCTIs now fail, their threads end and release the TPM lock
         for lst in listeners:
             lst.close()
         for c in held:
             c.close()
+
+
+def _within(seconds: float, fn: Callable[[], Any]) -> Any:
+    """``fn()``'s outcome, failing (instead of hanging the test run) when it blocks longer."""
+    outcome: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, fn()))
+        except BaseException as exc:
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"still blocked after {seconds} s"
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
+
+
+async def test_a_tpm_that_never_answers_times_out(silent_tcti: str) -> None:
+    a = TpmAttester(silent_tcti, timeout=0.5)
+    t0 = time.monotonic()
+    with pytest.raises(AttestationUnavailable, match=r"no quote within 0.5 s"):
+        await a.attest(binding())
+    assert time.monotonic() - t0 < 2
+    # The stuck call still holds the TPM: the next caller waits for it, within its timeout.
+    with pytest.raises(AttestationUnavailable, match="abandoned TPM command"):
+        await a.attest(binding())
+    assert a.stats.timeouts == 2
+    # close waits for the TPM lock at most `timeout`, then leaves the TCTI to process exit.
+    t0 = time.monotonic()
+    _within(5, a.close)
+    assert time.monotonic() - t0 < 2
+
+
+def test_opening_a_tpm_that_never_answers_is_bounded(silent_tcti: str) -> None:
+    a = TpmAttester(silent_tcti, timeout=0.5, open_timeout=0.5)
+    t0 = time.monotonic()
+    with pytest.raises(AttestationUnavailable) as e:
+        _within(5, a.open)
+    assert time.monotonic() - t0 < 3
+    assert f"no answer within 0.5 s while opening the TPM via {silent_tcti!r}" in str(e.value)
+    assert "step: connecting" in str(e.value)
+    t0 = time.monotonic()
+    _within(5, a.close)  # the abandoned open still holds the TPM lock
+    assert time.monotonic() - t0 < 2
+    # read_ak (atls-proxy tpm-ak) is bounded the same way, its close included.
+    t0 = time.monotonic()
+    with pytest.raises(AttestationUnavailable, match="while opening"):
+        _within(30, lambda: read_ak(silent_tcti, open_timeout=0.5))
+    assert time.monotonic() - t0 < 15  # open_timeout + close's wait (default timeout, 10 s)
+
+
+def test_the_factory_reports_a_tpm_that_never_answers_as_a_configuration_error(
+    silent_tcti: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What check-config and serve report (the CLI run would take OPEN_TIMEOUT_FLOOR, 60 s)."""
+    monkeypatch.setattr(tpm_module, "OPEN_TIMEOUT_FLOOR", 0.5)
+    cfg = AttesterConfig(kind="tpm", tpm=TpmAttesterConfig(tcti=silent_tcti, timeout=0.5))
+    with pytest.raises(ConfigError) as e:
+        _within(5, lambda: build_attester(cfg))
+    assert e.value.key == "attester.tpm" and "while opening the TPM" in e.value.message
+
+
+def test_the_exit_time_close_does_not_finalize_the_context_under_a_running_call(
+    tpm: Swtpm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import atexit
+
+    hooks: list[Callable[[], None]] = []
+    real_register = atexit.register
+
+    def register(fn: Callable[[], None]) -> Callable[[], None]:
+        hooks.append(fn)
+        return real_register(fn)
+
+    monkeypatch.setattr(atexit, "register", register)
+    monkeypatch.setattr(tpm_module, "EXIT_CLOSE_WAIT", 0.2)
+    a = TpmAttester(tpm.tcti)
+    try:
+        a.open()
+        (hook,) = hooks  # what the interpreter runs at exit
+        assert a._tpm_lock.acquire(timeout=5)  # as an abandoned call still inside Esys would
+        try:
+            t0 = time.monotonic()
+            _within(5, hook)
+            assert time.monotonic() - t0 < 2
+            assert a._session._esapi is not None  # not finalized under the running call
+        finally:
+            a._tpm_lock.release()
+        _within(5, hook)  # the lock is free: it closes
+        assert a._session._esapi is None and a.ak is None
+    finally:
+        a.close()
 
 
 # --- configuration and the real CLI -------------------------------------------------------------

@@ -20,7 +20,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from atls_proxy.attest import factory
+from atls_proxy.attest import factory, tpm
 from atls_proxy.attest.configfs import (
     PROVIDER_MEDIA_TYPES,
     ConfigfsTsmAttester,
@@ -109,15 +109,37 @@ def test_tpm_attester_arguments_are_checked_without_a_tpm() -> None:
         ({"ak_algorithm": "ed25519"}, "ak_algorithm"),
         ({"hierarchy": "platform"}, "hierarchy"),
         ({"timeout": 0}, "timeout"),
+        ({"open_timeout": 0}, "open_timeout"),
+        ({"open_timeout": 301}, "open_timeout"),
     ]:
         with pytest.raises(ValueError, match=match):
             TpmAttester("device:/dev/tpmrm0", **kwargs)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="TCTI"):
         TpmAttester("")
+    # Opening may create an RSA primary key (tens of seconds on some TPMs): at least 60 s.
+    assert TpmAttester("device:/dev/tpmrm0", timeout=0.5)._open_timeout == tpm.OPEN_TIMEOUT_FLOOR
+    assert TpmAttester("device:/dev/tpmrm0", timeout=120)._open_timeout == 120
+    assert TpmAttester("device:/dev/tpmrm0", open_timeout=2)._open_timeout == 2
     cfg = AttesterConfig(kind="tpm", tpm=TpmAttesterConfig(tcti="device:/dev/tpmrm0", pcrs=(99,)))
     with pytest.raises(ConfigError) as e:
         build_attester(cfg)
     assert e.value.key == "attester.tpm" and "0..23" in e.value.message
+
+
+def test_tpm_ak_scheme_check_names_what_verifiers_refuse() -> None:
+    """A persistent AK's scheme/hash (TPM_ALG_IDs); the swtpm case is in test_tpm_attester.py."""
+    sha1, sha256, sha512, sm3 = 0x0004, 0x000B, 0x000D, 0x0012
+    rsassa, ecdsa, ecschnorr = 0x0014, 0x0018, 0x001C
+    assert tpm._scheme_problem(ecdsa, sha256) is None
+    assert tpm._scheme_problem(rsassa, sha512) is None
+    assert tpm._scheme_problem(ecdsa, sha1) == (
+        "signs with ECDSA/sha1; verifiers accept sha256, sha384, sha512 signature hashes only "
+        "(create an AK with a SHA-256 scheme)"
+    )
+    assert "RSASSA/hash 0x0012" in (tpm._scheme_problem(rsassa, sm3) or "")
+    assert "scheme 0x001c/sha256; verifiers accept RSASSA, RSAPSS, ECDSA signatures only" in (
+        tpm._scheme_problem(ecschnorr, sha256) or ""
+    )
 
 
 # --- configfs-tsm: start-up checks -------------------------------------------------------------
@@ -182,6 +204,22 @@ def test_configfs_provider_checks(tmp_path: Path) -> None:
     assert build_attester(configfs_cfg(snp.root, privlevel=2), tsm_ops=snp.ops)
     for fake in (tdx, other, snp):
         assert fake.live_entries() == []
+
+
+@pytest.mark.configfs
+@pytest.mark.parametrize("kwargs", [{}, {"auxblob": b"", "privlevel_floor": 0, "svsm": True}])
+def test_configfs_privlevel_on_cca_is_refused_although_the_attribute_is_there(
+    tmp_path: Path, kwargs: dict[str, object]
+) -> None:
+    # arm_cca_guest registers no report_attr_visible callback: on kernels >= 6.10 its entries
+    # show privlevel too, and the provider ignores it. Only sev_guest has privilege levels.
+    cca = FakeTsm(tmp_path / "cca", "arm_cca_guest", **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError) as e:
+        build_attester(configfs_cfg(cca.root, privlevel=1), tsm_ops=cca.ops)
+    assert e.value.key == "attester.configfs_tsm.privlevel"
+    assert "'arm_cca_guest' has no privilege levels" in e.value.message
+    assert build_attester(configfs_cfg(cca.root), tsm_ops=cca.ops)
+    assert cca.live_entries() == []
 
 
 # --- configfs-tsm through the engine and the relying party's appraisal -----------------------

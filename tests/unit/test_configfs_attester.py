@@ -217,9 +217,48 @@ async def test_privlevel_below_floor_is_refused_before_quoting(make_tsm: MakeTsm
 
 async def test_privlevel_on_tdx_is_a_configuration_error(make_tsm: MakeTsm) -> None:
     fake = make_tsm("tdx_guest")
-    with pytest.raises(AttestationUnavailable, match="no privlevel attribute"):
+    with pytest.raises(AttestationUnavailable, match="tdx_guest has no privilege levels"):
         await attester(fake, privlevel=1).attest(binding())
     assert fake.quoted == []
+
+
+# Kernels >= 6.10 show every attribute of a provider without report_attr_visible callbacks
+# (arm_cca_guest): the default fake CCA layout, and the same spelled out with the old knobs.
+CCA_ALL_ATTRIBUTES = [{}, {"auxblob": b"", "privlevel_floor": 0, "svsm": True}]
+
+
+@pytest.mark.parametrize("kwargs", CCA_ALL_ATTRIBUTES)
+async def test_privlevel_on_cca_is_refused_although_the_attribute_is_there(
+    make_tsm: MakeTsm, kwargs: dict[str, object]
+) -> None:
+    fake = make_tsm("arm_cca_guest", **kwargs)
+    entry = fake.root / "look"
+    fake.ops.mkdir(entry)
+    try:
+        assert (entry / "privlevel").exists() and (entry / "service_provider").exists()
+    finally:
+        fake.ops.rmdir(entry)
+    with pytest.raises(AttestationUnavailable, match="arm_cca_guest has no privilege levels"):
+        await attester(fake, privlevel=2).attest(binding())
+    assert fake.quoted == []
+
+
+@pytest.mark.parametrize("kwargs", CCA_ALL_ATTRIBUTES)
+async def test_cca_with_every_attribute_visible_writes_no_privlevel_and_claims_no_svsm(
+    make_tsm: MakeTsm, kwargs: dict[str, object], caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = make_tsm("arm_cca_guest", **kwargs)
+    a = attester(fake)
+    b = binding()
+    with caplog.at_level(logging.INFO, logger="atls_proxy.attest.configfs"):
+        ev = await a.attest(b)
+    assert ev.media_type == PROVIDER_MEDIA_TYPES["arm_cca_guest"]
+    assert a.last_report is not None and a.last_report.privlevel is None
+    assert {"privlevel", "privlevel_floor", "auxblob", "manifestblob"} <= a.last_report.features
+    assert fake.layouts and "privlevel" in fake.layouts[0]
+    assert fake.quoted == [b.report_data()]
+    assert "SVSM" not in caplog.text
+    assert "arm_cca_guest" in caplog.text and "no privilege levels" in caplog.text
 
 
 # -- generation races -------------------------------------------------------------------------------
