@@ -99,6 +99,8 @@ def _to_cbor_obj(cmw: CMW) -> Any:
         if cmw.ind is not None:
             rec.append(cmw.ind)
         return rec
+    if len(cmw.members) > MAX_MEMBERS:  # what decode_cmw refuses, refused here too
+        raise ValueError(f"CMW collection has more than {MAX_MEMBERS} members")
     out: dict[Any, Any] = {}
     if cmw.ctype is not None:
         out[COLLECTION_TYPE_KEY] = cmw.ctype
@@ -108,7 +110,11 @@ def _to_cbor_obj(cmw: CMW) -> Any:
 
 
 def encode_cmw(cmw: CMW) -> bytes:
-    """CBOR-encode a record or collection (preferred serialization)."""
+    """CBOR-encode a record or collection (preferred serialization).
+
+    Raises ``ValueError`` for more than ``MAX_CMW_SIZE`` bytes or a collection of more than
+    ``MAX_MEMBERS`` members (``decode_cmw`` refuses both).
+    """
     data: bytes = cbor2.dumps(_to_cbor_obj(cmw))
     if len(data) > MAX_CMW_SIZE:
         raise ValueError(f"CMW of {len(data)} bytes exceeds {MAX_CMW_SIZE}")
@@ -157,7 +163,8 @@ def _from_obj(obj: Any, depth: int, json_form: bool) -> CMW:
     if isinstance(obj, dict):
         if not obj:
             raise DecodeError("CMW collection is empty")
-        if len(obj) > MAX_MEMBERS + 1:
+        # "__cmwc_t" labels the collection and is not a member (RFC 9999 cbor-collection).
+        if len(obj) - (COLLECTION_TYPE_KEY in obj) > MAX_MEMBERS:
             raise DecodeError(f"CMW collection has more than {MAX_MEMBERS} members")
         ctype = obj.get(COLLECTION_TYPE_KEY)
         if ctype is not None and not isinstance(ctype, str):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import cbor2
 import pytest
 
@@ -96,6 +98,45 @@ def test_depth_and_size_caps() -> None:
     many = {str(i): ["a/b", b"x"] for i in range(c.MAX_MEMBERS + 2)}
     with pytest.raises(DecodeError, match="members"):
         c.decode_cmw(cbor2.dumps(many))
+
+
+@pytest.mark.parametrize("json_form", [False, True])
+@pytest.mark.parametrize("ctype", [None, "tag:example.com,2026:composite"])
+@pytest.mark.parametrize("count", [c.MAX_MEMBERS, c.MAX_MEMBERS + 1])
+def test_member_cap_does_not_count_the_collection_type(
+    count: int, ctype: str | None, json_form: bool
+) -> None:
+    members: dict[int | str, c.CMW] = {f"m{i:02d}": c.CMWRecord("a/b", b"x") for i in range(count)}
+    if json_form:
+        # "eA" is b"x" in base64url.
+        obj: dict[int | str, object] = {k: ["a/b", "eA"] for k in members}
+        if ctype is not None:
+            obj = {c.COLLECTION_TYPE_KEY: ctype, **obj}
+        data = json.dumps(obj).encode()
+    else:
+        cbor_obj: dict[int | str, object] = {k: ["a/b", b"x"] for k in members}
+        if ctype is not None:
+            cbor_obj = {c.COLLECTION_TYPE_KEY: ctype, **cbor_obj}
+        data = cbor2.dumps(cbor_obj)
+    if count <= c.MAX_MEMBERS:
+        assert c.decode_cmw(data) == c.CMWCollection(members, ctype)
+    else:
+        with pytest.raises(DecodeError, match=f"more than {c.MAX_MEMBERS} members"):
+            c.decode_cmw(data)
+
+
+def test_encoder_refuses_what_the_decoder_refuses() -> None:
+    members: dict[int | str, c.CMW] = {
+        f"m{i:02d}": c.CMWRecord("a/b", b"x") for i in range(c.MAX_MEMBERS)
+    }
+    ok = c.CMWCollection(members, "tag:example.com,2026:composite")
+    assert c.decode_cmw(c.encode_cmw(ok)) == ok
+    too_many = c.CMWCollection({**members, "one-more": c.CMWRecord("a/b", b"x")})
+    with pytest.raises(ValueError, match="members"):
+        c.encode_cmw(too_many)
+    nested = c.CMWCollection({"inner": too_many})
+    with pytest.raises(ValueError, match="members"):
+        c.encode_cmw(nested)
 
 
 def _cached_shape(evidence: bytes, binding: bytes) -> bytes:
