@@ -102,7 +102,9 @@ def rvstore_policy_table(data: bytes, source: str = "rvstore.json") -> dict[str,
         raise ConfigError(source, f"larger than {MAX_RVSTORE_SIZE} bytes")
     try:
         doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # RecursionError: the json decoder recurses per nesting level; deep nesting fits well
+        # within the size cap.
         raise ConfigError(source, f"not JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise ConfigError(source, "an rvstore is an object with 'platform' and/or 'realm' lists")

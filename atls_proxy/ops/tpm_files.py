@@ -10,9 +10,13 @@ Folder layout (also in docs/VERIFIERS-TPM.md)::
 
 A TPM has no collateral here: ``collateral_dir`` is optional and, when given, is read exactly
 like ``certs_dir``. Other files are ignored; at least one AK must be found. An HCL report is only
-accepted when its hardware REPORT_DATA carries the hash of its runtime claims (a consistency check
-of the file: the SNP/TDX signature over that report is the SNP/TDX verifier's job, and is what
-makes HCLAkPub trustworthy). Every problem raises ``ConfigError`` naming the path.
+accepted when its hardware REPORT_DATA carries the hash of its runtime claims. That is a
+consistency check of the file, not tamper detection: both are unsigned bytes of the same file, so
+it catches corruption or claims that do not match the hardware report, but a report whose
+HCLAkPub was swapped and REPORT_DATA rehashed is accepted. The SNP/TDX signature over the
+hardware report is what makes HCLAkPub trustworthy; verifying it is the SNP/TDX verifiers' job and
+is not done here. So an HCL report in the folder is trusted exactly as much as a PEM key put
+there: the operator vouches for it. Every problem raises ``ConfigError`` naming the path.
 
 ``read_tpm_evidence`` turns an evidence file (this project's CBOR map, or one of the JSON formats
 ``evidence_from_json`` reads) into the CBOR evidence ``appraise_tpm`` takes.

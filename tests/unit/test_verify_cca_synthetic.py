@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from atls_proxy.errors import ConfigError, DecodeError
 from atls_proxy.expat.binding import Binding
+from atls_proxy.ops.cca_files import rvstore_policy_table
 from atls_proxy.verify.cca import (
     MEDIA_TYPE,
     VERAISON_MEDIA_TYPE,
@@ -31,6 +32,7 @@ from atls_proxy.verify.cca import (
     parse_cca_policy,
     parse_token,
 )
+from atls_proxy.verify.cca.trust import parse_cpak_file
 from atls_proxy.verify.result import Appraisal
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -441,3 +443,11 @@ def test_policy_defaults() -> None:
     policy = parse_cca_policy({}, "cca", lambda _: b"")
     assert policy == CcaPolicy()
     assert policy.accepted_lifecycles == frozenset({"secured"})
+
+
+def test_json_nested_deeper_than_the_recursion_limit_is_refused_cleanly() -> None:
+    deep = b'{"keys":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(DecodeError, match="not JSON"):
+        parse_cpak_file(deep, "cpak.json")
+    with pytest.raises(ConfigError, match="not JSON"):
+        rvstore_policy_table(deep)

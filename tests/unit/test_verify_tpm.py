@@ -17,6 +17,7 @@ CRL or validity window here (AKs are trusted as keys), so "time moved" and "revo
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import shutil
 from datetime import UTC, datetime
@@ -27,8 +28,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from atls_proxy.errors import ConfigError
+from atls_proxy.ops.snp_files import load_snp_trust
 from atls_proxy.ops.tpm_files import load_tpm_trust, read_tpm_evidence
 from atls_proxy.verify.result import Appraisal
+from atls_proxy.verify.snp import SnpPolicy, appraise_snp
 from atls_proxy.verify.tpm import (
     TpmEvidence,
     TpmPolicy,
@@ -40,6 +43,7 @@ from atls_proxy.verify.tpm import (
     parse_hcl_report,
     parse_quote,
 )
+from atls_proxy.verify.tpm.azure import HCL_HEADER_SIZE, HW_REPORT_SIZE, IGVM_REQUEST_DATA_SIZE
 
 VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors"
 pytestmark = pytest.mark.skipif(not VECTORS.is_dir(), reason="../shared/vectors absent")
@@ -236,6 +240,63 @@ def test_hcl_report_whose_claims_were_changed_is_refused(tmp_path: Path) -> None
     (folder / "hcl-report.bin").write_bytes(bytes(data))
     with pytest.raises(ConfigError, match="not bound"):
         load_tpm_trust(None, folder)
+
+
+def _b64url_uint(value: int) -> str:
+    raw = value.to_bytes((value.bit_length() + 7) // 8, "big")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def test_an_edited_and_rehashed_hcl_report_is_not_detected_the_operator_vouches_for_the_file(
+    tmp_path: Path,
+) -> None:
+    """A documented limitation (docs/VERIFIERS-TPM.md): ``load_tpm_trust`` only checks that the
+    hardware REPORT_DATA carries the hash of the runtime claims, and both are unsigned bytes of
+    the same file. Swap HCLAkPub for another key, recompute the hash: the file is accepted and
+    the other key trusted. Only the SNP signature over the hardware report, which the SNP verifier
+    checks and ``load_tpm_trust`` does not, tells the edit apart."""
+    src = vec(AZURE["snp"][1])
+    off = HCL_HEADER_SIZE + HW_REPORT_SIZE  # IGVM_REQUEST_DATA (verify/tpm/azure.py)
+    size = int.from_bytes(src[off + 16 : off + 20], "little")
+    claims = json.loads(src[off + IGVM_REQUEST_DATA_SIZE : off + IGVM_REQUEST_DATA_SIZE + size])
+    other = rsa.generate_private_key(65537, 2048).public_key().public_numbers()
+    (ak,) = [k for k in claims["keys"] if k.get("kid") == "HCLAkPub"]
+    ak["n"], ak["e"] = _b64url_uint(other.n), _b64url_uint(other.e)
+    var = json.dumps(claims).encode()
+    forged = bytearray(src[: off + IGVM_REQUEST_DATA_SIZE]) + var
+    forged[off : off + 4] = (IGVM_REQUEST_DATA_SIZE + len(var)).to_bytes(4, "little")
+    forged[off + 16 : off + 20] = len(var).to_bytes(4, "little")
+    hash_name = {1: "sha256", 2: "sha384", 3: "sha512"}[
+        int.from_bytes(src[off + 12 : off + 16], "little")
+    ]
+    digest = hashlib.new(hash_name, var).digest()
+    report_data = HCL_HEADER_SIZE + 0x50  # SNP REPORT_DATA, not covered by anything checked here
+    forged[report_data : report_data + len(digest)] = digest
+    folder = tmp_path / "edited"
+    folder.mkdir()
+    (folder / "hcl-report.bin").write_bytes(bytes(forged))
+
+    trust = load_tpm_trust(None, folder)  # accepted: consistency is all that is checked
+    assert [a.key.public_numbers() for a in trust.aks] == [other]
+
+    snp_certs = tmp_path / "snp-certs"
+    snp_certs.mkdir()
+    shutil.copy(VECTORS / "snp/azure-trustee/vcek.pem", snp_certs / "vcek.pem")
+    snp_trust = load_snp_trust(None, snp_certs)
+
+    def snp(evidence: bytes) -> Appraisal:
+        return appraise_snp(
+            evidence,
+            policy=SnpPolicy(),
+            trust=snp_trust,
+            now=datetime(2024, 6, 1, tzinfo=UTC),
+            expected_report_data=None,
+        )
+
+    assert snp(src).passed
+    edited = snp(bytes(forged))
+    assert edited.first_failure is not None
+    assert edited.first_failure.name == "snp.signature.report"
 
 
 def test_read_tpm_evidence_round_trip(tmp_path: Path) -> None:

@@ -7,9 +7,11 @@
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import cbor2
@@ -21,6 +23,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from atls_proxy.errors import ConfigError, DecodeError
 from atls_proxy.expat.binding import Binding
+from atls_proxy.ops.tpm_files import load_tpm_trust
 from atls_proxy.verify.result import Appraisal
 from atls_proxy.verify.tpm import (
     MEDIA_TYPE,
@@ -32,10 +35,18 @@ from atls_proxy.verify.tpm import (
     appraise_tpm,
     decode_evidence,
     encode_evidence,
+    parse_ak_file,
+    parse_hcl_report,
     parse_quote,
     parse_signature,
     parse_tpm_policy,
     qualifying_data,
+)
+from atls_proxy.verify.tpm.azure import (
+    HCL_HEADER_SIZE,
+    HCL_MAGIC,
+    HW_REPORT_SIZE,
+    MAX_VARIABLE_DATA_SIZE,
 )
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -393,3 +404,36 @@ def test_policy_defaults() -> None:
     assert policy == TpmPolicy()
     assert policy.accepted_signature_hashes == frozenset({"sha256", "sha384", "sha512"})
     assert policy.pcr_bank == "sha256" and not policy.allow_software_tpm
+
+
+# -- JSON nested deeper than the interpreter's recursion limit --------------------------------------
+
+
+def deep_jwk_set(depth: int) -> bytes:
+    return b'{"keys":' + b"[" * depth + b"]" * depth + b"}"
+
+
+def synthetic_hcl_report(claims: bytes) -> bytes:
+    """An HCL report shape around ``claims``: header, a zero hardware report, IGVM request data
+    (data size, version, report type 2 = SNP, hash type 1 = SHA-256, variable data size)."""
+    igvm = struct.pack("<5I", 20 + len(claims), 1, 2, 1, len(claims))
+    return HCL_MAGIC + bytes(HCL_HEADER_SIZE - 4) + bytes(HW_REPORT_SIZE) + igvm + claims
+
+
+def test_deeply_nested_ak_file_json_is_a_decode_error(tmp_path: Path) -> None:
+    deep = deep_jwk_set(100_000)
+    with pytest.raises(DecodeError, match="not JSON"):
+        parse_ak_file(deep, "ak.json")
+    (tmp_path / "ak.json").write_bytes(deep)
+    with pytest.raises(ConfigError, match="not an AK public key"):
+        load_tpm_trust(None, tmp_path)
+
+
+def test_deeply_nested_hcl_runtime_claims_are_a_decode_error(tmp_path: Path) -> None:
+    depth = (MAX_VARIABLE_DATA_SIZE - 16) // 2  # deep, yet within the variable-data cap
+    report = synthetic_hcl_report(deep_jwk_set(depth))
+    with pytest.raises(DecodeError, match="not JSON"):
+        parse_hcl_report(report)
+    (tmp_path / "vm.hcl").write_bytes(report)
+    with pytest.raises(ConfigError, match="not an Azure HCL report"):
+        load_tpm_trust(None, tmp_path)

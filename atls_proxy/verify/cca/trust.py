@@ -155,7 +155,9 @@ def parse_cpak_file(data: bytes, source: str) -> list[TrustedCpak]:
     if stripped.startswith((b"{", b"[")):
         try:
             doc = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            # RecursionError: the json decoder recurses per nesting level; deep nesting fits
+            # well within the size cap.
             raise DecodeError(f"{source}: not JSON: {exc}") from exc
         return _from_json(doc, source)
     try:

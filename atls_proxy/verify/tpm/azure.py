@@ -13,9 +13,10 @@ agent headers describe it)::
            ‖ UINT32 variable_data_size ‖ variable data (the runtime-claims JSON)
 
 The runtime claims JSON holds ``keys``: JWKs, among them ``HCLAkPub`` (the vTPM AK, RSA). The
-hardware report's REPORT_DATA[0:32] is the hash of the variable data: that (verified by the SNP or
-TDX verifier, not here) is what makes the AK trustworthy. ``HclReport.binds_variable_data`` only
-says whether the two agree in these bytes; nothing here checks a hardware signature.
+hardware report's REPORT_DATA[0:32] is the hash of the variable data: that, with the hardware
+signature over the report (the SNP or TDX verifiers' job, not done here), is what makes the AK
+trustworthy. ``HclReport.binds_variable_data`` only says whether the two agree in these bytes;
+nothing here checks a hardware signature, so an edited report with a recomputed hash agrees too.
 """
 
 from __future__ import annotations
@@ -125,7 +126,8 @@ def parse_hcl_report(data: bytes) -> HclReport:
     var = data[off + IGVM_REQUEST_DATA_SIZE : off + IGVM_REQUEST_DATA_SIZE + size]
     try:
         claims = json.loads(var.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # RecursionError: the json decoder recurses per nesting level (cf. evidence_from_json).
         raise DecodeError(f"HCL report: the runtime claims are not JSON: {exc}") from exc
     keys = claims.get("keys") if isinstance(claims, dict) else None
     if not isinstance(keys, list):

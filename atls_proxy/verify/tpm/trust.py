@@ -166,7 +166,9 @@ def parse_ak_file(data: bytes, source: str) -> list[TrustedAk]:
     if stripped.startswith(b"{"):
         try:
             doc = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            # RecursionError: the json decoder recurses per nesting level; a file of 1 MiB can
+            # nest far deeper than the interpreter's limit (cf. evidence_from_json).
             raise DecodeError(f"{source}: not JSON: {exc}") from exc
         if isinstance(doc, dict) and "keys" in doc:
             keys = doc["keys"]
