@@ -358,10 +358,12 @@ def request_from_bytes(data: bytes) -> AuthenticatorRequest:
     sig = req.extension(EXT_SIGNATURE_ALGORITHMS)
     if sig is None:
         raise ProtocolError(
-            "authenticator request without signature_algorithms", ProtocolError.DECODE_ERROR
+            "authenticator request without signature_algorithms",
+            ProtocolError.DECODE_ERROR,
+            check="ea.request",
         )
     try:
         parse_signature_algorithms(sig)
     except DecodeError as exc:
-        raise ProtocolError(str(exc), ProtocolError.DECODE_ERROR) from None
+        raise ProtocolError(str(exc), ProtocolError.DECODE_ERROR, check="ea.request") from None
     return req

@@ -80,7 +80,9 @@ def decode_extensions(block: bytes, what: str) -> tuple[Extension, ...]:
         data = r.opaque(2)
         if ext_type in seen:
             raise ProtocolError(
-                f"{what}: duplicate extension 0x{ext_type:04x}", ProtocolError.ILLEGAL_PARAMETER
+                f"{what}: duplicate extension 0x{ext_type:04x}",
+                ProtocolError.ILLEGAL_PARAMETER,
+                check="ea.extensions",
             )
         if len(out) >= MAX_EXTENSIONS:
             raise DecodeError(f"{what}: more than {MAX_EXTENSIONS} extensions")

@@ -52,4 +52,5 @@ class ExpatProfile:
             raise ProtocolError(
                 "cmw_attestation in a request must be empty (expat-04 §3.1)",
                 ProtocolError.DECODE_ERROR,
+                check="expat.offer",
             )

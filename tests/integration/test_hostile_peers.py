@@ -80,7 +80,7 @@ HOSTILE_CLIENTS: dict[str, tuple[bytes, str]] = {
     ),
     "non-empty-offer": (
         f.PREAMBLE + f.encode_frame(f.FrameType.AUTH_REQUEST, _request(offer=b"\x01")),
-        "expat.protocol",
+        "expat.offer",
     ),
     "accept-before-authenticator": (f.PREAMBLE + f.encode_frame(f.FrameType.ACCEPT), "expat.frame"),
 }

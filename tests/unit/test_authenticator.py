@@ -239,8 +239,9 @@ def test_empty_context_refused() -> None:
 
 def test_request_without_signature_algorithms_refused() -> None:
     raw = m.AuthenticatorRequest(17, b"x" * 32, (m.Extension(0xFF00),)).encode()
-    with pytest.raises(ProtocolError):
+    with pytest.raises(ProtocolError) as e:
         ea.request_from_bytes(raw)
+    assert e.value.check == "ea.request"
 
 
 def test_parse_leaf_keeps_one_parse_per_certificate() -> None:

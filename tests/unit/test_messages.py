@@ -110,8 +110,9 @@ def test_request_needs_extensions_and_known_type() -> None:
 
 def test_duplicate_extension_rejected() -> None:
     block = m.Extension(0xFF00).encode() * 2
-    with pytest.raises(ProtocolError):
+    with pytest.raises(ProtocolError) as e:
         m.decode_extensions(block, "x")
+    assert e.value.check == "ea.extensions"  # named in logs and metrics, not "expat.protocol"
 
 
 def test_oversized_length_rejected_before_allocation() -> None:
