@@ -213,6 +213,25 @@ async def _run(stream: TLSStream, s: ClientSettings, report: AttestationReport) 
         assert failure is not None
         await _send_reject(stream, sess, failure.name, failure.detail)
         raise AttestationFailed(report)
+    # expat-04 §7.3: the server sends nothing before our ACCEPT. Bytes that arrived after the
+    # authenticator in a later read than its own are caught here (the session catches those in
+    # the same read); bytes still in flight when ACCEPT leaves cannot be told apart from an answer.
+    try:
+        early = stream.read_nowait()
+    except TLSError as exc:
+        early, why = None, str(exc)
+    else:
+        why = (
+            ""
+            if early is None
+            else "server closed the stream before our ACCEPT"
+            if not early
+            else "server sent data before attestation completed"
+        )
+    if why:
+        report.checks.append(Check("expat.early-data", False, why))
+        await _send_reject(stream, sess, "expat.early-data", why)
+        raise AttestationFailed(report)
     # ACCEPT leaves with the first application bytes, before the first wait for the server's,
     # or at close — whichever comes first (proxy/stream.py: coalescing); one segment fewer.
     stream.queue(sess.accept())

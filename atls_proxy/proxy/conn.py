@@ -150,6 +150,16 @@ class Conn(asyncio.Protocol):
             self.transport.resume_reading()
         return data
 
+    def read_nowait(self) -> bytes:
+        """What is buffered now, emptied (``b""`` when nothing), without waiting; EOF is left for
+        ``read`` to report."""
+        data = bytes(self._buf)
+        self._buf.clear()
+        if self._read_paused:
+            self._read_paused = False
+            self.transport.resume_reading()
+        return data
+
     def take_buffer(self) -> tuple[bytes, bool]:
         """What is buffered and whether EOF was seen, emptied: the pump takes over from here."""
         data = bytes(self._buf)

@@ -87,6 +87,15 @@ class TLSStream:
                 raise TLSError("connection closed without close_notify")
             await self._fill()
 
+    def read_nowait(self) -> bytes | None:
+        """Plaintext that has already arrived, without waiting: from what the engine holds and
+        what the reader has buffered (a ``Conn``'s ``read_nowait``). None when there is none;
+        ``b""`` for close_notify. Bytes still in the kernel's buffers are not seen."""
+        buffered = getattr(self.reader, "read_nowait", None)
+        if buffered is not None and (raw := buffered()):
+            self.engine.feed(raw)
+        return self.engine.read()
+
     def queue(self, data: bytes) -> None:
         """Encrypt ``data`` now; it is sent with the next write, before the next wait, or at close."""
         self.engine.write(data)

@@ -176,6 +176,7 @@ HOSTILE_SERVERS = {
     "no-cmw": "cmw.present",
     "refuse": "ea.refused",
     "early-data": "expat.early-data",
+    "early-data-record": "expat.early-data",
     "app-data-first": "expat.preamble",
     "bad-version": "expat.version",
     "wrong-binder": "evidence.binder",

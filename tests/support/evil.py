@@ -128,7 +128,13 @@ class EvilServer(Listener):
             )
             (ev,) = await read_events(stream, sess)
             assert isinstance(ev, xs.AttestationRequested) and ev.binding is not None
-            await stream.write(await self.answer(sess, ev, e))
+            if self.behaviour == "early-data-record":
+                # A valid authenticator, then application data in a TLS record of its own
+                # before any ACCEPT: the client decrypts them one record at a time.
+                stream.queue(sess.authenticator(await self.cmw(ev.binding)))
+                await stream.write(b"HTTP/1.1 200 OK\r\n\r\nsecret")
+            else:
+                await stream.write(await self.answer(sess, ev, e))
             await asyncio.sleep(0.5)
         finally:
             await stream.close()

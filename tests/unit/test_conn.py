@@ -73,6 +73,17 @@ async def test_buffer_is_bounded_reading_paused_then_resumed() -> None:
     assert reading == [True, False, False, True]
 
 
+async def test_read_nowait_empties_the_buffer_and_resumes_reading() -> None:
+    c, t = _conn(limit=16)
+    assert c.read_nowait() == b""  # nothing yet: no wait
+    c.data_received(b"x" * 40)  # above 2 × 16: reading paused
+    assert not t.reading
+    assert c.read_nowait() == b"x" * 40
+    assert t.reading  # or a later read() would wait on a paused socket forever
+    c.data_received(b"y")
+    assert await c.read() == b"y"
+
+
 async def test_eof_and_take_buffer() -> None:
     c, _ = _conn()
     c.data_received(b"tail")
