@@ -327,13 +327,23 @@ class Runtime:
         return True
 
     async def _watch_files(self) -> None:
-        last = _stat_fingerprint(self.service.watched_files())
+        last = _stat_fingerprint(self._watched())
         while True:
             await asyncio.sleep(self.ops.reload_interval)
-            now = _stat_fingerprint(self.service.watched_files())
+            now = _stat_fingerprint(self._watched())
             if now != last:
                 last = now
                 await self.reload("file change")
+
+    def _watched(self) -> list[Path]:
+        # Listing the files may read a policy that is being edited: whatever goes wrong, the
+        # watcher keeps its configuration file and goes on (the reload reports the error) —
+        # a watcher task that died would silently stop every later reload on change.
+        try:
+            return self.service.watched_files()
+        except Exception:
+            log.exception("listing the watched files failed; watching the configuration only")
+            return [self.config_path]
 
     # -- drain -----------------------------------------------------------------------------------
 

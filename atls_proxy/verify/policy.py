@@ -205,7 +205,7 @@ class _Parser:
             raise self.error("freshness.tiers", f"a non-empty list of: {', '.join(names)}")
         chosen: set[Tier] = set()
         for i, name in enumerate(tiers):
-            if name not in names:
+            if not isinstance(name, str) or name not in names:  # a list or table is unhashable
                 raise self.error(
                     f"freshness.tiers[{i}]", f"unknown tier {name!r} (one of: {', '.join(names)})"
                 )

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from atls_proxy.attest.software import SOFTWARE_MEDIA_TYPE, SoftwareAttester
 from atls_proxy.errors import ConfigError
 from atls_proxy.expat.binding import Binding
+from atls_proxy.expat.tiers import Tier
 from atls_proxy.ops.policyfile import MAX_POLICY_FILE_SIZE, load_policy, trust_files
 from atls_proxy.verify.policy import (
     DEFAULT_POLICY_ID,
@@ -328,6 +329,39 @@ def write_policy(folder: Path, text: str | None = None) -> Path:
     path = folder / "policy.toml"
     path.write_text(text if text is not None else POLICY_TOML.format(firmware=FIRMWARE.hex()))
     return path
+
+
+def test_freshness_section_accepts_tiers_and_an_age(tmp_path: Path) -> None:
+    text = POLICY_TOML.format(firmware=FIRMWARE.hex())
+    text += '\n[freshness]\ntiers = ["cached", "batched"]\nmax_epoch_age = 60\n'
+    fresh = load_policy(write_policy(tmp_path, text)).freshness
+    assert fresh.tiers == frozenset({Tier.CACHED, Tier.BATCHED}) and fresh.max_epoch_age == 60
+    default = load_policy(write_policy(tmp_path)).freshness
+    assert default.tiers == frozenset(Tier) and default.max_epoch_age == 300
+
+
+@pytest.mark.parametrize(
+    "line,key",
+    [
+        ("tiers = []", "freshness.tiers"),
+        ('tiers = "strict"', "freshness.tiers"),
+        ('tiers = ["fast"]', "freshness.tiers[0]"),
+        ('tiers = ["strict", ["cached"]]', "freshness.tiers[1]"),  # unhashable: was a TypeError
+        ("tiers = [{ a = 1 }]", "freshness.tiers[0]"),
+        ("max_epoch_age = 0", "freshness.max_epoch_age"),
+        ("max_epoch_age = -5", "freshness.max_epoch_age"),
+        ("max_epoch_age = true", "freshness.max_epoch_age"),
+        ("max_epoch_age = 604801", "freshness.max_epoch_age"),
+        ("max_age = 5", "freshness.max_age"),
+    ],
+)
+def test_freshness_section_rules(tmp_path: Path, line: str, key: str) -> None:
+    text = POLICY_TOML.format(firmware=FIRMWARE.hex()) + f"\n[freshness]\n{line}\n"
+    path = write_policy(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_policy(path)
+    assert info.value.key == key, info.value
+    assert trust_files(path) == []  # the reload watcher's listing survives it too
 
 
 def test_load_policy_resolves_keys_against_the_policy_folder(
