@@ -20,7 +20,13 @@ work per connection saved (``docs/PERFORMANCE.md``); behaviour follows the strea
   ``eof_received`` returns True, so after the peer's EOF we can still answer (a half-closed
   HTTP request to the admin endpoint, TLS 1.3 half-close), as with asyncio's plain-TCP streams;
 * ``drain()`` waits while the transport is above its write high-water mark and raises
-  ``ConnectionResetError`` once the connection is lost.
+  ``ConnectionResetError`` once the connection is lost;
+* ``close()`` lets the transport send what it still holds, but not forever: a transport closes
+  only once its write buffer is empty, so a peer that stops reading (a zero receive window)
+  would keep the socket and up to a write buffer of memory after the connection ended — beyond
+  ``max_connections``, which counts handlers. When nothing unsent — the transport's buffer plus
+  the kernel's send queue (``TIOCOUTQ``), so that a slow reader's progress counts while the
+  kernel buffer drains — got out for ``CLOSE_LINGER`` seconds, the connection is aborted.
 
 Every connection the project opens or accepts is a ``Conn``: the listeners' (``serve``,
 ``connect``, the admin endpoint), the proxy's backend connections and the client's connections to
@@ -32,11 +38,17 @@ buffered (``take_buffer``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import struct
+import termios
 from collections.abc import Callable
 from typing import Any
 
 # Read buffer limit: one TLS read chunk, as for the streams this replaces.
 READ_LIMIT = 65536
+# A closed connection whose unsent bytes did not shrink for this long is aborted (module docstring).
+CLOSE_LINGER = 10.0
 
 
 class Conn(asyncio.Protocol):
@@ -192,7 +204,10 @@ class Conn(asyncio.Protocol):
         return bool(self.transport.is_closing())
 
     def close(self) -> None:
-        self.transport.close()
+        tr = self.transport
+        tr.close()
+        if tr.get_write_buffer_size():
+            asyncio.get_running_loop().call_later(CLOSE_LINGER, _linger, tr, _unsent(tr))
 
     async def wait_closed(self) -> None:
         """Until the transport reported the connection lost (after ``close()``: flushed)."""
@@ -204,6 +219,31 @@ class Conn(asyncio.Protocol):
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self.transport.get_extra_info(name, default)
+
+
+def _unsent(transport: Any) -> int:
+    """Bytes not yet taken by the peer: the transport's buffer and the kernel's send queue."""
+    n: int = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        # Linux: SIOCOUTQ (= TIOCOUTQ), bytes in the send queue not yet acknowledged.
+        with contextlib.suppress(OSError, ValueError):
+            n += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+    return n
+
+
+def _linger(transport: Any, before: int) -> None:
+    """Abort a closing transport when nothing of what it holds got out in ``CLOSE_LINGER``."""
+    try:
+        if not transport.get_write_buffer_size():
+            return  # flushed: the transport closes (or has closed) by itself
+        now = _unsent(transport)
+    except Exception:  # the transport is gone already (some loops refuse calls on closed handles)
+        return
+    if now < before:
+        asyncio.get_running_loop().call_later(CLOSE_LINGER, _linger, transport, now)
+    else:
+        transport.abort()
 
 
 async def open_conn(host: str, port: int) -> Conn:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from atls_proxy.proxy import conn as conn_module
 from atls_proxy.proxy.conn import Conn, open_conn
 
 
@@ -32,6 +33,9 @@ class FakeTransport:
 
     def close(self) -> None:
         self.closing = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return ("127.0.0.1", 4242) if name == "peername" else default
@@ -173,3 +177,68 @@ async def test_loopback_round_trip() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+def _closing_to_a_peer_that_stops_reading(loop_kind: str, reading: bool) -> tuple[float, int]:
+    """Seconds until a closed Conn with unsent bytes is really gone, its peer reading or not, and
+    how many bytes the peer received."""
+    import socket
+    import time
+
+    async def main() -> tuple[float, int]:
+        received = 0
+        loop = asyncio.get_running_loop()
+        accepted: asyncio.Future[Conn] = loop.create_future()
+        server = await loop.create_server(lambda: Conn(accepted.set_result), "127.0.0.1", 0)
+        peer = socket.socket()
+        if not reading:  # small buffers fill at once: the transport keeps most of the bytes
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        peer.connect(server.sockets[0].getsockname()[:2])
+        peer.setblocking(False)
+        try:
+            c = await accepted
+            c.write(b"x" * (8 << 20))  # far more than the socket buffers hold
+            await asyncio.sleep(0.1)
+            t0 = time.monotonic()
+            c.close()  # the transport still holds most of it
+            while True:
+                if reading:
+                    try:
+                        while chunk := peer.recv(1 << 20):
+                            received += len(chunk)
+                    except BlockingIOError:
+                        pass
+                try:
+                    await asyncio.wait_for(c.wait_closed(), 0.05)
+                    if reading:  # what was sent before the close is still readable
+                        peer.setblocking(True)
+                        peer.settimeout(5)
+                        while chunk := peer.recv(1 << 20):
+                            received += len(chunk)
+                    return time.monotonic() - t0, received
+                except TimeoutError:
+                    if time.monotonic() - t0 > 10:
+                        return float("inf"), received
+        finally:
+            peer.close()
+            server.close()
+
+    if loop_kind == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        result: tuple[float, int] = uvloop.run(main())
+        return result
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_a_closed_connection_to_a_peer_that_stops_reading_is_aborted(
+    loop_kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without the linger, the transport waits for the peer's zero window forever, holding the
+    # socket and its buffer after the handler is gone.
+    monkeypatch.setattr(conn_module, "CLOSE_LINGER", 0.3)
+    seconds, _ = _closing_to_a_peer_that_stops_reading(loop_kind, reading=False)
+    assert seconds < 3
+    # A peer that keeps reading gets everything: the linger restarts while the buffer shrinks.
+    seconds, received = _closing_to_a_peer_that_stops_reading(loop_kind, reading=True)
+    assert seconds < 10 and received == 8 << 20
