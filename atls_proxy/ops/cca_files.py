@@ -14,7 +14,9 @@ Other files are ignored. At least one key must be found. Every problem raises ``
 whose key is the offending path.
 
 ``rvstore_policy_table`` turns a Veraison/trustee reference-value store (``rvstore.json``) into a
-``[cca]`` policy table for ``parse_cca_policy``.
+``[cca]`` policy table for ``parse_cca_policy``: one ``platforms`` entry per platform record and one
+``realms`` entry per realm record, kept whole (each record is one good state; the data model is
+veraison/rust-ccatoken ``src/store/data-model.cddl``, summarised in docs/VERIFIERS-CCA.md).
 """
 
 from __future__ import annotations
@@ -38,6 +40,22 @@ MAX_FOLDER_ENTRIES = 1024
 KEY_SUFFIXES = (".pem", ".pub", ".der", ".json", ".jwk")
 # An rvstore lists a dozen components per platform: 1 MiB is far above any real one.
 MAX_RVSTORE_SIZE = 1024 * 1024
+
+# The keys of the rvstore data model (rust-ccatoken data-model.cddl: platform-rv, swcomp,
+# realm-rv). Anything else is refused: a misspelt key would otherwise drop a reference value
+# silently, and "x-reason" marks a deny-list record, which must never be read as an accepted one.
+_TOP_KEYS = ("platform", "realm")
+_PLATFORM_KEYS = ("implementation-id", "platform-configuration", "sw-components")
+# version and hash-algo-id are descriptive: measurement-value and signer-id identify the build.
+_SWCOMP_KEYS = ("component-type", "measurement-value", "version", "signer-id", "hash-algo-id")
+# rak-hash-algorithm is not compared: the token's own RAK hash algorithm is checked by the
+# platform challenge binding (only sha-256/384/512 parse).
+_REALM_KEYS = (
+    "initial-measurement",
+    "extensible-measurements",
+    "personalization-value",
+    "rak-hash-algorithm",
+)
 
 
 def _read(path: Path, limit: int) -> bytes:
@@ -92,11 +110,14 @@ def load_cca_trust(collateral_dir: Path | None, certs_dir: Path | None = None) -
 
 
 def rvstore_policy_table(data: bytes, source: str = "rvstore.json") -> dict[str, Any]:
-    """A ``[cca]`` policy table from a Veraison/trustee ``rvstore.json`` (one or more platforms).
+    """A ``[cca]`` policy table from a Veraison/trustee ``rvstore.json`` (one or more records).
 
-    Platform entries give ``implementation_ids``, ``platform_configs`` and ``sw_components``;
-    realm entries give ``registers`` (rim, rem0..rem3, rpv). Values are copied, not judged:
-    ``parse_cca_policy`` validates the result. Raises ``ConfigError`` naming ``source``.
+    Each platform record (``implementation-id``, ``platform-configuration``, ``sw-components``)
+    becomes one ``platforms`` entry and each realm record (``initial-measurement``,
+    ``extensible-measurements``, ``personalization-value``) one ``realms`` entry, so that a token
+    must match one record of each as a whole. Values are copied, not judged: ``parse_cca_policy``
+    validates the result. The store must hold at least one platform and one realm record, and
+    no key outside the data model. Raises ``ConfigError`` naming ``source`` and the key.
     """
     if len(data) > MAX_RVSTORE_SIZE:
         raise ConfigError(source, f"larger than {MAX_RVSTORE_SIZE} bytes")
@@ -107,56 +128,85 @@ def rvstore_policy_table(data: bytes, source: str = "rvstore.json") -> dict[str,
         # within the size cap.
         raise ConfigError(source, f"not JSON: {exc}") from exc
     if not isinstance(doc, dict):
-        raise ConfigError(source, "an rvstore is an object with 'platform' and/or 'realm' lists")
-    table: dict[str, Any] = {}
-    impl: list[str] = []
-    configs: list[str] = []
-    sw: list[dict[str, str]] = []
+        raise ConfigError(source, "an rvstore is an object with 'platform' and 'realm' lists")
+    for name in doc:
+        if name not in _TOP_KEYS:
+            raise ConfigError(
+                f"{source}: {name}", f"unknown key (expected one of: {', '.join(_TOP_KEYS)})"
+            )
+    platforms: list[dict[str, Any]] = []
     for i, entry in enumerate(_entries(doc, "platform", source)):
         where = f"{source}: platform[{i}]"
-        if "implementation-id" in entry:
-            impl.append(_str(entry["implementation-id"], where))
+        _known(entry, _PLATFORM_KEYS, where)
+        # data-model.cddl platform-claims: implementation-id and a non-empty sw-components are
+        # mandatory (a record without firmware would compare no firmware).
+        if "implementation-id" not in entry:
+            raise ConfigError(f"{where}.implementation-id", "is required")
+        record: dict[str, Any] = {
+            "implementation_ids": [_str(entry["implementation-id"], f"{where}.implementation-id")]
+        }
         if "platform-configuration" in entry:
-            configs.append(_str(entry["platform-configuration"], where))
-        comps = entry.get("sw-components", [])
-        if not isinstance(comps, list):
-            raise ConfigError(where, "sw-components is not a list")
-        for comp in comps:
+            record["platform_configs"] = [
+                _str(entry["platform-configuration"], f"{where}.platform-configuration")
+            ]
+        comps = entry.get("sw-components")
+        if not isinstance(comps, list) or not comps:
+            raise ConfigError(f"{where}.sw-components", "is required: a non-empty list")
+        sw: list[dict[str, str]] = []
+        for n, comp in enumerate(comps):
+            at = f"{where}.sw-components[{n}]"
             if not isinstance(comp, dict) or "measurement-value" not in comp:
-                raise ConfigError(where, "a sw-component needs a measurement-value")
-            ref = {"measurement": _str(comp["measurement-value"], where)}
+                raise ConfigError(at, "a sw-component needs a measurement-value")
+            _known(comp, _SWCOMP_KEYS, at)
+            ref = {"measurement": _str(comp["measurement-value"], f"{at}.measurement-value")}
             if "component-type" in comp:
-                ref["type"] = _str(comp["component-type"], where)
+                ref["type"] = _str(comp["component-type"], f"{at}.component-type")
             if "signer-id" in comp:
-                ref["signer_id"] = _str(comp["signer-id"], where)
+                ref["signer_id"] = _str(comp["signer-id"], f"{at}.signer-id")
             sw.append(ref)
-    registers: dict[str, list[str]] = {}
+        record["sw_components"] = sw
+        platforms.append(record)
+    realms: list[dict[str, list[str]]] = []
     for i, entry in enumerate(_entries(doc, "realm", source)):
         where = f"{source}: realm[{i}]"
-        if "initial-measurement" in entry:
-            registers.setdefault("rim", []).append(_str(entry["initial-measurement"], where))
-        rems = entry.get("extensible-measurements", [])
-        if not isinstance(rems, list):
-            raise ConfigError(where, "extensible-measurements is not a list")
-        for n, rem in enumerate(rems):
-            registers.setdefault(f"rem{n}", []).append(_str(rem, where))
+        _known(entry, _REALM_KEYS, where)
+        # data-model.cddl realm-claims: initial-measurement is mandatory; the REMs and the
+        # personalization value are optional and, when absent, not compared.
+        if "initial-measurement" not in entry:
+            raise ConfigError(f"{where}.initial-measurement", "is required")
+        registers = {"rim": [_str(entry["initial-measurement"], f"{where}.initial-measurement")]}
+        if "extensible-measurements" in entry:
+            rems = entry["extensible-measurements"]
+            if not isinstance(rems, list) or len(rems) != 4:
+                raise ConfigError(f"{where}.extensible-measurements", "is not a list of 4 values")
+            for n, rem in enumerate(rems):
+                registers[f"rem{n}"] = [_str(rem, f"{where}.extensible-measurements[{n}]")]
         if "personalization-value" in entry:
-            registers.setdefault("rpv", []).append(_str(entry["personalization-value"], where))
-    if impl:
-        table["implementation_ids"] = sorted(set(impl))
-    if configs:
-        table["platform_configs"] = sorted(set(configs))
-    if sw:
-        table["sw_components"] = sw
-    if registers:
-        table["registers"] = {k: sorted(set(v)) for k, v in registers.items()}
-    return table
+            registers["rpv"] = [
+                _str(entry["personalization-value"], f"{where}.personalization-value")
+            ]
+        realms.append(registers)
+    # A store without platform (or realm) records would leave that half of the token compared with
+    # nothing, while the operator believes reference values are in force.
+    if not platforms:
+        raise ConfigError(f"{source}: platform", "no platform reference record")
+    if not realms:
+        raise ConfigError(f"{source}: realm", "no realm reference record")
+    return {"platforms": platforms, "realms": realms}
+
+
+def _known(entry: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
+    for name in entry:
+        if name not in keys:
+            raise ConfigError(
+                f"{where}.{name}", f"unknown key (expected one of: {', '.join(keys)})"
+            )
 
 
 def _entries(doc: dict[str, Any], name: str, source: str) -> list[dict[str, Any]]:
     value = doc.get(name, [])
     if not isinstance(value, list) or not all(isinstance(e, dict) for e in value):
-        raise ConfigError(source, f"'{name}' is not a list of objects")
+        raise ConfigError(f"{source}: {name}", f"'{name}' is not a list of objects")
     return value
 
 

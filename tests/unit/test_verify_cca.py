@@ -121,10 +121,27 @@ def test_tastore_binds_the_cpak_to_the_platform(tmp_path: Path) -> None:
     assert a.checks[-1].name == "cca.report-data"  # reported, not a stop
 
 
+def test_an_unbound_copy_of_the_cpak_does_not_lift_the_tastore_binding(tmp_path: Path) -> None:
+    # tastore.json binds the CPAK to another instance; cpak-pub.json holds the same key unbound.
+    # Whichever entry verifies first, the store's binding still applies.
+    entry = json.loads(vec("cca/trustee/tastore.json"))
+    entry[0]["instance-id"] = "01" + "ab" * 32
+    folder = tmp_path / "both"
+    folder.mkdir()
+    (folder / "tastore.json").write_text(json.dumps(entry))
+    shutil.copy(VECTORS / "cca/trustee/cpak-pub.json", folder / "cpak-pub.json")
+    trust = load_cca_trust(None, folder)
+    assert len(trust.cpaks) == 2  # the bound and the unbound entry for one key
+    a = appraise(vec(TRUSTEE), trust)
+    assert failed(a) == "cca.platform.cpak-binding"
+    assert "does not lift the binding" in (a.first_failure.detail if a.first_failure else "")
+
+
 def test_trustee_token_meets_its_reference_values(tmp_path: Path) -> None:
     policy = rvstore_policy()
-    assert len(policy.sw_components) == 13
-    assert set(policy.registers) == {"rim", "rem0", "rem1", "rem2", "rem3", "rpv"}
+    assert len(policy.platforms) == 1 and len(policy.realms) == 1
+    assert len(policy.platforms[0].sw_components) == 13
+    assert set(policy.realms[0].registers) == {"rim", "rem0", "rem1", "rem2", "rem3", "rpv"}
     a = appraise(vec(TRUSTEE), trust_from(tmp_path, "cca/trustee/tastore.json"), policy)
     assert a.passed, a.first_failure
     assert a.trust_vector["executables"] == 2
@@ -239,7 +256,7 @@ def test_challenge_mismatch(tmp_path: Path, name: str) -> None:
 
 def test_rim_not_in_policy(tmp_path: Path) -> None:
     table = rvstore_policy_table(vec("cca/trustee/rvstore.json"))
-    table["registers"]["rim"] = ["00" * 64]
+    table["realms"][0]["rim"] = ["00" * 64]
     policy = parse_cca_policy(table, "cca", lambda _: b"")
     a = appraise(vec(TRUSTEE), trust_from(tmp_path, "cca/trustee/cpak-pub.json"), policy)
     assert failed(a) == "cca.register.rim"
@@ -248,7 +265,7 @@ def test_rim_not_in_policy(tmp_path: Path) -> None:
 
 def test_sw_component_not_in_policy(tmp_path: Path) -> None:
     table = rvstore_policy_table(vec("cca/trustee/rvstore.json"))
-    rmm = next(c for c in table["sw_components"] if c["type"] == "RMM")
+    rmm = next(c for c in table["platforms"][0]["sw_components"] if c["type"] == "RMM")
     rmm["measurement"] = "00" * 32
     policy = parse_cca_policy(table, "cca", lambda _: b"")
     a = appraise(vec(TRUSTEE), trust_from(tmp_path, "cca/trustee/cpak-pub.json"), policy)

@@ -7,6 +7,7 @@ random CPAK files and random policy tables.
 from __future__ import annotations
 
 import contextlib
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from atls_proxy.errors import ConfigError, DecodeError
+from atls_proxy.ops.cca_files import rvstore_policy_table
 from atls_proxy.verify.cca import (
     CcaPolicy,
     CcaTrust,
@@ -106,7 +108,9 @@ _json = st.recursive(
                 "instance_ids",
                 "platform_configs",
                 "sw_components",
+                "platforms",
                 "registers",
+                "realms",
                 "other",
             ]
         ),
@@ -117,6 +121,40 @@ _json = st.recursive(
 def test_policy_tables_raise_config_error_only(table: dict[str, Any]) -> None:
     with contextlib.suppress(ConfigError):
         parse_cca_policy(table, "cca", lambda _: b"")
+
+
+_HEX = st.sampled_from(["7f" * 32, "11" * 32, "aa" * 64, "00" * 64, "cfcf", "zz", ""])
+_RV_KEYS = st.sampled_from(
+    [
+        "implementation-id",
+        "platform-configuration",
+        "sw-components",
+        "component-type",
+        "measurement-value",
+        "signer-id",
+        "initial-measurement",
+        "extensible-measurements",
+        "personalization-value",
+        "other",
+    ]
+)
+_rv_json = st.recursive(
+    st.none() | st.integers() | _HEX,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(_RV_KEYS, children, max_size=4)
+    ),
+    max_leaves=16,
+)
+
+
+@SETTINGS
+@given(st.dictionaries(st.sampled_from(["platform", "realm", "other"]), _rv_json, max_size=3))
+def test_rvstores_raise_config_error_only(doc: dict[str, Any]) -> None:
+    with contextlib.suppress(ConfigError):
+        table = rvstore_policy_table(json.dumps(doc).encode())
+        policy = parse_cca_policy(table, "cca", lambda _: b"")
+        # A store that parses always yields one platform and one realm record at least.
+        assert policy.platforms and policy.realms
 
 
 @pytest.mark.skipif(not VECTORS.is_dir(), reason="../shared/vectors absent")

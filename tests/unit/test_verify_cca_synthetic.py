@@ -8,6 +8,7 @@ binding, the profile, the lifecycle, COSE_Key RAKs, ES256/ES512, trailing bytes)
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +33,7 @@ from atls_proxy.verify.cca import (
     parse_cca_policy,
     parse_token,
 )
+from atls_proxy.verify.cca.token import parse_sign1
 from atls_proxy.verify.cca.trust import parse_cpak_file
 from atls_proxy.verify.result import Appraisal
 
@@ -169,7 +171,10 @@ def test_the_synthetic_token_passes_every_check() -> None:
         "cca.register.rpv",
         "cca.report-data",
     ]
-    assert a.trust_vector == {"instance-identity": 2, "hardware": 2}
+    # The default policy has no reference values: no firmware was compared, so the hardware
+    # claim is a warning, never affirming, and the report says so.
+    assert a.trust_vector == {"instance-identity": 2, "hardware": 32}
+    assert "not compared" in a.checks[9].detail
     assert "TEST CPAK" not in a.checks[1].detail
 
 
@@ -266,7 +271,9 @@ def test_sw_components_policy() -> None:
         "cca",
         lambda _: b"",
     )
-    assert appraise(SynthToken(), ok).passed
+    a = appraise(SynthToken(), ok)
+    assert a.passed
+    assert a.trust_vector["hardware"] == 2  # secured, trusted CPAK, firmware matched
     wrong = parse_cca_policy(
         {"sw_components": [{"type": "RMM", "measurement": "12" * 32}]}, "cca", lambda _: b""
     )
@@ -424,6 +431,18 @@ def test_verifier_class_binds_to_the_expat_report_data() -> None:
         ({"registers": {"rpv": ["00" * 32]}}, "cca.registers.rpv[0]"),
         ({"registers": {"rem4": ["00" * 32]}}, "cca.registers.rem4"),
         ({"registers": []}, "cca.registers"),
+        ({"registers": {}}, "cca.registers"),
+        ({"realms": []}, "cca.realms"),
+        ({"realms": [{}]}, "cca.realms[0]"),
+        ({"realms": [{"rim": ["aa" * 32]}], "registers": {"rim": ["aa" * 32]}}, "cca.registers"),
+        ({"platforms": []}, "cca.platforms"),
+        ({"platforms": [{}]}, "cca.platforms[0]"),
+        ({"platforms": [{"instance_ids": ["01" * 33]}]}, "cca.platforms[0].instance_ids"),
+        ({"platforms": [{"sw_components": [{"x": 1}]}]}, "cca.platforms[0].sw_components[0].x"),
+        (
+            {"platforms": [{"implementation_ids": ["7f" * 32]}], "platform_configs": ["cf"]},
+            "cca.platform_configs",
+        ),
         ({"sw_components": [{"type": "X"}]}, "cca.sw_components[0].measurement"),
         ({"sw_components": [{"measurement": "00" * 32, "x": 1}]}, "cca.sw_components[0].x"),
         (
@@ -451,3 +470,240 @@ def test_json_nested_deeper_than_the_recursion_limit_is_refused_cleanly() -> Non
         parse_cpak_file(deep, "cpak.json")
     with pytest.raises(ConfigError, match="not JSON"):
         rvstore_policy_table(deep)
+
+
+# -- reference records, empty policies, CPAK bindings, crit labels, untyped references ----------
+
+
+def _rvstore(platforms: list[dict[str, Any]], realms: list[dict[str, Any]]) -> CcaPolicy:
+    doc = json.dumps({"platform": platforms, "realm": realms}).encode()
+    return parse_cca_policy(rvstore_policy_table(doc), "cca", lambda _: b"")
+
+
+def _sw(mtype: str, measurement: int) -> dict[str, str]:
+    return {
+        "component-type": mtype,
+        "measurement-value": bytes([measurement]).hex() * 32,
+        "signer-id": "22" * 32,
+    }
+
+
+def _realm(rim: int, rems: tuple[int, ...], rpv: int) -> dict[str, Any]:
+    return {
+        "initial-measurement": bytes([rim]).hex() * 32,
+        "extensible-measurements": [bytes([r]).hex() * 32 for r in rems],
+        "personalization-value": bytes([rpv]).hex() * 64,
+    }
+
+
+def _token_sw(*comps: tuple[str, int]) -> list[dict[int, Any]]:
+    return [{1: t, 2: bytes([m]) * 32, 5: b"\x22" * 32} for t, m in comps]
+
+
+def _realm_claims(rim: int, rems: tuple[int, ...], rpv: int) -> dict[int, Any]:
+    return {
+        44238: bytes([rim]) * 32,
+        44239: [bytes([r]) * 32 for r in rems],
+        44235: bytes([rpv]) * 64,
+    }
+
+
+# Two platforms (A: implementation-id 7f.., RMM 11 + BL2 44; B: implementation-id 8f.., RMM 99)
+# and two realms (X, Y): each record is one good state (rvstore data model).
+PLATFORM_A = {"implementation-id": "7f" * 32, "sw-components": [_sw("RMM", 0x11), _sw("BL2", 0x44)]}
+PLATFORM_B = {"implementation-id": "8f" * 32, "sw-components": [_sw("RMM", 0x99)]}
+REALM_X = (0xAA, (0, 1, 2, 3), 0x00)
+REALM_Y = (0xBB, (4, 5, 6, 7), 0xEE)
+
+
+def test_reference_records_are_matched_whole() -> None:
+    policy = _rvstore([PLATFORM_A, PLATFORM_B], [_realm(*REALM_X), _realm(*REALM_Y)])
+    a_sw, b_sw = _token_sw(("RMM", 0x11), ("BL2", 0x44)), _token_sw(("RMM", 0x99))
+    # B's RMM build beside A's BL2: each value is in some record, but no record holds them all.
+    mixed = _token_sw(("RMM", 0x99), ("BL2", 0x44))
+    # On platform A (its implementation-id): judged against A, whose RMM is another build.
+    a = appraise(SynthToken(platform_overrides={2396: b"\x7f" * 32, 2399: mixed}), policy)
+    assert failed(a) == "cca.platform.sw-component.0"
+    assert a.trust_vector["hardware"] == 96
+    # On platform B: judged against B, which has no BL2.
+    a = appraise(SynthToken(platform_overrides={2396: b"\x8f" * 32, 2399: mixed}), policy)
+    assert failed(a) == "cca.platform.sw-component.1"
+    # X's RIM with Y's REMs and RPV: no realm record matches whole.
+    mix = _realm_claims(REALM_X[0], REALM_Y[1], REALM_Y[2])
+    a = appraise(SynthToken(platform_overrides={2399: a_sw}, realm_overrides=mix), policy)
+    assert failed(a) == "cca.register.rem0"
+    assert {c.name for c in a.checks if not c.passed} == {
+        "cca.register.rem0",
+        "cca.register.rem1",
+        "cca.register.rem2",
+        "cca.register.rem3",
+        "cca.register.rpv",
+    }
+    assert "never combine" in (a.first_failure.detail if a.first_failure else "")
+    assert a.trust_vector["executables"] == 96
+    # Every whole platform with every whole realm passes (B has no BL2: completeness is per record).
+    for impl, sw in ((b"\x7f" * 32, a_sw), (b"\x8f" * 32, b_sw)):
+        for realm in (REALM_X, REALM_Y):
+            synth = SynthToken(
+                platform_overrides={2396: impl, 2399: sw}, realm_overrides=_realm_claims(*realm)
+            )
+            a = appraise(synth, policy)
+            assert a.passed, a.first_failure
+            assert a.trust_vector == {"instance-identity": 2, "hardware": 2, "executables": 2}
+
+
+def test_reference_records_in_toml_form() -> None:
+    table: dict[str, Any] = {
+        "platforms": [
+            {"implementation_ids": ["7f" * 32], "sw_components": [{"measurement": "11" * 32}]},
+            {"implementation_ids": ["8f" * 32], "sw_components": [{"measurement": "99" * 32}]},
+        ],
+        "realms": [
+            {"rim": ["aa" * 32], "rpv": ["00" * 64]},
+            {"rim": ["bb" * 32], "rpv": ["ee" * 64]},
+        ],
+    }
+    policy = parse_cca_policy(table, "cca", lambda _: b"")
+    assert len(policy.platforms) == 2 and len(policy.realms) == 2
+    assert appraise(SynthToken(), policy).passed
+    a = appraise(SynthToken(realm_overrides={44235: b"\xee" * 64}), policy)
+    assert failed(a) == "cca.register.rpv"
+    # Platform B's implementation-id with A's firmware: judged against B (the record whose
+    # implementation-id matches, as Veraison looks records up), and the report names it.
+    a = appraise(SynthToken(platform_overrides={2396: b"\x8f" * 32}), policy)
+    assert failed(a) == "cca.platform.sw-component.0"
+    assert "(platform reference 2 of 2)" in (a.first_failure.detail if a.first_failure else "")
+
+
+@pytest.mark.parametrize(
+    ("doc", "key"),
+    [
+        ({}, "rvstore.json: platform"),
+        ({"platforms": [PLATFORM_A], "realm": [_realm(*REALM_X)]}, "rvstore.json: platforms"),
+        ({"platform": [PLATFORM_A]}, "rvstore.json: realm"),
+        ({"realm": [_realm(*REALM_X)]}, "rvstore.json: platform"),
+        (
+            {"platform": [{"implementation-id": "7f" * 32, "sw_components": []}], "realm": []},
+            "rvstore.json: platform[0].sw_components",
+        ),
+        (
+            {"platform": [{"implementation-id": "7f" * 32}], "realm": [_realm(*REALM_X)]},
+            "rvstore.json: platform[0].sw-components",
+        ),
+        (
+            {
+                "platform": [
+                    {
+                        "implementation-id": "7f" * 32,
+                        "sw-components": [dict(_sw("RMM", 0x11), measurement_value="00")],
+                    }
+                ],
+                "realm": [_realm(*REALM_X)],
+            },
+            "rvstore.json: platform[0].sw-components[0].measurement_value",
+        ),
+        (
+            {"platform": [PLATFORM_A], "realm": [{"initial_measurement": "aa" * 32}]},
+            "rvstore.json: realm[0].initial_measurement",
+        ),
+        (
+            {
+                "platform": [PLATFORM_A],
+                "realm": [dict(_realm(*REALM_X), **{"x-reason": "revoked"})],
+            },
+            "rvstore.json: realm[0].x-reason",
+        ),
+    ],
+)
+def test_rvstore_unknown_keys_and_missing_records_are_refused(
+    doc: dict[str, Any], key: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        rvstore_policy_table(json.dumps(doc).encode())
+    assert info.value.key == key
+
+
+def test_no_firmware_reference_means_no_affirming_hardware_claim() -> None:
+    # A platform record without sw-components (implementation-id only) compares no firmware.
+    policy = parse_cca_policy({"implementation_ids": ["7f" * 32]}, "cca", lambda _: b"")
+    a = appraise(SynthToken(), policy)
+    assert a.passed
+    assert a.trust_vector["hardware"] == 32
+    sw = next(c for c in a.checks if c.name == "cca.platform.sw-component.0")
+    assert "not compared" in sw.detail and "no sw-component reference values" in sw.detail
+    # A refused lifecycle stays contraindicated.
+    a = appraise(SynthToken(platform_overrides={2395: 0x4000}), policy)
+    assert a.trust_vector["hardware"] == 96
+
+
+def _bound(key: ec.EllipticCurvePublicKey, instance: bytes, source: str) -> TrustedCpak:
+    return TrustedCpak(key, source, implementation_id=b"\x7f" * 32, instance_id=instance)
+
+
+def test_an_unbound_copy_of_a_cpak_does_not_lift_its_binding() -> None:
+    key = CPAK.public_key()
+    other, mine = b"\x01" + b"\xab" * 32, b"\x01" + b"\x33" * 32
+    unbound = TrustedCpak(key, "cpak-pub.json")
+    for entries in (
+        (unbound, _bound(key, other, "tastore.json[0]")),
+        (_bound(key, other, "tastore.json[0]"), unbound),
+    ):
+        a = appraise(SynthToken(), trust=CcaTrust(entries))
+        assert failed(a) == "cca.platform.cpak-binding"
+        assert "cpak-pub.json does not lift the binding" in (
+            a.first_failure.detail if a.first_failure else ""
+        )
+    # Bound to two platforms: the token must match one of them.
+    trust = CcaTrust((unbound, _bound(key, other, "ta[0]"), _bound(key, mine, "ta[1]")))
+    a = appraise(SynthToken(), trust=trust)
+    assert a.passed, a.first_failure
+    binding = next(c for c in a.checks if c.name == "cca.platform.cpak-binding")
+    assert "ta[1]" in binding.detail
+
+
+@pytest.mark.parametrize("crit", [[[1]], [{1: 1}], [True], [1.0], [b"\x01"]])
+def test_crit_labels_must_be_int_or_text(crit: list[Any]) -> None:
+    # RFC 9052 §3.1: labels are int or tstr. An array is unhashable (TypeError, not DecodeError)
+    # and True / 1.0 compare equal to label 1 without being it.
+    protected = cbor2.dumps({1: -35, 2: crit})
+    message = cbor2.dumps(cbor2.CBORTag(18, [protected, {}, b"x", b"\0" * 96]))
+    with pytest.raises(DecodeError, match="not an int or text"):
+        parse_sign1(message, "platform token")
+    synth = SynthToken()
+    collection = cbor2.loads(synth.token()).value
+    platform = cbor2.loads(collection[44234]).value
+    platform[0] = protected
+    collection[44234] = cbor2.dumps(cbor2.CBORTag(18, platform))
+    a = appraise_cca(
+        cbor2.dumps(cbor2.CBORTag(399, collection)),
+        policy=CcaPolicy(),
+        trust=synth.trust(),
+        now=NOW,
+        expected_report_data=REPORT_DATA,
+    )
+    assert names(a) == ["cca.token.format"]
+    assert "not an int or text" in a.checks[0].detail
+
+
+def test_crit_naming_an_understood_present_label_is_accepted() -> None:
+    protected = cbor2.dumps({1: -35, 2: [1]})
+    message = cbor2.dumps(cbor2.CBORTag(18, [protected, {}, b"x", b"\0" * 96]))
+    assert parse_sign1(message, "t").alg_id == -35
+
+
+def test_untyped_references_require_every_referenced_measurement() -> None:
+    # Untyped references say nothing of which component each stands for: every one must be
+    # present, so that a removed component is caught as it is with typed references.
+    policy = parse_cca_policy(
+        {"sw_components": [{"measurement": "11" * 32}, {"measurement": "44" * 32}]},
+        "cca",
+        lambda _: b"",
+    )
+    a = appraise(SynthToken(), policy)  # the token carries only the 11.. component
+    assert failed(a) == "cca.platform.sw-components.complete"
+    assert "44" * 32 in (a.first_failure.detail if a.first_failure else "")
+    assert a.trust_vector["hardware"] == 96
+    both = [SW, {2: b"\x44" * 32, 5: b"\x22" * 32}]
+    a = appraise(SynthToken(platform_overrides={2399: both}), policy)
+    assert a.passed, a.first_failure
+    assert a.trust_vector["hardware"] == 2

@@ -4,7 +4,8 @@ Public API (the integrator wires these in; see docs/VERIFIERS-CCA.md):
 
 * ``MEDIA_TYPE`` — the CMW media type of a raw CCA token (also accepted: Veraison's
   ``VERAISON_MEDIA_TYPE``).
-* ``CcaPolicy`` / ``parse_cca_policy`` — the ``[cca]`` policy section.
+* ``CcaPolicy`` / ``parse_cca_policy`` — the ``[cca]`` policy section (``PlatformReference`` /
+  ``RealmReference`` records of ``SwReference`` and register values, each matched whole).
 * ``CcaTrust`` / ``build_cca_trust`` / ``parse_cpak_file`` — the trusted CPAK public keys
   (``atls_proxy.ops.cca_files.load_cca_trust`` reads them from a folder).
 * ``appraise_cca`` — one token in, an ``Appraisal`` out, never raises for bad input.
@@ -13,7 +14,14 @@ Public API (the integrator wires these in; see docs/VERIFIERS-CCA.md):
 
 from __future__ import annotations
 
-from atls_proxy.verify.cca.policy import REGISTER_NAMES, CcaPolicy, SwReference, parse_cca_policy
+from atls_proxy.verify.cca.policy import (
+    REGISTER_NAMES,
+    CcaPolicy,
+    PlatformReference,
+    RealmReference,
+    SwReference,
+    parse_cca_policy,
+)
 from atls_proxy.verify.cca.token import LIFECYCLE_NAMES, CcaToken, parse_token
 from atls_proxy.verify.cca.trust import (
     KNOWN_TEST_CPAKS,
@@ -42,6 +50,8 @@ __all__ = [
     "CcaToken",
     "CcaTrust",
     "CcaVerifier",
+    "PlatformReference",
+    "RealmReference",
     "SwReference",
     "TrustedCpak",
     "appraise_cca",

@@ -310,6 +310,11 @@ def parse_sign1(data: bytes, what: str) -> CoseSign1:
         if not isinstance(crit, list) or not crit:
             raise DecodeError(f"{what}: crit must be a non-empty array (RFC 9052 §3.1)")
         for label in crit:
+            # RFC 9052 §3.1: a label is an int or a tstr. Checked first, by exact type: an array
+            # label is unhashable (the membership tests would raise TypeError) and True / 1.0
+            # compare equal to the label 1 (alg) without being it.
+            if type(label) not in (int, str):
+                raise DecodeError(f"{what}: crit label {label!r} is not an int or text")
             if label not in header or label not in _UNDERSTOOD_LABELS:
                 raise DecodeError(f"{what}: critical header {label!r} not understood")
     alg = COSE_ALGS[alg_id]

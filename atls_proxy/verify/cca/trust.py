@@ -10,7 +10,8 @@ endorsement stores). This verifier therefore takes the trusted CPAKs as public k
 * a JWK Set (RFC 7517 §5, ``{"keys": [...]}``);
 * a Veraison/trustee trust-anchor store: a JSON list of ``{"pkey": JWK, "implementation-id":
   hex, "instance-id": hex}``; the two ids bind the key to one platform, and the appraisal checks
-  them (``cca.platform.cpak-binding``).
+  them (``cca.platform.cpak-binding``). A key bound by any entry stays bound: an unbound copy of
+  it (the same key as a PEM or a bare JWK) does not lift the binding (``CcaTrust.bindings_of``).
 
 Keys must be P-256, P-384 or P-521 (the curves of ES256/ES384/ES512). Known TEST keys are
 recognised by fingerprint and named in the appraisal (``KNOWN_TEST_CPAKS``); they are not rejected:
@@ -79,6 +80,11 @@ class TrustedCpak:
     def test_key_note(self) -> str | None:
         return KNOWN_TEST_CPAKS.get(self.fingerprint)
 
+    @property
+    def bound(self) -> bool:
+        """True when a trust-anchor store binds this key to an implementation-id / instance-id."""
+        return self.implementation_id is not None or self.instance_id is not None
+
 
 @dataclass(frozen=True, slots=True)
 class CcaTrust:
@@ -90,6 +96,19 @@ class CcaTrust:
         if len(self.cpaks) > MAX_TRUSTED_CPAKS:
             raise ValueError(f"more than {MAX_TRUSTED_CPAKS} trusted CPAKs")
         object.__setattr__(self, "cpaks", tuple(self.cpaks))
+
+    def same_key(self, cpak: TrustedCpak) -> tuple[TrustedCpak, ...]:
+        """Every trusted entry holding ``cpak``'s key (the same key may come from several files)."""
+        fingerprint = cpak.fingerprint
+        return tuple(c for c in self.cpaks if c is cpak or c.fingerprint == fingerprint)
+
+    def bindings_of(self, cpak: TrustedCpak) -> tuple[TrustedCpak, ...]:
+        """The entries binding ``cpak``'s key to a platform; a token signed by it must match one.
+
+        An unbound entry for the same key does not lift the binding: whoever installed a
+        trust-anchor store said which platform the key speaks for.
+        """
+        return tuple(c for c in self.same_key(cpak) if c.bound)
 
 
 def _check_curve(key: object, source: str) -> ec.EllipticCurvePublicKey:

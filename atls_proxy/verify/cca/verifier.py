@@ -14,8 +14,9 @@ The checks follow that chain, in this order:
    collection.
 2. ``cca.platform.signature`` — the platform COSE_Sign1 verifies with one of the trusted CPAKs,
    whose curve is the algorithm's (RFC 9053 §2.1). Known TEST CPAKs are named in the detail.
-   ``cca.platform.cpak-binding`` (only for a CPAK from a trust-anchor store that binds it) — the
-   token's implementation-id and instance-id are the ones bound to that CPAK.
+   ``cca.platform.cpak-binding`` (only for a key some trust-anchor store entry binds) — the
+   token's implementation-id and instance-id are those of one of the entries binding that key; an
+   unbound copy of the same key (another file) does not lift the binding.
 3. ``cca.realm.signature`` — the realm COSE_Sign1 verifies with the RAK from claim 44237.
 4. ``cca.platform.challenge`` — the platform challenge (claim 10) equals
    H(realm public key claim bytes), H the realm's public-key hash algorithm (claim 44240). This
@@ -24,29 +25,39 @@ The checks follow that chain, in this order:
    profile, when present, a known realm profile (claims are read the way those profiles say).
 6. ``cca.platform.lifecycle`` — the lifecycle state (2395) is one the policy accepts.
 7. ``cca.platform.implementation-id``, ``cca.platform.instance-id``, ``cca.platform.config`` —
-   one of the policy's values, or passed "not constrained by policy".
+   the instance-id is one of the policy's values; implementation-id and config are those of the
+   platform reference record that fits (below); or passed "not constrained by policy".
 8. ``cca.platform.sw-component.<i>`` — one per token component, in token order: it matches a
-   policy reference (measurement-value, and signer-id and type when the reference has them), or
-   passed "not constrained" when the policy lists none; then ``cca.platform.sw-components.complete``
-   — every component type the policy names is present (only when the policy names types).
-9. ``cca.register.<name>`` — rim, rem0..rem3, rpv: one of the policy's values, or passed "not
-   constrained by policy".
+   reference of that record (measurement-value, and signer-id and type when the reference has
+   them), or passed "not compared" when there is none; then ``cca.platform.sw-components.complete``
+   — every component type the record names is present, and every untyped reference's
+   measurement (only when the record has sw-component references).
+9. ``cca.register.<name>`` — rim, rem0..rem3, rpv: the value of the realm reference record that
+   fits, or passed "not constrained by policy".
 10. ``cca.report-data`` — the realm challenge (64 bytes) equals ``expected_report_data``.
+
+Reference records (the Veraison/rvstore data model, docs/VERIFIERS-CCA.md): the policy holds
+platform records and realm records, each one good state. A token must match one platform record
+and one realm record as a whole; values of different records never combine. The record reported
+is the first whole match or, failing that, the closest one (fewest mismatches, preferring a
+matching implementation-id / RIM); its number is named in the details when there are several.
 
 Stopping rule: a failure in 1-5 ends the appraisal, so a forged or unbound token never produces
 "passed" lines about its claims. From 6 on every check runs and reports.
 
 Trust vector (draft-ietf-rats-ar4si): ``instance-identity`` 2 once a trusted CPAK signed (96 if
-not); ``hardware`` 2 for an accepted "secured" platform whose sw-components all match, 32 when a
-TEST CPAK signed or an accepted non-secured lifecycle, 96 for a refused lifecycle or a
-sw-component mismatch; ``executables`` 2/96 when the policy lists realm registers (no claim
-otherwise).
+not); ``hardware`` 2 for an accepted "secured" platform whose platform record, with its
+sw-component references, matches whole; 32 when a TEST CPAK signed, for an accepted non-secured
+lifecycle, or when no sw-component reference was compared (the firmware is not judged, so not
+affirmed); 96 for a refused lifecycle or a platform record that does not match; ``executables``
+2/96 when the policy has realm records (no claim otherwise).
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn
 
@@ -55,12 +66,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from atls_proxy.errors import DecodeError
-from atls_proxy.verify.cca.policy import REGISTER_NAMES, CcaPolicy, SwReference
+from atls_proxy.verify.cca.policy import REGISTER_NAMES, CcaPolicy, PlatformReference, SwReference
 from atls_proxy.verify.cca.token import (
     PLATFORM_PROFILES,
     REALM_PROFILES,
     CcaToken,
     CoseSign1,
+    PlatformClaims,
     SwComponent,
     hash_of,
     lifecycle_state,
@@ -203,8 +215,7 @@ class _Appraiser:
         )
         self.profile(token)
         self.lifecycle(token)
-        self.platform_ids(token)
-        self.sw_components(token)
+        self.platform(token)
         self.registers(token)
         self.report_data(token)
 
@@ -244,23 +255,44 @@ class _Appraiser:
         )
 
     def cpak_binding(self, token: CcaToken, cpak: TrustedCpak) -> None:
-        if cpak.implementation_id is None and cpak.instance_id is None:
+        # Every trusted entry for this key counts, not only the one that verified first: a
+        # trust-anchor store binds the key to a platform, and an unbound copy of the same key in
+        # another file (cpak-pub.json beside tastore.json) must not lift that binding.
+        bound = self.trust.bindings_of(cpak)
+        if not bound:
             return
         pc = token.platform_claims
-        bad = []
-        if cpak.implementation_id is not None and cpak.implementation_id != pc.implementation_id:
-            bad.append("implementation-id")
-        if cpak.instance_id is not None and cpak.instance_id != pc.instance_id:
-            bad.append("instance-id")
+        match = next((b for b in bound if _bound_to(b, pc.implementation_id, pc.instance_id)), None)
+        if match is not None:
+            detail = f"implementation-id and instance-id are those {match.source} binds the CPAK to"
+        else:
+            bad = sorted(
+                {
+                    name
+                    for b in bound
+                    for name, want, have in (
+                        ("implementation-id", b.implementation_id, pc.implementation_id),
+                        ("instance-id", b.instance_id, pc.instance_id),
+                    )
+                    if want is not None and want != have
+                }
+            )
+            detail = (
+                f"{', '.join(bad)} differ(s) from the platform(s) "
+                f"{', '.join(b.source for b in bound)} bind(s) this CPAK to"
+            )
+            unbound = [c.source for c in self.trust.same_key(cpak) if not c.bound]
+            if unbound:
+                detail += f"; the unbound copy in {', '.join(unbound)} does not lift the binding"
         self.add(
             "cca.platform.cpak-binding",
-            not bad,
-            f"{', '.join(bad)} differ(s) from the platform {cpak.source} binds this CPAK to"
-            if bad
-            else f"implementation-id and instance-id are those {cpak.source} binds the CPAK to",
+            match is not None,
+            detail,
             observed=f"{pc.implementation_id.hex()} / {pc.instance_id.hex()}",
-            expected=f"{(cpak.implementation_id or b'').hex() or '*'} / "
-            f"{(cpak.instance_id or b'').hex() or '*'}",
+            expected=" | ".join(
+                f"{(b.implementation_id or b'').hex() or '*'} / {(b.instance_id or b'').hex() or '*'}"
+                for b in bound
+            ),
         )
 
     def profile(self, token: CcaToken) -> None:
@@ -321,88 +353,193 @@ class _Appraiser:
             expected=_values(accepted),
         )
 
-    def platform_ids(self, token: CcaToken) -> None:
-        pc, p = token.platform_claims, self.policy
-        self.one_of(
-            "cca.platform.implementation-id",
-            "implementation-id",
-            pc.implementation_id,
-            p.implementation_ids,
-        )
-        self.one_of("cca.platform.instance-id", "instance-id", pc.instance_id, p.instance_ids)
-        self.one_of("cca.platform.config", "platform-config", pc.config, p.platform_configs)
+    def platform(self, token: CcaToken) -> None:
+        """Steps 7-8: the platform reference record that fits, then each of its values.
 
-    def sw_components(self, token: CcaToken) -> None:
-        refs = self.policy.sw_components
-        matched = True
-        for i, comp in enumerate(token.platform_claims.sw_components):
+        Each record is one good platform state (Veraison platform-rv): a token matches one record
+        as a whole, or fails against the record closest to it. The instance-id is a device pin of
+        the policy, not part of a record.
+        """
+        pc = token.platform_claims
+        records = self.policy.platforms
+        fits: list[_PlatformFit] = []
+        for k, ref in enumerate(records):
+            fits.append(_fit_platform(k, ref, pc))
+            if not fits[-1].failures:
+                break  # the first whole match is the one reported
+        best = min(fits, key=_PlatformFit.rank) if fits else None
+        n = len(records)
+        if best is None:
+            self.one_of("cca.platform.implementation-id", "", pc.implementation_id, frozenset())
+        else:
+            self.record_value(
+                "cca.platform.implementation-id",
+                "implementation-id",
+                pc.implementation_id,
+                best.ref.implementation_ids,
+                [r.implementation_ids for r in records],
+                best.index,
+                "platform",
+            )
+        self.one_of(
+            "cca.platform.instance-id", "instance-id", pc.instance_id, self.policy.instance_ids
+        )
+        if best is None:
+            self.one_of("cca.platform.config", "", pc.config, frozenset())
+        else:
+            self.record_value(
+                "cca.platform.config",
+                "platform-config",
+                pc.config,
+                best.ref.platform_configs,
+                [r.platform_configs for r in records],
+                best.index,
+                "platform",
+            )
+        self.sw_components(token, best, n)
+        if best is not None and best.failures:
+            self.tv[TV_HARDWARE] = int(Tier.CONTRAINDICATED)
+        elif (best is None or not best.ref.sw_components) and self.tv.get(TV_HARDWARE) == int(
+            Tier.AFFIRMING
+        ):
+            # No firmware was compared with a reference value: a trusted CPAK and an accepted
+            # lifecycle show genuine hardware, not supported firmware, so the claim is not
+            # affirming (AR4SI hardware 2 needs the firmware verified; 32 as the SNP verifier
+            # gives a TCB it has nothing to judge against).
+            self.tv[TV_HARDWARE] = int(Tier.WARNING)
+
+    def record_value(
+        self,
+        name: str,
+        label: str,
+        value: bytes,
+        accepted: frozenset[bytes],
+        everywhere: list[frozenset[bytes]],
+        index: int,
+        kind: str,
+    ) -> bool:
+        """One value of the chosen reference record (``index`` of ``everywhere``)."""
+        which = _which(kind, index, len(everywhere))
+        if not accepted:
+            self.add(name, True, f"not constrained by policy{which}", observed=value.hex())
+            return True
+        ok = value in accepted
+        if ok:
+            detail = f"matches {kind} reference {index + 1} of {len(everywhere)}" if which else ""
+        else:
+            detail = f"{label} is not one the policy accepts{which}"
+            if any(value in other for k, other in enumerate(everywhere) if k != index):
+                detail += (
+                    f"; it is the value of another {kind} reference, but no {kind} reference "
+                    "matches as a whole (values of different references never combine)"
+                )
+        self.add(name, ok, detail, observed=value.hex(), expected=_values(accepted))
+        return ok
+
+    def sw_components(self, token: CcaToken, best: _PlatformFit | None, n: int) -> None:
+        comps = token.platform_claims.sw_components
+        refs = best.ref.sw_components if best is not None else ()
+        which = "" if best is None else _which("platform", best.index, n)
+        for i, comp in enumerate(comps):
             observed = _describe(comp)
             name = f"cca.platform.sw-component.{i}"
-            if not refs:
-                self.add(name, True, f"{comp.label()}: not constrained by policy", observed)
-                continue
-            hit = next((r for r in refs if _matches(r, comp)), None)
-            if hit is not None:
+            if best is None or not refs:
+                whose = (
+                    "the policy has no platform"
+                    if best is None
+                    else f"platform reference {best.index + 1} has no sw-component"
+                    if which
+                    else "the policy has no sw-component"
+                )
                 self.add(
-                    name, True, f"{comp.label()}: matches the policy", observed, hit.describe()
+                    name,
+                    True,
+                    f"{comp.label()}: not compared: {whose} reference values (so the hardware "
+                    "claim is not affirming)",
+                    observed,
                 )
                 continue
-            matched = False
+            hit = best.hits[i]
+            if hit is not None:
+                self.add(
+                    name,
+                    True,
+                    f"{comp.label()}: matches the policy{which}",
+                    observed,
+                    hit.describe(),
+                )
+                continue
             same_type = [r for r in refs if r.type is not None and r.type == comp.measurement_type]
             self.add(
                 name,
                 False,
-                f"{comp.label()}: measurement/signer not in the policy",
+                f"{comp.label()}: measurement/signer not in the policy{which}",
                 observed,
                 " | ".join(r.describe() for r in (same_type or refs)[:8])
                 + (" | …" if len(same_type or refs) > 8 else ""),
             )
+        if best is None or not refs:
+            return
         named = sorted({r.type for r in refs if r.type is not None})
-        if named:
-            present = {c.measurement_type for c in token.platform_claims.sw_components}
-            missing = [t for t in named if t not in present]
-            matched = matched and not missing
-            self.add(
-                "cca.platform.sw-components.complete",
-                not missing,
-                f"missing from the token: {', '.join(missing)}"
-                if missing
-                else "every component type the policy names is present",
-                observed=", ".join(sorted(t or "(untyped)" for t in present)),
-                expected=", ".join(named),
-            )
-        if refs and not matched:
-            self.tv[TV_HARDWARE] = int(Tier.CONTRAINDICATED)
+        untyped = [r.describe() for r in refs if r.type is None]
+        self.add(
+            "cca.platform.sw-components.complete",
+            not best.missing,
+            f"missing from the token: {', '.join(best.missing)}{which}"
+            if best.missing
+            else "every component type the policy names, and every untyped reference, is present",
+            observed=", ".join(
+                [f"{c.label()} {c.measurement_value.hex()}" for c in comps]
+                if untyped
+                else sorted({c.label() for c in comps})
+            ),
+            expected=", ".join(named + untyped),
+        )
 
     # -- realm claims -------------------------------------------------------------------------
 
     def registers(self, token: CcaToken) -> None:
+        """Step 9: the realm reference record that fits (one realm-rv, matched whole)."""
         rc = token.realm_claims
         values = {
             "rim": rc.initial_measurement,
             **{f"rem{i}": v for i, v in enumerate(rc.extensible_measurements)},
             "rpv": rc.personalization_value,
         }
-        matched = True
-        for name in REGISTER_NAMES:
-            accepted = self.policy.registers.get(name)
-            value = values[name]
-            if accepted is None:
+        records = self.policy.realms
+        if not records:
+            for name in REGISTER_NAMES:
                 self.add(
-                    f"cca.register.{name}", True, "not constrained by policy", observed=value.hex()
+                    f"cca.register.{name}",
+                    True,
+                    "not constrained by policy",
+                    observed=values[name].hex(),
                 )
-                continue
-            ok = value in accepted
-            matched = matched and ok
-            self.add(
+            return
+        fits = [
+            (k, [n for n, accepted in r.registers.items() if values[n] not in accepted])
+            for k, r in enumerate(records)
+        ]
+        # A whole match first; else the closest record, preferring one whose RIM matches (the
+        # RIM identifies the realm, as in Veraison's store lookup).
+        index, _ = min(fits, key=lambda f: (bool(f[1]), "rim" in f[1], len(f[1]), f[0]))
+        matched = True
+        everywhere = {
+            name: [r.registers.get(name, frozenset()) for r in records] for name in REGISTER_NAMES
+        }
+        for name in REGISTER_NAMES:
+            accepted = records[index].registers.get(name, frozenset())
+            ok = self.record_value(
                 f"cca.register.{name}",
-                ok,
-                "" if ok else "not a value the policy accepts",
-                observed=value.hex(),
-                expected=_values(accepted),
+                name,
+                values[name],
+                accepted,
+                everywhere[name],
+                index,
+                "realm",
             )
-        if self.policy.registers:
-            self.tv[TV_EXECUTABLES] = int(Tier.AFFIRMING if matched else Tier.CONTRAINDICATED)
+            matched = matched and ok
+        self.tv[TV_EXECUTABLES] = int(Tier.AFFIRMING if matched else Tier.CONTRAINDICATED)
 
     def report_data(self, token: CcaToken) -> None:
         observed = token.realm_claims.challenge
@@ -435,6 +572,60 @@ def _matches(ref: SwReference, comp: SwComponent) -> bool:
     if ref.signer_id is not None and ref.signer_id != comp.signer_id:
         return False
     return ref.type is None or ref.type == comp.measurement_type
+
+
+def _which(kind: str, index: int, count: int) -> str:
+    return f" ({kind} reference {index + 1} of {count})" if count > 1 else ""
+
+
+def _bound_to(cpak: TrustedCpak, implementation_id: bytes, instance_id: bytes) -> bool:
+    return (cpak.implementation_id is None or cpak.implementation_id == implementation_id) and (
+        cpak.instance_id is None or cpak.instance_id == instance_id
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _PlatformFit:
+    """How one platform reference record fits the token."""
+
+    index: int
+    ref: PlatformReference
+    implementation_ok: bool
+    config_ok: bool
+    hits: tuple[SwReference | None, ...]  # per token component; () when the record has none
+    missing: tuple[str, ...]  # named types and untyped references absent from the token
+
+    @property
+    def failures(self) -> int:
+        unmatched = sum(h is None for h in self.hits)
+        return (not self.implementation_ok) + (not self.config_ok) + unmatched + len(self.missing)
+
+    def rank(self) -> tuple[bool, bool, int, int]:
+        # A whole match first; else the closest record, preferring one whose implementation-id
+        # matches (Veraison looks platform records up by implementation-id).
+        return (self.failures > 0, not self.implementation_ok, self.failures, self.index)
+
+
+def _fit_platform(index: int, ref: PlatformReference, pc: PlatformClaims) -> _PlatformFit:
+    refs, comps = ref.sw_components, pc.sw_components
+    hits = tuple(next((r for r in refs if _matches(r, c)), None) for c in comps) if refs else ()
+    # Completeness, so that a removed component is caught: every type the record names is
+    # present; an untyped reference says nothing of which component it stands for, so its own
+    # measurement (and signer-id, when given) must be present.
+    present = {c.measurement_type for c in comps}
+    missing = sorted({r.type for r in refs if r.type is not None and r.type not in present})
+    missing += [
+        r.describe() for r in refs if r.type is None and not any(_matches(r, c) for c in comps)
+    ]
+    return _PlatformFit(
+        index=index,
+        ref=ref,
+        implementation_ok=not ref.implementation_ids
+        or pc.implementation_id in ref.implementation_ids,
+        config_ok=not ref.platform_configs or pc.config in ref.platform_configs,
+        hits=hits,
+        missing=tuple(missing),
+    )
 
 
 def appraise_cca(
