@@ -8,8 +8,12 @@ CN, not by its file name; DER or PEM, one or several certificates per file::
                                      from https://kdsintf.amd.com/vcek/v1/<Product>/<hwID>?…;
                                      AMD KDS cert_chain files (ASK or ASVK + ARK); bundles such
                                      as Azure's VCEK+ASK+ARK PEM
-        *.crl                        optional AMD CRLs (https://kdsintf.amd.com/vcek/v1/<P>/crl),
-                                     DER or PEM, signed by the ARK
+        *.crl                        optional AMD CRLs, DER or PEM, signed by the ARK: the VCEK
+                                     list (https://kdsintf.amd.com/vcek/v1/<P>/crl) and/or the
+                                     VLEK list (…/vlek/v1/<P>/crl); a CRL without an
+                                     issuingDistributionPoint is told apart by "vcek"/"vlek" in
+                                     its file name (docs/VERIFIERS-SNP.md, "AMD CRLs"); a CRL
+                                     without nextUpdate is refused
 
 Several VCEKs (a cache for many chips and TCB levels) are fine: the appraisal picks the one whose
 hwID and TCB match the report. The ARKs are always the shipped anchors

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import cbor2
@@ -25,7 +26,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from atls_proxy.errors import ConfigError
+from atls_proxy.errors import ConfigError, DecodeError
+from atls_proxy.ops.snp_files import load_snp_trust, shipped_anchors
 from atls_proxy.verify.result import Appraisal
 from atls_proxy.verify.snp import (
     CERTS_MEDIA_TYPE,
@@ -35,8 +37,10 @@ from atls_proxy.verify.snp import (
     SnpVerifier,
     appraise_snp,
     build_snp_trust,
+    der,
     parse_snp_policy,
 )
+from atls_proxy.verify.snp.certs import parse_amd_certificates
 from atls_proxy.verify.snp.report import POLICY_DEBUG, POLICY_MIGRATE_MA, POLICY_SINGLE_SOCKET
 
 NOW = datetime(2025, 6, 1, tzinfo=UTC)
@@ -106,6 +110,14 @@ class Synth:
             ark_name, ark_name, self.ark_key, self.ark_key.public_key(), self.serials["ark"], start
         )
         ask_cn = f"SEV-VLEK-{self.product}" if self.kind == "vlek" else f"SEV-{self.product}"
+        # As AMD's: the ASK points at the VCEK CRL, the ASVK at the VLEK CRL (KDS paths).
+        cdp = x509.CRLDistributionPoints(
+            [
+                x509.DistributionPoint(
+                    [x509.UniformResourceIdentifier(self.crl_url)], None, None, None
+                )
+            ]
+        )
         self.ask = self._cert(
             _name(ask_cn),
             ark_name,
@@ -113,6 +125,7 @@ class Synth:
             self.ask_key.public_key(),
             self.serials["ask"],
             start,
+            [x509.Extension(x509.ExtensionOID.CRL_DISTRIBUTION_POINTS, False, cdp)],
         )
         self.vek = self.make_vek()
 
@@ -124,7 +137,7 @@ class Synth:
         public: Any,
         serial: int,
         start: datetime,
-        extensions: Sequence[x509.Extension[x509.UnrecognizedExtension]] = (),
+        extensions: Sequence[x509.Extension[Any]] = (),
         ca: bool = True,
     ) -> x509.Certificate:
         builder = (
@@ -179,6 +192,10 @@ class Synth:
             exts,
             ca=False,
         )
+
+    @property
+    def crl_url(self) -> str:
+        return f"https://kdsintf.amd.com/{self.kind}/v1/{self.product}/crl"
 
     @property
     def chip_id(self) -> bytes:
@@ -425,6 +442,233 @@ def test_crl_revokes_the_ask() -> None:
     assert failed(late) == "snp.collateral.crl.validity"
     required = appraise(MILAN, MILAN.report(), policy=SnpPolicy(require_crl=True))
     assert failed(required) == "snp.chain.revocation"
+
+
+# -- AMD CRL scope: the VCEK list and the VLEK list, both issued by ARK-<Product> --------------
+
+# A VLEK hierarchy whose ASVK serial differs from the ASK's, as AMD's do (0x10001 / 0x10101).
+MILAN_VLEK = Synth(kind="vlek", serials={"ark": 0x10000, "ask": 0x10101})
+
+
+def amd_crl(
+    serials: Sequence[int] = (),
+    *,
+    idp: str | None = None,
+    key: Any = None,
+    this_update: datetime = NOW - timedelta(days=1),
+    next_update: datetime | None = NOW + timedelta(days=30),
+) -> bytes:
+    """A CRL from ARK-Milan (every Synth shares the ARK key and name), optionally with an
+    issuingDistributionPoint naming ``idp`` (RFC 5280 §5.2.5)."""
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(MILAN.ark.subject)
+        .last_update(this_update)
+    )
+    if next_update is not None:
+        builder = builder.next_update(next_update)
+    for serial in serials:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(NOW).build()
+        )
+    if idp is not None:
+        builder = builder.add_extension(
+            x509.IssuingDistributionPoint(
+                full_name=[x509.UniformResourceIdentifier(idp)],
+                relative_name=None,
+                only_contains_user_certs=False,
+                only_contains_ca_certs=False,
+                only_some_reasons=None,
+                indirect_crl=False,
+                only_contains_attribute_certs=False,
+            ),
+            critical=True,
+        )
+    signed = builder.sign(key or MILAN.ark_key, hashes.SHA384(), rsa_padding=PSS)
+    return signed.public_bytes(Encoding.DER)
+
+
+def _folder(tmp_path: Path, synth: Synth, crls: dict[str, bytes]) -> SnpTrust:
+    """A fresh collateral folder holding the VEK and ``crls``, read by ``load_snp_trust``."""
+    folder = tmp_path / f"folder{len(list(tmp_path.iterdir()))}"
+    folder.mkdir()
+    (folder / "vek.der").write_bytes(synth.vek.public_bytes(Encoding.DER))
+    for name, blob in crls.items():
+        (folder / name).write_bytes(blob)
+    return load_snp_trust(folder, anchors=[("test anchors", synth.chain_pem())])
+
+
+@pytest.mark.parametrize("require_crl", [False, True])
+def test_revoked_asvk_on_the_vlek_list_is_found(tmp_path: Path, require_crl: bool) -> None:
+    # Both lists configured; the VCEK one sorts first. The old verifier consulted only it.
+    crls = {"milan_vcek.crl": amd_crl([0x4242]), "milan_vlek.crl": amd_crl([0x10101])}
+    policy = SnpPolicy(require_crl=require_crl)
+    trust = _folder(tmp_path, MILAN_VLEK, crls)
+    a = appraise(MILAN_VLEK, MILAN_VLEK.report(), policy, trust)
+    assert failed(a) == "snp.chain.revocation"
+    detail = by_name(a, "snp.chain.revocation").detail
+    assert "revoked by" in detail and "milan_vlek.crl" in detail
+    # The same CRLs pass the VCEK chain: its ASK (0x10001) is on neither list.
+    vcek = appraise(MILAN, MILAN.report(), policy, _folder(tmp_path, MILAN, crls))
+    assert vcek.passed, vcek.first_failure
+
+
+def test_require_crl_needs_the_list_for_the_chain_in_use(tmp_path: Path) -> None:
+    # Only the VCEK list: a VLEK chain has no CRL of its own, so require_crl must fail ...
+    trust = _folder(tmp_path, MILAN_VLEK, {"milan_vcek.crl": amd_crl()})
+    required = appraise(MILAN_VLEK, MILAN_VLEK.report(), SnpPolicy(require_crl=True), trust)
+    assert failed(required) == "snp.chain.revocation"
+    detail = by_name(required, "snp.chain.revocation").detail
+    assert "requires a current CRL for the VLEK chain" in detail and "other key type" in detail
+    # ... while without require_crl the VCEK list is still consulted (serials are unique per
+    # issuer) and the appraisal passes.
+    optional = appraise(MILAN_VLEK, MILAN_VLEK.report(), trust=trust)
+    assert optional.passed, optional.first_failure
+    revoked = _folder(tmp_path, MILAN_VLEK, {"milan_vcek.crl": amd_crl([0x10101])})
+    assert failed(appraise(MILAN_VLEK, MILAN_VLEK.report(), trust=revoked)) == (
+        "snp.chain.revocation"
+    )
+    # With the VLEK list as well, require_crl is met.
+    both = _folder(tmp_path, MILAN_VLEK, {"milan_vcek.crl": amd_crl(), "milan_vlek.crl": amd_crl()})
+    good = appraise(MILAN_VLEK, MILAN_VLEK.report(), SnpPolicy(require_crl=True), both)
+    assert good.passed, good.first_failure
+
+
+def test_crl_scope_from_issuing_distribution_point() -> None:
+    vcek_url, vlek_url = MILAN.crl_url, MILAN_VLEK.crl_url
+    # File names say nothing; the signed IDP decides. The VLEK list (IDP = the ASVK's CDP)
+    # revoking serial 0x10001 does not apply to the ASK, whose CDP is the VCEK list.
+    crls = [("a.crl", amd_crl(idp=vcek_url)), ("b.crl", amd_crl([0x10001], idp=vlek_url))]
+    a = appraise(MILAN, MILAN.report(), SnpPolicy(require_crl=True), MILAN.trust(crls=crls))
+    assert a.passed, a.first_failure
+    assert "not consulted" in by_name(a, "snp.collateral.crl").detail
+    # The VCEK list revoking it does.
+    crls = [("a.crl", amd_crl([0x10001], idp=vcek_url)), ("b.crl", amd_crl(idp=vlek_url))]
+    revoked = appraise(MILAN, MILAN.report(), trust=MILAN.trust(crls=crls))
+    assert failed(revoked) == "snp.chain.revocation"
+    # Only the VLEK list: require_crl is not met for a VCEK chain.
+    only_vlek = MILAN.trust(crls=[("a.crl", amd_crl(idp=vlek_url))])
+    a = appraise(MILAN, MILAN.report(), trust=only_vlek)
+    assert a.passed and "no AMD CRL from ARK-Milan applies" in (
+        by_name(a, "snp.chain.revocation").detail
+    )
+    a = appraise(MILAN, MILAN.report(), SnpPolicy(require_crl=True), only_vlek)
+    assert failed(a) == "snp.chain.revocation"
+    # The IDP outranks a misleading file name.
+    named = MILAN.trust(crls=[("milan_vlek.crl", amd_crl(idp=vcek_url))])
+    assert appraise(MILAN, MILAN.report(), SnpPolicy(require_crl=True), named).passed
+
+
+def test_require_crl_refuses_a_crl_of_unknown_scope_and_a_stale_one() -> None:
+    # No IDP and a name that says neither vcek nor vlek: consulted, but it could be either list.
+    unknown = MILAN.trust(crls=[("milan.crl", amd_crl())])
+    assert appraise(MILAN, MILAN.report(), trust=unknown).passed
+    a = appraise(MILAN, MILAN.report(), SnpPolicy(require_crl=True), unknown)
+    assert failed(a) == "snp.chain.revocation"
+    assert "scope unknown" in by_name(a, "snp.chain.revocation").detail
+    # A stale list for this chain fails its validity and does not meet require_crl.
+    stale = MILAN.trust(crls=[("milan_vcek.crl", amd_crl(next_update=NOW - timedelta(hours=1)))])
+    a = appraise(MILAN, MILAN.report(), SnpPolicy(require_crl=True), stale)
+    assert [c.name for c in a.checks if not c.passed] == [
+        "snp.collateral.crl.validity",
+        "snp.chain.revocation",
+    ]
+
+
+def test_a_forged_crl_for_the_other_list_still_stops() -> None:
+    # Its IDP would exclude it, but an unsigned IDP is not believed: every CRL from the ARK
+    # must verify.
+    other = rsa.generate_private_key(65537, 1024)
+    crls = [("b.crl", amd_crl(idp=MILAN_VLEK.crl_url, key=other))]
+    assert failed(appraise(MILAN, MILAN.report(), trust=MILAN.trust(crls=crls))) == (
+        "snp.collateral.crl"
+    )
+
+
+def _without_next_update(crl: bytes) -> bytes:
+    """Re-sign ``crl`` with its nextUpdate removed (cryptography's builder always writes one)."""
+    top = der.sequence(der.parse_single(crl, der.TAG_SEQUENCE, "crl"), "crl")
+    tbs, alg = top.read(der.TAG_SEQUENCE), top.read(der.TAG_SEQUENCE)
+    fields = der.sequence(tbs, "tbs")
+    parts = []
+    while not fields.at_end():
+        parts.append(fields.read())
+    times = [
+        i for i, e in enumerate(parts) if e.tag in (der.TAG_UTC_TIME, der.TAG_GENERALIZED_TIME)
+    ]
+    del parts[times[1]]
+    new_tbs = _tlv(der.TAG_SEQUENCE, b"".join(e.raw for e in parts))
+    sig = MILAN.ark_key.sign(new_tbs, PSS, hashes.SHA384())
+    return _tlv(der.TAG_SEQUENCE, new_tbs + alg.raw + _tlv(der.TAG_BIT_STRING, b"\0" + sig))
+
+
+def _tlv(tag: int, body: bytes) -> bytes:
+    n = len(body)
+    if n < 0x80:
+        return bytes([tag, n]) + body
+    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(size)]) + size + body
+
+
+def test_crl_without_next_update_is_refused_at_load(tmp_path: Path) -> None:
+    crl = _without_next_update(amd_crl(this_update=NOW - timedelta(days=3650)))
+    assert x509.load_der_x509_crl(crl).next_update_utc is None
+    with pytest.raises(DecodeError, match=r"old\.crl: CRL has no nextUpdate"):
+        MILAN.trust(crls=[("old.crl", crl)])
+    (tmp_path / "old.crl").write_bytes(crl)
+    with pytest.raises(ConfigError) as info:
+        load_snp_trust(tmp_path, anchors=[("test anchors", MILAN.chain_pem())])
+    assert info.value.key == str(tmp_path / "old.crl") and "nextUpdate" in str(info.value)
+
+
+def test_crl_named_for_both_lists_is_refused() -> None:
+    with pytest.raises(DecodeError, match="both vcek and vlek"):
+        MILAN.trust(crls=[("vcek_and_vlek.crl", amd_crl())])
+
+
+def test_shipped_intermediates_name_their_kds_crl() -> None:
+    for name, blob in shipped_anchors():
+        for cert in parse_amd_certificates(blob):
+            if cert.subject_cn.startswith("ARK-"):
+                continue
+            product = cert.subject_cn.rsplit("-", 1)[1]
+            kind = "vlek" if cert.subject_cn.startswith("SEV-VLEK-") else "vcek"
+            want = f"https://kdsintf.amd.com/{kind}/v1/{product}/crl"
+            assert cert.crl_distribution_uris() == {want}, name
+
+
+def _patched_vek(patch: Any) -> bytes:
+    """MILAN's VCEK with ``patch`` applied to its TBS, re-signed by the ASK."""
+    cert = der.sequence(
+        der.parse_single(MILAN.vek.public_bytes(Encoding.DER), der.TAG_SEQUENCE, "c"), "c"
+    )
+    tbs, alg = cert.read(der.TAG_SEQUENCE), cert.read(der.TAG_SEQUENCE)
+    new_tbs = patch(tbs.raw)
+    assert new_tbs != tbs.raw
+    sig = MILAN.ask_key.sign(new_tbs, PSS, hashes.SHA384())
+    return _tlv(der.TAG_SEQUENCE, new_tbs + alg.raw + _tlv(der.TAG_BIT_STRING, b"\0" + sig))
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [
+        # X.509 version 6 (cryptography 50 raises InvalidVersion, not a ValueError).
+        lambda tbs: tbs.replace(bytes.fromhex("a003020102"), bytes.fromhex("a003020105"), 1),
+        # productName (…3704.1.2) turned into a second structVersion (…3704.1.1).
+        lambda tbs: tbs.replace(
+            bytes.fromhex("06092b060104019c780102"), bytes.fromhex("06092b060104019c780101"), 1
+        ),
+    ],
+    ids=["bad-version", "duplicate-extension"],
+)
+def test_malformed_vek_in_the_certificate_table_is_a_format_failure(patch: Any) -> None:
+    vek = _patched_vek(patch)
+    table = _cert_table([(VCEK_GUID, vek)])
+    evidence = cbor2.dumps({1: MILAN.report(), 2: table})
+    trust = build_snp_trust([], [("test anchors", MILAN.chain_pem())])
+    a = appraise(MILAN, evidence, trust=trust)
+    assert failed(a) == "snp.report.format"
+    assert not any(c.name == "snp.internal-error" for c in a.checks)
 
 
 def _cert_table(entries: list[tuple[uuid.UUID, bytes]], le: bool = True) -> bytes:

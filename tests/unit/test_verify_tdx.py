@@ -8,6 +8,7 @@ folders are assembled in tmp_path in the layout ``load_tdx_trust`` documents.
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 from dataclasses import dataclass
@@ -446,6 +447,36 @@ def test_collateral_expiry_names_the_item(tmp_path_factory: pytest.TempPathFacto
     assert "tdx.collateral.tcb-info.validity" in failed(a)
     detail = next(c for c in a.checks if c.name == "tdx.collateral.tcb-info.validity").detail
     assert "not yet valid" in detail
+
+
+def _patch_ca_in_place(evidence: bytes, old: bytes, new: bytes) -> bytes:
+    """Replace ``old`` by ``new`` (same length) in the DER of the quote's PCK CA certificate,
+    keeping the PEM's line layout so that no size field of the quote changes. The PEM chain is
+    not covered by any signature in the quote: only the chain check can judge it."""
+    begin, end = b"-----BEGIN CERTIFICATE-----", b"-----END CERTIFICATE-----"
+    start = evidence.index(begin, evidence.index(begin) + 1) + len(begin)  # the second: the CA
+    stop = evidence.index(end, start)
+    body = evidence[start:stop]
+    der = bytearray(base64.b64decode(b"".join(body.split())))
+    at = der.index(old)
+    der[at : at + len(old)] = new
+    letters = iter(base64.b64encode(bytes(der)))
+    patched = bytes(c if c in b"\r\n" else next(letters) for c in body)
+    return evidence[:start] + patched + evidence[stop:]
+
+
+def test_pck_ca_with_invalid_version_fails_the_chain(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    # X.509 version field 5 in the real PCK Platform CA: cryptography 50 raises InvalidVersion
+    # (not a ValueError) while loading the chain; it must be a failed tdx.pck.chain.
+    case = CASES["cos-113"]
+    evidence = _patch_ca_in_place(
+        read_quote(case.quote), bytes.fromhex("a003020102"), bytes.fromhex("a003020105")
+    )
+    a = appraise(tmp_path_factory, case, evidence=evidence)
+    assert failed(a) == ("tdx.pck.chain",)
+    assert "version" in a.checks[-1].detail
 
 
 def test_sgx_quote_is_not_tdx(tmp_path_factory: pytest.TempPathFactory) -> None:

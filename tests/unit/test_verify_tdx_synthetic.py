@@ -9,6 +9,7 @@ needed by the vector tests in test_verify_tdx.py.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import struct
@@ -326,7 +327,13 @@ class Synth:
             b += self.tee_tcb_svn2 + b"\x22" * 48
         return bytes(b)
 
-    def quote(self, *, auth: bytes = b"\x42" * 32) -> bytes:
+    def quote(
+        self,
+        *,
+        auth: bytes = b"\x42" * 32,
+        qe_report_data_tail: bytes = bytes(32),
+        chain_pem: bytes | None = None,
+    ) -> bytes:
         header = struct.pack("<HHIHH", self.version, 2, 0x81, 0, 0) + INTEL_QE_VENDOR_ID + bytes(20)
         body = self.body()
         if self.version == 5:
@@ -339,8 +346,11 @@ class Synth:
         qe[128:160] = self.qe_mrsigner
         struct.pack_into("<HH", qe, 256, 2, self.qe_isvsvn)
         qe[320:352] = hashlib.sha256(ak + auth).digest()
+        qe[352:384] = qe_report_data_tail  # QVL: must be zero
         qe_sig = _raw_sig(self.leaf_key, bytes(qe))
-        chain = b"".join(c.public_bytes(Encoding.PEM) for c in (self.leaf, self.ca, self.root))
+        chain = chain_pem or b"".join(
+            c.public_bytes(Encoding.PEM) for c in (self.leaf, self.ca, self.root)
+        )
         inner = (
             bytes(qe)
             + qe_sig
@@ -534,6 +544,119 @@ def test_qe_report_binding_and_signatures() -> None:
     q = bytearray(s.quote())
     q[48 + 584 + 4 + 64 + 64 + 6 + 320] ^= 1  # QE REPORTDATA: the QE report signature breaks first
     assert failed(run(s, quote=bytes(q))) == ["tdx.signature.qe-report"]
+
+
+def test_qe_report_data_upper_half_must_be_zero() -> None:
+    # QVL 4.1.2.4.13 compares all 64 bytes: SHA-256(AK ‖ auth data) ‖ 32 zero bytes. Byte 40 is
+    # set and the QE report re-signed with the PCK key, so only the binding check can catch it.
+    s = Synth()
+    tail = bytearray(32)
+    tail[40 - 32] = 1
+    a = run(s, quote=s.quote(qe_report_data_tail=bytes(tail)), expected=s.report_data)
+    assert failed(a) == ["tdx.qe.report-data"]
+    assert check(a, "tdx.signature.qe-report").passed
+    assert check(a, "tdx.qe.report-data").expected.endswith("00" * 32)
+
+
+# -- peer-supplied PCK certificates that cryptography cannot inspect ---------------------------
+
+_ECDSA_SHA256 = bytes.fromhex("300a06082a8648ce3d040302")  # AlgorithmIdentifier (RFC 5758)
+
+
+def _resign(
+    cert: x509.Certificate, key: ec.EllipticCurvePrivateKey, old: bytes, new: bytes
+) -> bytes:
+    """``cert`` with ``old`` replaced by ``new`` in its TBS, signed again by ``key`` (DER)."""
+    tbs = cert.tbs_certificate_bytes
+    assert tbs.count(old) == 1
+    tbs = tbs.replace(old, new)
+    return _der(
+        0x30, tbs + _ECDSA_SHA256 + _der(0x03, b"\0" + key.sign(tbs, ec.ECDSA(hashes.SHA256())))
+    )
+
+
+def _pem(der: bytes) -> bytes:
+    body = base64.encodebytes(der)
+    return b"-----BEGIN CERTIFICATE-----\n" + body + b"-----END CERTIFICATE-----\n"
+
+
+def _with_duplicate_basic_constraints(
+    s: Synth,
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Certificate,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    *,
+    ca: bool,
+    serial: int,
+) -> bytes:
+    """A certificate whose issuerAltName (2.5.29.18) is renamed basicConstraints (2.5.29.19),
+    so it carries basicConstraints twice (RFC 5280 §4.2 forbids it), signed by ``issuer_key``."""
+    bc = _der(0x30, _der(0x01, b"\xff"))
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(issuer.subject)
+        .public_key(key.public_key())
+        .serial_number(serial)
+        .not_valid_before(datetime(2020, 1, 1, tzinfo=UTC))
+        .not_valid_after(datetime(2030, 1, 1, tzinfo=UTC))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(
+            x509.UnrecognizedExtension(x509.ObjectIdentifier("2.5.29.18"), bc), critical=False
+        )
+    )
+    if not ca:
+        b = b.add_extension(
+            x509.UnrecognizedExtension(
+                x509.ObjectIdentifier(SGX_OID), sgx_extension(FMSPC, (s.sgx_svn,) * 16, s.pcesvn)
+            ),
+            critical=False,
+        )
+    cert = b.sign(issuer_key, hashes.SHA256())
+    return _resign(cert, issuer_key, _oid("2.5.29.18"), _oid("2.5.29.19"))
+
+
+def test_pck_ca_with_an_invalid_version_fails_the_chain() -> None:
+    s = Synth()
+    # X.509 version field 5: cryptography 50 raises InvalidVersion, which is not a ValueError.
+    bad = _resign(s.ca, s.root_key, bytes.fromhex("a003020102"), bytes.fromhex("a003020105"))
+    chain = s.leaf.public_bytes(Encoding.PEM) + _pem(bad) + s.root.public_bytes(Encoding.PEM)
+    a = run(s, quote=s.quote(chain_pem=chain))
+    assert failed(a) == ["tdx.pck.chain"]
+    assert "does not parse" in check(a, "tdx.pck.chain").detail
+
+
+def test_pck_ca_with_a_duplicate_extension_fails_the_chain() -> None:
+    s = Synth()
+    # Signed by the root, so the extensions are read, and DuplicateExtension must not escape.
+    dup = _with_duplicate_basic_constraints(
+        s, "Intel SGX PCK Platform CA", s.ca_key, s.root, s.root_key, ca=True, serial=2
+    )
+    chain = s.leaf.public_bytes(Encoding.PEM) + _pem(dup) + s.root.public_bytes(Encoding.PEM)
+    a = run(s, quote=s.quote(chain_pem=chain))
+    assert failed(a) == ["tdx.pck.chain"]
+    assert "malformed" in check(a, "tdx.pck.chain").detail
+    # Forged (not signed by the root): rejected for its signature before its extensions are read.
+    forger = ec.generate_private_key(ec.SECP256R1())
+    forged = _with_duplicate_basic_constraints(
+        s, "Intel SGX PCK Platform CA", s.ca_key, s.root, forger, ca=True, serial=2
+    )
+    chain = s.leaf.public_bytes(Encoding.PEM) + _pem(forged) + s.root.public_bytes(Encoding.PEM)
+    a = run(s, quote=s.quote(chain_pem=chain))
+    assert failed(a) == ["tdx.pck.chain"]
+    assert "signature does not verify" in check(a, "tdx.pck.chain").detail
+
+
+def test_pck_leaf_with_a_duplicate_extension_fails_the_chain() -> None:
+    s = Synth()
+    leaf = _with_duplicate_basic_constraints(
+        s, "Intel SGX PCK Certificate", s.leaf_key, s.ca, s.ca_key, ca=False, serial=0x1234
+    )
+    chain = _pem(leaf) + s.ca.public_bytes(Encoding.PEM) + s.root.public_bytes(Encoding.PEM)
+    a = run(s, quote=s.quote(chain_pem=chain))
+    assert failed(a) == ["tdx.pck.chain"]
+    assert "malformed" in check(a, "tdx.pck.chain").detail
 
 
 def test_collateral_signature_and_validity() -> None:

@@ -55,6 +55,7 @@ OID_SHA384 = "2.16.840.1.101.3.4.2.2"  # RFC 5754 §2.3
 OID_COMMON_NAME = "2.5.4.3"
 OID_BASIC_CONSTRAINTS = "2.5.29.19"
 OID_KEY_USAGE = "2.5.29.15"
+OID_CRL_DISTRIBUTION_POINTS = "2.5.29.31"  # RFC 5280 §4.2.1.13
 
 # AMD pub. 57230 Table 6 (OID arc 1.3.6.1.4.1.3704 is AMD's enterprise number).
 AMD_OID_STRUCT_VERSION = "1.3.6.1.4.1.3704.1.1"
@@ -73,6 +74,15 @@ PSS_DEFAULT_SALT = 20
 PSS_MAX_SALT = 64
 # The security patch levels are one byte each in TCB_VERSION (SEV-SNP ABI spec, TCB_VERSION).
 MAX_SPL = 0xFF
+
+# RFC 5280 §4.2.1.13 / Appendix A.2 (implicit tags): DistributionPoint.distributionPoint [0]
+# (constructed: DistributionPointName is a CHOICE), its fullName [0] IMPLICIT GeneralNames
+# (constructed), and GeneralName uniformResourceIdentifier [6] IMPLICIT IA5String (primitive).
+TAG_DP_NAME = der.TAG_CONTEXT | 0
+TAG_DP_FULL_NAME = der.TAG_CONTEXT | 0
+TAG_GN_URI = 0x80 | 6
+# AMD's ASKs and ASVKs carry one distribution point with one URI; the cap bounds the walk.
+MAX_DISTRIBUTION_NAMES = 16
 
 PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
 PEM_END = b"-----END CERTIFICATE-----"
@@ -136,6 +146,39 @@ class AmdCert:
 
     def describe(self) -> str:
         return f"{self.subject_cn} (sha256 {self.fingerprint[:16]}…)"
+
+    def crl_distribution_uris(self) -> frozenset[str]:
+        """The URIs of the cRLDistributionPoints extension (RFC 5280 §4.2.1.13): the full-name
+        URIs of every distribution point (names relative to the issuer and other GeneralName
+        forms are skipped). AMD's ASK points at ``https://kdsintf.amd.com/vcek/v1/<Product>/crl``
+        and its ASVK at ``…/vlek/v1/<Product>/crl`` (pub. 57230, KDS ``crl``). Empty without
+        the extension. Raises ``DecodeError`` for a malformed one."""
+        ext = self.extensions.get(OID_CRL_DISTRIBUTION_POINTS)
+        if ext is None:
+            return frozenset()
+        what = "cRLDistributionPoints"
+        points = der.sequence(der.parse_single(ext.value, der.TAG_SEQUENCE, what), what)
+        uris: set[str] = set()
+        count = 0
+        while not points.at_end():
+            point = der.sequence(points.read(der.TAG_SEQUENCE), what)
+            name = point.read_optional(TAG_DP_NAME)
+            if name is None:
+                continue  # only reasons/cRLIssuer: no name to match (RFC 5280 §4.2.1.13)
+            choice = der.Reader(name.content, what).read()
+            if choice.tag != TAG_DP_FULL_NAME:
+                continue  # nameRelativeToCRLIssuer [1]
+            names = der.sequence(choice, what)
+            while not names.at_end():
+                count += 1
+                if count > MAX_DISTRIBUTION_NAMES:
+                    raise DecodeError(f"{what}: more than {MAX_DISTRIBUTION_NAMES} names")
+                general = names.read()
+                if general.tag == TAG_GN_URI:  # an IA5String (RFC 5280 §4.2.1.6)
+                    if any(b > 0x7F for b in general.content):
+                        raise DecodeError(f"{what}: non-ASCII byte in a URI")
+                    uris.add(general.content.decode("ascii"))
+        return frozenset(uris)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,8 @@ Layout (all keys optional; the defaults are the safe ones)::
     min_firmware = "1.55"               # CURRENT_MAJOR.CURRENT_MINOR at least this
     min_guest_svn = 0                   # GUEST_SVN at least this
     accepted_vmpls = [0]                # VMPL one of these (default: any, only shown)
-    require_crl = false                 # an AMD CRL for the product must be in the collateral
+    require_crl = false                 # a current AMD CRL for the chain in use (the VCEK or
+                                        # the VLEK list) must be in the collateral
 
     [snp.min_tcb]                       # REPORTED_TCB components at least these (default 0)
     bootloader = 3

@@ -41,7 +41,8 @@ ROLE_VLEK = "VLEK"
 # A trust folder holds a handful of VEKs (a cache of one per chip and TCB) and one or two
 # chains per product; 256 certificates bounds the per-appraisal candidate scan.
 MAX_TRUST_CERTS = 256
-# AMD publishes one CRL per product line and key type.
+# AMD publishes one CRL per product line and key type (KDS /vcek/v1/<P>/crl and
+# /vlek/v1/<P>/crl, both issued by ARK-<P>).
 MAX_CRLS = 16
 # An AMD CRL lists revoked ASKs: a few hundred bytes today; 1 MiB bounds a wrong file.
 MAX_CRL_SIZE = 1024 * 1024
@@ -118,14 +119,42 @@ class Vek:
 
 @dataclass(frozen=True, slots=True)
 class AmdCrl:
-    """An AMD KDS CRL (``/vcek/v1/<product>/crl``), issued and signed by the ARK."""
+    """An AMD KDS CRL (``/vcek/v1/<product>/crl`` or ``/vlek/v1/<product>/crl``), issued and
+    signed by the ARK.
+
+    Which of AMD's two lists it is (its scope) comes from its issuingDistributionPoint
+    extension (RFC 5280 §5.2.5) when it has one, else from its file name (``declared_kind``);
+    the verifier's ``_crl_scope`` explains how the two are used.
+    """
 
     crl: x509.CertificateRevocationList
     source: str
     issuer: bytes  # raw DER Name
     revoked_serials: frozenset[int]
     this_update: datetime
-    next_update: datetime | None
+    next_update: datetime  # required: a CRL without nextUpdate is refused at load
+    # issuingDistributionPoint: the full-name URIs of its distributionPoint (None when the CRL
+    # has no IDP or its IDP names no URI), whether it excludes CA certificates
+    # (onlyContainsUserCerts / onlyContainsAttributeCerts: an ASK is a CA), and whether it
+    # covers only some revocation reasons (onlySomeReasons: not a complete list).
+    idp_uris: frozenset[str] | None = None
+    idp_excludes_ca: bool = False
+    idp_some_reasons: bool = False
+    # ROLE_VCEK or ROLE_VLEK when the file name says "vcek" or "vlek" (the KDS path it came
+    # from); None otherwise.
+    declared_kind: str | None = None
+
+
+def crl_kind_from_name(source: str) -> str | None:
+    """ROLE_VCEK / ROLE_VLEK when the last path component of ``source`` contains ``vcek`` /
+    ``vlek`` (case-insensitive): the KDS path segment the CRL was fetched from (pub. 57230,
+    KDS ``/vcek/v1/<P>/crl`` and ``/vlek/v1/<P>/crl``). Raises ``DecodeError`` for a name with
+    both."""
+    base = source.replace("\\", "/").rsplit("/", 1)[-1].lower()
+    vcek, vlek = "vcek" in base, "vlek" in base
+    if vcek and vlek:
+        raise DecodeError("the file name says both vcek and vlek: name it after one KDS list")
+    return ROLE_VCEK if vcek else ROLE_VLEK if vlek else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +181,9 @@ def make_vek(cert: AmdCert, source: str) -> Vek:
 
 
 def parse_amd_crl(data: bytes, source: str) -> AmdCrl:
-    """One CRL, DER or PEM. Raises ``DecodeError``."""
+    """One CRL, DER or PEM; ``source`` is its file name (see ``crl_kind_from_name``). Raises
+    ``DecodeError``, also for a CRL without nextUpdate: RFC 5280 §5.1.2.5 requires the field,
+    and without it "current" (thisUpdate ≤ now ≤ nextUpdate) has no end."""
     if len(data) > MAX_CRL_SIZE:
         raise DecodeError(f"CRL larger than {MAX_CRL_SIZE} bytes")
     try:
@@ -163,9 +194,36 @@ def parse_amd_crl(data: bytes, source: str) -> AmdCrl:
         serials = frozenset(r.serial_number for r in crl)
         issuer = crl.issuer.public_bytes()
         this_update, next_update = crl.last_update_utc, crl.next_update_utc
-    except ValueError as exc:
+        try:
+            idp: x509.IssuingDistributionPoint | None = crl.extensions.get_extension_for_class(
+                x509.IssuingDistributionPoint
+            ).value
+        except x509.ExtensionNotFound:
+            idp = None
+    # cryptography 50: DuplicateExtension and UnsupportedGeneralNameType are not ValueErrors.
+    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
         raise DecodeError(f"not an X.509 CRL: {exc}") from exc
-    return AmdCrl(crl, source, issuer, serials, this_update, next_update)
+    if next_update is None:
+        raise DecodeError("CRL has no nextUpdate: it could never be judged stale")
+    uris: frozenset[str] | None = None
+    if idp is not None and idp.full_name is not None:
+        found = frozenset(
+            n.value for n in idp.full_name if isinstance(n, x509.UniformResourceIdentifier)
+        )
+        uris = found or None
+    return AmdCrl(
+        crl,
+        source,
+        issuer,
+        serials,
+        this_update,
+        next_update,
+        idp_uris=uris,
+        idp_excludes_ca=idp is not None
+        and (idp.only_contains_user_certs or idp.only_contains_attribute_certs),
+        idp_some_reasons=idp is not None and idp.only_some_reasons is not None,
+        declared_kind=crl_kind_from_name(source),
+    )
 
 
 def build_snp_trust(

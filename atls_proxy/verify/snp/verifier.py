@@ -24,8 +24,11 @@ Loaded Endorsement Key (VLEK), and from that key to the report (SEV-SNP ABI spec
    ``snp.chain.ask`` — an ASK (ASVK for a VLEK) with the VEK's issuer name, issued and signed by
    the ARK, a CA. ``snp.chain.vek`` — the VEK is signed by it and has a P-384 key.
    ``snp.chain.validity`` — all three inside their validity at ``now`` (the detail names each
-   certificate that is not). With an AMD CRL for the product: ``snp.collateral.crl`` (signed by
-   the ARK, current); then ``snp.chain.revocation`` — the ASK/ASVK is not on it.
+   certificate that is not). With AMD CRLs from the product's ARK: ``snp.collateral.crl``
+   (every one signed by the ARK; the detail gives each one's scope for this chain),
+   ``snp.collateral.crl.validity`` (those that apply are current); then
+   ``snp.chain.revocation`` — the ASK/ASVK is on none of them, and with ``require_crl`` a
+   current CRL known to be the list for this chain (VCEK or VLEK) exists (``_crl_scope``).
 5. ``snp.vek.chip-id`` — the VCEK's hwID extension equals CHIP_ID (first 8 bytes on Turin; not
    applicable to VLEKs or a masked CHIP_ID). ``snp.vek.tcb`` — the VEK's blSPL/teeSPL/snpSPL/
    ucodeSPL (and fmcSPL on Turin) equal REPORTED_TCB, decoded with the product's layout: the VEK
@@ -116,6 +119,56 @@ _SIGNING_KEY_NAMES = {rpt.SIGNING_KEY_VCEK: ROLE_VCEK, rpt.SIGNING_KEY_VLEK: ROL
 
 class _Stop(Exception):
     """Internal: the appraisal cannot go on (the failed check is already recorded)."""
+
+
+# Which AMD CRLs apply to the chain's intermediate. AMD publishes two CRLs per product line, both
+# issued by ARK-<Product>: the VCEK list (KDS /vcek/v1/<P>/crl, for the ASK) and the VLEK list
+# (/vlek/v1/<P>/crl, for the ASVK); each intermediate's cRLDistributionPoints names its list
+# (pub. 57230, KDS "crl"; the shipped anchors show it). The rule, per CRL from the chain's ARK:
+#
+# * With an issuingDistributionPoint naming URIs (RFC 5280 §5.2.5), the IDP decides
+#   (§6.3.3 (b)(2)): it covers the intermediate when one of its URIs is one of the
+#   intermediate's distribution points and it does not exclude CA certificates; a disjoint IDP
+#   means "another list" and the CRL is not consulted. An intermediate without a distribution
+#   point leaves the scope unknown.
+# * Without one, RFC 5280 reads the CRL as complete for everything the ARK issued, but AMD's two
+#   lists cannot be told apart by content: the file name's "vcek"/"vlek" (the KDS path it came
+#   from) says which list it is. A CRL named for neither has an unknown scope.
+#
+# Every CRL not excluded by its IDP is consulted: serials are unique per issuer (RFC 5280
+# §4.1.2.2), so an entry on any of them revokes the intermediate. Currency is judged on the
+# CRLs that cover the chain or whose scope is unknown (a stale VLEK list says nothing about a
+# VCEK chain). ``require_crl`` needs a current CRL known to cover this chain: an unknown scope
+# does not count, because a VCEK list must not stand in for a missing VLEK list.
+_SCOPE_COVERS = "covers"
+_SCOPE_UNKNOWN = "unknown"
+_SCOPE_FOREIGN = "foreign"  # no IDP, named for the other key type: consulted, not judged
+_SCOPE_OTHER = "other"  # its IDP names another list: not consulted
+_SCOPE_TEXT = {
+    _SCOPE_COVERS: "the list for this chain",
+    _SCOPE_UNKNOWN: "scope unknown (no issuingDistributionPoint; the file name says neither "
+    "vcek nor vlek)",
+    _SCOPE_FOREIGN: "the list for the other key type (file name)",
+    _SCOPE_OTHER: "another list (issuingDistributionPoint): not consulted",
+}
+
+
+def _crl_scope(crl: AmdCrl, kind: str, cdp: frozenset[str]) -> str:
+    """The scope of ``crl`` for the intermediate of a ``kind`` (VCEK/VLEK) chain whose
+    cRLDistributionPoints URIs are ``cdp`` (the rule above)."""
+    if crl.idp_excludes_ca:
+        return _SCOPE_OTHER
+    if crl.idp_uris is not None:
+        if not cdp:
+            return _SCOPE_UNKNOWN
+        if not crl.idp_uris & cdp:
+            return _SCOPE_OTHER
+        return _SCOPE_UNKNOWN if crl.idp_some_reasons else _SCOPE_COVERS
+    if crl.declared_kind is None:
+        return _SCOPE_UNKNOWN
+    if crl.declared_kind != kind:
+        return _SCOPE_FOREIGN
+    return _SCOPE_UNKNOWN if crl.idp_some_reasons else _SCOPE_COVERS
 
 
 def _fmt_time(moment: datetime) -> str:
@@ -216,7 +269,7 @@ class _Appraiser:
         turin = product == "Turin"
         ark, ask = self.chain(vek, product)
         self.validity(vek, ask, ark)
-        self.revocation(ask, ark, product)
+        self.revocation(vek.kind, ask, ark, product)
         self.vek_binding(report, vek, turin)
         self.signature(report, vek)
         self.tv[TV_INSTANCE_IDENTITY] = int(Tier.AFFIRMING)
@@ -483,10 +536,17 @@ class _Appraiser:
             else "every certificate inside its validity",
         )
 
-    def revocation(self, ask: AmdCert, ark: AmdCert, product: str) -> None:
-        crl: AmdCrl | None = next((c for c in self.trust.crls if c.issuer == ark.subject), None)
+    def revocation(self, kind: str, ask: AmdCert, ark: AmdCert, product: str) -> None:
+        """The ASK/ASVK against the AMD CRLs that apply to it (``_crl_scope``)."""
         name = "snp.chain.revocation"
-        if crl is None:
+        ask_role = ROLE_ASVK if kind == ROLE_VLEK else ROLE_ASK
+        chain = f"{kind} chain ({ask.subject_cn})"
+        try:
+            cdp = ask.crl_distribution_uris()
+        except DecodeError:
+            cdp = frozenset()  # no URI to match: IDP-scoped CRLs count as unknown scope
+        from_ark = [c for c in self.trust.crls if c.issuer == ark.subject]
+        if not from_ark:
             self.add(
                 name,
                 not self.policy.require_crl,
@@ -495,40 +555,92 @@ class _Appraiser:
                 expected=f"CRL issued by ARK-{product}" if self.policy.require_crl else None,
             )
             return
-        try:
-            key = ark.public_key()
-            signed = isinstance(key, rsa.RSAPublicKey) and crl.crl.is_signature_valid(key)
-        except (DecodeError, TypeError, ValueError):
-            signed = False
-        self.need(
+        # Every CRL from this ARK is authenticated before its scope (its IDP) is believed.
+        for crl in from_ark:
+            try:
+                key = ark.public_key()
+                signed = isinstance(key, rsa.RSAPublicKey) and crl.crl.is_signature_valid(key)
+            except (DecodeError, TypeError, ValueError):
+                signed = False
+            if not signed:
+                self.stop(
+                    "snp.collateral.crl",
+                    f"{crl.source}: signature does not verify with ARK-{product}",
+                    observed=crl.crl.issuer.rfc4514_string(),
+                    expected=f"ARK-{product}",
+                )
+        scoped = [(c, _crl_scope(c, kind, cdp)) for c in from_ark]
+        consulted = [c for c, sc in scoped if sc != _SCOPE_OTHER]
+        judged = [c for c, sc in scoped if sc in (_SCOPE_COVERS, _SCOPE_UNKNOWN)]
+        self.add(
             "snp.collateral.crl",
-            signed,
-            f"{crl.source}: "
-            + ("signed by" if signed else "signature does not verify with")
-            + f" ARK-{product}",
-            observed=crl.crl.issuer.rfc4514_string(),
+            True,
+            "; ".join(f"{c.source}: {_SCOPE_TEXT[sc]}" for c, sc in scoped)
+            + f"; all signed by ARK-{product}",
+            observed=", ".join(c.source for c in from_ark),
             expected=f"ARK-{product}",
         )
-        current = crl.this_update <= self.now and (
-            crl.next_update is None or self.now <= crl.next_update
-        )
-        nxt = _fmt_time(crl.next_update) if crl.next_update else "(none)"
-        self.add(
-            "snp.collateral.crl.validity",
-            current,
-            f"{crl.source}: " + ("current" if current else "not current at now"),
-            observed=_fmt_time(self.now),
-            expected=f"thisUpdate..nextUpdate {_fmt_time(crl.this_update)} .. {nxt}",
-        )
-        revoked = ask.serial in crl.revoked_serials
-        self.add(
-            name,
-            not revoked,
-            f"{ask.subject_cn} serial {ask.serial:#x} "
-            + (f"is revoked by {crl.source}" if revoked else f"is not on {crl.source}"),
-            observed=f"serial {ask.serial:#x}",
-            expected="not on the AMD CRL",
-        )
+        stale = [c for c in judged if not self.crl_current(c)]
+        if judged:
+            self.add(
+                "snp.collateral.crl.validity",
+                not stale,
+                "not current at now: " + ", ".join(c.source for c in stale)
+                if stale
+                else ", ".join(c.source for c in judged) + ": current",
+                observed=_fmt_time(self.now),
+                expected="; ".join(
+                    f"{c.source} thisUpdate..nextUpdate "
+                    f"{_fmt_time(c.this_update)} .. {_fmt_time(c.next_update)}"
+                    for c in judged
+                ),
+            )
+        # RFC 5280 §4.1.2.2: a CA gives each certificate it issues a unique serial, so an entry
+        # in any CRL the ARK signed names this very ASK/ASVK: revoked in any = revoked.
+        revoked_by = [c.source for c in consulted if ask.serial in c.revoked_serials]
+        observed = f"{ask_role} serial {ask.serial:#x}"
+        if revoked_by:
+            self.add(
+                name,
+                False,
+                f"{ask.subject_cn} serial {ask.serial:#x} is revoked by {', '.join(revoked_by)}",
+                observed=observed,
+                expected="not on an AMD CRL",
+            )
+            return
+        listed = ", ".join(c.source for c in consulted)
+        covers = [c for c, sc in scoped if sc == _SCOPE_COVERS]
+        current = [c for c in covers if self.crl_current(c)]
+        if self.policy.require_crl and not current:
+            why = "; ".join(
+                f"{c.source}: {'not current' if sc == _SCOPE_COVERS else _SCOPE_TEXT[sc]}"
+                for c, sc in scoped
+            )
+            seen = (
+                f"{ask.subject_cn} serial {ask.serial:#x} is not on {listed}, but "
+                if listed
+                else ""
+            )
+            self.add(
+                name,
+                False,
+                f"{seen}the policy requires a current CRL for the {chain} and there is none "
+                f"({why})",
+                observed=observed,
+                expected=f"a current CRL for the {kind} chain"
+                + (f" ({', '.join(sorted(cdp))})" if cdp else ""),
+            )
+            return
+        if not consulted:
+            detail = f"not checked: no AMD CRL from ARK-{product} applies to the {chain}"
+        else:
+            detail = f"{ask.subject_cn} serial {ask.serial:#x} is not on {listed}" + (
+                "" if covers else f" (none of them is known to be the {kind} list)"
+            )
+        self.add(name, True, detail, observed=observed, expected="not on an AMD CRL")
+
+    def crl_current(self, crl: AmdCrl) -> bool:
+        return crl.this_update <= self.now <= crl.next_update
 
     def vek_binding(self, report: rpt.AttestationReport, vek: Vek, turin: bool) -> None:
         chip = report.chip_id

@@ -28,7 +28,7 @@ from types import MappingProxyType
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -442,7 +442,8 @@ def parse_certificates(data: bytes) -> list[x509.Certificate]:
         if b"-----BEGIN CERTIFICATE-----" in data:
             return x509.load_pem_x509_certificates(data)
         return [x509.load_der_x509_certificate(data)]
-    except ValueError as exc:
+    # cryptography 50 raises InvalidVersion, which is not a ValueError, for a bad version field.
+    except (ValueError, x509.InvalidVersion) as exc:
         raise DecodeError(f"not a PEM or DER X.509 certificate: {exc}") from exc
 
 
@@ -464,7 +465,7 @@ def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     """Issuer name matches and ``issuer``'s key verifies ``cert``'s signature."""
     try:
         cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
         return False
     return True
 

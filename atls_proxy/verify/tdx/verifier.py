@@ -12,16 +12,19 @@ Verification Library, QuoteVerifier.cpp 4.1.2.4.x):
    ECDSA-P256 attestation key, TEE type TDX, Intel's QE vendor ID, certification data type 6 with
    a nested type 5 PEM chain. Then ``tdx.quote.trailing-bytes`` (passed) when unsigned bytes follow
    the signature data.
-2. ``tdx.pck.chain`` — exactly leaf → PCK Platform/Processor CA → root; each signature and issuer
-   name; the intermediate is a CA; the chain's root is byte-equal to the trusted anchor.
+2. ``tdx.pck.chain`` — exactly leaf → PCK Platform/Processor CA → root; the chain's root is
+   byte-equal to the trusted anchor; each signature and issuer name; the intermediate is a CA
+   (read only after its signature verifies). A certificate that ``cryptography`` cannot parse or
+   inspect (bad version, duplicate or malformed extension) fails this check, never an internal
+   error.
    ``tdx.pck.validity`` — all three certificates are inside their validity at ``now``.
 3. ``tdx.collateral.root-ca-crl`` (signed by the root) and ``…root-ca-crl.validity``;
    ``tdx.collateral.pck-crl`` (a PCK CRL from the leaf's issuer, signed by the chain's
    intermediate) and ``…pck-crl.validity``; ``tdx.pck.revocation`` — the leaf is not on the PCK CRL
    and the intermediate not on the root CRL.
 4. ``tdx.signature.qe-report`` — the QE report is signed by the PCK leaf key (4.1.2.4.12).
-   ``tdx.qe.report-data`` — QE REPORTDATA[0:32] = SHA-256(attestation key ‖ QE auth data)
-   (4.1.2.4.13). ``tdx.signature.quote`` — the attestation key signed header‖body (4.1.2.4.16).
+   ``tdx.qe.report-data`` — QE REPORTDATA (all 64 bytes) = SHA-256(attestation key ‖ QE auth
+   data) ‖ 32 zero bytes (4.1.2.4.13). ``tdx.signature.quote`` — the attestation key signed header‖body (4.1.2.4.16).
 5. ``tdx.collateral.qe-identity.signature`` (by an Intel TCB Signing certificate the root issued)
    and ``…qe-identity.validity`` (issueDate ≤ now ≤ nextUpdate); ``tdx.qe.identity`` — the QE
    report matches the TD_QE identity and its ISVSVN reaches a QE TCB level (4.1.2.4.14-15).
@@ -105,6 +108,21 @@ TV_CONFIGURATION = "configuration"
 TV_EXECUTABLES = "executables"
 # AR4SI hardware value 97: "the Verifier does not recognise the Attester's hardware or firmware".
 TV_UNRECOGNIZED = 97
+# QVL 4.1.2.4.13 (QuoteVerifier.cpp, verifyQeReportData): the QE report's 64-byte REPORTDATA is
+# SHA-256(attestation key ‖ QE authentication data) followed by 32 zero bytes.
+QE_REPORT_DATA_PADDING = bytes(32)
+
+# What ``cryptography`` raises while loading or lazily inspecting a malformed certificate. With
+# cryptography 50, ``InvalidVersion`` (load), ``DuplicateExtension`` and
+# ``UnsupportedGeneralNameType`` (``.extensions``) are not ``ValueError``s; the PCK chain is
+# peer-supplied, so each of these is a failed check, never ``tdx.internal-error``.
+CERT_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    UnsupportedAlgorithm,
+    x509.InvalidVersion,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+)
 
 
 class _Stop(Exception):
@@ -236,7 +254,7 @@ class _Appraiser:
         expected = f"leaf → PCK CA → Intel SGX Root CA (sha256 {_fingerprint(anchor)})"
         try:
             certs = x509.load_pem_x509_certificates(quote.pck_chain_pem)
-        except ValueError as exc:
+        except CERT_ERRORS as exc:
             self.stop(name, f"PCK chain PEM does not parse: {exc}", expected=expected)
         if len(certs) != PCK_CHAIN_LENGTH:
             self.stop(name, f"PCK chain has {len(certs)} certificates, not 3", expected=expected)
@@ -244,7 +262,7 @@ class _Appraiser:
         try:
             observed = " → ".join(_cn(c.subject) for c in certs)
             problem = self.chain_problem(leaf, ca, root)
-        except (ValueError, UnsupportedAlgorithm) as exc:  # names, extensions parse lazily
+        except CERT_ERRORS as exc:  # names, keys and extensions parse lazily
             self.stop(name, f"a PCK chain certificate is malformed: {exc}", expected=expected)
         self.need(
             name,
@@ -258,22 +276,32 @@ class _Appraiser:
     def chain_problem(
         self, leaf: x509.Certificate, ca: x509.Certificate, root: x509.Certificate
     ) -> str:
-        """Why leaf → ca → root is not a chain to the trusted anchor ("" when it is)."""
+        """Why leaf → ca → root is not a chain to the trusted anchor ("" when it is).
+
+        Signatures first: the intermediate's extensions are read only once the trusted root's
+        signature covers them (QVL verifies the chain before reading certificate contents), so
+        a forged intermediate is rejected for its signature, not inspected. Raises one of
+        ``CERT_ERRORS`` for a certificate that does not parse (the caller fails the check).
+        """
         if root.public_bytes(Encoding.DER) != self.trust.root_der:
             return (
                 f"the chain's root (sha256 {_fingerprint(root)}) is not the trusted Intel SGX "
                 f"Root CA from {self.trust.root_source}"
             )
-        if PCK_LEAF_CN_PHRASE not in _cn(leaf.subject):
-            return f"leaf CN does not contain {PCK_LEAF_CN_PHRASE!r}"
+        if not issued_by(ca, self.trust.root):
+            return "intermediate's signature does not verify with the Intel SGX Root CA key"
         if _cn(ca.subject) not in PCK_CA_NAMES:
             return "intermediate is not an Intel SGX PCK Platform/Processor CA"
         if not _is_ca(ca):
             return "intermediate is not a CA (basicConstraints)"
-        if not issued_by(ca, self.trust.root):
-            return "intermediate's signature does not verify with the Intel SGX Root CA key"
+        if PCK_LEAF_CN_PHRASE not in _cn(leaf.subject):
+            return f"leaf CN does not contain {PCK_LEAF_CN_PHRASE!r}"
         if not issued_by(leaf, ca):
             return "leaf's signature does not verify with the PCK CA key"
+        # Parse the leaf's whole extension list now that the PCK CA's signature covers it: a
+        # duplicated or malformed extension (RFC 5280 §4.2) makes the certificate invalid and
+        # fails this check, rather than surfacing later when the SGX extension is read.
+        len(leaf.extensions)
         key = leaf.public_key()
         if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(
             key.curve, ec.SECP256R1
@@ -375,13 +403,17 @@ class _Appraiser:
             "QE report signature by the PCK leaf key",
             observed=quote.qe_report_signature.hex(),
         )
+        # QVL 4.1.2.4.13: all 64 bytes are compared, the zero upper half included (a QE
+        # report whose upper half is not zero is not the one the QE produces for this key).
         digest = hashlib.sha256(quote.attestation_key + quote.qe_auth_data).digest()
+        want = digest + QE_REPORT_DATA_PADDING
+        have = quote.qe_report.report_data
         self.need(
             "tdx.qe.report-data",
-            hmac.compare_digest(quote.qe_report.report_data[:32], digest),
-            "QE REPORTDATA[0:32] = SHA-256(attestation key ‖ QE auth data)",
-            observed=quote.qe_report.report_data[:32].hex(),
-            expected=digest.hex(),
+            hmac.compare_digest(have, want),
+            "QE REPORTDATA = SHA-256(attestation key ‖ QE auth data) ‖ 32 zero bytes",
+            observed=have.hex(),
+            expected=want.hex(),
         )
         key: ec.EllipticCurvePublicKey | None
         try:
@@ -654,9 +686,11 @@ class _Appraiser:
 
 
 def _is_ca(cert: x509.Certificate) -> bool:
+    """basicConstraints cA (RFC 5280 §4.2.1.9). A malformed extension list raises one of
+    ``CERT_ERRORS`` (the caller reports the certificate as malformed)."""
     try:
         bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except (x509.ExtensionNotFound, ValueError):
+    except x509.ExtensionNotFound:
         return False
     return bc.ca
 
