@@ -18,15 +18,24 @@ wraps it with everything an operator expects (docs/OPERATIONS.md):
   fails — a missing file, a key that does not match its certificate, a policy that does not
   parse, a TEE that cannot quote the new key's epoch — changes nothing: the old state keeps
   serving, the error is logged, shown in ``/status`` and counted in
-  ``atls_proxy_reloads_total{result="failure"}``. Settings that only a restart can change (the
-  listen address, the attester) are reported and left as they were.
+  ``atls_proxy_reloads_total{result="failure"}``. A reload the watcher started that failed is
+  tried again without waiting for another change (next interval, then backing off), since the
+  cause may be fixed without touching the files' contents (a permission, a TEE that recovers);
+  an error that repeats unchanged is logged once. Settings that only a restart can change (the
+  listen address, the attester, ``reload_interval``) are reported and left as they were;
+  ``drain_timeout`` takes the reloaded value.
+* **Signals before start-up is done**: a SIGHUP (or SIGUSR1) that arrives while the service is
+  starting (the cached tier waits for its first quote) does not kill the process: SIGHUP is
+  remembered and honoured by one reload once the service listens.
 * **Drain** on SIGTERM/SIGINT: readiness turns false at once, the listening sockets close, open
   connections get up to ``drain_timeout`` to finish, then the rest are closed. Exit code 0 when
   every connection finished by itself, 3 when some were cut at the deadline, 4 when a second
   signal forced the exit.
 * **systemd**: ``READY=1`` once listening, ``RELOADING=1`` / ``READY=1`` around a reload,
   ``STOPPING=1`` when the drain starts, ``STATUS=`` lines (``ops/systemd.py``); inherited
-  listening sockets (socket activation) are used instead of binding.
+  listening sockets (socket activation) are used instead of binding: the one named ``attested``
+  (or ``unknown``, without names), else the only one not named ``admin``, whatever its name.
+  A listen address that cannot be bound is a configuration error (exit 2) naming it.
 """
 
 from __future__ import annotations
@@ -45,10 +54,11 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from atls_proxy import __version__
+from atls_proxy.errors import ConfigError
 from atls_proxy.expat.tiers import Tier
 from atls_proxy.ops import systemd
 from atls_proxy.ops.admin import AdminServer
-from atls_proxy.ops.config import ClientConfig, OpsConfig, ServerConfig
+from atls_proxy.ops.config import Address, ClientConfig, OpsConfig, ServerConfig
 from atls_proxy.ops.metrics import Metrics
 from atls_proxy.proxy.listener import Listener
 
@@ -57,6 +67,10 @@ log = logging.getLogger("atls_proxy")
 EXIT_OK = 0
 EXIT_DRAIN_TIMEOUT = 3
 EXIT_FORCED = 4
+
+# The watcher retries a failed reload after 1, 2, 4, ... intervals, at most this many seconds
+# apart (but never more often than every interval).
+RETRY_BACKOFF_MAX = 300.0
 
 
 class Service(Protocol):
@@ -74,6 +88,10 @@ class Service(Protocol):
         ...
 
     def watched_files(self) -> list[Path]: ...
+
+    def ops_config(self) -> OpsConfig:
+        """The operations settings in force (after the last successful reload)."""
+        ...
 
     def not_ready(self) -> list[str]: ...
 
@@ -104,15 +122,38 @@ def file_revision(paths: Iterable[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def _stat_fingerprint(paths: Iterable[Path]) -> tuple[tuple[str, int, int, int], ...]:
+_Fingerprint = tuple[tuple[str, int, int, int, int, int, int, int], ...]
+
+
+def _stat_fingerprint(paths: Iterable[Path]) -> _Fingerprint:
+    """What the watcher compares between intervals. Besides the contents' modification time,
+    size and inode, the change time, mode and owner: a change of permissions alone (a renewed
+    key made readable by ``chmod``, ``chown`` or an ACL) counts as a change."""
     out = []
     for p in paths:
         try:
             st = p.stat()
-            out.append((str(p), st.st_mtime_ns, st.st_size, st.st_ino))
+            out.append(
+                (
+                    str(p),
+                    st.st_mtime_ns,
+                    st.st_ctime_ns,
+                    st.st_size,
+                    st.st_ino,
+                    st.st_mode,
+                    st.st_uid,
+                    st.st_gid,
+                )
+            )
         except OSError:
-            out.append((str(p), -1, -1, -1))
+            out.append((str(p), -1, -1, -1, -1, -1, -1, -1))
     return tuple(out)
+
+
+def _listen_error(key: str, address: Address, exc: OSError) -> ConfigError:
+    """A listen address that cannot be bound, as the configuration error it is (exit 2)."""
+    why = os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
+    return ConfigError(key, f"cannot listen on {address}: {why} (errno {exc.errno})")
 
 
 class Runtime:
@@ -143,6 +184,7 @@ class Runtime:
         self._force = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._reload_again = False
+        self._hup_during_start = False
         self._signals = 0
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -186,23 +228,43 @@ class Runtime:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        attested = self.inherited.get("attested") or self.inherited.get("unknown") or []
-        sock = attested[0] if attested else None
-        self.addresses = await self.service.start(sock, reuse_port=self.worker)
-        self.reload_state.revision = file_revision(self.service.watched_files())
-        self.metrics.reload(True)  # start-up counts as the first successful load
-        await self._start_admin()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._on_stop_signal)
-        loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+        # From the first moment, before the (possibly slow: the cached tier's first quote)
+        # start-up: SIGHUP's default action would kill the process. It is remembered and honoured
+        # once the service is up. SIGTERM/SIGINT keep their default actions until then (nothing
+        # to drain yet).
+        loop.add_signal_handler(signal.SIGHUP, self._on_hup_during_start)
         if self.status_line is not None:
             status_line = self.status_line
             loop.add_signal_handler(signal.SIGUSR1, lambda: log.info("status %s", status_line()))
+        try:
+            return await self._run(loop)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+                with contextlib.suppress(Exception):
+                    loop.remove_signal_handler(sig)
+
+    async def _run(self, loop: asyncio.AbstractEventLoop) -> int:
+        try:
+            self.addresses = await self.service.start(
+                self._attested_socket(), reuse_port=self.worker
+            )
+            self.reload_state.revision = file_revision(self.service.watched_files())
+            self.metrics.reload(True)  # start-up counts as the first successful load
+            await self._start_admin()
+        except Exception:
+            with contextlib.suppress(Exception):
+                await self.service.close()
+            raise
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hup)
         serve = asyncio.ensure_future(self.service.listener.serve_forever())
         self._spawn(self.metrics.refresh_forever())
         if self.ops.reload_interval > 0:
             self._spawn(self._watch_files())
         self._notify("READY=1", f"STATUS=listening on {self._listen_text()}")
+        if self._hup_during_start:
+            self._on_hup()  # the SIGHUP that arrived during start-up: one reload now
         stop = asyncio.ensure_future(self._stop.wait())
         try:
             await asyncio.wait({serve, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -216,12 +278,31 @@ class Runtime:
             for t in (serve, stop, *self._tasks):
                 with contextlib.suppress(BaseException):
                     await t
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
-                with contextlib.suppress(Exception):
-                    loop.remove_signal_handler(sig)
             await self.service.close()
             if self.admin is not None:
                 await self.admin.close()
+
+    def _attested_socket(self) -> socket.socket | None:
+        """The inherited socket to serve on (socket activation), or None to bind the configured
+        address: the one named ``attested`` (``unknown`` without ``$LISTEN_FDNAMES``), else the
+        only one not named ``admin`` whatever its name (systemd names a socket after its unit,
+        e.g. ``atls-proxy.socket``, unless ``FileDescriptorName=`` says otherwise)."""
+        for name in ("attested", "unknown"):
+            if self.inherited.get(name):
+                return self.inherited[name][0]
+        others = [(n, s) for n, socks in self.inherited.items() if n != "admin" for s in socks]
+        if len(others) == 1:
+            name, sock = others[0]
+            log.info("socket activation: the attested listener is the inherited socket %r", name)
+            return sock
+        if others:
+            names = ", ".join(sorted({n for n, _ in others}))
+            raise ConfigError(
+                "LISTEN_FDNAMES",
+                f"{len(others)} inherited sockets ({names}) and none named 'attested': "
+                "set FileDescriptorName=attested on the attested listener's socket unit",
+            )
+        return None
 
     async def _start_admin(self) -> None:
         if self.worker:
@@ -272,24 +353,34 @@ class Runtime:
     def _on_hup(self) -> None:
         self._spawn(self.reload("SIGHUP"))
 
+    def _on_hup_during_start(self) -> None:
+        if not self._hup_during_start:
+            log.info("SIGHUP during start-up: reloading once the service has started")
+        self._hup_during_start = True
+
     # -- reload ----------------------------------------------------------------------------------
 
-    async def reload(self, why: str) -> bool:
-        """Reload once (a reload asked for while one runs is run right after it)."""
+    async def reload(self, why: str, retry: int = 0) -> bool:
+        """Reload once (a reload asked for while one runs is run right after it).
+
+        ``retry``: the watcher's count of attempts at a change that failed to load so far (a
+        repeated, unchanged error is then logged at debug level only)."""
         if self.draining:
             return False
         if self._reload_lock.locked():
             self._reload_again = True
             return False
         async with self._reload_lock:
-            ok = await self._reload_once(why)
+            ok = await self._reload_once(why, retry)
             while self._reload_again and not self.draining:
                 self._reload_again = False
                 ok = await self._reload_once(why)
             return ok
 
-    async def _reload_once(self, why: str) -> bool:
+    async def _reload_once(self, why: str, retry: int = 0) -> bool:
         r = self.reload_state
+        previous_error = r.last_error
+        label = f"{why}, retry {retry}" if retry else why
         r.generation += 1
         self._notify(
             "RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
@@ -300,40 +391,76 @@ class Runtime:
         except Exception as exc:  # any failure keeps the old state
             r.last_at, r.last_ok, r.last_error = time.time(), False, f"{type(exc).__name__}: {exc}"
             self.metrics.reload(False)
-            log.error(
-                "reload failed (%s); still serving the previous configuration: %s",
-                why,
+            # A retry that fails as the previous attempt did is not news: logged at debug level
+            # (it is still counted and shown in /status).
+            repeated = bool(retry) and r.last_error == previous_error
+            log.log(
+                logging.DEBUG if repeated else logging.ERROR,
+                "reload failed (%s)%s; still serving the previous configuration: %s",
+                label,
+                " again" if repeated else "",
                 r.last_error,
                 extra={
                     "event": "reload",
                     "result": "failure",
                     "trigger": why,
+                    "retry": retry,
                     "error": r.last_error,
                 },
             )
             self._notify("READY=1", f"STATUS=reload failed: {exc}")
             return False
         r.last_at, r.last_ok, r.last_error, r.pending_restart = time.time(), True, None, pending
+        # drain_timeout applies from now on (reload_interval is restart-only: in ``pending``).
+        self.ops = replace(self.ops, drain_timeout=self.service.ops_config().drain_timeout)
         r.revision = await asyncio.to_thread(file_revision, self.service.watched_files())
         self.metrics.reload(True)
         log.info(
             "reloaded (%s) in %.1f ms%s",
-            why,
+            label,
             (time.monotonic() - t0) * 1000,
             f"; needs a restart to change: {', '.join(pending)}" if pending else "",
-            extra={"event": "reload", "result": "success", "trigger": why, "revision": r.revision},
+            extra={
+                "event": "reload",
+                "result": "success",
+                "trigger": why,
+                "retry": retry,
+                "revision": r.revision,
+            },
         )
         self._notify("READY=1", f"STATUS=reloaded; listening on {self._listen_text()}")
         return True
 
     async def _watch_files(self) -> None:
+        """Every ``reload_interval``: reload when a watched file changed; and while the reload
+        of a change failed (and no later reload succeeded), try again after 1, 2, 4, ...
+        intervals (at most ``RETRY_BACKOFF_MAX`` s apart): what made it fail may be fixed
+        without a new change (a TEE that recovers)."""
+        interval = self.ops.reload_interval  # restart-only: fixed for this process
+        max_ticks = max(1, int(RETRY_BACKOFF_MAX // interval))
         last = _stat_fingerprint(self._watched())
+        unloaded = False  # a change seen here is not loaded yet (its reload failed or waits)
+        attempts = 0  # failed reloads of that change
+        wait = 0  # intervals left before the next retry
         while True:
-            await asyncio.sleep(self.ops.reload_interval)
+            await asyncio.sleep(interval)
             now = _stat_fingerprint(self._watched())
             if now != last:
-                last = now
-                await self.reload("file change")
+                last, unloaded, attempts, wait = now, True, 0, 0
+            elif not unloaded or self._reload_lock.locked():
+                continue  # nothing to do, or a reload runs (ours may be queued behind it)
+            elif self.reload_state.last_ok:
+                unloaded = False  # a later reload (SIGHUP, or ours once queued) loaded it
+                continue
+            elif wait > 1:
+                wait -= 1
+                continue
+            generation = self.reload_state.generation
+            if await self.reload("file change", retry=attempts):
+                unloaded = False
+            elif self.reload_state.generation != generation:  # it ran, and failed
+                attempts += 1
+                wait = min(2 ** min(attempts - 1, 30), max_ticks)
 
     def _watched(self) -> list[Path]:
         # Listing the files may read a policy that is being edited: whatever goes wrong, the
@@ -393,15 +520,20 @@ class Runtime:
 _C = TypeVar("_C", ServerConfig, ClientConfig)
 
 
-def _keep_restart_only(old: _C, new: _C, fields: dict[str, str]) -> tuple[_C, list[str]]:
+def _keep_restart_only(
+    old: _C, new: _C, section: str, fields: dict[str, str]
+) -> tuple[_C, list[str]]:
     """``new`` with the settings only a restart can change (``fields``: attribute → the name
-    reported, plus the admin address) taken from ``old``; and the names of those that differ."""
+    reported, plus the admin address and ``[section] reload_interval``, the watcher's period)
+    taken from ``old``; and the names of those that differ. ``drain_timeout`` is ``new``'s."""
     pending = [name for attr, name in fields.items() if getattr(new, attr) != getattr(old, attr)]
+    if new.ops.reload_interval != old.ops.reload_interval:
+        pending.append(f"{section}.reload_interval")
     if new.ops.admin != old.ops.admin:
         pending.append("admin.listen")
     kept = replace(
         new,
-        ops=replace(new.ops, admin=old.ops.admin),
+        ops=replace(new.ops, admin=old.ops.admin, reload_interval=old.ops.reload_interval),
         **{attr: getattr(old, attr) for attr in fields},
     )
     return kept, pending
@@ -428,7 +560,12 @@ class ServerService:
 
     async def start(self, sock: socket.socket | None, reuse_port: bool) -> list[tuple[str, int]]:
         self.metrics.epoch_age_source(self.server.engine.epoch_age)
-        return await self.server.start(sock=sock, reuse_port=reuse_port)
+        try:
+            return await self.server.start(sock=sock, reuse_port=reuse_port)
+        except OSError as exc:  # the engine reports its failures as AttestationUnavailable
+            if sock is not None:
+                raise
+            raise _listen_error("server.listen", self.cfg.listen, exc) from exc
 
     def _build(self) -> tuple[ServerConfig, Any, Any, list[str]]:
         from atls_proxy.app import profile_from
@@ -441,7 +578,10 @@ class ServerService:
         identity = load_server_identity(new.certificate, new.private_key)
         keys = ServerKeys.build(identity, server_context(identity))
         new, pending = _keep_restart_only(
-            self.cfg, new, {"listen": "server.listen", "attester": "attester", "log": "log"}
+            self.cfg,
+            new,
+            "server",
+            {"listen": "server.listen", "attester": "attester", "log": "log"},
         )
         return new, keys, profile_from(new.expat), pending
 
@@ -454,6 +594,9 @@ class ServerService:
     def watched_files(self) -> list[Path]:
         assert self.cfg.source is not None
         return [self.cfg.source, self.cfg.certificate, self.cfg.private_key]
+
+    def ops_config(self) -> OpsConfig:
+        return self.cfg.ops
 
     def not_ready(self) -> list[str]:
         eng = self.server.engine
@@ -505,7 +648,12 @@ class ClientService:
         self.listener = self.fwd
 
     async def start(self, sock: socket.socket | None, reuse_port: bool) -> list[tuple[str, int]]:
-        return await self.fwd.start(sock=sock, reuse_port=reuse_port)
+        try:
+            return await self.fwd.start(sock=sock, reuse_port=reuse_port)
+        except OSError as exc:
+            if sock is not None:
+                raise
+            raise _listen_error("client.listen", self.cfg.listen, exc) from exc
 
     def _build(self) -> tuple[ClientConfig, Any, list[str]]:
         from atls_proxy.app import build_client_settings
@@ -515,7 +663,9 @@ class ClientService:
         new = load_client_config(self.cfg.source, **self.overrides)
         # A fresh appraisal cache: nothing appraised under the old policy is reused.
         settings = replace(build_client_settings(new), metrics=self.metrics)
-        new, pending = _keep_restart_only(self.cfg, new, {"listen": "client.listen", "log": "log"})
+        new, pending = _keep_restart_only(
+            self.cfg, new, "client", {"listen": "client.listen", "log": "log"}
+        )
         return new, settings, pending
 
     async def reload(self) -> list[str]:
@@ -533,6 +683,9 @@ class ClientService:
         if self.cfg.ca is not None:
             files.append(self.cfg.ca)
         return files + trust_files(self.cfg.policy)
+
+    def ops_config(self) -> OpsConfig:
+        return self.cfg.ops
 
     def not_ready(self) -> list[str]:
         return []

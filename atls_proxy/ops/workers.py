@@ -16,11 +16,18 @@ supervisor does no proxying. It
 * serves the admin endpoints: ``/readyz`` is 200 when every worker is ready and no drain is under
   way; ``/status`` lists the workers (pid, ready, restarts, last exit code);
 * restarts a worker that exits while not stopping, with a back-off (1 s doubling to 30 s; reset
-  after a worker has run for 60 s), and marks its metrics dead;
-* forwards SIGHUP (reload) and SIGTERM (drain) to every worker; a second SIGTERM/SIGINT is
-  forwarded too (the workers then force-close). It tells systemd ``READY=1`` once all workers are
-  ready and ``STOPPING=1`` when the drain starts, and exits with the worst worker exit code
-  (0 < 3 < 4; anything else is 1).
+  after a worker has run for 60 s), marks its metrics dead and folds its counter and histogram
+  files into one archive file per type (``merge_dead_worker_files``), so the metrics folder holds
+  the live workers' files plus at most one archive per type however often workers restart;
+* forwards SIGHUP (reload) to every *ready* worker (a worker still starting has no handler yet and
+  would die of it; it gets the SIGHUP once it reports ``READY=1``) and SIGTERM (drain) to every
+  running worker; a second SIGTERM/SIGINT is forwarded too (the workers then force-close). It tells
+  systemd ``READY=1`` once all workers are ready and ``STOPPING=1`` when the drain starts;
+* stops once no worker process runs (workers that were dead, waiting out their back-off, are not
+  restarted), or ``drain_timeout`` (the longer of the start and the current file's value: workers
+  reload it) + ``STOP_MARGIN`` seconds after the stop signal, killing the workers still running
+  then; and exits with the worst worker exit code (0 < 3 < 4; anything else, such as a worker
+  that had died or had to be killed, is 1).
 """
 
 from __future__ import annotations
@@ -33,17 +40,22 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.mmap_dict import MmapedDict
+
 from atls_proxy import __version__
 from atls_proxy.errors import ConfigError
 from atls_proxy.ops import systemd
 from atls_proxy.ops.admin import AdminServer
+from atls_proxy.ops.config import load_client_config, load_server_config
 from atls_proxy.ops.metrics import (
     mark_worker_dead,
     multiprocess_exposition,
@@ -58,6 +70,14 @@ BACKOFF_START = 1.0
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 60.0
 MAX_NOTIFY_DATAGRAM = 4096
+# Seconds the supervisor waits beyond drain_timeout for its workers to exit before it kills them
+# (a worker closes what is left at drain_timeout by itself). 30 + 10 s stays inside systemd's
+# TimeoutStopSec=45 of the shipped unit.
+STOP_MARGIN = 10.0
+# prometheus multiprocess file types whose values are plain sums over processes (gauges are not:
+# their files are per mode, and mark_worker_dead removes the live* ones).
+SUMMED_TYPES = ("counter", "histogram", "summary")
+ARCHIVE_PID = "archive"  # counter_archive.db: the summed files of every dead worker
 
 
 @dataclass
@@ -70,10 +90,63 @@ class Worker:
     last_exit: int | None = None
     backoff: float = BACKOFF_START
     waiter: asyncio.Task[None] | None = field(default=None, repr=False)
+    spawning: bool = False  # between the decision to start it and ``proc`` being set
+    hup_pending: bool = False  # a SIGHUP arrived while it was starting: send it once ready
 
     @property
     def pid(self) -> int | None:
         return None if self.proc is None else self.proc.pid
+
+    @property
+    def running(self) -> bool:
+        """A worker process exists (or is being created) and has not exited."""
+        return self.spawning or (self.proc is not None and self.proc.returncode is None)
+
+    def exit_code(self) -> int | None:
+        """Its last exit code, including an exit the watcher task has not processed yet."""
+        if self.proc is not None and self.proc.returncode is not None:
+            return self.proc.returncode
+        return self.last_exit
+
+
+def merge_dead_worker_files(pid: int, path: str | os.PathLike[str]) -> None:
+    """Fold a dead worker's counter/histogram/summary files into ``<type>_archive.db``.
+
+    Their values are plain sums over processes (for histograms each bucket file entry is
+    per-bucket, made cumulative only at collection), so adding the dead worker's entries, key by
+    key, to the archive keeps every merged total exactly as it was, while the folder stops growing
+    with every restart. The archive is written beside under a name that does not end in ``.db``
+    and renamed over the old one, then the dead file is removed; the caller must not run a
+    collection in between (the supervisor holds ``Supervisor._metrics_lock``). A file that cannot
+    be read is left alone (it would break the collection anyway) and logged.
+    """
+    folder = Path(path)
+    for typ in SUMMED_TYPES:
+        dead = folder / f"{typ}_{pid}.db"
+        if not dead.exists():
+            continue
+        archive = folder / f"{typ}_{ARCHIVE_PID}.db"
+        totals: dict[str, tuple[float, float]] = {}
+        try:
+            for f in (archive, dead):
+                if not f.exists():
+                    continue
+                entries = MmapedDict.read_all_values_from_file(str(f))  # type: ignore[no-untyped-call]
+                for key, value, stamp, _ in entries:
+                    old, old_stamp = totals.get(key, (0.0, 0.0))
+                    totals[key] = (old + value, max(old_stamp, stamp))
+            tmp = folder / f"{typ}_{ARCHIVE_PID}.db.tmp"
+            tmp.unlink(missing_ok=True)
+            out = MmapedDict(str(tmp))  # type: ignore[no-untyped-call]
+            try:
+                for key, (value, stamp) in totals.items():
+                    out.write_value(key, value, stamp)  # type: ignore[no-untyped-call]
+            finally:
+                out.close()  # type: ignore[no-untyped-call]
+            os.replace(tmp, archive)
+            dead.unlink()
+        except (OSError, RuntimeError, ValueError, struct.error):
+            log.warning("could not merge the metrics file %s into %s", dead, archive, exc_info=True)
 
 
 def worker_argv(args: argparse.Namespace, role: str) -> list[str]:
@@ -111,6 +184,9 @@ class Supervisor:
         self.admin: AdminServer | None = None
         self._all_ready_sent = False
         self._done = asyncio.Event()
+        # Held while merging a dead worker's metric files and while collecting /metrics, so a
+        # scrape never sees the archive and the dead file at once (or neither).
+        self._metrics_lock = threading.Lock()
 
     # -- admin ---------------------------------------------------------------------------------
 
@@ -169,25 +245,72 @@ class Supervisor:
     def _fds(self) -> list[int]:
         return [s.fileno() for socks in self.inherited.values() for s in socks]
 
+    def _metrics(self) -> tuple[bytes, str]:
+        with self._metrics_lock:
+            return multiprocess_exposition(self.metrics_dir)
+
+    async def _drain_timeout(self) -> float:
+        """The longest ``drain_timeout`` a worker may be using: the workers reload it (SIGHUP,
+        ``reload_interval``) while this process keeps the configuration it started with, so the
+        file is read again (best effort: on any failure the start value alone counts) and the
+        larger of the two is used — a worker whose reload failed keeps the older value."""
+        start = float(self.cfg.ops.drain_timeout)
+
+        def reread() -> float:
+            a = vars(self.args)
+            listen, admin = a.get("listen"), a.get("admin")
+            if self.role == "server":
+                cfg: Any = load_server_config(
+                    a["config"], listen=listen, backend=a.get("backend"), admin=admin
+                )
+            else:
+                cfg = load_client_config(
+                    a["config"], listen=listen, server=a.get("server"), admin=admin
+                )
+            return float(cfg.ops.drain_timeout)
+
+        try:
+            now = await asyncio.wait_for(asyncio.to_thread(reread), 5.0)
+        except Exception:  # best effort: the start value stands
+            return start
+        return max(start, now)
+
+    def _check_done(self) -> None:
+        """Stopping and no worker process left: ``run`` may finish. Called by the stop handler and
+        by every watcher that ends because of the stop (a worker exited, or a back-off ended)."""
+        if self.stopping and not any(w.running for w in self.workers):
+            self._done.set()
+
     async def _spawn(self, w: Worker) -> None:
         w.ready = False
+        w.hup_pending = False  # the new process reads the files as they are now
         w.started = time.monotonic()
-        w.proc = await asyncio.create_subprocess_exec(
-            *worker_argv(self.args, self.role), env=self._env(), pass_fds=self._fds()
-        )
+        w.spawning = True
+        try:
+            w.proc = await asyncio.create_subprocess_exec(
+                *worker_argv(self.args, self.role), env=self._env(), pass_fds=self._fds()
+            )
+        finally:
+            w.spawning = False
         log.info("worker %d started pid=%d", w.index, w.proc.pid, extra={"event": "worker"})
         w.waiter = asyncio.ensure_future(self._watch(w))
+        if self.stopping:
+            # The stop signal came while the process was being created: it missed the SIGTERM.
+            # It has no handler yet, so this ends it; its watcher then completes the stop.
+            with contextlib.suppress(ProcessLookupError):
+                w.proc.send_signal(signal.SIGTERM)
 
     async def _watch(self, w: Worker) -> None:
         assert w.proc is not None
         code = await w.proc.wait()
         pid = w.proc.pid
         w.ready, w.last_exit = False, code
-        mark_worker_dead(pid, self.metrics_dir)
+        with self._metrics_lock:
+            mark_worker_dead(pid, self.metrics_dir)
+            merge_dead_worker_files(pid, self.metrics_dir)
         if self.stopping:
             log.info("worker %d (pid %d) exited with %d", w.index, pid, code)
-            if all(x.proc is None or x.proc.returncode is not None for x in self.workers):
-                self._done.set()
+            self._check_done()
             return
         ran = time.monotonic() - w.started
         if ran >= STABLE_AFTER:
@@ -206,12 +329,30 @@ class Supervisor:
         if not self.stopping:
             w.restarts += 1
             await self._spawn(w)
+        # A stop during the back-off: not restarted, and this may have been the last worker.
+        self._check_done()
 
     def _signal_workers(self, sig: int) -> None:
         for w in self.workers:
             if w.proc is not None and w.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     w.proc.send_signal(sig)
+
+    def _forward_hup(self) -> None:
+        """SIGHUP to the workers that reported ``READY=1``. A worker still starting has not
+        installed its handlers, and SIGHUP's default action would kill it (and double its
+        back-off). A worker started after this SIGHUP reads the files as they are now, so it
+        misses nothing; but one already starting may have read them before they changed, so it is
+        marked and gets its SIGHUP when it reports ``READY=1`` (``_on_notify``): one reload more
+        at worst, never one less. A worker that is dead (in its back-off) reads them at restart."""
+        for w in self.workers:
+            if w.proc is None or w.proc.returncode is not None:
+                continue
+            if w.ready:
+                with contextlib.suppress(ProcessLookupError):
+                    w.proc.send_signal(signal.SIGHUP)
+            else:
+                w.hup_pending = True
 
     # -- notifications from workers ------------------------------------------------------------------
 
@@ -228,6 +369,10 @@ class Supervisor:
             return
         if fields.get("READY") == "1":
             w.ready = True
+            if w.hup_pending and w.proc is not None and w.proc.returncode is None:
+                w.hup_pending = False  # its handlers are installed before it reports READY=1
+                with contextlib.suppress(ProcessLookupError):
+                    w.proc.send_signal(signal.SIGHUP)
         if fields.get("STOPPING") == "1" or fields.get("RELOADING") == "1":
             w.ready = fields.get("RELOADING") == "1" and w.ready  # a reload keeps serving
         if not self._all_ready_sent and all(x.ready for x in self.workers):
@@ -269,30 +414,49 @@ class Supervisor:
                 admin_addr.port if admin_addr else 0,
                 ready=self.ready,
                 status=self.status,
-                metrics=lambda: multiprocess_exposition(self.metrics_dir),
+                metrics=self._metrics,
                 sock=inherited_admin[0] if inherited_admin else None,
             )
+        stop = asyncio.Event()
+
+        def on_stop() -> None:
+            self.signals += 1
+            if self.signals == 1:
+                self.stopping = True
+                self._notify_systemd("STOPPING=1", "STATUS=draining workers")
+                stop.set()
+            self._signal_workers(signal.SIGTERM)
+            self._check_done()  # every worker may be dead already (waiting out its back-off)
+
         try:
+            # Handlers first: a stop signal during start-up then stops the workers started so far.
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, on_stop)
+            loop.add_signal_handler(signal.SIGHUP, self._forward_hup)
             if self.admin is not None:
                 await self.admin.start()  # it logs where it listens
             for w in self.workers:
+                if self.stopping:
+                    break
                 await self._spawn(w)
-            stop = asyncio.Event()
-
-            def on_stop() -> None:
-                self.signals += 1
-                if self.signals == 1:
-                    self.stopping = True
-                    self._notify_systemd("STOPPING=1", "STATUS=draining workers")
-                    stop.set()
-                self._signal_workers(signal.SIGTERM)
-
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, on_stop)
-            loop.add_signal_handler(signal.SIGHUP, lambda: self._signal_workers(signal.SIGHUP))
             await stop.wait()
-            await self._done.wait()
+            self._check_done()
+            if not self._done.is_set():
+                limit = await self._drain_timeout() + STOP_MARGIN
+                try:
+                    await asyncio.wait_for(self._done.wait(), limit)
+                except TimeoutError:
+                    left = [w.index for w in self.workers if w.running]
+                    log.error(
+                        "worker(s) %s still running %.0f s after the stop signal; killing them",
+                        ", ".join(map(str, left)),
+                        limit,
+                        extra={"event": "worker", "result": "killed"},
+                    )
         finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                with contextlib.suppress(Exception):
+                    loop.remove_signal_handler(sig)
             loop.remove_reader(sock.fileno())
             sock.close()
             for w in self.workers:
@@ -305,7 +469,7 @@ class Supervisor:
             if self.admin is not None:
                 await self.admin.close()
             shutil.rmtree(self.tmp, ignore_errors=True)
-        codes = [w.last_exit for w in self.workers]
+        codes = [w.exit_code() for w in self.workers]
         if any(c == 4 for c in codes) or self.signals > 1:
             return 4
         if any(c == 3 for c in codes):

@@ -19,6 +19,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -540,6 +541,137 @@ def test_workers_share_the_port_and_restart(tmp_path: Path, ps: Procs, slow_back
     assert server.popen.wait(30) == 0, server.output()
 
 
+@pytest.fixture
+def short_tmpdir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private TMPDIR for the CLI (tests.support.procs.env copies os.environ), short enough for
+    the supervisor's AF_UNIX notify socket in it (tmp_path is too long for sun_path)."""
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="atls-t-", dir="/tmp"))
+    monkeypatch.setenv("TMPDIR", str(d))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _serve_workers(
+    tmp_path: Path, ps: Procs, backend_port: int, tmpdir: Path
+) -> tuple[Proc, int, Path]:
+    """``serve --workers 2 --admin`` with TMPDIR=tmpdir: (server, admin port, tmpdir), both
+    workers ready."""
+    dev = dev_init(tmp_path / "dev")
+    admin = free_port()
+    server = ps.cli(
+        "serve-workers",
+        "serve",
+        "--config",
+        str(dev / "serve.toml"),
+        "--listen",
+        f"127.0.0.1:{free_port()}",
+        "--backend",
+        f"127.0.0.1:{backend_port}",
+        "--admin",
+        f"127.0.0.1:{admin}",
+        "--workers",
+        "2",
+    )
+    wait_port(admin, server)
+    wait_until(lambda: get(admin, "/readyz")[0] == 200, timeout=30, what="2 workers ready")
+    return server, admin, tmpdir
+
+
+def _workers(admin: int) -> list[dict[str, object]]:
+    return list(json.loads(get(admin, "/status")[1])["workers"])
+
+
+def test_workers_sigterm_while_every_worker_is_dead_exits(
+    tmp_path: Path, ps: Procs, slow_backend: int, short_tmpdir: Path
+) -> None:
+    """SIGTERM while both workers are dead, waiting out their restart back-off: the supervisor
+    exits promptly (it used to wait forever for a worker exit) and removes its folder."""
+    import os
+
+    from tests.support.procs import log_messages
+
+    server, admin, tmpdir = _serve_workers(tmp_path, ps, slow_backend, short_tmpdir)
+    assert len(list(tmpdir.iterdir())) == 1  # atls-proxy-workers-*
+    # Kill both twice, so the second back-off (2 s) leaves ample time to send SIGTERM within it.
+    for restarts in (1, 2):
+        pids = [int(str(w["pid"])) for w in _workers(admin)]
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        if restarts == 1:
+            wait_until(
+                lambda: (
+                    [w["restarts"] for w in _workers(admin)] == [1, 1]
+                    and get(admin, "/readyz")[0] == 200
+                ),
+                timeout=30,
+                what="both workers restarted and ready",
+            )
+    wait_until(
+        lambda: (
+            all(w["last_exit"] == -signal.SIGKILL for w in _workers(admin))
+            and {w["pid"] for w in _workers(admin)} == set(pids)
+        ),
+        timeout=10,
+        what="both deaths seen",
+    )
+    t0 = time.monotonic()
+    server.popen.send_signal(signal.SIGTERM)
+    try:
+        code = server.popen.wait(10)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the supervisor did not exit:\n" + server.output()) from None
+    assert time.monotonic() - t0 < 5
+    started = [m for m in log_messages(server.output()) if " started pid=" in m]
+    assert len(started) == 4, started  # the SIGTERM came within the back-off: no third start
+    assert code == 1, server.output()  # the workers had died (docs/OPERATIONS.md, Workers)
+    assert list(tmpdir.iterdir()) == []  # its temporary folder is gone
+
+
+def test_workers_sighup_spares_a_starting_worker(
+    tmp_path: Path, ps: Procs, slow_backend: int, short_tmpdir: Path
+) -> None:
+    """SIGHUP while a worker restarts: it is not killed by it (it used to die of SIGHUP and its
+    back-off doubled), it reloads once ready; the dead worker's metric files are merged away."""
+    import os
+
+    from tests.support.procs import log_messages
+
+    server, admin, tmpdir = _serve_workers(tmp_path, ps, slow_backend, short_tmpdir)
+    (mdir,) = tmpdir.glob("atls-proxy-workers-*/metrics")
+    dead = int(str(_workers(admin)[0]["pid"]))
+    assert (mdir / f"counter_{dead}.db").exists()
+    os.kill(dead, signal.SIGKILL)
+
+    def restarting() -> bool:
+        w = _workers(admin)[0]
+        return w["pid"] != dead and not w["ready"]
+
+    wait_until(restarting, timeout=10, what="worker 0 being started again")
+    server.popen.send_signal(signal.SIGHUP)  # worker 0 is not ready yet
+    wait_until(lambda: get(admin, "/readyz")[0] == 200, timeout=30, what="ready again")
+    w0 = _workers(admin)[0]
+    assert (w0["restarts"], w0["last_exit"]) == (1, -signal.SIGKILL), server.output()
+
+    def reloads() -> int:
+        return sum(m.startswith("reloaded (SIGHUP)") for m in log_messages(server.output()))
+
+    # worker 1 at once, worker 0 once it reported ready
+    wait_until(lambda: reloads() == 2, timeout=10, what="both workers reloaded")
+
+    # the dead worker's counters and histograms live on in the archive files only
+    assert not list(mdir.glob(f"*_{dead}.db"))
+    assert (mdir / "counter_archive.db").exists() and (mdir / "histogram_archive.db").exists()
+    status, text = get(admin, "/metrics")
+    assert status == 200 and metric(text, "atls_proxy_reloads_total", result="success") >= 2
+
+    server.popen.send_signal(signal.SIGTERM)
+    assert server.popen.wait(30) == 0, server.output()
+    assert list(tmpdir.iterdir()) == []
+
+
 class DelayRelay:
     """A TCP relay on 127.0.0.1 that holds the first client→server bytes (the ClientHello) until
     ``release`` is set: a connection that is mid-handshake when the test wants it to be."""
@@ -770,3 +902,148 @@ def test_workers_under_socket_activation(tmp_path: Path, ps: Procs, slow_backend
         assert curl_through(cport, "/hello") == "hello\n"
     popen.send_signal(signal.SIGTERM)
     assert popen.wait(30) == 0, proc.output()
+
+
+# --- runtime: start-up signals, socket names, bind errors, reload of ops settings --------------
+
+
+def test_sighup_during_startup_is_honoured_once_listening(tmp_path: Path, ps: Procs) -> None:
+    """SIGHUP while the cached tier waits for its first quote (no handler yet, it used to kill the
+    process): the process lives on, starts, and reloads once."""
+    dev = dev_init(tmp_path / "dev")
+    cfg = dev / "serve-slowstart.toml"
+    cfg.write_text(
+        (dev / "serve.toml")
+        .read_text()
+        .replace('kind = "software"\n', 'kind = "software"\ntier = "cached"\n', 1)
+        .replace(
+            'platform_key = "platform-key.pem"\n',
+            'platform_key = "platform-key.pem"\nsimulated_quote_ms = 2000\n',
+            1,
+        )
+    )
+    port = free_port()
+    server = ps.cli(
+        "serve-slowstart",
+        "serve",
+        "--config",
+        str(cfg),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--backend",
+        "127.0.0.1:9",
+    )
+    # The attester is built (and warns) just before the runtime starts; its first quote then
+    # takes 2 s before the listener opens.
+    wait_until(lambda: "SIMULATED software attester" in server.output(), what="the attester")
+    time.sleep(0.5)
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()  # still starting
+    server.popen.send_signal(signal.SIGHUP)
+    wait_port(port, server, timeout=30)
+    wait_until(lambda: "reloaded (SIGHUP)" in server.output(), what="the deferred reload")
+    assert "SIGHUP during start-up" in server.output()
+    assert server.output().count("reloaded (") == 1
+    server.popen.send_signal(signal.SIGTERM)
+    assert server.popen.wait(20) == 0, server.output()
+
+
+def test_socket_activation_uses_the_only_socket_whatever_its_name(
+    tmp_path: Path, ps: Procs, slow_backend: int
+) -> None:
+    """One inherited socket named as systemd names it by default (the socket unit's name): it is
+    the attested listener (the configured address is the same port: binding it would fail)."""
+    import sys
+
+    from tests.support.procs import env
+
+    dev = dev_init(tmp_path / "dev")
+    attested = socket.create_server(("127.0.0.1", 0))
+    sport = attested.getsockname()[1]
+    e = env()
+    e["TEST_FDNAMES"] = "atls-proxy.socket"
+    log = tmp_path / "activated-default-name.log"
+    with log.open("wb") as fh:
+        popen = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _ACTIVATE,
+                str(attested.fileno()),
+                "serve",
+                "--config",
+                str(dev / "serve.toml"),
+                "--listen",
+                f"127.0.0.1:{sport}",
+                "--backend",
+                f"127.0.0.1:{slow_backend}",
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=e,
+            pass_fds=(attested.fileno(),),
+        )
+    proc = Proc("activated-default-name", popen, log)
+    ps.procs.append(proc)
+    attested.close()
+    wait_until(
+        lambda: (
+            "the attested listener is the inherited socket" in proc.output() or not proc.alive()
+        ),
+        what="the inherited socket taken",
+    )
+    assert proc.alive(), proc.output()
+    _, cport = start_client(ps, dev / "connect.toml", sport)
+    assert curl_through(cport, "/hello") == "hello\n"
+    popen.send_signal(signal.SIGTERM)
+    assert popen.wait(20) == 0, proc.output()
+
+
+def test_listen_address_in_use_is_a_configuration_error(tmp_path: Path) -> None:
+    """exit 2 naming server.listen and the address, not a traceback and exit 1 (which
+    Restart=on-failure would restart in a loop)."""
+    dev = dev_init(tmp_path / "dev")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = run_cli(
+            "serve",
+            "--config",
+            str(dev / "serve.toml"),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--backend",
+            "127.0.0.1:9",
+            timeout=30,
+        )
+    assert res.returncode == 2, res.stderr
+    assert "configuration error: server.listen" in res.stderr
+    assert f"127.0.0.1:{port}" in res.stderr and "in use" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_reload_applies_drain_timeout_and_reports_reload_interval(
+    tmp_path: Path, ps: Procs, slow_backend: int
+) -> None:
+    dev = dev_init(tmp_path / "dev")
+    cfg = variant(dev, "opsreload", "drain_timeout = 30")
+    server, _, admin, cport = serve_with_admin(ps, dev, cfg, slow_backend)
+    variant(dev, "opsreload", "drain_timeout = 1\nreload_interval = 5")  # the same file
+    server.popen.send_signal(signal.SIGHUP)
+    wait_until(
+        lambda: json.loads(get(admin, "/status")[1])["last_reload"]["ok"] is True,
+        what="the reload",
+    )
+    pending = json.loads(get(admin, "/status")[1])["last_reload"]["pending_restart"]
+    assert pending == ["server.reload_interval"]
+    assert "needs a restart to change: server.reload_interval" in server.output()
+
+    slow = background_curl(cport, "/slow?20")
+    wait_until(lambda: SLOW.in_flight >= 1, what="the slow request at the backend")
+    t0 = time.monotonic()
+    server.popen.send_signal(signal.SIGTERM)
+    assert server.popen.wait(20) == 3, server.output()  # the reloaded 1 s, not 30 s
+    assert time.monotonic() - t0 < 10
+    slow.communicate(timeout=30)
+    assert "waiting up to 1 s" in server.output()

@@ -1,0 +1,219 @@
+"""The ``--workers`` supervisor (atls_proxy/ops/workers.py) without the proxy: its stop logic with
+stand-in worker processes, SIGHUP forwarding, and the bound on dead workers' metrics files.
+The real CLI with real workers is exercised in tests/integration/test_operations.py."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from atls_proxy.ops import metrics as mm
+from atls_proxy.ops import workers as wk
+from tests.unit.test_metrics import run_worker
+
+# -- the supervisor with stand-in workers ------------------------------------------------------------
+
+
+@pytest.fixture
+def supervisor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[wk.Supervisor]:
+    """A Supervisor of 2 workers whose processes are ``sleep``-like Python one-liners (they never
+    report READY=1). Its temporary folder goes under a short private folder (pytest's tmp_path is
+    too long for the AF_UNIX notify socket's path; it is requested here only so that pytest picks
+    its own base folder before ``tempfile.tempdir`` is patched)."""
+    short = tempfile.mkdtemp(prefix="atls-u-", dir="/tmp")
+    monkeypatch.setattr(tempfile, "tempdir", short)
+    monkeypatch.delenv("LISTEN_FDS", raising=False)
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    monkeypatch.setattr(
+        wk, "worker_argv", lambda args, role: [sys.executable, "-c", "import time; time.sleep(60)"]
+    )
+    args = argparse.Namespace(workers=2, config=Path(short) / "serve.toml")
+    cfg = SimpleNamespace(ops=SimpleNamespace(admin=None, drain_timeout=1.0))
+    try:
+        yield wk.Supervisor(args, "server", cfg)
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
+
+
+async def _until(cond: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+def handlers_installed() -> bool:
+    return signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None)
+
+
+def test_sigterm_while_every_worker_waits_out_its_backoff(supervisor: wk.Supervisor) -> None:
+    """Both workers dead (in a long back-off) when SIGTERM arrives: the supervisor must exit at
+    once, not wait for a worker exit that will never come."""
+    sup = supervisor
+
+    async def main() -> tuple[int, float]:
+        task = asyncio.ensure_future(sup.run())
+        await _until(lambda: all(w.proc is not None for w in sup.workers))
+        await _until(handlers_installed)  # never SIGTERM the test runner itself
+        for w in sup.workers:
+            w.backoff = 30.0  # the next restart is far away
+            assert w.proc is not None
+            os.kill(w.proc.pid, signal.SIGKILL)
+        await _until(lambda: all(w.last_exit == -signal.SIGKILL for w in sup.workers))
+        t0 = time.monotonic()
+        os.kill(os.getpid(), signal.SIGTERM)  # the supervisor's own handler (this event loop)
+        code = await asyncio.wait_for(task, 5.0)
+        return code, time.monotonic() - t0
+
+    code, took = asyncio.run(main())
+    assert took < 2.0
+    assert code == 1  # the workers had died: a runtime failure (docs/OPERATIONS.md, Workers)
+    assert not sup.tmp.exists()
+    assert [w.restarts for w in sup.workers] == [0, 0]  # not restarted after the stop
+
+
+def test_stop_kills_a_worker_that_outlives_drain_timeout(
+    supervisor: wk.Supervisor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that ignores SIGTERM is killed drain_timeout + STOP_MARGIN after the signal."""
+    monkeypatch.setattr(wk, "STOP_MARGIN", 0.5)
+    monkeypatch.setattr(
+        wk,
+        "worker_argv",
+        lambda args, role: [
+            sys.executable,
+            "-c",
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "print('up', flush=True); time.sleep(60)",
+        ],
+    )
+    sup = supervisor
+
+    async def main() -> tuple[int, float]:
+        task = asyncio.ensure_future(sup.run())
+        await _until(lambda: all(w.proc is not None for w in sup.workers))
+        await _until(handlers_installed)
+        await asyncio.sleep(1.0)  # let them ignore SIGTERM
+        t0 = time.monotonic()
+        os.kill(os.getpid(), signal.SIGTERM)
+        code = await asyncio.wait_for(task, 10.0)
+        return code, time.monotonic() - t0
+
+    code, took = asyncio.run(main())
+    assert 1.4 <= took < 5.0  # drain_timeout (1 s) + STOP_MARGIN (0.5 s)
+    assert code == 1
+    assert [w.exit_code() for w in sup.workers] == [-signal.SIGKILL] * 2
+    assert not sup.tmp.exists()
+
+
+def test_stop_bound_uses_the_longest_drain_timeout(
+    supervisor: wk.Supervisor, tmp_path: Path
+) -> None:
+    """Workers reload drain_timeout; the supervisor reads the file again at the stop, so a raised
+    value is not cut short, while a lowered one or an unreadable file leaves the start value."""
+    from tests.support.procs import run_cli
+
+    assert run_cli("dev-init", str(tmp_path / "dev")).returncode == 0
+    base = (tmp_path / "dev" / "serve.toml").read_text()
+    cfg = tmp_path / "dev" / "serve-drain.toml"
+    supervisor.args.config = cfg  # the start value is 1 s (the fixture's cfg)
+    for in_file, want in ((7, 7.0), (0.5, 1.0)):
+        cfg.write_text(base.replace("[server]\n", f"[server]\ndrain_timeout = {in_file}\n", 1))
+        assert asyncio.run(supervisor._drain_timeout()) == want
+    cfg.write_text("not toml [")
+    assert asyncio.run(supervisor._drain_timeout()) == 1.0
+
+
+class FakeProc:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self.signals: list[int] = []
+
+    def send_signal(self, sig: int) -> None:
+        self.signals.append(sig)
+
+
+def test_sighup_only_to_ready_workers_and_later_to_starting_ones(
+    supervisor: wk.Supervisor,
+) -> None:
+    sup = supervisor
+    ready, starting = FakeProc(101), FakeProc(102)
+    sup.workers[0].proc, sup.workers[0].ready = ready, True  # type: ignore[assignment]
+    sup.workers[1].proc = starting  # type: ignore[assignment]
+    sup._forward_hup()
+    assert ready.signals == [signal.SIGHUP]
+    assert starting.signals == []  # it has no handler yet: SIGHUP would kill it
+    sup._on_notify(b"READY=1\nWORKER_PID=102\n")
+    assert starting.signals == [signal.SIGHUP]  # once ready, the reload it missed
+    sup._on_notify(b"RELOADING=1\nWORKER_PID=102\n")
+    sup._on_notify(b"READY=1\nWORKER_PID=102\n")
+    assert starting.signals == [signal.SIGHUP]  # only once
+
+    dead = FakeProc(103)
+    dead.returncode = -9
+    sup.workers[1].proc, sup.workers[1].ready = dead, False  # type: ignore[assignment]
+    sup._forward_hup()
+    assert dead.signals == [] and not sup.workers[1].hup_pending  # it reads the files at restart
+
+
+# -- dead workers' metrics files -------------------------------------------------------------------
+
+
+def summed_series(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The counter and histogram series of the merged exposition."""
+    body, _ = mm.multiprocess_exposition(path)
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(body.decode())
+        if fam.type in ("counter", "histogram")
+        for s in fam.samples
+    }
+
+
+def test_dead_workers_files_are_merged_totals_kept_folder_bounded(tmp_path: Path) -> None:
+    d = tmp_path / "prom"
+    mm.prepare_multiprocess_dir(d)
+    pid1 = run_worker(d, 1)
+    pid2 = run_worker(d, 2)
+    first = {f.name for f in d.iterdir()}
+    assert f"counter_{pid1}.db" in first and f"histogram_{pid1}.db" in first
+    per_worker = len([f for f in first if f.endswith(f"_{pid1}.db")])
+
+    # 40 restarts of a worker like pid1 (its files copied under a new pid each time).
+    for i in range(40):
+        fake = 4_000_000 + i
+        for f in list(d.glob(f"*_{pid1}.db")):
+            shutil.copy(f, d / f.name.replace(str(pid1), str(fake)))
+        before = summed_series(d)
+        mm.mark_worker_dead(fake, d)
+        wk.merge_dead_worker_files(fake, d)
+        # nothing lost, nothing double-counted (float sums in another order: approx)
+        assert summed_series(d) == pytest.approx(before)
+        assert not list(d.glob(f"*_{fake}.db"))
+        # the live workers' files and one archive per summed type, whatever i is
+        assert len(list(d.iterdir())) <= 2 * per_worker + len(wk.SUMMED_TYPES)
+
+    got = summed_series(d)
+    assert got[("atls_proxy_connections_accepted_total", ())] == 1 + 2 + 40 * 1
+    assert got[("atls_proxy_quote_batch_size_count", ())] == 2 + 40
+
+    for pid in (pid1, pid2):
+        before = summed_series(d)
+        mm.mark_worker_dead(pid, d)
+        wk.merge_dead_worker_files(pid, d)
+        assert summed_series(d) == pytest.approx(before)
+    assert {f.name for f in d.iterdir()} == {"counter_archive.db", "histogram_archive.db"}
