@@ -13,7 +13,10 @@ unknown path 404. One request per connection (every answer carries ``Connection:
 request head is capped (``max_head``, 8 KiB → 431) and must arrive within ``read_timeout`` (5 s
 for the whole head, not per read → 408); anything that does not parse gets 400. A callable that
 raises gets the client a 500 and the log a traceback; the server carries on. At most
-``max_connections`` requests are handled at once; more are closed at once.
+``max_connections`` requests are handled at once. At that limit a new connection takes the place
+of the oldest one still waiting for its request head (aborted): idle connections cannot keep the
+kubelet's probes out (which would fail liveness and restart the process). Only when every slot
+is answering a request is a new connection closed at once.
 
 ``sock=`` takes an already-listening socket (socket activation, or a socket inherited from a
 supervisor); the server takes ownership and closes it in ``close()``.
@@ -33,7 +36,7 @@ from typing import Final
 
 from atls_proxy.errors import ConfigError
 from atls_proxy.proxy.conn import Conn
-from atls_proxy.proxy.listener import Listener
+from atls_proxy.proxy.listener import Listener, peer_name
 
 __all__ = ["AdminServer"]
 
@@ -102,6 +105,9 @@ class AdminServer(Listener):
         self.read_timeout = read_timeout
         self.write_timeout = write_timeout
         self.max_head = max_head
+        self.evicted = 0
+        # Connections still waiting for their request head, oldest first (dicts keep order).
+        self._waiting: dict[Conn, None] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -141,12 +147,33 @@ class AdminServer(Listener):
             log.exception("admin request failed")
             conn.transport.abort()
 
+    def make_room(self) -> bool:
+        """At the limit, abort the oldest connection still waiting for its request head."""
+        for oldest in self._waiting:
+            del self._waiting[oldest]
+            oldest.transport.abort()
+            self.evicted += 1
+            if self.evicted == 1 or self.evicted % 100 == 0:  # not one line per connection
+                log.warning(
+                    "admin: %d connections open; closed the oldest one still waiting for its "
+                    "request (from %s) to serve a new one (%d so far)",
+                    self.active,
+                    peer_name(oldest),
+                    self.evicted,
+                )
+            return True
+        return False
+
     async def _serve(self, conn: Conn) -> None:
         head_only = False
         linger = False
         try:
-            async with asyncio.timeout(self.read_timeout):
-                head = await self._read_head(conn)
+            self._waiting[conn] = None
+            try:
+                async with asyncio.timeout(self.read_timeout):
+                    head = await self._read_head(conn)
+            finally:
+                self._waiting.pop(conn, None)
             method, path = _parse(head)
             head_only = method == b"HEAD"
             status, ctype, body, extra = self._route(method, path)

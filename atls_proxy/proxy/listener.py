@@ -113,8 +113,13 @@ class Listener:
         task = asyncio.get_running_loop().create_task(self._accept(conn))
         task.add_done_callback(_report_unhandled)
 
+    def make_room(self) -> bool:
+        """At the connection limit: free a place for a new connection if this listener can
+        (True), or refuse the new one (False, the default)."""
+        return False
+
     async def _accept(self, conn: Conn) -> None:
-        if self.active >= self.max_connections:
+        if self.active >= self.max_connections and not self.make_room():
             self.refused_limit += 1
             if self.metrics is not None:
                 self.metrics.conn_refused()

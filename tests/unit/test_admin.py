@@ -320,20 +320,26 @@ async def test_concurrent_requests(admin: Admin) -> None:
     assert all(r.status == 200 for r in results)
 
 
-async def test_connection_limit() -> None:
+async def test_idle_connections_at_the_limit_do_not_keep_probes_out() -> None:
+    # Whoever can reach the port could hold every slot with idle connections (re-opened every
+    # read_timeout) and fail the kubelet's liveness probe; a new request takes the place of the
+    # oldest connection still waiting for its request head instead.
     state = State()
-    server = make(state, read_timeout=2.0, max_connections=2)
+    server = make(state, read_timeout=5.0, max_connections=2)
     port = (await server.start())[0][1]
     try:
         idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
         await asyncio.sleep(0.1)
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        assert await asyncio.wait_for(reader.read(), 2.0) == b""  # closed at once
-        writer.close()
+        for _ in range(3):  # probe after probe, while the idle ones keep coming back
+            assert (await asyncio.wait_for(get(port, "/healthz"), 2.0)).status == 200
+            idle.append(await asyncio.open_connection("127.0.0.1", port))
+            await asyncio.sleep(0.05)
+        # The oldest idle connections were closed to make room, and the limit still holds.
+        assert await asyncio.wait_for(idle[0][0].read(), 2.0) == b""
+        assert await asyncio.wait_for(idle[1][0].read(), 2.0) == b""
+        assert server.evicted >= 3 and server.active <= 2
         for _, w in idle:
             w.close()
-        await asyncio.sleep(0.1)
-        assert (await get(port, "/healthz")).status == 200
     finally:
         await server.close()
 

@@ -629,6 +629,10 @@ def test_service_exposes_only_the_attested_port() -> None:
     ports = [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]]
     assert ports == [8443]
     assert all(o["kind"] != "Service" or o["metadata"]["name"] == "web" for o in objs)
+    # The client pod takes no ingress from other pods (its admin port is for the kubelet).
+    client = find(objs, "NetworkPolicy", "web-client-no-ingress")
+    assert client["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "web-client"}
+    assert client["spec"]["policyTypes"] == ["Ingress"] and client["spec"]["ingress"] == []
 
 
 def test_tls_secret_type() -> None:
