@@ -556,9 +556,10 @@ def test_tee_overlay_result_validates() -> None:
             spec = patched["spec"]["template"]["spec"]
             sidecar, app = spec["initContainers"][0], spec["containers"][0]
             assert sidecar["name"] == "atls-proxy"
-            assert {"name": "tsm-report", "mountPath": "/sys/kernel/config/tsm/report"} in (
-                sidecar["volumeMounts"]
-            )
+            # Not under the container's /sys (a read-only sysfs: no mount point can be made there).
+            assert {"name": "tsm-report", "mountPath": "/run/tsm/report"} in sidecar["volumeMounts"]
+            volume = next(v for v in spec["volumes"] if v["name"] == "tsm-report")
+            assert volume["hostPath"]["path"] == "/sys/kernel/config/tsm/report"
             assert "privileged" not in sidecar["securityContext"]
             assert all(m["name"] != "tsm-report" for m in app.get("volumeMounts", []))
 
