@@ -150,6 +150,20 @@ def _stat_fingerprint(paths: Iterable[Path]) -> _Fingerprint:
     return tuple(out)
 
 
+def remember_early_hup() -> Callable[[], bool]:
+    """Until ``Runtime.run`` installs its own handler, remember a SIGHUP instead of dying of it
+    (its default action): building the service can take a while (opening a TPM waits up to its
+    ``open_timeout``). The returned callable says whether one arrived; ``Runtime(early_hup=...)``
+    honours it once the service listens."""
+    got = [False]
+
+    def on_hup(signum: int, frame: object) -> None:
+        got[0] = True
+
+    signal.signal(signal.SIGHUP, on_hup)
+    return lambda: got[0]
+
+
 def _listen_error(key: str, address: Address, exc: OSError) -> ConfigError:
     """A listen address that cannot be bound, as the configuration error it is (exit 2)."""
     why = os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
@@ -167,8 +181,10 @@ class Runtime:
         inherited: dict[str, list[socket.socket]] | None = None,
         worker: bool = False,
         status_line: Callable[[], str] | None = None,
+        early_hup: Callable[[], bool] | None = None,
     ) -> None:
         self.service = service
+        self._early_hup = early_hup
         self.ops = ops
         self.metrics = metrics
         self.config_path = config_path
@@ -233,6 +249,8 @@ class Runtime:
         # once the service is up. SIGTERM/SIGINT keep their default actions until then (nothing
         # to drain yet).
         loop.add_signal_handler(signal.SIGHUP, self._on_hup_during_start)
+        if self._early_hup is not None and self._early_hup():
+            self._on_hup_during_start()  # it arrived while the service was being built
         if self.status_line is not None:
             status_line = self.status_line
             loop.add_signal_handler(signal.SIGUSR1, lambda: log.info("status %s", status_line()))

@@ -40,15 +40,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import struct
 import termios
 from collections.abc import Callable
 from typing import Any
 
+log = logging.getLogger("atls_proxy.conn")
+
 # Read buffer limit: one TLS read chunk, as for the streams this replaces.
 READ_LIMIT = 65536
-# A closed connection whose unsent bytes did not shrink for this long is aborted (module docstring).
-CLOSE_LINGER = 10.0
+# A closed connection whose unsent bytes did not shrink for this long is aborted (module docstring):
+# long enough for a live client that pauses reading (an app in the background), short enough that
+# peers which never read cannot pile up sockets and buffers.
+CLOSE_LINGER = 60.0
 
 
 class Conn(asyncio.Protocol):
@@ -243,6 +248,12 @@ def _linger(transport: Any, before: int) -> None:
     if now < before:
         asyncio.get_running_loop().call_later(CLOSE_LINGER, _linger, transport, now)
     else:
+        log.debug(
+            "closed connection to %s aborted: %d bytes unsent, none taken in %g s",
+            transport.get_extra_info("peername"),
+            now,
+            CLOSE_LINGER,
+        )
         transport.abort()
 
 
