@@ -115,8 +115,10 @@ def merge_dead_worker_files(pid: int, path: str | os.PathLike[str]) -> None:
     Their values are plain sums over processes (for histograms each bucket file entry is
     per-bucket, made cumulative only at collection), so adding the dead worker's entries, key by
     key, to the archive keeps every merged total exactly as it was, while the folder stops growing
-    with every restart. The archive is written beside under a name that does not end in ``.db``
-    and renamed over the old one, then the dead file is removed; the caller must not run a
+    with every restart. The archive is written beside under a name that does not end in ``.db``;
+    the dead file is renamed off ``*.db``, the archive renamed over the old one, and the renamed
+    dead file removed (so a failure never leaves its counts in two collected files); the caller
+    must not run a
     collection in between (the supervisor holds ``Supervisor._metrics_lock``). A file that cannot
     be read is left alone (it would break the collection anyway) and logged.
     """
@@ -143,8 +145,16 @@ def merge_dead_worker_files(pid: int, path: str | os.PathLike[str]) -> None:
                     out.write_value(key, value, stamp)  # type: ignore[no-untyped-call]
             finally:
                 out.close()  # type: ignore[no-untyped-call]
-            os.replace(tmp, archive)
-            dead.unlink()
+            # The dead file leaves the collection (renamed off *.db) before the archive that now
+            # holds its counts enters it: whatever fails from here, no scrape counts them twice.
+            staged = dead.with_name(dead.name + ".merging")
+            os.replace(dead, staged)
+            try:
+                os.replace(tmp, archive)
+            except OSError:
+                os.replace(staged, dead)  # the archive is unchanged: the dead file counts again
+                raise
+            staged.unlink(missing_ok=True)
         except (OSError, RuntimeError, ValueError, struct.error):
             log.warning("could not merge the metrics file %s into %s", dead, archive, exc_info=True)
 

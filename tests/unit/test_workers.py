@@ -217,3 +217,31 @@ def test_dead_workers_files_are_merged_totals_kept_folder_bounded(tmp_path: Path
         wk.merge_dead_worker_files(pid, d)
         assert summed_series(d) == pytest.approx(before)
     assert {f.name for f in d.iterdir()} == {"counter_archive.db", "histogram_archive.db"}
+
+
+@pytest.mark.parametrize("step", ["archive-replace", "dead-unlink"])
+def test_a_merge_that_fails_midway_never_counts_a_dead_worker_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    d = tmp_path / "prom"
+    mm.prepare_multiprocess_dir(d)
+    pid = run_worker(d, 1)
+    mm.mark_worker_dead(pid, d)
+    before = summed_series(d)
+    real_replace, real_unlink = os.replace, Path.unlink
+
+    def replace(src: Any, dst: Any) -> None:
+        if step == "archive-replace" and str(dst).endswith("_archive.db"):
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        if step == "dead-unlink" and str(pid) in self.name:
+            raise OSError(13, "Permission denied")
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(wk.os, "replace", replace)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    wk.merge_dead_worker_files(pid, d)  # logged, not raised
+    # Its counts are collected once: from its own files, or from the archive only.
+    assert summed_series(d) == pytest.approx(before)
