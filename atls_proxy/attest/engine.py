@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
 import os
 import time
@@ -153,7 +154,8 @@ class EvidenceEngine:
         self.hooks = hooks
         self._gate = asyncio.Lock()  # single flight: one quote operation at a time
         # batched tier: waiting (binding, future) pairs and the task that drains them
-        self._pending: list[tuple[Binding, asyncio.Future[bytes]]] = []
+        # (dict: insertion-ordered, and a gone client's entry is removed in O(1))
+        self._pending: dict[asyncio.Future[bytes], Binding] = {}
         self._batcher: asyncio.Task[None] | None = None
         # cached tier: the current epoch and an in-flight refresh per (hash, AIK hash); the AIK
         # key is part of the key because a reload may replace the TLS key (= the AIK).
@@ -195,7 +197,8 @@ class EvidenceEngine:
         if self.tier is not Tier.CACHED or aik_key is None:
             return
         for hash_name in ("sha256", "sha384"):
-            await self._current_epoch(hash_name, aik_key)
+            # Not a connection: a start or reload is not refused when the queue is full.
+            await self._current_epoch(hash_name, aik_key, admit=False)
         self._aik = aik_key
         self._aik_scheme = schemes.schemes_for_key(aik_key)[0]
         # Epochs of keys no connection can use any more are dropped (a reload replaced them).
@@ -210,7 +213,7 @@ class EvidenceEngine:
         for t in tasks:
             with contextlib.suppress(BaseException):
                 await t
-        for _, fut in self._pending:
+        for fut in self._pending:
             if not fut.done():
                 fut.set_exception(AttestationUnavailable("evidence engine closed"))
         self._pending.clear()
@@ -275,8 +278,7 @@ class EvidenceEngine:
     async def _batched(self, binding: Binding) -> bytes:
         self._admit()
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        entry = (binding, fut)
-        self._pending.append(entry)
+        self._pending[fut] = binding
         if self._batcher is None or self._batcher.done():
             self._batcher = asyncio.ensure_future(self._drain_batches())
         try:
@@ -285,14 +287,14 @@ class EvidenceEngine:
             self._release()
             if fut.cancelled():
                 # The client went away: its place in the next batch goes to a live request.
-                with contextlib.suppress(ValueError):
-                    self._pending.remove(entry)
+                self._pending.pop(fut, None)
 
     async def _drain_batches(self) -> None:
         while self._pending:
-            batch = self._pending[: merkle.MAX_BATCH]
-            del self._pending[: merkle.MAX_BATCH]
-            batch = [(b, f) for b, f in batch if not f.done()]  # clients gone meanwhile
+            taken = list(itertools.islice(self._pending.items(), merkle.MAX_BATCH))
+            for f, _ in taken:
+                del self._pending[f]
+            batch = [(b, f) for f, b in taken if not f.done()]  # clients gone meanwhile
             if not batch:
                 continue
             groups: dict[tuple[str, bytes], list[tuple[Binding, asyncio.Future[bytes]]]] = {}
@@ -346,7 +348,9 @@ class EvidenceEngine:
         # (_new_epoch) and only the binding record is encoded per connection.
         return _complete(ep.cmw_prefix, AIK_BINDING_MEDIA_TYPE, encode_aik_binding(scheme, sig))
 
-    async def _current_epoch(self, hash_name: str, aik_key: SigningKey) -> _Epoch:
+    async def _current_epoch(
+        self, hash_name: str, aik_key: SigningKey, *, admit: bool = True
+    ) -> _Epoch:
         key = (hash_name, _aik_hash(hash_name, aik_key))
         now = self._clock()
         ep = self._epochs.get(key)
@@ -360,7 +364,8 @@ class EvidenceEngine:
             return ep
         # No epoch, or it expired: never serve stale evidence — wait for a fresh quote.
         task = self._refreshing.get(key) or self._spawn_refresh(key, aik_key)
-        self._admit()
+        if admit:
+            self._admit()
         try:
             ep = await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -370,7 +375,8 @@ class EvidenceEngine:
                 raise AttestationUnavailable("evidence engine closed") from None
             raise
         finally:
-            self._release()
+            if admit:
+                self._release()
         # The epoch's times were fixed before its quote: a quote slower than the epoch (or a
         # clock step meanwhile) returns one that is already invalid. Never serve it.
         now = self._clock()

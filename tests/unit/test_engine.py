@@ -317,6 +317,49 @@ async def test_a_cancelled_batch_member_frees_its_place_in_the_queue() -> None:
     assert eng.stats.last_batch_size == 2
 
 
+async def test_many_gone_clients_leave_the_queue_in_constant_time_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Shutdown cancels every waiting connection, in no particular order: removing each from the
+    # queue must not scan it (with a list, 4096 waiters cost ~8 M Binding comparisons, ~1 s of
+    # event loop). Counted, not timed: no Binding is compared at all.
+    eng = EvidenceEngine(Broken("hang"), Tier.BATCHED, quote_timeout=30, max_waiters=5000)
+    first = asyncio.ensure_future(eng.evidence_for(binding()))
+    await asyncio.sleep(0.01)  # its quote hangs; the rest queue behind it
+    waiting = [asyncio.ensure_future(eng.evidence_for(binding())) for _ in range(2000)]
+    await asyncio.sleep(0.01)
+    assert len(eng._pending) == 2000
+    compared = [0]
+    real_eq = Binding.__eq__
+
+    def counting_eq(self: Binding, other: object) -> bool:
+        compared[0] += 1
+        return bool(real_eq(self, other))
+
+    monkeypatch.setattr(Binding, "__eq__", counting_eq)
+    for t in waiting[::-1]:  # the worst order for a list scan
+        t.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
+    assert len(eng._pending) == 0 and eng.stats.waiting == 1
+    assert compared[0] == 0
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    await eng.close()
+
+
+async def test_a_reload_is_not_refused_when_the_queue_is_full() -> None:
+    now = [1_000_000.0]
+    eng = EvidenceEngine(
+        Recording(0.05), Tier.CACHED, aik_key=AIK, max_waiters=2, clock=lambda: now[0]
+    )
+    waiting = [asyncio.ensure_future(eng.evidence_for(binding())) for _ in range(2)]
+    await asyncio.sleep(0)
+    assert eng.stats.waiting == 2  # the queue is full
+    other = ec.generate_private_key(ec.SECP256R1())
+    await eng.prepare_key(other)  # a reload's new key: quoted, not refused
+    assert len(await asyncio.gather(*waiting)) == 2
+
+
 @pytest.mark.parametrize("tier", [Tier.BATCHED, Tier.CACHED])
 async def test_close_answers_every_waiting_connection(tier: Tier) -> None:
     eng = EvidenceEngine(Broken("hang"), tier, aik_key=AIK, quote_timeout=30)
