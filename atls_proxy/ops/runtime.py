@@ -201,6 +201,8 @@ class Runtime:
         self._reload_lock = asyncio.Lock()
         self._reload_again = False
         self._hup_during_start = False
+        self._watch_list: list[Path] = []
+        self._watch_error = ""
         self._signals = 0
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -482,13 +484,19 @@ class Runtime:
 
     def _watched(self) -> list[Path]:
         # Listing the files may read a policy that is being edited: whatever goes wrong, the
-        # watcher keeps its configuration file and goes on (the reload reports the error) —
-        # a watcher task that died would silently stop every later reload on change.
+        # watcher goes on with the last list it had (the configuration file at first) — a
+        # watcher task that died would silently stop every later reload on change, and a list
+        # that changed because listing failed would look like a file change. Logged once per
+        # distinct error, not every interval.
         try:
-            return self.service.watched_files()
-        except Exception:
-            log.exception("listing the watched files failed; watching the configuration only")
-            return [self.config_path]
+            self._watch_list = self.service.watched_files()
+            self._watch_error = ""
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            if error != self._watch_error:
+                log.error("listing the watched files failed, watching the last list: %s", error)
+                self._watch_error = error
+        return self._watch_list or [self.config_path]
 
     # -- drain -----------------------------------------------------------------------------------
 

@@ -39,3 +39,17 @@ def test_a_failing_listing_falls_back_to_the_configuration_file(
 ) -> None:
     config = tmp_path / "connect.toml"
     assert _runtime(Listing(error), config)._watched() == [config]
+
+
+def test_a_listing_that_starts_failing_keeps_the_last_list_and_logs_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    files = [tmp_path / "connect.toml", tmp_path / "policy.toml"]
+    listing = Listing(files)
+    rt = _runtime(listing, files[0])
+    assert rt._watched() == files
+    listing.files = TypeError("unhashable")
+    with caplog.at_level("ERROR", logger="atls_proxy"):
+        for _ in range(5):  # five watcher intervals
+            assert rt._watched() == files  # unchanged: no false "file change"
+    assert caplog.text.count("listing the watched files failed") == 1

@@ -559,9 +559,14 @@ def test_crl_scope_from_issuing_distribution_point() -> None:
     assert appraise(MILAN, MILAN.report(), SnpPolicy(require_crl=True), named).passed
 
 
-def test_require_crl_refuses_a_crl_of_unknown_scope_and_a_stale_one() -> None:
+def test_require_crl_refuses_a_crl_of_unknown_scope_and_a_stale_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     # No IDP and a name that says neither vcek nor vlek: consulted, but it could be either list.
-    unknown = MILAN.trust(crls=[("milan.crl", amd_crl())])
+    with caplog.at_level("WARNING", logger="atls_proxy.verify.snp"):
+        unknown = MILAN.trust(crls=[("milan.crl", amd_crl())])
+    # ... which the operator learns when the folder is loaded, not from failing appraisals.
+    assert "milan.crl" in caplog.text and "require_crl" in caplog.text
     assert appraise(MILAN, MILAN.report(), trust=unknown).passed
     a = appraise(MILAN, MILAN.report(), SnpPolicy(require_crl=True), unknown)
     assert failed(a) == "snp.chain.revocation"

@@ -14,6 +14,7 @@ failed check and not a load error.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,6 +32,8 @@ from atls_proxy.verify.snp.certs import (
     vek_extensions,
 )
 from atls_proxy.verify.snp.policy import PRODUCTS
+
+log = logging.getLogger("atls_proxy.verify.snp")
 
 ROLE_ARK = "ARK"
 ROLE_ASK = "ASK"
@@ -211,6 +214,17 @@ def parse_amd_crl(data: bytes, source: str) -> AmdCrl:
             n.value for n in idp.full_name if isinstance(n, x509.UniformResourceIdentifier)
         )
         uris = found or None
+    kind = crl_kind_from_name(source)
+    if uris is None and kind is None:
+        # Still consulted for revocation, but require_crl cannot count it for either chain: an
+        # operator upgrading from a single "<product>.crl" must learn it at load, not from every
+        # appraisal failing snp.chain.revocation.
+        log.warning(
+            "SNP CRL %s: neither its contents nor its name say which KDS list it is; name it "
+            "after its list (…vcek….crl for /vcek/v1/<product>/crl, …vlek….crl for /vlek/…) or "
+            "a policy with require_crl = true refuses every report (docs/VERIFIERS-SNP.md)",
+            source,
+        )
     return AmdCrl(
         crl,
         source,
@@ -222,7 +236,7 @@ def parse_amd_crl(data: bytes, source: str) -> AmdCrl:
         idp_excludes_ca=idp is not None
         and (idp.only_contains_user_certs or idp.only_contains_attribute_certs),
         idp_some_reasons=idp is not None and idp.only_some_reasons is not None,
-        declared_kind=crl_kind_from_name(source),
+        declared_kind=kind,
     )
 
 
