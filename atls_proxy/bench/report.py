@@ -3,9 +3,10 @@
 The JSON document is what ``atls_proxy.bench.workloads.run_suite`` returns, printed as is: every
 raw figure of every run, the machine and the software versions. The markdown starts with the
 ratios of the subject of each workload to each baseline — per server CPU-second, with the end-to-
-end ratio in parentheses — then one row per peer (median [min–max]). The chart (matplotlib, Agg
-backend, an optional dependency: ``pip install 'atls-proxy[bench]'``) has one row per workload:
-throughput, work per server CPU-second and latency per peer.
+end ratio in parentheses — then one row per peer (median [min–max]; errors: the sum over the
+runs). The chart (matplotlib, Agg backend, an optional dependency: ``pip install
+'atls-proxy[bench]'``) has one row per workload: throughput, work per server CPU-second and
+latency per peer.
 """
 
 from __future__ import annotations
@@ -81,6 +82,13 @@ def _spread(s: dict[str, float] | None, unit: str = "") -> str:
     if s["min"] == s["max"]:
         return f"{num(s['median'])}{u}"
     return f"{num(s['median'])}{u} [{num(s['min'])}–{num(s['max'])}]"
+
+
+def _errors(peer: dict[str, Any]) -> int | None:
+    """Errors summed over the peer's runs (the other cells are medians; an error in any run
+    matters). None when no run recorded them."""
+    counts = [r["errors"] for r in peer.get("runs", []) if r.get("errors") is not None]
+    return sum(counts) if counts else None
 
 
 def _generator(peer: dict[str, Any]) -> str:
@@ -171,7 +179,8 @@ def render_markdown(doc: dict[str, Any]) -> str:
         "",
         "Per peer:",
         "",
-        "| workload | peer | driven by | rate | p50 ms | p99 ms | server CPU-s | per server CPU-s | errors |",
+        "| workload | peer | driven by | rate | p50 ms | p99 ms | server CPU-s | per server CPU-s "
+        "| errors (sum of all runs) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name in THROUGHPUT_WORKLOADS:
@@ -187,14 +196,15 @@ def render_markdown(doc: dict[str, Any]) -> str:
                 f"{_spread(s.get('throughput'), SHORT_UNITS[name])} | "
                 f"{_spread(s.get('p50_ms'))} | {_spread(s.get('p99_ms'))} | "
                 f"{_spread(s.get('server_cpu_s'))} | {_spread(s.get('per_cpu'))} | "
-                f"{_count((s.get('errors') or {}).get('max'))} |"
+                f"{_count(_errors(peer))} |"
             )
     if idle is not None:
         lines += [
             "",
             f"Idle ({idle['connections']} connections opened with one GET each, then held):",
             "",
-            "| peer | driven by | RSS KiB per connection | connections per server CPU-s (opening) | errors |",
+            "| peer | driven by | RSS KiB per connection | connections per server CPU-s (opening) "
+            "| errors (sum of all runs) |",
             "|---|---|---|---|---|",
         ]
         for pname in ordered(idle["peers"]):
@@ -202,7 +212,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
             s = peer.get("summary", {})
             lines.append(
                 f"| {pname} | {_generator(peer)} | {_spread(s.get('rss_per_conn_kib'))} | "
-                f"{_spread(s.get('per_cpu'))} | {_count((s.get('errors') or {}).get('max'))} |"
+                f"{_spread(s.get('per_cpu'))} | {_count(_errors(peer))} |"
             )
     skipped = dict(doc.get("skipped", {}))
     for name, w in workloads.items():

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from atls_proxy.bench.common import can_pin
 from tests.support.procs import run_cli
 
 pytestmark = pytest.mark.integration
@@ -27,6 +28,7 @@ def _bench_attest(*flags: str, timeout: float = 120) -> dict[str, Any]:
         "--json",
         timeout=timeout,
     )
+    # 0: every run completed connections without an error (else 1, the measurement not valid).
     assert res.returncode == 0, res.stderr
     doc: dict[str, Any] = json.loads(res.stdout)
     return doc
@@ -39,6 +41,10 @@ def test_bench_attest_tiny(tier: str) -> None:
     assert doc["tier"] == tier and doc["errors"] == 0 and doc["connections"] > 0, doc
     # Both sides' CPU in the window are reported (which of them set the rate).
     assert doc["server_cpu_s"] > 0 and doc["generator_cpu_s"] > 0, doc
+    # The window as measured (not capped at this size), p50/p99 over the completed connections.
+    assert doc["capped"] is False and abs(doc["duration_s"] - 0.5) < 0.1, doc
+    assert doc["latency_n"] == doc["connections"] and doc["percentile_method"] == "nearest-rank"
+    assert isinstance(doc["pinned"], bool) and (can_pin() or not doc["pinned"]), doc
 
 
 def test_bench_attest_rounds_report_each_rounds_ratio() -> None:
@@ -46,9 +52,20 @@ def test_bench_attest_rounds_report_each_rounds_ratio() -> None:
     assert [[r["tier"] for r in runs] for runs in doc["runs"]] == [["cached", "off"]] * 2
     ratio = doc["summary"]["ratios"]["cached/off"]
     assert len(ratio["per_round"]) == 2 and all(x > 0 for x in ratio["per_round"]), ratio
+    assert ratio["rounds"] == 2 and len(ratio["met"]) == 2 and ratio["errors"] == [[0, 0]] * 2
+    assert 0 <= ratio["rounds_meeting_target"] <= 2, ratio
     assert doc["summary"]["tiers"]["cached"]["errors"] == 0
 
 
 def test_bench_attest_rounds_out_of_range_is_a_usage_error() -> None:
     res = run_cli("bench", "attest", "--rounds", "0", timeout=60)
     assert res.returncode == 2 and "--rounds" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--duration", "nan"), ("--concurrency", "0"), ("--tier", "off")]
+)
+def test_bench_attest_bad_flags_are_usage_errors(flag: str, value: str) -> None:
+    extra = ["--tier", "off"] if flag == "--tier" else []
+    res = run_cli("bench", "attest", flag, value, *extra, timeout=60)
+    assert res.returncode == 2 and flag in res.stderr, res.stderr

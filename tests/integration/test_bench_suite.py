@@ -129,3 +129,23 @@ def test_bench_skipped_baseline_is_said_and_absent() -> None:
     table = render_markdown(doc)  # what the command prints without --json
     assert "haproxy: disabled with --no-haproxy" in table, table
     assert "| idle (10 conn) | atls |" in table, table
+
+
+def test_errors_cell_is_the_sum_over_the_runs() -> None:
+    """The other cells are medians of the runs; errors are summed (an error in any run counts)."""
+    runs = [{"errors": 0}, {"errors": 2}, {"errors": 5}]
+    summary = {"throughput": {"median": 100.0, "min": 90.0, "max": 110.0}}
+    doc: dict[str, Any] = {
+        "options": {"repeat": 3, "duration_s": 2},
+        "workloads": {
+            "small": {
+                "subject": "atls",
+                "peers": {"atls": {"generator": "asyncio", "runs": runs, "summary": summary}},
+                "ratio_per_cpu": {},
+                "ratio": {},
+            }
+        },
+    }
+    table = render_markdown(doc)
+    assert "| errors (sum of all runs) |" in table, table
+    assert table.splitlines()[-1].endswith("| 7 |"), table

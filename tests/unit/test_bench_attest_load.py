@@ -1,11 +1,16 @@
-"""``bench attest``'s closed loop: what it counts and when it refuses to report (no sockets)."""
+"""``bench attest``'s closed loop: what it counts, over which span, and when it refuses to report
+(no sockets: ``request_close`` is faked)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import pytest
 
+import atls_proxy.bench
+from atls_proxy import cli
 from atls_proxy.bench import attest
 
 
@@ -37,3 +42,187 @@ async def test_connection_errors_are_counted_not_fatal(monkeypatch: pytest.Monke
     await attest._load("off", None, 2, 0.0, 0.2, result, lambda: None)  # type: ignore[arg-type]
     assert calls > 0 and result.errors > 0 and result.connections == 0
     assert result.error_samples[0].startswith("ConnectionRefusedError")
+
+
+def _fake(latency: float, cancelled: list[float] | None = None) -> Any:
+    async def request(opener: Any, request: bytes) -> int:
+        try:
+            await asyncio.sleep(latency)
+        except asyncio.CancelledError:
+            if cancelled is not None:
+                cancelled.append(time.monotonic())
+            raise
+        return 13
+
+    return request
+
+
+class _Marks:
+    """The window callbacks, recording when they ran."""
+
+    def __init__(self) -> None:
+        self.opened: list[float] = []
+        self.closed: list[float] = []
+
+    def opens(self) -> None:
+        self.opened.append(time.monotonic())
+
+    def closes(self) -> None:
+        self.closed.append(time.monotonic())
+
+
+async def test_the_cap_closes_the_window_and_the_rate_uses_the_measured_span(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """All clients stopped by the cap after ~0.1 s of a 2 s window: the rate divides by ~0.1 s."""
+    monkeypatch.setattr(attest, "request_close", _fake(0.01))
+    monkeypatch.setattr(attest, "MAX_CONNECTIONS", 30)
+    result = attest.Result("off", 2, 2.0, 0)
+    marks = _Marks()
+    t0 = time.monotonic()
+    await attest._load("off", None, 2, 0.05, 2.0, result, marks.opens, marks.closes)  # type: ignore[arg-type]
+    assert time.monotonic() - t0 < 1.0  # did not wait for the nominal window
+    assert result.capped and result.to_json()["capped"] is True
+    assert len(marks.opened) == 1 and len(marks.closed) == 1
+    assert 0 < result.duration_s < 1.0
+    assert result.duration_s == pytest.approx(marks.closed[0] - marks.opened[0], abs=0.002)
+    assert 0 < result.connections <= 30
+    assert attest._rate(result) == pytest.approx(result.connections / result.duration_s)
+    assert attest._rate(result) > result.connections / 2.0 * 5  # not the nominal 2 s
+
+
+async def test_an_uncapped_window_lasts_the_duration(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(attest, "request_close", _fake(0.05))
+    result = attest.Result("off", 4, 0.0, 0)
+    marks = _Marks()
+    await attest._load("off", None, 4, 0.05, 0.4, result, marks.opens, marks.closes)  # type: ignore[arg-type]
+    assert not result.capped and result.to_json()["capped"] is False
+    assert result.duration_s == pytest.approx(0.4, abs=0.03)
+    assert result.connections > 0 and result.latencies_ms
+
+
+async def test_the_cap_reached_in_the_warm_up_gives_an_empty_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(attest, "request_close", _fake(0.005))
+    monkeypatch.setattr(attest, "MAX_CONNECTIONS", 4)
+    result = attest.Result("off", 2, 1.0, 0)
+    marks = _Marks()
+    await attest._load("off", None, 2, 0.5, 1.0, result, marks.opens, marks.closes)  # type: ignore[arg-type]
+    assert result.capped and result.connections == 0 and result.errors == 0
+    assert len(marks.opened) == 1 and len(marks.closed) == 1  # opened, then closed at once
+    assert marks.opened[0] <= marks.closed[0] and 0 <= result.duration_s < 0.01
+    assert attest._rate(result) == 0.0
+
+
+async def test_cpu_readings_are_taken_when_the_window_closes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Both closing CPU readings at t_close, before the connections in flight are cancelled:
+    with fake CPU clocks that read the wall clock, CPU seconds == duration_s."""
+    cancelled: list[float] = []
+    monkeypatch.setattr(attest, "request_close", _fake(0.3, cancelled))
+    reads: list[tuple[str, float]] = []
+
+    def fake_cpu(pid: int) -> float:
+        assert pid == 4242
+        reads.append(("server", time.monotonic()))
+        return time.monotonic()
+
+    def fake_process_time() -> float:
+        reads.append(("generator", time.monotonic()))
+        return time.monotonic()
+
+    monkeypatch.setattr(attest, "_cpu_seconds", fake_cpu)
+    monkeypatch.setattr(attest, "_process_time", fake_process_time)
+    cpu = attest._CpuWindow(4242)
+    result = attest.Result("off", 4, 0.0, 0)
+    warmup, duration = 0.1, 0.5
+    t_start = time.monotonic()
+    await attest._load("off", None, 4, warmup, duration, result, cpu.opens, cpu.closes)  # type: ignore[arg-type]
+    t_close = t_start + warmup + duration
+    assert [k for k, _ in reads] == ["server", "generator", "server", "generator"]
+    closing = [t for _, t in reads[2:]]
+    assert all(t_close <= t < t_close + 0.03 for t in closing), (closing, t_close)
+    # The connections still open (0.3 s each, 4 clients) were cancelled after the readings.
+    assert cancelled and min(cancelled) >= max(closing)
+    assert cpu.server_cpu_s == pytest.approx(result.duration_s, abs=0.003)
+    assert cpu.generator_cpu_s == pytest.approx(result.duration_s, abs=0.003)
+    assert result.duration_s == pytest.approx(duration, abs=0.03)
+
+
+# -- flags and exit status (cli.cmd_bench; the runs are faked) -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--duration", "0"], "--duration"),
+        (["--duration", "-1"], "--duration"),
+        (["--duration", "nan"], "--duration"),
+        (["--duration", "inf"], "--duration"),
+        (["--duration", "601"], "--duration"),
+        (["--concurrency", "0"], "--concurrency"),
+        (["--concurrency", "1025"], "--concurrency"),
+        (["--simulated-quote-ms", "-1"], "--simulated-quote-ms"),
+        (["--simulated-quote-ms", "60001"], "--simulated-quote-ms"),
+        (["--tier", "off", "--tier", "cached", "--tier", "off"], "--tier"),
+        (["--rounds", "0"], "--rounds"),
+        (["--rounds", "51"], "--rounds"),
+    ],
+)
+def test_out_of_range_flags_are_usage_errors(
+    flags: list[str],
+    named: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async def never(*args: Any, **kwargs: Any) -> attest.Result:
+        raise AssertionError("nothing may run with an invalid flag")
+
+    monkeypatch.setattr(atls_proxy.bench, "run_attest_bench", never)
+    assert cli.main(["bench", "attest", *flags]) == 2
+    err = capsys.readouterr().err
+    assert named in err and ("must be" in err or "at most once" in err), err
+
+
+def test_the_bounds_are_in_the_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "attest", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"1..{attest.MAX_CONCURRENCY}" in text and f"0..{attest.MAX_QUOTE_MS}" in text
+    assert f"<= {attest.MAX_DURATION_S:g}" in text and f"1..{attest.MAX_ROUNDS}" in text
+    assert "Exit status: 0" in text
+
+
+async def test_run_attest_bench_refuses_a_non_finite_duration() -> None:
+    with pytest.raises(ValueError, match="--duration"):
+        await attest.run_attest_bench("off", 0, 4, float("nan"))
+
+
+@pytest.mark.parametrize(
+    ("connections", "errors", "code"), [(10, 0, 0), (10, 2, 1), (0, 0, 1), (0, 3, 1)]
+)
+def test_exit_status_says_whether_the_measurement_is_valid(
+    connections: int,
+    errors: int,
+    code: int,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async def fake(tier: str, quote_ms: int, concurrency: int, duration: float) -> attest.Result:
+        bad = tier == "off"
+        r = attest.Result(tier, concurrency, duration, quote_ms)
+        r.connections = connections if bad else 10
+        r.errors = errors if bad else 0
+        r.latencies_ms = [5.0] * r.connections
+        return r
+
+    monkeypatch.setattr(atls_proxy.bench, "run_attest_bench", fake)
+    flags = ["bench", "attest", "--tier", "cached", "--tier", "off", "--duration", "1"]
+    assert cli.main([*flags, "--json"]) == code
+    assert cli.main([*flags, "--rounds", "2"]) == code
+    err = capsys.readouterr().err
+    assert ("not a valid measurement" in err) == (code == 1)
+    if connections == 0:
+        assert "tier off: no connection completed" in err
