@@ -110,7 +110,7 @@ def cmd_attest(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from atls_proxy.app import build_client_settings
-    from atls_proxy.ops.config import load_client_config
+    from atls_proxy.ops.config import load_client_config, server_name_problem
     from atls_proxy.ops.logs import setup_logging
     from atls_proxy.proxy.client import AttestationFailed, open_attested
     from atls_proxy.report import render_text
@@ -118,8 +118,11 @@ def cmd_attest(args: argparse.Namespace) -> int:
     cfg = load_client_config(args.config, server=args.target)
     setup_logging(args.log_level or "warning")
     settings = build_client_settings(cfg)
-    if args.server_name:
-        settings = replace(settings, server_name=args.server_name)
+    if args.server_name is not None:
+        problem = server_name_problem(args.server_name)
+        if problem:
+            raise ConfigError("--server-name", problem)
+        settings = replace(settings, server_name=args.server_name.strip("[]"))
 
     async def main() -> tuple[int, Any]:
         try:

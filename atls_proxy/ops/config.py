@@ -114,6 +114,15 @@ _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _DNS_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 
+def server_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a server name to check (``client.server_name``, ``--server-name``):
+    a DNS name or an IP literal (IPv6 with or without brackets), or None when it is one."""
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    problem = _host_problem(name)
+    return f"{problem} (expected a DNS name or an IP)" if problem else None
+
+
 def _host_problem(host: str) -> str | None:
     """Why ``host`` is neither an IP literal nor a DNS name, or None if it is one of them."""
     if not host:
@@ -911,11 +920,11 @@ def load_client_config(
     if server_name is None:
         server_name = server_addr.host
     else:
+        problem = server_name_problem(server_name)
+        if problem:
+            raise ConfigError(c.key("server_name"), problem)
         if server_name.startswith("[") and server_name.endswith("]"):
             server_name = server_name[1:-1]
-        problem = _host_problem(server_name)
-        if problem:
-            raise ConfigError(c.key("server_name"), f"{problem} (expected a DNS name or an IP)")
 
     verify_pki = c.boolean("verify_pki", True)
     ca = c.file(

@@ -262,7 +262,11 @@ def dev_init(
     """
     d = Path(directory)
     try:
-        d.mkdir(parents=True, exist_ok=True)
+        created = not d.exists()
+        # Not left to the umask: whoever can write the folder can swap ca.pem or policy.toml.
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if created:
+            d.chmod(0o700)
     except OSError as exc:
         raise ConfigError("dev-init", f"cannot create folder {d}: {exc.strerror or exc}") from None
     if not d.is_dir():

@@ -76,16 +76,10 @@ def read_evidence(path: Path) -> bytes:
         data = path.read_bytes()
     except OSError as exc:
         raise ConfigError("evidence", f"cannot read {path}: {exc.strerror or exc}") from None
-    text = data.strip()
-    if (
-        text
-        and len(text) % 2 == 0
-        and all(chr(c) in string.hexdigits or chr(c).isspace() for c in text)
-    ):
-        try:
-            return bytes.fromhex(text.decode())
-        except ValueError:
-            pass
+    # Whitespace anywhere (``xxd -p`` writes 60 digits a line) is not part of the hex digits.
+    digits = b"".join(data.split())
+    if digits and len(digits) % 2 == 0 and all(chr(c) in string.hexdigits for c in digits):
+        return bytes.fromhex(digits.decode())
     return data
 
 

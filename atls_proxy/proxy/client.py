@@ -87,13 +87,14 @@ async def open_attested(settings: ClientSettings, *, keep_open: bool = True) -> 
     """
     report = AttestationReport(target=f"{settings.host}:{settings.port}", issued_at=time.time())
     to = settings.timeouts
+    # Before connecting: a server name the engine refuses leaves no socket behind.
+    engine = TLSEngine(settings.ssl_context, server_side=False, server_name=settings.server_name)
     try:
         async with asyncio.timeout(to.connect):
             conn = await open_conn(settings.host, settings.port)
     except (OSError, TimeoutError) as exc:
         report.checks.append(Check("tcp.connect", False, _why(exc, "connect")))
         raise AttestationFailed(report) from None
-    engine = TLSEngine(settings.ssl_context, server_side=False, server_name=settings.server_name)
     stream = TLSStream(conn, conn, engine)
     try:
         await _run(stream, settings, report)
@@ -277,10 +278,11 @@ def _why(exc: BaseException, what: str) -> str:
 def _san(cert: x509.Certificate) -> str:
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = san.get_values_for_type(x509.DNSName) + [
+            str(i) for i in san.get_values_for_type(x509.IPAddress)
+        ]
     except x509.ExtensionNotFound:
         return "(no subjectAltName)"
-    return ", ".join(
-        str(v)
-        for v in san.get_values_for_type(x509.DNSName)
-        + [str(i) for i in san.get_values_for_type(x509.IPAddress)]
-    )
+    except ValueError:  # a name cryptography cannot decode (hostname_matches says no match)
+        return "(undecodable subjectAltName)"
+    return ", ".join(names)

@@ -20,7 +20,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("atls_proxy.client")
 
 # Checks that fail before any attestation was asked for: counted as connection failures.
-_PRE_ATTESTATION = {"tcp.connect": "backend_unavailable", "tls.handshake": "handshake_failed"}
+# Failures before any attestation exchange began: not counted as attestation requests or failures
+# (docs/METRICS.md), closed with the reason that fits.
+_PRE_ATTESTATION = {
+    "tcp.connect": "backend_unavailable",
+    "tls.handshake": "handshake_failed",
+    "tls.certificate": "handshake_failed",
+    "tls.hostname": "handshake_failed",
+}
 
 
 class ClientForwarder(Listener):

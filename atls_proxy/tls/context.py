@@ -122,19 +122,23 @@ def hostname_matches(cert: x509.Certificate, name: str) -> bool:
     """RFC 6125 §6.4: match ``name`` (DNS name or IP literal) against subjectAltName only."""
     try:
         san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
+        assert isinstance(san, x509.SubjectAlternativeName)
+        dns_names = san.get_values_for_type(x509.DNSName)
+        ips = san.get_values_for_type(x509.IPAddress)
     except x509.ExtensionNotFound:
         return False
-    assert isinstance(san, x509.SubjectAlternativeName)
+    except ValueError:  # OpenSSL verified it, but cryptography cannot decode a name: no match
+        return False
     try:
         ip = ipaddress.ip_address(name.strip("[]"))
     except ValueError:
         ip = None
     if ip is not None:
-        return ip in san.get_values_for_type(x509.IPAddress)
+        return ip in ips
     want = name.lower().rstrip(".")
     if not want:
         return False
-    for pattern in san.get_values_for_type(x509.DNSName):
+    for pattern in dns_names:
         pat = pattern.lower().rstrip(".")
         if pat == want:
             return True

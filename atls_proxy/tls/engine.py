@@ -225,6 +225,7 @@ class TLSEngine:
             0 if context is None else 1,
         )
         if ok != 1:
+            _lib.ERR_clear_error()  # not left queued for the next connection's error message
             raise TLSError("TLS exporter failed")
         return _copy(out, length)
 
@@ -256,6 +257,7 @@ class TLSEngine:
         bio = _lib.BIO_new(_lib.BIO_s_mem())
         try:
             if bio == _ffi.NULL or _lib.i2d_X509_bio(bio, cert) != 1:
+                _lib.ERR_clear_error()
                 raise TLSError("cannot encode the peer certificate")
             data = _ffi.new("char**")
             n = _lib.BIO_get_mem_data(bio, data)

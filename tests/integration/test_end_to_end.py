@@ -243,6 +243,18 @@ def test_version_and_check_config(stack: Stack, tmp_path: Path) -> None:
     res = run_cli("check-config", str(bad))
     assert res.returncode == 2
     assert "server.lisen" in res.stderr
+    # A --server-name that is no host name is a usage error (it was a UnicodeError traceback).
+    for name in ("a..b", "x" * 64 + ".example", ""):
+        res = run_cli(
+            "attest",
+            f"127.0.0.1:{stack.server_port}",
+            "--config",
+            str(stack.dev / "connect.toml"),
+            "--server-name",
+            name,
+        )
+        assert res.returncode == 2 and "--server-name" in res.stderr, (name, res.stderr)
+        assert "Traceback" not in res.stderr
 
 
 def test_unix_backend_half_close_and_backpressure(ps: Procs, stack: Stack, tmp_path: Path) -> None:

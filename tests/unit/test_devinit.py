@@ -73,6 +73,8 @@ def test_modes_whatever_the_umask(tmp_path: Path, umask: None, mask: int) -> Non
     os.umask(mask)
     for p in dev_init(tmp_path / "d", now=NOW):
         assert mode(p) == (0o600 if p.name.endswith("-key.pem") else 0o644), p
+    # The folder it creates too: whoever can write it could swap ca.pem or policy.toml.
+    assert mode(tmp_path / "d") == 0o700
 
 
 def test_ca_certificate(dev: Path) -> None:

@@ -113,3 +113,13 @@ def test_peer_certificate_der_is_the_peer_certificate() -> None:
     assert leaf is not None
     assert client.peer_certificate_der() == leaf.public_bytes(Encoding.DER)
     assert server.peer_certificate_der() is None  # no client certificate was asked for
+
+
+def test_a_failed_exporter_call_leaves_no_openssl_error_for_the_next_connection() -> None:
+    from OpenSSL._util import lib
+
+    client, _ = tls_pair(identity("p256"))
+    lib.ERR_clear_error()
+    with pytest.raises(TLSError):
+        client.export(b"x" * 300, 32, None)  # longer than OpenSSL accepts for a label
+    assert lib.ERR_peek_error() == 0  # else another connection's failure would be named by it
