@@ -254,10 +254,15 @@ def _pin_server(pid: int) -> bool:
         return False
     for tid in _threads(pid):
         pin_pid(tid, PROXY_CPU)
-    try:
-        return all(os.sched_getaffinity(tid) == {PROXY_CPU} for tid in _threads(pid))
-    except OSError:
-        return False
+    pinned = True
+    for tid in _threads(pid):
+        try:
+            pinned = pinned and os.sched_getaffinity(tid) == {PROXY_CPU}
+        except ProcessLookupError:
+            continue  # a thread that ended meanwhile runs nowhere
+        except OSError:
+            return False
+    return pinned
 
 
 def _server_config(
@@ -417,8 +422,13 @@ async def _load(
                         f"{f.name}: {f.detail}" if f else f"{type(exc).__name__}: {exc}"
                     )
         running -= 1
-        if running == 0:  # before t_close only when the cap stopped every client
-            close_window(capped=count >= MAX_CONNECTIONS and time.monotonic() < t_close)
+        if count >= MAX_CONNECTIONS:
+            # The cap ended the closed loop: from the first client it stops, the load is no
+            # longer --concurrency clients, so the window closes now (a slow connection still in
+            # flight must not stretch it and lower the rate).
+            close_window(capped=True)
+        elif running == 0:
+            close_window(capped=False)
 
     async def at(t: float, then: Callable[[], None]) -> None:
         # Looped: a timer may fire a little early (uvloop's are in milliseconds).
@@ -428,7 +438,9 @@ async def _load(
 
     tasks = [asyncio.ensure_future(worker()) for _ in range(concurrency)]
     tasks.append(asyncio.ensure_future(at(t_open, open_window)))
-    tasks.append(asyncio.ensure_future(at(t_close, lambda: close_window(capped=False))))
+    tasks.append(
+        asyncio.ensure_future(at(t_close, lambda: close_window(capped=count >= MAX_CONNECTIONS)))
+    )
     try:
         pending: set[asyncio.Future[None]] = set(tasks)
         while closed_at is None and pending:
@@ -627,8 +639,10 @@ def summarize(rounds: list[list[Result]]) -> dict[str, Any]:
             # One entry per round, None where the round has no ratio.
             "per_round": [r3(e["ratio"]) for e in each],
             "per_server_cpu_s": [r3(e["per_cpu"]) for e in each] if target.cpu_ratio else [],
+            # Two decimals: the target compares the unrounded value, and 199.96 shown as "200"
+            # beside "meets p99 < 200 ms" would read as a contradiction.
             f"{target.num}_p99_ms": [
-                None if e["p99"] is None else _finite(e["p99"], 1) for e in each
+                None if e["p99"] is None else _finite(e["p99"], 2) for e in each
             ],
             # [numerator's errors, denominator's errors] per round.
             "errors": [e["errors"] for e in each],

@@ -20,14 +20,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("atls_proxy.client")
 
 # Checks that fail before any attestation was asked for: counted as connection failures.
-# Failures before any attestation exchange began: not counted as attestation requests or failures
-# (docs/METRICS.md), closed with the reason that fits.
-_PRE_ATTESTATION = {
-    "tcp.connect": "backend_unavailable",
-    "tls.handshake": "handshake_failed",
-    "tls.certificate": "handshake_failed",
-    "tls.hostname": "handshake_failed",
-}
+# Failures before the appraisal began: not counted as attestation requests or failures
+# (docs/METRICS.md), closed with the reason that fits. The PKI identity checks after the handshake
+# (tls.certificate, tls.hostname) are part of the appraisal and counted there: a diversion to a
+# server with another name's certificate shows in attestation_failures_total{check="tls.hostname"}.
+_PRE_ATTESTATION = {"tcp.connect": "backend_unavailable", "tls.handshake": "handshake_failed"}
 
 
 class ClientForwarder(Listener):

@@ -91,6 +91,29 @@ async def test_the_cap_closes_the_window_and_the_rate_uses_the_measured_span(
     assert attest._rate(result) > result.connections / 2.0 * 5  # not the nominal 2 s
 
 
+async def test_a_slow_connection_does_not_stretch_a_capped_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One stalled connection still in flight when the cap stops the others: the window closes
+    when the cap stops the first client, flagged, instead of lasting until the stalled one ends
+    (which reported a rate several times too low, unflagged)."""
+    calls = [0]
+
+    async def request(opener: Any, request: bytes) -> int:
+        calls[0] += 1
+        await asyncio.sleep(1.5 if calls[0] == 1 else 0.002)
+        return 13
+
+    monkeypatch.setattr(attest, "request_close", request)
+    monkeypatch.setattr(attest, "MAX_CONNECTIONS", 300)
+    result = attest.Result("off", 4, 1.0, 0)
+    marks = _Marks()
+    await attest._load("off", None, 4, 0.05, 1.0, result, marks.opens, marks.closes)  # type: ignore[arg-type]
+    assert result.capped and result.to_json()["capped"] is True
+    assert result.duration_s < 0.6  # the cap was reached in ~0.2 s, not at the 1.0 s timer
+    assert result.connections > 100
+
+
 async def test_an_uncapped_window_lasts_the_duration(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(attest, "request_close", _fake(0.05))
     result = attest.Result("off", 4, 0.0, 0)

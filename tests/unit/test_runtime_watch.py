@@ -53,3 +53,44 @@ def test_a_listing_that_starts_failing_keeps_the_last_list_and_logs_once(
         for _ in range(5):  # five watcher intervals
             assert rt._watched() == files  # unchanged: no false "file change"
     assert caplog.text.count("listing the watched files failed") == 1
+
+
+def test_a_sighup_while_the_service_is_built_is_remembered_not_fatal() -> None:
+    import os
+    import signal
+
+    from atls_proxy.ops.runtime import remember_early_hup
+
+    previous = signal.getsignal(signal.SIGHUP)
+    try:
+        early = remember_early_hup()
+        assert not early()
+        os.kill(os.getpid(), signal.SIGHUP)  # the default action would end this process
+        assert early()
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+async def test_runtime_replays_a_sighup_that_came_while_the_service_was_built(
+    tmp_path: Path,
+) -> None:
+    rt = Runtime(
+        cast(Service, cast(Any, Listing([tmp_path / "a.toml"]))),
+        OpsConfig(),
+        Metrics(),
+        config_path=tmp_path / "a.toml",
+        early_hup=lambda: True,
+    )
+    replayed: list[bool] = []
+    rt._on_hup_during_start = lambda: replayed.append(True)  # type: ignore[method-assign]
+
+    class Started(Exception):
+        pass
+
+    async def no_start(loop: object) -> int:
+        raise Started
+
+    rt._run = no_start  # type: ignore[method-assign,assignment]
+    with pytest.raises(Started):
+        await rt.run()
+    assert replayed == [True]
