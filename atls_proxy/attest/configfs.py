@@ -90,7 +90,7 @@ import secrets
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -118,6 +118,7 @@ __all__ = [
     "TsmReport",
     "build_evidence",
     "embedded_report_data",
+    "privlevel_problem",
     "probe",
 ]
 
@@ -450,6 +451,23 @@ def build_evidence(report: TsmReport, report_data: bytes) -> Evidence:
             f"carries at most {MAX_CMW_SIZE}"
         )
     return Evidence(media_type=media_type, data=data)
+
+
+def privlevel_problem(wanted: int | None, provider: str, features: Set[str]) -> str | None:
+    """Why a configured ``privlevel`` cannot be requested from ``provider`` (an entry showing the
+    optional attributes ``features``), or None. Decided by the provider, not by the privlevel
+    file: arm_cca_guest has the file (no report_attr_visible callback) and ignores what is
+    written to it (module docstring, "Attribute visibility")."""
+    if wanted is None:
+        return None
+    if provider not in PRIVLEVEL_PROVIDERS:
+        return (
+            f"provider {provider!r} has no privilege levels (privlevel is for SEV-SNP guests, "
+            "provider 'sev_guest', only)"
+        )
+    if "privlevel" not in features:
+        return f"provider {provider!r} has no privlevel attribute"
+    return None
 
 
 def _unknown_provider(provider: str) -> str:
@@ -823,20 +841,13 @@ class ConfigfsTsmAttester:
 
     def _choose_privlevel(self, entry: Path, provider: str, features: frozenset[str]) -> int | None:
         wanted = self._privlevel
-        if provider not in PRIVLEVEL_PROVIDERS:
-            # Decided by the provider, not by the privlevel file: arm_cca_guest has the file
-            # (no report_attr_visible callback) and ignores what is written to it.
-            if wanted is not None:
-                raise AttestationUnavailable(
-                    f"configfs-tsm: privlevel {wanted} is configured but provider {provider} has "
-                    "no privilege levels (only SEV-SNP, sev_guest, has them)"
-                )
-            return None
-        if wanted is not None and "privlevel" not in features:
+        problem = privlevel_problem(wanted, provider, features)
+        if problem:
             raise AttestationUnavailable(
-                f"configfs-tsm: privlevel {wanted} is configured but provider {provider} has no "
-                "privlevel attribute"
+                f"configfs-tsm: privlevel {wanted} is configured but {problem}"
             )
+        if provider not in PRIVLEVEL_PROVIDERS:
+            return None
         floor = 0
         if "privlevel_floor" in features:
             path = entry / "privlevel_floor"

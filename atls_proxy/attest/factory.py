@@ -84,7 +84,7 @@ def probe_configfs_tsm(cfg: ConfigfsTsmAttesterConfig, ops: TsmOps) -> str:
         raise ConfigError(key, describe_oserror(exc, "creating report entry", entry)) from None
     try:
         raw = ops.read(entry / "provider", configfs.MAX_TEXT_ATTR_SIZE)
-        features = {name for name in ("privlevel", "privlevel_floor") if ops.exists(entry / name)}
+        features = {"privlevel"} if ops.exists(entry / "privlevel") else set()
     except OSError as exc:
         raise ConfigError(key, describe_oserror(exc, "reading", entry / "provider")) from None
     finally:
@@ -107,19 +107,10 @@ def probe_configfs_tsm(cfg: ConfigfsTsmAttesterConfig, ops: TsmOps) -> str:
             f"this guest's TSM provider is {provider!r}, the configuration expects "
             f"{cfg.provider!r}",
         )
-    if cfg.privlevel is not None and provider not in configfs.PRIVLEVEL_PROVIDERS:
-        # By the provider, not by the file: arm_cca_guest shows a privlevel attribute (no
-        # report_attr_visible callback, kernel >= 6.10) and ignores it (configfs.py docstring).
-        raise ConfigError(
-            "attester.configfs_tsm.privlevel",
-            f"provider {provider!r} has no privilege levels (privlevel is for SEV-SNP guests, "
-            "provider 'sev_guest', only)",
-        )
-    if cfg.privlevel is not None and "privlevel" not in features:
-        raise ConfigError(
-            "attester.configfs_tsm.privlevel",
-            f"provider {provider!r} has no privlevel attribute",
-        )
+    # The attester's own check (by the provider, not by the privlevel file).
+    problem = configfs.privlevel_problem(cfg.privlevel, provider, features)
+    if problem:
+        raise ConfigError("attester.configfs_tsm.privlevel", problem)
     return provider
 
 

@@ -453,21 +453,26 @@ class _TpmSession:
         with contextlib.suppress(Exception):
             esapi.close()
 
-    def _close_at_exit(self) -> None:
-        """``close`` under the TPM lock, or not at all when the lock stays busy for
-        ``EXIT_CLOSE_WAIT`` s (a TPM command is still running): the process exit then releases
-        the TCTI, and a primary AK stays loaded until the resource manager or a TPM reset
-        flushes it."""
-        if not self._lock.acquire(timeout=EXIT_CLOSE_WAIT):
+    def close_when_free(self, wait: float, when: str) -> None:
+        """``close`` under the TPM lock, or not at all when the lock stays busy for ``wait`` s
+        (an abandoned call is still inside Esys with this context, which is not thread-safe):
+        the process exit then releases the TCTI, and a primary AK stays loaded until the
+        resource manager or a TPM reset flushes it. ``when`` ends the warning's first clause."""
+        if not self._lock.acquire(timeout=wait):
             logger.warning(
-                "tpm: a TPM command via %r is still running at exit; not closing the session",
+                "tpm: a TPM command via %r is still running %s; not closing the session, the "
+                "TCTI is left to process exit",
                 self.tcti,
+                when,
             )
             return
         try:
             self.close()
         finally:
             self._lock.release()
+
+    def _close_at_exit(self) -> None:
+        self.close_when_free(EXIT_CLOSE_WAIT, "at exit")
 
     def _check_capabilities(self) -> None:
         p = _pytss()
@@ -812,18 +817,7 @@ class TpmAttester:
         seconds; never raises)."""
         # Bounded: an abandoned (timed-out) call may hold the lock for as long as the TPM stays
         # silent, and closing the context under it is not allowed (ESAPI is not thread-safe).
-        if not self._tpm_lock.acquire(timeout=self._timeout):
-            logger.warning(
-                "tpm: a TPM command via %r is still running after %g s; not closing the "
-                "session, the TCTI is left to process exit",
-                self.tcti,
-                self._timeout,
-            )
-            return
-        try:
-            self._session.close()
-        finally:
-            self._tpm_lock.release()
+        self._session.close_when_free(self._timeout, f"after {self._timeout:g} s")
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)

@@ -35,6 +35,7 @@ from atls_proxy.attest.configfs import (
     TsmReport,
     build_evidence,
     embedded_report_data,
+    privlevel_problem,
     probe,
 )
 from atls_proxy.attest.configfs_fake import FakeTsm, fake_cert_table, fake_report
@@ -217,9 +218,20 @@ async def test_privlevel_below_floor_is_refused_before_quoting(make_tsm: MakeTsm
 
 async def test_privlevel_on_tdx_is_a_configuration_error(make_tsm: MakeTsm) -> None:
     fake = make_tsm("tdx_guest")
-    with pytest.raises(AttestationUnavailable, match="tdx_guest has no privilege levels"):
+    with pytest.raises(AttestationUnavailable, match="'tdx_guest' has no privilege levels"):
         await attester(fake, privlevel=1).attest(binding())
     assert fake.quoted == []
+
+
+def test_privlevel_problem_is_decided_by_the_provider_then_the_attribute() -> None:
+    """One check for the attester and the factory's probe (test_attester_factory.py)."""
+    every = {"privlevel", "privlevel_floor"}
+    assert privlevel_problem(None, "arm_cca_guest", every) is None  # nothing configured
+    assert privlevel_problem(1, "sev_guest", every) is None
+    cca = privlevel_problem(1, "arm_cca_guest", every)
+    assert cca is not None and "'arm_cca_guest' has no privilege levels" in cca
+    old_snp = privlevel_problem(1, "sev_guest", set())  # a kernel without the attribute
+    assert old_snp is not None and "no privlevel attribute" in old_snp
 
 
 # Kernels >= 6.10 show every attribute of a provider without report_attr_visible callbacks
@@ -238,7 +250,7 @@ async def test_privlevel_on_cca_is_refused_although_the_attribute_is_there(
         assert (entry / "privlevel").exists() and (entry / "service_provider").exists()
     finally:
         fake.ops.rmdir(entry)
-    with pytest.raises(AttestationUnavailable, match="arm_cca_guest has no privilege levels"):
+    with pytest.raises(AttestationUnavailable, match="'arm_cca_guest' has no privilege levels"):
         await attester(fake, privlevel=2).attest(binding())
     assert fake.quoted == []
 
