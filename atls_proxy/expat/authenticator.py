@@ -205,11 +205,6 @@ def can_answer(request: AuthenticatorRequest, private_key: SigningKey) -> bool:
     return _scheme_for(request, private_key) is not None
 
 
-def is_empty(authenticator: bytes) -> bool:
-    """RFC 9261 §6: the empty authenticator is a lone Finished message."""
-    return authenticator[:1] == bytes([FINISHED])
-
-
 def certificate_message(
     context: bytes, chain: tuple[bytes, ...], entry0_extensions: Sequence[Extension] = ()
 ) -> bytes:

@@ -177,8 +177,10 @@ class AttesterSession(_Base):
         self._used_contexts: set[bytes] = set()
         self._request: AuthenticatorRequest | None = None
         self._request_bytes = b""
-        # Whether the authenticator carried evidence (cmw_attestation in a non-empty
-        # authenticator): a relying party's ACCEPT without it is not an attested connection.
+        # Whether the pending request can carry evidence (AttestationRequested.binding is set).
+        self._can_attest = False
+        # Whether the authenticator carried evidence: a relying party's ACCEPT without it is not
+        # an attested connection.
         self.evidence_sent = False
 
     @property
@@ -259,6 +261,7 @@ class AttesterSession(_Base):
             if ea.can_answer(req, self._key):
                 binding = _binding(self._tls, self._profile, self._spki, req.context)
         self._request, self._request_bytes = req, payload
+        self._can_attest = binding is not None
         self._state = _State.ATTESTING
         return AttestationRequested(req, binding)
 
@@ -269,8 +272,10 @@ class AttesterSession(_Base):
         req = self._request
         exts = []
         if cmw is not None:
-            if req.extension(self._profile.extension_type) is None:
-                raise RuntimeError("cmw_attestation was not offered; it must not be sent")
+            if not self._can_attest:
+                # Not offered, or no common signature scheme (RFC 9261 §5.2.2: the answer is the
+                # empty authenticator, which cannot carry it).
+                raise RuntimeError("no evidence was asked for (binding None); it must not be sent")
             exts.append(self._profile.attestation_extension(cmw))
         keys = ea.AuthenticatorKeys.derive(self._tls.exporter, ea.Role.SERVER, self._tls.hash_name)
         auth = ea.authenticate(
@@ -282,7 +287,7 @@ class AttesterSession(_Base):
             exts,
             self._profile.request_header_in_transcript,
         )
-        self.evidence_sent = cmw is not None and not ea.is_empty(auth)
+        self.evidence_sent = cmw is not None
         self._state = _State.RESULT
         return self._out(framing.encode_frame(FrameType.AUTHENTICATOR, auth))
 

@@ -187,13 +187,15 @@ def test_no_evidence_is_asked_for_or_sent_when_none_can_be_carried(
     _, at = _pair(ident)
     ev = _ask(at, schemes, offer)
     assert ev.binding is None, why  # the server produces no evidence (no quote is spent)
+    with pytest.raises(RuntimeError, match="no evidence was asked for"):
+        at.authenticator(CMW)  # it could not be carried: refused, never silently dropped
     at.authenticator(None)
     assert not at.evidence_sent
     (acc,) = at.receive(f.encode_frame(f.FrameType.ACCEPT) + b"GET /")
     assert isinstance(acc, xs.Accepted)  # the adapter decides: refused or served unattested
 
 
-def test_evidence_sent_only_with_cmw_in_a_real_authenticator(ident: ServerIdentity) -> None:
+def test_evidence_sent_only_with_cmw(ident: ServerIdentity) -> None:
     _, at = _pair(ident)
     ev = _ask(at, (0x0403,), True)
     assert ev.binding is not None and not at.evidence_sent
