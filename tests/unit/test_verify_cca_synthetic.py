@@ -176,6 +176,10 @@ def test_the_synthetic_token_passes_every_check() -> None:
     assert a.trust_vector == {"instance-identity": 2, "hardware": 32}
     assert "not compared" in a.checks[9].detail
     assert "TEST CPAK" not in a.checks[1].detail
+    # No platform or realm record: each of their values is reported, unconstrained, and no
+    # executables claim is made.
+    for c in a.checks[6:9] + a.checks[10:16]:
+        assert c.passed and c.detail == "not constrained by policy" and not c.expected, c
 
 
 @pytest.mark.parametrize("encoding", ["raw", "cose-key"])
@@ -573,6 +577,18 @@ def test_reference_records_in_toml_form() -> None:
     a = appraise(SynthToken(platform_overrides={2396: b"\x8f" * 32}), policy)
     assert failed(a) == "cca.platform.sw-component.0"
     assert "(platform reference 2 of 2)" in (a.first_failure.detail if a.first_failure else "")
+    # Realm record 2 matches whole; its unlisted REMs are not compared, and the report says which
+    # record each value was judged against.
+    a = appraise(SynthToken(realm_overrides={44238: b"\xbb" * 32, 44235: b"\xee" * 64}), policy)
+    assert a.passed, a.first_failure
+    by_name = {c.name: c for c in a.checks}
+    assert by_name["cca.register.rim"].detail == "matches realm reference 2 of 2"
+    assert (
+        by_name["cca.register.rem0"].detail == "not constrained by policy (realm reference 2 of 2)"
+    )
+    assert by_name["cca.platform.config"].detail == (
+        "not constrained by policy (platform reference 1 of 2)"
+    )
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
+from atls_proxy.errors import DecodeError
 from atls_proxy.expat.binding import Binding
 from atls_proxy.verify.result import Appraisal
 from atls_proxy.verify.tdx import (
@@ -34,6 +35,7 @@ from atls_proxy.verify.tdx import (
     TdxVerifier,
     appraise_tdx,
     build_tdx_trust,
+    parse_certificates,
     parse_crl,
     parse_qe_identity,
     parse_quote,
@@ -41,7 +43,7 @@ from atls_proxy.verify.tdx import (
 )
 from atls_proxy.verify.tdx import tcb as rules
 from atls_proxy.verify.tdx.collateral import IsvTcbLevel, ModuleIdentity, TcbInfo, TcbLevel
-from atls_proxy.verify.tdx.pck import parse_sgx_extensions
+from atls_proxy.verify.tdx.pck import parse_sgx_extensions, pck_extensions
 from atls_proxy.verify.tdx.quote import INTEL_QE_VENDOR_ID
 
 NOW = datetime(2025, 1, 15, tzinfo=UTC)
@@ -617,12 +619,20 @@ def _with_duplicate_basic_constraints(
     return _resign(cert, issuer_key, _oid("2.5.29.18"), _oid("2.5.29.19"))
 
 
+def _chain(s: Synth, *, leaf: bytes | None = None, ca: bytes | None = None) -> bytes:
+    """The PEM chain leaf → CA → root, with ``leaf`` / ``ca`` (DER) in place of Synth's."""
+    return (
+        (_pem(leaf) if leaf else s.leaf.public_bytes(Encoding.PEM))
+        + (_pem(ca) if ca else s.ca.public_bytes(Encoding.PEM))
+        + s.root.public_bytes(Encoding.PEM)
+    )
+
+
 def test_pck_ca_with_an_invalid_version_fails_the_chain() -> None:
     s = Synth()
     # X.509 version field 5: cryptography 50 raises InvalidVersion, which is not a ValueError.
     bad = _resign(s.ca, s.root_key, bytes.fromhex("a003020102"), bytes.fromhex("a003020105"))
-    chain = s.leaf.public_bytes(Encoding.PEM) + _pem(bad) + s.root.public_bytes(Encoding.PEM)
-    a = run(s, quote=s.quote(chain_pem=chain))
+    a = run(s, quote=s.quote(chain_pem=_chain(s, ca=bad)))
     assert failed(a) == ["tdx.pck.chain"]
     assert "does not parse" in check(a, "tdx.pck.chain").detail
 
@@ -633,8 +643,7 @@ def test_pck_ca_with_a_duplicate_extension_fails_the_chain() -> None:
     dup = _with_duplicate_basic_constraints(
         s, "Intel SGX PCK Platform CA", s.ca_key, s.root, s.root_key, ca=True, serial=2
     )
-    chain = s.leaf.public_bytes(Encoding.PEM) + _pem(dup) + s.root.public_bytes(Encoding.PEM)
-    a = run(s, quote=s.quote(chain_pem=chain))
+    a = run(s, quote=s.quote(chain_pem=_chain(s, ca=dup)))
     assert failed(a) == ["tdx.pck.chain"]
     assert "malformed" in check(a, "tdx.pck.chain").detail
     # Forged (not signed by the root): rejected for its signature before its extensions are read.
@@ -642,8 +651,7 @@ def test_pck_ca_with_a_duplicate_extension_fails_the_chain() -> None:
     forged = _with_duplicate_basic_constraints(
         s, "Intel SGX PCK Platform CA", s.ca_key, s.root, forger, ca=True, serial=2
     )
-    chain = s.leaf.public_bytes(Encoding.PEM) + _pem(forged) + s.root.public_bytes(Encoding.PEM)
-    a = run(s, quote=s.quote(chain_pem=chain))
+    a = run(s, quote=s.quote(chain_pem=_chain(s, ca=forged)))
     assert failed(a) == ["tdx.pck.chain"]
     assert "signature does not verify" in check(a, "tdx.pck.chain").detail
 
@@ -653,10 +661,24 @@ def test_pck_leaf_with_a_duplicate_extension_fails_the_chain() -> None:
     leaf = _with_duplicate_basic_constraints(
         s, "Intel SGX PCK Certificate", s.leaf_key, s.ca, s.ca_key, ca=False, serial=0x1234
     )
-    chain = _pem(leaf) + s.ca.public_bytes(Encoding.PEM) + s.root.public_bytes(Encoding.PEM)
-    a = run(s, quote=s.quote(chain_pem=chain))
+    a = run(s, quote=s.quote(chain_pem=_chain(s, leaf=leaf)))
     assert failed(a) == ["tdx.pck.chain"]
     assert "malformed" in check(a, "tdx.pck.chain").detail
+
+
+def test_malformed_certificates_are_decode_errors_in_the_parse_helpers() -> None:
+    # The shared CERT_ERRORS: cryptography 50's non-ValueError exceptions must not escape the
+    # loaders (tdx_files reads PCK/TCB signing chains with parse_certificates).
+    s = Synth()
+    bad = _resign(s.ca, s.root_key, bytes.fromhex("a003020102"), bytes.fromhex("a003020105"))
+    for data in (bad, _pem(bad)):
+        with pytest.raises(DecodeError, match="not a PEM or DER"):
+            parse_certificates(data)
+    leaf = _with_duplicate_basic_constraints(
+        s, "Intel SGX PCK Certificate", s.leaf_key, s.ca, s.ca_key, ca=False, serial=0x1234
+    )
+    with pytest.raises(DecodeError, match="do not parse"):
+        pck_extensions(x509.load_der_x509_certificate(leaf))
 
 
 def test_collateral_signature_and_validity() -> None:

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn
@@ -369,33 +370,26 @@ class _Appraiser:
                 break  # the first whole match is the one reported
         best = min(fits, key=_PlatformFit.rank) if fits else None
         n = len(records)
-        if best is None:
-            self.one_of("cca.platform.implementation-id", "", pc.implementation_id, frozenset())
-        else:
-            self.record_value(
-                "cca.platform.implementation-id",
-                "implementation-id",
-                pc.implementation_id,
-                best.ref.implementation_ids,
-                [r.implementation_ids for r in records],
-                best.index,
-                "platform",
-            )
+        at = None if best is None else best.index
+        self.record_value(
+            "cca.platform.implementation-id",
+            "implementation-id",
+            pc.implementation_id,
+            [r.implementation_ids for r in records],
+            at,
+            "platform",
+        )
         self.one_of(
             "cca.platform.instance-id", "instance-id", pc.instance_id, self.policy.instance_ids
         )
-        if best is None:
-            self.one_of("cca.platform.config", "", pc.config, frozenset())
-        else:
-            self.record_value(
-                "cca.platform.config",
-                "platform-config",
-                pc.config,
-                best.ref.platform_configs,
-                [r.platform_configs for r in records],
-                best.index,
-                "platform",
-            )
+        self.record_value(
+            "cca.platform.config",
+            "platform-config",
+            pc.config,
+            [r.platform_configs for r in records],
+            at,
+            "platform",
+        )
         self.sw_components(token, best, n)
         if best is not None and best.failures:
             self.tv[TV_HARDWARE] = int(Tier.CONTRAINDICATED)
@@ -413,16 +407,21 @@ class _Appraiser:
         name: str,
         label: str,
         value: bytes,
-        accepted: frozenset[bytes],
-        everywhere: list[frozenset[bytes]],
-        index: int,
+        everywhere: Sequence[frozenset[bytes]],
+        index: int | None,
         kind: str,
-    ) -> bool:
-        """One value of the chosen reference record (``index`` of ``everywhere``)."""
+    ) -> None:
+        """``value`` against ``everywhere[index]``, the values the chosen reference record of
+        ``kind`` accepts (``everywhere`` holds every record's); an empty set, or ``index`` None
+        (the policy has no such record), does not constrain."""
+        if index is None:
+            self.add(name, True, "not constrained by policy", observed=value.hex())
+            return
+        accepted = everywhere[index]
         which = _which(kind, index, len(everywhere))
         if not accepted:
             self.add(name, True, f"not constrained by policy{which}", observed=value.hex())
-            return True
+            return
         ok = value in accepted
         if ok:
             detail = f"matches {kind} reference {index + 1} of {len(everywhere)}" if which else ""
@@ -434,7 +433,6 @@ class _Appraiser:
                     "matches as a whole (values of different references never combine)"
                 )
         self.add(name, ok, detail, observed=value.hex(), expected=_values(accepted))
-        return ok
 
     def sw_components(self, token: CcaToken, best: _PlatformFit | None, n: int) -> None:
         comps = token.platform_claims.sw_components
@@ -507,39 +505,25 @@ class _Appraiser:
             "rpv": rc.personalization_value,
         }
         records = self.policy.realms
-        if not records:
-            for name in REGISTER_NAMES:
-                self.add(
-                    f"cca.register.{name}",
-                    True,
-                    "not constrained by policy",
-                    observed=values[name].hex(),
-                )
-            return
-        fits = [
-            (k, [n for n, accepted in r.registers.items() if values[n] not in accepted])
-            for k, r in enumerate(records)
-        ]
-        # A whole match first; else the closest record, preferring one whose RIM matches (the
-        # RIM identifies the realm, as in Veraison's store lookup).
-        index, _ = min(fits, key=lambda f: (bool(f[1]), "rim" in f[1], len(f[1]), f[0]))
-        matched = True
-        everywhere = {
-            name: [r.registers.get(name, frozenset()) for r in records] for name in REGISTER_NAMES
-        }
+        index: int | None = None
+        if records:
+            fits = [
+                (k, [n for n, accepted in r.registers.items() if values[n] not in accepted])
+                for k, r in enumerate(records)
+            ]
+            # A whole match first; else the closest record, preferring one whose RIM matches
+            # (the RIM identifies the realm, as in Veraison's store lookup).
+            index, misses = min(fits, key=lambda f: (bool(f[1]), "rim" in f[1], len(f[1]), f[0]))
+            self.tv[TV_EXECUTABLES] = int(Tier.CONTRAINDICATED if misses else Tier.AFFIRMING)
         for name in REGISTER_NAMES:
-            accepted = records[index].registers.get(name, frozenset())
-            ok = self.record_value(
+            self.record_value(
                 f"cca.register.{name}",
                 name,
                 values[name],
-                accepted,
-                everywhere[name],
+                [r.registers.get(name, frozenset()) for r in records],
                 index,
                 "realm",
             )
-            matched = matched and ok
-        self.tv[TV_EXECUTABLES] = int(Tier.AFFIRMING if matched else Tier.CONTRAINDICATED)
 
     def report_data(self, token: CcaToken) -> None:
         observed = token.realm_claims.challenge

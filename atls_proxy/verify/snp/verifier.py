@@ -556,11 +556,14 @@ class _Appraiser:
             )
             return
         # Every CRL from this ARK is authenticated before its scope (its IDP) is believed.
+        try:
+            key: object = ark.public_key()  # parsed once, not once per CRL
+        except DecodeError:
+            key = None
         for crl in from_ark:
             try:
-                key = ark.public_key()
                 signed = isinstance(key, rsa.RSAPublicKey) and crl.crl.is_signature_valid(key)
-            except (DecodeError, TypeError, ValueError):
+            except (TypeError, ValueError):
                 signed = False
             if not signed:
                 self.stop(

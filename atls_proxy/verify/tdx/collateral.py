@@ -53,6 +53,18 @@ MAX_TCB_INFOS = 64
 # TCB Signing certificates (renewals share the key: 2018 and 2025 today).
 MAX_SIGNING_CERTS = 8
 
+# What ``cryptography`` raises while loading or lazily inspecting a malformed certificate. With
+# cryptography 50, ``InvalidVersion`` (load), ``DuplicateExtension`` and
+# ``UnsupportedGeneralNameType`` (``.extensions``) are not ``ValueError``s; PCK certificates are
+# peer-supplied, so each of these is a decode error or a failed check, never an internal error.
+CERT_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    UnsupportedAlgorithm,
+    x509.InvalidVersion,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+)
+
 TCB_INFO_ID_TDX = "TDX"
 TCB_INFO_VERSION = 3
 QE_IDENTITY_ID = "TD_QE"
@@ -442,8 +454,7 @@ def parse_certificates(data: bytes) -> list[x509.Certificate]:
         if b"-----BEGIN CERTIFICATE-----" in data:
             return x509.load_pem_x509_certificates(data)
         return [x509.load_der_x509_certificate(data)]
-    # cryptography 50 raises InvalidVersion, which is not a ValueError, for a bad version field.
-    except (ValueError, x509.InvalidVersion) as exc:
+    except CERT_ERRORS as exc:
         raise DecodeError(f"not a PEM or DER X.509 certificate: {exc}") from exc
 
 

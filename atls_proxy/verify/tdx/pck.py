@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from cryptography import x509
 
 from atls_proxy.errors import DecodeError
+from atls_proxy.verify.tdx.collateral import CERT_ERRORS
 
 SGX_EXTENSIONS_OID = "1.2.840.113741.1.13.1"
 _OID_TCB = SGX_EXTENSIONS_OID + ".2"
@@ -170,9 +171,7 @@ def pck_extensions(cert: x509.Certificate) -> PckExtensions:
         ext = cert.extensions.get_extension_for_oid(x509.ObjectIdentifier(SGX_EXTENSIONS_OID))
     except x509.ExtensionNotFound as exc:
         raise DecodeError("PCK certificate has no SGX extensions (1.2.840.113741.1.13.1)") from exc
-    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
-        # A malformed extension elsewhere in the certificate; with cryptography 50 the last two
-        # are not ValueErrors (RFC 5280 §4.2: an extension appears at most once).
+    except CERT_ERRORS as exc:  # a malformed extension elsewhere in the certificate
         raise DecodeError(f"PCK certificate extensions do not parse: {exc}") from exc
     value = ext.value
     if not isinstance(value, x509.UnrecognizedExtension):

@@ -63,7 +63,6 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
@@ -74,6 +73,7 @@ from atls_proxy.verify.policy import DEFAULT_POLICY_ID
 from atls_proxy.verify.result import Appraisal, Check, Tier
 from atls_proxy.verify.tdx import tcb
 from atls_proxy.verify.tdx.collateral import (
+    CERT_ERRORS,
     Crl,
     IsvTcbLevel,
     SignedDoc,
@@ -111,18 +111,6 @@ TV_UNRECOGNIZED = 97
 # QVL 4.1.2.4.13 (QuoteVerifier.cpp, verifyQeReportData): the QE report's 64-byte REPORTDATA is
 # SHA-256(attestation key ‖ QE authentication data) followed by 32 zero bytes.
 QE_REPORT_DATA_PADDING = bytes(32)
-
-# What ``cryptography`` raises while loading or lazily inspecting a malformed certificate. With
-# cryptography 50, ``InvalidVersion`` (load), ``DuplicateExtension`` and
-# ``UnsupportedGeneralNameType`` (``.extensions``) are not ``ValueError``s; the PCK chain is
-# peer-supplied, so each of these is a failed check, never ``tdx.internal-error``.
-CERT_ERRORS: tuple[type[Exception], ...] = (
-    ValueError,
-    UnsupportedAlgorithm,
-    x509.InvalidVersion,
-    x509.DuplicateExtension,
-    x509.UnsupportedGeneralNameType,
-)
 
 
 class _Stop(Exception):
