@@ -43,8 +43,8 @@ from atls_proxy.bench.backend import HTTPBackend
 from atls_proxy.bench.common import (
     GENERATOR_CPU,
     PROXY_CPU,
+    CpuWindow,
     can_pin,
-    cpu_seconds,
     free_port,
     pin_pid,
     pin_self,
@@ -215,29 +215,7 @@ def invalid_runs(rounds: Sequence[Sequence[Result]]) -> list[str]:
     return out
 
 
-_cpu_seconds = cpu_seconds
-_process_time = time.process_time
 _free_port = free_port
-
-
-class _CpuWindow:
-    """The server's (/proc) and this process's CPU seconds between ``opens`` and ``closes``:
-    ``_load`` calls them at the window's opening and closing moments."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self._server0 = 0.0
-        self._generator0 = 0.0
-        self.server_cpu_s = 0.0
-        self.generator_cpu_s = 0.0
-
-    def opens(self) -> None:
-        self._server0 = _cpu_seconds(self.pid)
-        self._generator0 = _process_time()
-
-    def closes(self) -> None:
-        self.server_cpu_s = _cpu_seconds(self.pid) - self._server0
-        self.generator_cpu_s = _process_time() - self._generator0
 
 
 def _threads(pid: int) -> list[int]:
@@ -320,12 +298,10 @@ async def run_attest_bench(
                 load_client_config(dev / "connect.toml", server=f"127.0.0.1:{sport}")
             )
             result = Result(tier, concurrency, duration, quote_ms, pinned=pinned)
-            cpu = _CpuWindow(proc.pid)
-            await _load(
-                tier, settings, concurrency, warmup, duration, result, cpu.opens, cpu.closes
-            )
-            result.server_cpu_s = cpu.server_cpu_s
-            result.generator_cpu_s = cpu.generator_cpu_s
+            cpu = CpuWindow({"server": proc.pid})
+            await _load(tier, settings, concurrency, warmup, duration, result, cpu.start, cpu.stop)
+            result.server_cpu_s = cpu.result["server"]
+            result.generator_cpu_s = cpu.result["generator"]
             return result
         finally:
             # In a thread, so that this loop keeps running meanwhile: the client connections
@@ -347,8 +323,8 @@ async def _load(
     warmup: float,
     duration: float,
     result: Result,
-    window_opens: Callable[[], None],
-    window_closes: Callable[[], None] | None = None,
+    window_opens: Callable[[], object],
+    window_closes: Callable[[], object] | None = None,
 ) -> None:
     """Closed loop: ``concurrency`` clients, each starting a new connection when its last one
     ended, for ``warmup + duration`` seconds without a pause. Steady state: only connections that
@@ -563,10 +539,6 @@ TARGETS: tuple[Target, ...] = (
     Target("batched", "strict", 20.0, 200.0, False),
     Target("cached", "off", 0.8, None, True),
 )
-# The former shape, (num, den, threshold, cpu_ratio), for existing readers.
-RATIOS: tuple[tuple[str, str, float, bool], ...] = tuple(
-    (t.num, t.den, t.threshold, t.cpu_ratio) for t in TARGETS
-)
 
 
 def _ratio_round(target: Target, a: Result | None, b: Result | None) -> dict[str, Any]:
@@ -613,7 +585,7 @@ def summarize(rounds: list[list[Result]]) -> dict[str, Any]:
 
     tiers: dict[str, Any] = {}
     for tier, results in by_tier.items():
-        p99s = [j["p99_ms"] for j in (r.to_json() for r in results) if j["p99_ms"] is not None]
+        p99s = [p for r in results if (p := r.p99_ms()) is not None]
         tiers[tier] = {
             "connections_per_s": spread([_rate(r) for r in results], 1),
             "p99_ms": spread(p99s, 1) if p99s else None,
@@ -651,8 +623,6 @@ def summarize(rounds: list[list[Result]]) -> dict[str, Any]:
             "rounds": len(each),
             # The whole condition (ratio, p99 where the target has one, no errors).
             "rounds_meeting_target": sum(1 for e in each if e["met"]),
-            # The ratio alone, unrounded, against the threshold (not the target: see above).
-            "rounds_at_or_above": sum(1 for v in values if v >= target.threshold),
         }
     return {"rounds": len(rounds), "tiers": tiers, "ratios": ratios}
 

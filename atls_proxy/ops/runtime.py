@@ -24,9 +24,9 @@ wraps it with everything an operator expects (docs/OPERATIONS.md):
   an error that repeats unchanged is logged once. Settings that only a restart can change (the
   listen address, the attester, ``reload_interval``) are reported and left as they were;
   ``drain_timeout`` takes the reloaded value.
-* **Signals before start-up is done**: a SIGHUP (or SIGUSR1) that arrives while the service is
-  starting (the cached tier waits for its first quote) does not kill the process: SIGHUP is
-  remembered and honoured by one reload once the service listens.
+* **Signals before start-up is done**: a SIGHUP that arrives while the service is built
+  (``remember_early_hup``) or starting (the cached tier waits for its first quote) does not kill
+  the process: it is remembered and honoured by one reload once the service listens.
 * **Drain** on SIGTERM/SIGINT: readiness turns false at once, the listening sockets close, open
   connections get up to ``drain_timeout`` to finish, then the rest are closed. Exit code 0 when
   every connection finished by itself, 3 when some were cut at the deadline, 4 when a second

@@ -497,7 +497,9 @@ def test_client_side_reload_swaps_policy(tmp_path: Path, ps: Procs, slow_backend
 # --- workers ------------------------------------------------------------------------------------
 
 
-def test_workers_share_the_port_and_restart(tmp_path: Path, ps: Procs, slow_backend: int) -> None:
+def _serve_workers(tmp_path: Path, ps: Procs, backend_port: int) -> tuple[Path, Proc, int, int]:
+    """``serve --workers 2 --admin``: (dev folder, server, server port, admin port), both workers
+    ready."""
     dev = dev_init(tmp_path / "dev")
     admin = free_port()
     sport = free_port()
@@ -509,7 +511,7 @@ def test_workers_share_the_port_and_restart(tmp_path: Path, ps: Procs, slow_back
         "--listen",
         f"127.0.0.1:{sport}",
         "--backend",
-        f"127.0.0.1:{slow_backend}",
+        f"127.0.0.1:{backend_port}",
         "--admin",
         f"127.0.0.1:{admin}",
         "--workers",
@@ -517,6 +519,11 @@ def test_workers_share_the_port_and_restart(tmp_path: Path, ps: Procs, slow_back
     )
     wait_port(admin, server)
     wait_until(lambda: get(admin, "/readyz")[0] == 200, timeout=30, what="2 workers ready")
+    return dev, server, sport, admin
+
+
+def test_workers_share_the_port_and_restart(tmp_path: Path, ps: Procs, slow_backend: int) -> None:
+    dev, server, sport, admin = _serve_workers(tmp_path, ps, slow_backend)
     status = json.loads(get(admin, "/status")[1])
     pids = [w["pid"] for w in status["workers"]]
     assert len(set(pids)) == 2
@@ -554,32 +561,6 @@ def short_tmpdir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     shutil.rmtree(d, ignore_errors=True)
 
 
-def _serve_workers(
-    tmp_path: Path, ps: Procs, backend_port: int, tmpdir: Path
-) -> tuple[Proc, int, Path]:
-    """``serve --workers 2 --admin`` with TMPDIR=tmpdir: (server, admin port, tmpdir), both
-    workers ready."""
-    dev = dev_init(tmp_path / "dev")
-    admin = free_port()
-    server = ps.cli(
-        "serve-workers",
-        "serve",
-        "--config",
-        str(dev / "serve.toml"),
-        "--listen",
-        f"127.0.0.1:{free_port()}",
-        "--backend",
-        f"127.0.0.1:{backend_port}",
-        "--admin",
-        f"127.0.0.1:{admin}",
-        "--workers",
-        "2",
-    )
-    wait_port(admin, server)
-    wait_until(lambda: get(admin, "/readyz")[0] == 200, timeout=30, what="2 workers ready")
-    return server, admin, tmpdir
-
-
 def _workers(admin: int) -> list[dict[str, object]]:
     return list(json.loads(get(admin, "/status")[1])["workers"])
 
@@ -593,8 +574,8 @@ def test_workers_sigterm_while_every_worker_is_dead_exits(
 
     from tests.support.procs import log_messages
 
-    server, admin, tmpdir = _serve_workers(tmp_path, ps, slow_backend, short_tmpdir)
-    assert len(list(tmpdir.iterdir())) == 1  # atls-proxy-workers-*
+    _, server, _, admin = _serve_workers(tmp_path, ps, slow_backend)
+    assert len(list(short_tmpdir.iterdir())) == 1  # atls-proxy-workers-*
     # Kill both twice, so the second back-off (2 s) leaves ample time to send SIGTERM within it.
     for restarts in (1, 2):
         pids = [int(str(w["pid"])) for w in _workers(admin)]
@@ -627,7 +608,7 @@ def test_workers_sigterm_while_every_worker_is_dead_exits(
     started = [m for m in log_messages(server.output()) if " started pid=" in m]
     assert len(started) == 4, started  # the SIGTERM came within the back-off: no third start
     assert code == 1, server.output()  # the workers had died (docs/OPERATIONS.md, Workers)
-    assert list(tmpdir.iterdir()) == []  # its temporary folder is gone
+    assert list(short_tmpdir.iterdir()) == []  # its temporary folder is gone
 
 
 def test_workers_sighup_spares_a_starting_worker(
@@ -639,8 +620,8 @@ def test_workers_sighup_spares_a_starting_worker(
 
     from tests.support.procs import log_messages
 
-    server, admin, tmpdir = _serve_workers(tmp_path, ps, slow_backend, short_tmpdir)
-    (mdir,) = tmpdir.glob("atls-proxy-workers-*/metrics")
+    _, server, _, admin = _serve_workers(tmp_path, ps, slow_backend)
+    (mdir,) = short_tmpdir.glob("atls-proxy-workers-*/metrics")
     dead = int(str(_workers(admin)[0]["pid"]))
     assert (mdir / f"counter_{dead}.db").exists()
     os.kill(dead, signal.SIGKILL)
@@ -669,7 +650,7 @@ def test_workers_sighup_spares_a_starting_worker(
 
     server.popen.send_signal(signal.SIGTERM)
     assert server.popen.wait(30) == 0, server.output()
-    assert list(tmpdir.iterdir()) == []
+    assert list(short_tmpdir.iterdir()) == []
 
 
 class DelayRelay:
@@ -752,12 +733,37 @@ os.execv(sys.executable, [sys.executable, "-m", "atls_proxy.cli", *sys.argv[2:]]
 """
 
 
+def _start_activated(
+    ps: Procs, tmp_path: Path, name: str, socks: list[socket.socket], *args: str, **env_extra: str
+) -> Proc:
+    """``atls-proxy *args`` started as systemd would with ``socks`` inherited from fd 3 on (their
+    names: ``TEST_FDNAMES`` in ``env_extra``, default attested:admin); ``socks`` are closed here."""
+    import sys
+
+    from tests.support.procs import env
+
+    e = env()
+    e.update(env_extra)
+    log = tmp_path / f"{name}.log"
+    fds = [s.fileno() for s in socks]
+    with log.open("wb") as fh:
+        popen = subprocess.Popen(
+            [sys.executable, "-c", _ACTIVATE, ",".join(map(str, fds)), *args],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=e,
+            pass_fds=fds,
+        )
+    proc = Proc(name, popen, log)
+    ps.procs.append(proc)
+    for s in socks:
+        s.close()
+    return proc
+
+
 def test_socket_activation_and_notify(tmp_path: Path, ps: Procs, slow_backend: int) -> None:
     """As systemd would run it: inherited listeners named attested/admin, NOTIFY_SOCKET."""
     import os
-    import sys
-
-    from tests.support.procs import Proc, env
 
     dev = dev_init(tmp_path / "dev")
     attested = socket.create_server(("127.0.0.1", 0))
@@ -767,31 +773,19 @@ def test_socket_activation_and_notify(tmp_path: Path, ps: Procs, slow_backend: i
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(notify_path)
     notify.settimeout(20)
-    e = env()
-    e["NOTIFY_SOCKET"] = notify_path
-    log = tmp_path / "activated.log"
-    with log.open("wb") as fh:
-        popen = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                _ACTIVATE,
-                f"{attested.fileno()},{admin.fileno()}",
-                "serve",
-                "--config",
-                str(dev / "serve.toml"),
-                "--backend",
-                f"127.0.0.1:{slow_backend}",
-            ],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env=e,
-            pass_fds=(attested.fileno(), admin.fileno()),
-        )
-    proc = Proc("activated", popen, log)
-    ps.procs.append(proc)
-    attested.close()
-    admin.close()
+    proc = _start_activated(
+        ps,
+        tmp_path,
+        "activated",
+        [attested, admin],
+        "serve",
+        "--config",
+        str(dev / "serve.toml"),
+        "--backend",
+        f"127.0.0.1:{slow_backend}",
+        NOTIFY_SOCKET=notify_path,
+    )
+    popen = proc.popen
 
     def messages_until(field: str) -> list[str]:
         seen = []
@@ -860,41 +854,26 @@ def test_client_broken_policy_reload_keeps_old_policy(
 def test_workers_under_socket_activation(tmp_path: Path, ps: Procs, slow_backend: int) -> None:
     """--workers with inherited sockets, the admin socket first (fd 3): the supervisor keeps the
     admin socket, the workers share the attested one."""
-    import sys
-
-    from tests.support.procs import Proc, env
 
     dev = dev_init(tmp_path / "dev")
     admin = socket.create_server(("127.0.0.1", 0))
     attested = socket.create_server(("127.0.0.1", 0))
     aport, sport = admin.getsockname()[1], attested.getsockname()[1]
-    e = env()
-    e["TEST_FDNAMES"] = "admin:attested"
-    log = tmp_path / "workers-activated.log"
-    with log.open("wb") as fh:
-        popen = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                _ACTIVATE,
-                f"{admin.fileno()},{attested.fileno()}",
-                "serve",
-                "--config",
-                str(dev / "serve.toml"),
-                "--backend",
-                f"127.0.0.1:{slow_backend}",
-                "--workers",
-                "2",
-            ],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env=e,
-            pass_fds=(admin.fileno(), attested.fileno()),
-        )
-    proc = Proc("workers-activated", popen, log)
-    ps.procs.append(proc)
-    admin.close()
-    attested.close()
+    proc = _start_activated(
+        ps,
+        tmp_path,
+        "workers-activated",
+        [admin, attested],
+        "serve",
+        "--config",
+        str(dev / "serve.toml"),
+        "--backend",
+        f"127.0.0.1:{slow_backend}",
+        "--workers",
+        "2",
+        TEST_FDNAMES="admin:attested",
+    )
+    popen = proc.popen
     wait_until(lambda: get(aport, "/readyz")[0] == 200, timeout=40, what="2 workers ready")
     assert len({w["pid"] for w in json.loads(get(aport, "/status")[1])["workers"]}) == 2
     _, cport = start_client(ps, dev / "connect.toml", sport)
@@ -953,39 +932,25 @@ def test_socket_activation_uses_the_only_socket_whatever_its_name(
 ) -> None:
     """One inherited socket named as systemd names it by default (the socket unit's name): it is
     the attested listener (the configured address is the same port: binding it would fail)."""
-    import sys
-
-    from tests.support.procs import env
 
     dev = dev_init(tmp_path / "dev")
     attested = socket.create_server(("127.0.0.1", 0))
     sport = attested.getsockname()[1]
-    e = env()
-    e["TEST_FDNAMES"] = "atls-proxy.socket"
-    log = tmp_path / "activated-default-name.log"
-    with log.open("wb") as fh:
-        popen = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                _ACTIVATE,
-                str(attested.fileno()),
-                "serve",
-                "--config",
-                str(dev / "serve.toml"),
-                "--listen",
-                f"127.0.0.1:{sport}",
-                "--backend",
-                f"127.0.0.1:{slow_backend}",
-            ],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env=e,
-            pass_fds=(attested.fileno(),),
-        )
-    proc = Proc("activated-default-name", popen, log)
-    ps.procs.append(proc)
-    attested.close()
+    proc = _start_activated(
+        ps,
+        tmp_path,
+        "activated-default-name",
+        [attested],
+        "serve",
+        "--config",
+        str(dev / "serve.toml"),
+        "--listen",
+        f"127.0.0.1:{sport}",
+        "--backend",
+        f"127.0.0.1:{slow_backend}",
+        TEST_FDNAMES="atls-proxy.socket",
+    )
+    popen = proc.popen
     wait_until(
         lambda: (
             "the attested listener is the inherited socket" in proc.output() or not proc.alive()

@@ -5,13 +5,51 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 import atls_proxy.bench
 from atls_proxy import cli
-from atls_proxy.bench import attest
+from atls_proxy.bench import attest, common
+
+
+class _Marks:
+    """The window callbacks, recording when they ran."""
+
+    def __init__(self) -> None:
+        self.opened: list[float] = []
+        self.closed: list[float] = []
+
+    def opens(self) -> None:
+        self.opened.append(time.monotonic())
+
+    def closes(self) -> None:
+        self.closed.append(time.monotonic())
+
+
+async def _run_load(
+    monkeypatch: pytest.MonkeyPatch,
+    request: Callable[[Any, bytes], Awaitable[int]],
+    *,
+    clients: int,
+    warmup: float,
+    duration: float,
+    cap: int | None = None,
+    window: tuple[Callable[[], object], Callable[[], object]] | None = None,
+) -> tuple[attest.Result, _Marks]:
+    """``_load`` of the ``off`` tier with ``request`` as ``request_close`` (and ``cap`` as
+    MAX_CONNECTIONS); the window callbacks are ``window`` or the returned marks'."""
+    monkeypatch.setattr(attest, "request_close", request)
+    if cap is not None:
+        monkeypatch.setattr(attest, "MAX_CONNECTIONS", cap)
+    result = attest.Result("off", clients, duration, 0)
+    marks = _Marks()
+    opens, closes = window or (marks.opens, marks.closes)
+    await attest._load("off", None, clients, warmup, duration, result, opens, closes)  # type: ignore[arg-type]
+    return result, marks
 
 
 async def test_a_worker_dying_of_an_unexpected_error_fails_the_run(
@@ -22,10 +60,8 @@ async def test_a_worker_dying_of_an_unexpected_error_fails_the_run(
     async def broken(opener: Any, request: bytes) -> int:
         raise ValueError("a bug in the generator")
 
-    monkeypatch.setattr(attest, "request_close", broken)
-    result = attest.Result("off", 2, 0.2, 0)
     with pytest.raises(RuntimeError, match="worker failed") as e:
-        await attest._load("off", None, 2, 0.0, 0.2, result, lambda: None)  # type: ignore[arg-type]
+        await _run_load(monkeypatch, broken, clients=2, warmup=0.0, duration=0.2)
     assert isinstance(e.value.__cause__, ValueError)
 
 
@@ -37,9 +73,7 @@ async def test_connection_errors_are_counted_not_fatal(monkeypatch: pytest.Monke
         calls += 1
         raise ConnectionRefusedError("refused")
 
-    monkeypatch.setattr(attest, "request_close", refused)
-    result = attest.Result("off", 2, 0.2, 0)
-    await attest._load("off", None, 2, 0.0, 0.2, result, lambda: None)  # type: ignore[arg-type]
+    result, _ = await _run_load(monkeypatch, refused, clients=2, warmup=0.0, duration=0.2)
     assert calls > 0 and result.errors > 0 and result.connections == 0
     assert result.error_samples[0].startswith("ConnectionRefusedError")
 
@@ -57,30 +91,14 @@ def _fake(latency: float, cancelled: list[float] | None = None) -> Any:
     return request
 
 
-class _Marks:
-    """The window callbacks, recording when they ran."""
-
-    def __init__(self) -> None:
-        self.opened: list[float] = []
-        self.closed: list[float] = []
-
-    def opens(self) -> None:
-        self.opened.append(time.monotonic())
-
-    def closes(self) -> None:
-        self.closed.append(time.monotonic())
-
-
 async def test_the_cap_closes_the_window_and_the_rate_uses_the_measured_span(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """All clients stopped by the cap after ~0.1 s of a 2 s window: the rate divides by ~0.1 s."""
-    monkeypatch.setattr(attest, "request_close", _fake(0.01))
-    monkeypatch.setattr(attest, "MAX_CONNECTIONS", 30)
-    result = attest.Result("off", 2, 2.0, 0)
-    marks = _Marks()
     t0 = time.monotonic()
-    await attest._load("off", None, 2, 0.05, 2.0, result, marks.opens, marks.closes)  # type: ignore[arg-type]
+    result, marks = await _run_load(
+        monkeypatch, _fake(0.01), clients=2, warmup=0.05, duration=2.0, cap=30
+    )
     assert time.monotonic() - t0 < 1.0  # did not wait for the nominal window
     assert result.capped and result.to_json()["capped"] is True
     assert len(marks.opened) == 1 and len(marks.closed) == 1
@@ -104,21 +122,14 @@ async def test_a_slow_connection_does_not_stretch_a_capped_window(
         await asyncio.sleep(1.5 if calls[0] == 1 else 0.002)
         return 13
 
-    monkeypatch.setattr(attest, "request_close", request)
-    monkeypatch.setattr(attest, "MAX_CONNECTIONS", 300)
-    result = attest.Result("off", 4, 1.0, 0)
-    marks = _Marks()
-    await attest._load("off", None, 4, 0.05, 1.0, result, marks.opens, marks.closes)  # type: ignore[arg-type]
+    result, _ = await _run_load(monkeypatch, request, clients=4, warmup=0.05, duration=1.0, cap=300)
     assert result.capped and result.to_json()["capped"] is True
     assert result.duration_s < 0.6  # the cap was reached in ~0.2 s, not at the 1.0 s timer
     assert result.connections > 100
 
 
 async def test_an_uncapped_window_lasts_the_duration(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(attest, "request_close", _fake(0.05))
-    result = attest.Result("off", 4, 0.0, 0)
-    marks = _Marks()
-    await attest._load("off", None, 4, 0.05, 0.4, result, marks.opens, marks.closes)  # type: ignore[arg-type]
+    result, _ = await _run_load(monkeypatch, _fake(0.05), clients=4, warmup=0.05, duration=0.4)
     assert not result.capped and result.to_json()["capped"] is False
     assert result.duration_s == pytest.approx(0.4, abs=0.03)
     assert result.connections > 0 and result.latencies_ms
@@ -127,11 +138,9 @@ async def test_an_uncapped_window_lasts_the_duration(monkeypatch: pytest.MonkeyP
 async def test_the_cap_reached_in_the_warm_up_gives_an_empty_window(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(attest, "request_close", _fake(0.005))
-    monkeypatch.setattr(attest, "MAX_CONNECTIONS", 4)
-    result = attest.Result("off", 2, 1.0, 0)
-    marks = _Marks()
-    await attest._load("off", None, 2, 0.5, 1.0, result, marks.opens, marks.closes)  # type: ignore[arg-type]
+    result, marks = await _run_load(
+        monkeypatch, _fake(0.005), clients=2, warmup=0.5, duration=1.0, cap=4
+    )
     assert result.capped and result.connections == 0 and result.errors == 0
     assert len(marks.opened) == 1 and len(marks.closed) == 1  # opened, then closed at once
     assert marks.opened[0] <= marks.closed[0] and 0 <= result.duration_s < 0.01
@@ -141,10 +150,10 @@ async def test_the_cap_reached_in_the_warm_up_gives_an_empty_window(
 async def test_cpu_readings_are_taken_when_the_window_closes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Both closing CPU readings at t_close, before the connections in flight are cancelled:
-    with fake CPU clocks that read the wall clock, CPU seconds == duration_s."""
+    """Both closing CPU readings (``common.CpuWindow``, as ``run_attest_bench`` uses it) at
+    t_close, before the connections in flight are cancelled: with fake CPU clocks that read the
+    wall clock, CPU seconds == duration_s."""
     cancelled: list[float] = []
-    monkeypatch.setattr(attest, "request_close", _fake(0.3, cancelled))
     reads: list[tuple[str, float]] = []
 
     def fake_cpu(pid: int) -> float:
@@ -156,21 +165,30 @@ async def test_cpu_readings_are_taken_when_the_window_closes(
         reads.append(("generator", time.monotonic()))
         return time.monotonic()
 
-    monkeypatch.setattr(attest, "_cpu_seconds", fake_cpu)
-    monkeypatch.setattr(attest, "_process_time", fake_process_time)
-    cpu = attest._CpuWindow(4242)
-    result = attest.Result("off", 4, 0.0, 0)
+    monkeypatch.setattr(common, "cpu_seconds", fake_cpu)
+    monkeypatch.setattr(
+        common, "time", SimpleNamespace(process_time=fake_process_time, monotonic=time.monotonic)
+    )
+    monkeypatch.setattr(common, "children_cpu_seconds", lambda: 0.0)
+    cpu = common.CpuWindow({"server": 4242})
     warmup, duration = 0.1, 0.5
     t_start = time.monotonic()
-    await attest._load("off", None, 4, warmup, duration, result, cpu.opens, cpu.closes)  # type: ignore[arg-type]
+    result, _ = await _run_load(
+        monkeypatch,
+        _fake(0.3, cancelled),
+        clients=4,
+        warmup=warmup,
+        duration=duration,
+        window=(cpu.start, cpu.stop),
+    )
     t_close = t_start + warmup + duration
     assert [k for k, _ in reads] == ["server", "generator", "server", "generator"]
     closing = [t for _, t in reads[2:]]
     assert all(t_close <= t < t_close + 0.03 for t in closing), (closing, t_close)
     # The connections still open (0.3 s each, 4 clients) were cancelled after the readings.
     assert cancelled and min(cancelled) >= max(closing)
-    assert cpu.server_cpu_s == pytest.approx(result.duration_s, abs=0.003)
-    assert cpu.generator_cpu_s == pytest.approx(result.duration_s, abs=0.003)
+    assert cpu.result["server"] == pytest.approx(result.duration_s, abs=0.003)
+    assert cpu.result["generator"] == pytest.approx(result.duration_s, abs=0.003)
     assert result.duration_s == pytest.approx(duration, abs=0.03)
 
 

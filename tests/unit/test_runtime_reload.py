@@ -23,6 +23,7 @@ from typing import Any, cast
 import pytest
 
 from atls_proxy.errors import ConfigError
+from atls_proxy.ops import runtime
 from atls_proxy.ops.config import OpsConfig
 from atls_proxy.ops.metrics import Metrics
 from atls_proxy.ops.runtime import Runtime, Service, _stat_fingerprint
@@ -154,6 +155,23 @@ async def test_retries_back_off_and_an_unchanged_error_is_logged_once(
     assert "(file change, retry 1) again" in failures[1].getMessage()
     assert [getattr(r, "retry", None) for r in failures] == [0, 1, 2, 3, 4]
     assert any("reloaded (file change, retry 5)" in r.getMessage() for r in logs.records)
+
+
+async def test_retries_are_at_most_retry_backoff_max_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The back-off stops doubling at RETRY_BACKOFF_MAX (5 minutes; here 3.5 intervals: 3)."""
+    monkeypatch.setattr(runtime, "RETRY_BACKOFF_MAX", INTERVAL * 3.5)
+    key = tmp_path / "server-key.pem"
+    key.write_text("old key")
+    busy = ConfigError("attester", "TEE busy")
+    svc = FakeService([key], [busy, busy, busy, busy, busy, None])
+    rt = _runtime(svc, key)
+    async with _watching(rt):
+        key.write_text("the renewed key")
+        await _until(lambda: rt.reload_state.last_ok is True, timeout=20)
+    gaps = [b - a for a, b in zip(svc.reload_ticks, svc.reload_ticks[1:], strict=False)]
+    assert gaps == [1, 2, 3, 3, 3]
 
 
 async def test_a_sighup_that_succeeds_ends_the_retries(tmp_path: Path) -> None:

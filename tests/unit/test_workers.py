@@ -124,9 +124,9 @@ def test_stop_bound_uses_the_longest_drain_timeout(
 ) -> None:
     """Workers reload drain_timeout; the supervisor reads the file again at the stop, so a raised
     value is not cut short, while a lowered one or an unreadable file leaves the start value."""
-    from tests.support.procs import run_cli
+    from atls_proxy.ops.devinit import dev_init
 
-    assert run_cli("dev-init", str(tmp_path / "dev")).returncode == 0
+    dev_init(tmp_path / "dev")
     base = (tmp_path / "dev" / "serve.toml").read_text()
     cfg = tmp_path / "dev" / "serve-drain.toml"
     supervisor.args.config = cfg  # the start value is 1 s (the fixture's cfg)
