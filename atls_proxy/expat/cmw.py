@@ -26,6 +26,7 @@ from typing import Any
 import cbor2
 
 from atls_proxy.errors import DecodeError
+from atls_proxy.untrusted import json_loads
 
 # ind bits (RFC 9999 "CM Type").
 IND_REFERENCE_VALUES = 1
@@ -195,8 +196,8 @@ def decode_cmw(data: bytes) -> CMW:
     first = data[0]
     if first in (0x5B, 0x7B):  # '[' JSON record, '{' JSON collection
         try:
-            obj = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            obj = json_loads(data)
+        except ValueError as exc:
             raise DecodeError(f"JSON CMW does not parse: {exc}") from None
         return _from_obj(obj, 0, json_form=True)
     if first in (0x82, 0x83, 0xDA) or 0xA1 <= first <= 0xBB:

@@ -21,11 +21,11 @@ veraison/rust-ccatoken ``src/store/data-model.cddl``, summarised in docs/VERIFIE
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from atls_proxy.errors import ConfigError, DecodeError
+from atls_proxy.untrusted import json_loads
 from atls_proxy.verify.cca.trust import (
     MAX_KEY_FILE_SIZE,
     MAX_TRUSTED_CPAKS,
@@ -122,10 +122,8 @@ def rvstore_policy_table(data: bytes, source: str = "rvstore.json") -> dict[str,
     if len(data) > MAX_RVSTORE_SIZE:
         raise ConfigError(source, f"larger than {MAX_RVSTORE_SIZE} bytes")
     try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        # RecursionError: the json decoder recurses per nesting level; deep nesting fits well
-        # within the size cap.
+        doc = json_loads(data)
+    except ValueError as exc:
         raise ConfigError(source, f"not JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise ConfigError(source, "an rvstore is an object with 'platform' and 'realm' lists")

@@ -52,6 +52,7 @@ from atls_proxy.attest.software import (
 from atls_proxy.errors import ConfigError
 from atls_proxy.expat.binding import DEFAULT_EXPORTER_LABEL
 from atls_proxy.expat.profile import DEFAULT_EXTENSION_TYPE
+from atls_proxy.untrusted import toml_loads
 
 # A configuration file larger than this is a mistake (a key or a log pointed at by accident).
 MAX_CONFIG_FILE = 1024 * 1024
@@ -440,12 +441,10 @@ def _read_toml(path: str | Path) -> tuple[dict[str, Any], Path]:
     except UnicodeDecodeError as exc:
         raise ConfigError("config", f"{p} is not UTF-8 text: {exc}") from None
     try:
-        data = tomllib.loads(text)
+        data = toml_loads(text)
     except tomllib.TOMLDecodeError as exc:
         # tomllib's message ends with "(at line L, column C)".
         raise ConfigError("config", f"{p} is not valid TOML: {exc}") from None
-    except RecursionError:  # tomllib recurses per nested array / inline table
-        raise ConfigError("config", f"{p} is not valid TOML: nested too deeply") from None
     # Not resolve(): a config reached through a symlink (a Kubernetes ConfigMap mount) keeps its
     # folder, so relative paths do not point into a versioned directory that later disappears.
     return data, p.absolute().parent

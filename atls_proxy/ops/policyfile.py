@@ -6,6 +6,7 @@ import tomllib
 from pathlib import Path
 
 from atls_proxy.errors import ConfigError
+from atls_proxy.untrusted import toml_loads
 from atls_proxy.verify.policy import MAX_KEY_FILE_SIZE, Policy, parse_policy
 
 # A policy lists keys and a few dozen digests: a few KiB. 1 MiB is far beyond any real policy and
@@ -45,16 +46,12 @@ def load_policy(path: str | Path) -> Policy:
             "policy", f"policy file {str(policy_path)!r} is not UTF-8: {exc}"
         ) from exc
     try:
-        doc = tomllib.loads(text)
+        doc = toml_loads(text)
     except tomllib.TOMLDecodeError as exc:
         # tomllib's message ends with "(at line L, column C)".
         raise ConfigError(
             "policy", f"policy file {str(policy_path)!r} is not valid TOML: {exc}"
         ) from exc
-    except RecursionError:  # tomllib recurses per nested array / inline table
-        raise ConfigError(
-            "policy", f"policy file {str(policy_path)!r} is not valid TOML: nested too deeply"
-        ) from None
 
     base = policy_path.parent
 
@@ -79,7 +76,7 @@ def trust_files(path: str | Path) -> list[Path]:
     base = policy_path.parent
     named: list[Path] = []
     try:
-        doc = tomllib.loads(_read_bounded(policy_path, MAX_POLICY_FILE_SIZE).decode("utf-8"))
+        doc = toml_loads(_read_bounded(policy_path, MAX_POLICY_FILE_SIZE).decode("utf-8"))
 
         def read_file(name: str) -> bytes:
             named.append(base / Path(name))

@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from atls_proxy.errors import DecodeError
+from atls_proxy.untrusted import json_loads
 
 # A key file is a few hundred bytes; a trust-anchor store with one entry per platform of a fleet
 # a few KiB per dozen. 1 MiB bounds what a wrong file can make us parse.
@@ -173,10 +173,8 @@ def parse_cpak_file(data: bytes, source: str) -> list[TrustedCpak]:
         return [TrustedCpak(_check_curve(key, source), source)]
     if stripped.startswith((b"{", b"[")):
         try:
-            doc = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            # RecursionError: the json decoder recurses per nesting level; deep nesting fits
-            # well within the size cap.
+            doc = json_loads(data)
+        except ValueError as exc:
             raise DecodeError(f"{source}: not JSON: {exc}") from exc
         return _from_json(doc, source)
     try:

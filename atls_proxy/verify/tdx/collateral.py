@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from atls_proxy.errors import DecodeError
+from atls_proxy.untrusted import json_loads
 
 # PCS TCB Info for one FMSPC is 3-5 KB and a QE Identity under 1 KB; 1 MiB bounds parsing of a
 # wrong file while leaving two orders of magnitude of headroom.
@@ -270,8 +271,8 @@ def _signed_document(
         raise DecodeError(f"{kind} is not UTF-8") from exc
     decoder = json.JSONDecoder(object_pairs_hook=_no_duplicates)
     try:
-        whole = decoder.decode(text)
-    except (ValueError, RecursionError) as exc:
+        whole = json_loads(text, object_pairs_hook=_no_duplicates)
+    except ValueError as exc:
         if isinstance(exc, DecodeError):
             raise DecodeError(f"{kind}: {exc}") from exc
         raise DecodeError(f"{kind} is not JSON: {exc}") from exc

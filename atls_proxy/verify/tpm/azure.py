@@ -25,7 +25,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from atls_proxy.errors import DecodeError
+from atls_proxy.untrusted import json_loads
 
 HCL_MAGIC = b"HCLA"
 HCL_HEADER_SIZE = 32
@@ -125,9 +125,8 @@ def parse_hcl_report(data: bytes) -> HclReport:
         raise DecodeError(f"HCL report: variable data of {size} bytes does not fit")
     var = data[off + IGVM_REQUEST_DATA_SIZE : off + IGVM_REQUEST_DATA_SIZE + size]
     try:
-        claims = json.loads(var.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        # RecursionError: the json decoder recurses per nesting level (cf. evidence_from_json).
+        claims = json_loads(var)
+    except ValueError as exc:
         raise DecodeError(f"HCL report: the runtime claims are not JSON: {exc}") from exc
     keys = claims.get("keys") if isinstance(claims, dict) else None
     if not isinstance(keys, list):

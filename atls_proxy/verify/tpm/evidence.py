@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -49,6 +48,7 @@ from typing import Any
 import cbor2
 
 from atls_proxy.errors import DecodeError
+from atls_proxy.untrusted import json_loads
 from atls_proxy.verify.cose import decode_cbor
 from atls_proxy.verify.tpm.azure import parse_hcl_report
 from atls_proxy.verify.tpm.structures import (
@@ -206,8 +206,8 @@ def evidence_from_json(data: bytes, *, ak_spki: bytes | None = None) -> bytes:
     if len(data) > MAX_JSON_SIZE:
         raise DecodeError(f"TPM JSON: larger than {MAX_JSON_SIZE} bytes")
     try:
-        doc = json.loads(bytes(data).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        doc = json_loads(bytes(data))
+    except ValueError as exc:
         raise DecodeError(f"TPM JSON: not JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise DecodeError("TPM JSON: not an object")

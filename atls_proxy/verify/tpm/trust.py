@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from atls_proxy.errors import DecodeError
+from atls_proxy.untrusted import json_loads
 from atls_proxy.verify.tpm.azure import rsa_jwk_public_key
 
 # A key file is under 1 KiB; an HCL report 2600 bytes; 1 MiB bounds a wrong file.
@@ -165,10 +165,8 @@ def parse_ak_file(data: bytes, source: str) -> list[TrustedAk]:
         return [TrustedAk(check_ak(key, source), source)]
     if stripped.startswith(b"{"):
         try:
-            doc = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            # RecursionError: the json decoder recurses per nesting level; a file of 1 MiB can
-            # nest far deeper than the interpreter's limit (cf. evidence_from_json).
+            doc = json_loads(data)
+        except ValueError as exc:
             raise DecodeError(f"{source}: not JSON: {exc}") from exc
         if isinstance(doc, dict) and "keys" in doc:
             keys = doc["keys"]
