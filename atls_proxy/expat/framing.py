@@ -92,6 +92,10 @@ def sniff_preamble(buf: bytes) -> Sniff:
     return Sniff.EXPAT if len(buf) >= PREAMBLE_LEN else Sniff.NEED_MORE
 
 
+# Frames after which the decoder stops: the bytes behind them are not (yet) frames.
+_LAST_FRAMES = frozenset({FrameType.ACCEPT, FrameType.AUTHENTICATOR})
+
+
 class FrameDecoder:
     """Incremental decoder: preamble first, then frames. Errors are sticky (h11's habit)."""
 
@@ -145,8 +149,11 @@ class FrameDecoder:
             payload = bytes(self._buf[HEADER_LEN : HEADER_LEN + length])
             del self._buf[: HEADER_LEN + length]
             out.append(Frame(FrameType(ftype), payload))
-            if ftype == FrameType.ACCEPT:
-                break  # everything after ACCEPT is application data: see take_rest()
+            if ftype in _LAST_FRAMES:
+                # After ACCEPT everything is application data (take_rest()); after an
+                # AUTHENTICATOR nothing may come before the relying party's ACCEPT
+                # (expat-04 §7.3): the caller judges what is left as early data, not as frames.
+                break
         return out
 
     def take_rest(self) -> bytes:
