@@ -40,8 +40,9 @@ from atls_proxy.verify.snp import (
     der,
     parse_snp_policy,
 )
-from atls_proxy.verify.snp.certs import parse_amd_certificates
+from atls_proxy.verify.snp.certs import AmdCert, parse_amd_certificates
 from atls_proxy.verify.snp.report import POLICY_DEBUG, POLICY_MIGRATE_MA, POLICY_SINGLE_SOCKET
+from tests.support.der import tlv
 
 NOW = datetime(2025, 6, 1, tzinfo=UTC)
 PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
@@ -590,6 +591,58 @@ def test_a_forged_crl_for_the_other_list_still_stops() -> None:
     )
 
 
+def test_intermediate_distribution_points_are_read_once_at_load(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The ASK's cRLDistributionPoints (which the CRLs' IDPs are matched against) depend only on
+    # the loaded certificate: walked when the trust folder is loaded, not again per appraisal.
+    walks: list[str] = []
+    real = AmdCert.crl_distribution_uris
+
+    def counting(cert: AmdCert) -> frozenset[str]:
+        walks.append(cert.subject_cn)
+        return real(cert)
+
+    monkeypatch.setattr(AmdCert, "crl_distribution_uris", counting)
+    # The VLEK list revokes the ASK's serial: only its IDP (≠ the ASK's CDP) keeps it out.
+    crls = [
+        ("a.crl", amd_crl(idp=MILAN.crl_url)),
+        ("b.crl", amd_crl([0x10001], idp=MILAN_VLEK.crl_url)),
+    ]
+    trust = MILAN.trust(crls=crls)
+    loaded = list(walks)
+    policy, report = SnpPolicy(require_crl=True), MILAN.report()
+    first = appraise(MILAN, report, policy, trust)
+    second = appraise(MILAN, report, policy, trust)
+    assert walks == loaded == ["SEV-Milan"]
+    assert first.passed, first.first_failure
+    assert "b.crl: another list (issuingDistributionPoint): not consulted" in (
+        by_name(first, "snp.collateral.crl").detail
+    )
+    assert first.checks == second.checks and first.trust_vector == second.trust_vector
+    # An ASK carried in the evidence (GHCB table; chosen before the folder's) is read with the
+    # evidence, once per appraisal, and scopes the CRLs the same way.
+    table = _cert_table(
+        [
+            (VCEK_GUID, MILAN.vek.public_bytes(Encoding.DER)),
+            (ASK_GUID, MILAN.ask.public_bytes(Encoding.DER)),
+        ]
+    )
+    walks.clear()
+    carried = appraise(MILAN, cbor2.dumps({1: report, 2: table}), policy, trust)
+    assert walks == ["SEV-Milan"]
+    assert "evidence ASK entry" in by_name(carried, "snp.chain.ask").detail
+    assert [
+        (c.name, c.passed, c.detail)
+        for c in carried.checks
+        if c.name.startswith(("snp.collateral", "snp.chain.revocation"))
+    ] == [
+        (c.name, c.passed, c.detail)
+        for c in first.checks
+        if c.name.startswith(("snp.collateral", "snp.chain.revocation"))
+    ]
+
+
 def _without_next_update(crl: bytes) -> bytes:
     """Re-sign ``crl`` with its nextUpdate removed (cryptography's builder always writes one)."""
     top = der.sequence(der.parse_single(crl, der.TAG_SEQUENCE, "crl"), "crl")
@@ -602,17 +655,9 @@ def _without_next_update(crl: bytes) -> bytes:
         i for i, e in enumerate(parts) if e.tag in (der.TAG_UTC_TIME, der.TAG_GENERALIZED_TIME)
     ]
     del parts[times[1]]
-    new_tbs = _tlv(der.TAG_SEQUENCE, b"".join(e.raw for e in parts))
+    new_tbs = tlv(der.TAG_SEQUENCE, b"".join(e.raw for e in parts))
     sig = MILAN.ark_key.sign(new_tbs, PSS, hashes.SHA384())
-    return _tlv(der.TAG_SEQUENCE, new_tbs + alg.raw + _tlv(der.TAG_BIT_STRING, b"\0" + sig))
-
-
-def _tlv(tag: int, body: bytes) -> bytes:
-    n = len(body)
-    if n < 0x80:
-        return bytes([tag, n]) + body
-    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(size)]) + size + body
+    return tlv(der.TAG_SEQUENCE, new_tbs + alg.raw + tlv(der.TAG_BIT_STRING, b"\0" + sig))
 
 
 def test_crl_without_next_update_is_refused_at_load(tmp_path: Path) -> None:
@@ -651,7 +696,7 @@ def _patched_vek(patch: Any) -> bytes:
     new_tbs = patch(tbs.raw)
     assert new_tbs != tbs.raw
     sig = MILAN.ask_key.sign(new_tbs, PSS, hashes.SHA384())
-    return _tlv(der.TAG_SEQUENCE, new_tbs + alg.raw + _tlv(der.TAG_BIT_STRING, b"\0" + sig))
+    return tlv(der.TAG_SEQUENCE, new_tbs + alg.raw + tlv(der.TAG_BIT_STRING, b"\0" + sig))
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,10 @@ failed check and not a load error.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
 
@@ -98,12 +99,28 @@ def product_of_issuer(cert: AmdCert) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class SourcedCert:
-    """A certificate, its role and product line, and where it came from (for reports)."""
+    """A certificate, its role and product line, and where it came from (for reports).
+
+    ``crl_uris`` is an ASK's or ASVK's cRLDistributionPoints (``AmdCert.crl_distribution_uris``),
+    what the verifier matches CRL issuingDistributionPoints against (its ``_crl_scope``). It is
+    read here, once, when the certificate is classified: for the trust folder's intermediates
+    that is when the folder is loaded, not on every appraisal. It is empty for the other roles,
+    without the extension, and for a malformed one (no URI to match: a CRL scoped by its IDP then
+    has an unknown scope for the chain).
+    """
 
     cert: AmdCert
     role: str
     product: str | None
     source: str
+    crl_uris: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        uris: frozenset[str] = frozenset()
+        if self.role in (ROLE_ASK, ROLE_ASVK):
+            with contextlib.suppress(DecodeError):
+                uris = self.cert.crl_distribution_uris()
+        object.__setattr__(self, "crl_uris", uris)
 
     @property
     def label(self) -> str:

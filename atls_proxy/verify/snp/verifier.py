@@ -267,9 +267,9 @@ class _Appraiser:
         vek = self.select_vek(report, kind)
         product = self.product(vek)
         turin = product == "Turin"
-        ark, ask = self.chain(vek, product)
-        self.validity(vek, ask, ark)
-        self.revocation(vek.kind, ask, ark, product)
+        ark, intermediate = self.chain(vek, product)
+        self.validity(vek, intermediate.cert, ark)
+        self.revocation(vek.kind, intermediate, ark, product)
         self.vek_binding(report, vek, turin)
         self.signature(report, vek)
         self.tv[TV_INSTANCE_IDENTITY] = int(Tier.AFFIRMING)
@@ -421,7 +421,9 @@ class _Appraiser:
         )
         return product
 
-    def chain(self, vek: Vek, product: str) -> tuple[AmdCert, AmdCert]:
+    def chain(self, vek: Vek, product: str) -> tuple[AmdCert, SourcedCert]:
+        """The trusted ARK and the ASK/ASVK that issued ``vek`` (with its source and CRL
+        distribution points)."""
         anchor = self.trust.anchors.get(product)
         ark_name = f"ARK-{product}"
         if anchor is None:
@@ -515,7 +517,7 @@ class _Appraiser:
             observed=f"{vek.kind} sha256 {vek.cert.fingerprint}",
             expected=f"issued by {ask.subject_cn}",
         )
-        return ark, ask
+        return ark, chosen
 
     def validity(self, vek: Vek, ask: AmdCert, ark: AmdCert) -> None:
         ask_role = ROLE_ASVK if vek.kind == ROLE_VLEK else ROLE_ASK
@@ -536,15 +538,15 @@ class _Appraiser:
             else "every certificate inside its validity",
         )
 
-    def revocation(self, kind: str, ask: AmdCert, ark: AmdCert, product: str) -> None:
+    def revocation(self, kind: str, intermediate: SourcedCert, ark: AmdCert, product: str) -> None:
         """The ASK/ASVK against the AMD CRLs that apply to it (``_crl_scope``)."""
         name = "snp.chain.revocation"
+        ask = intermediate.cert
         ask_role = ROLE_ASVK if kind == ROLE_VLEK else ROLE_ASK
         chain = f"{kind} chain ({ask.subject_cn})"
-        try:
-            cdp = ask.crl_distribution_uris()
-        except DecodeError:
-            cdp = frozenset()  # no URI to match: IDP-scoped CRLs count as unknown scope
+        # Read when the certificate was classified (at load for the trust folder's), not here;
+        # empty when absent or malformed: IDP-scoped CRLs then count as unknown scope.
+        cdp = intermediate.crl_uris
         from_ark = [c for c in self.trust.crls if c.issuer == ark.subject]
         if not from_ark:
             self.add(
