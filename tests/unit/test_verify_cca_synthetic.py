@@ -723,3 +723,73 @@ def test_untyped_references_require_every_referenced_measurement() -> None:
     a = appraise(SynthToken(platform_overrides={2399: both}), policy)
     assert a.passed, a.first_failure
     assert a.trust_vector["hardware"] == 2
+
+
+def _parsed_with_warnings(table: dict[str, Any], caplog: pytest.LogCaptureFixture) -> list[str]:
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="atls_proxy.verify.cca"):
+        parse_cca_policy(table, "cca", lambda _: b"")
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_untyped_generations_in_one_record_warn_at_load(caplog: pytest.LogCaptureFixture) -> None:
+    # Two builds of one untyped component in one record: both would have to be in the token, so
+    # the record can never match. The operator learns it when the policy is loaded.
+    signed = [
+        {"measurement": "11" * 32, "signer_id": "22" * 32},
+        {"type": "BL2", "measurement": "44" * 32, "signer_id": "22" * 32},
+        {"measurement": "12" * 32, "signer_id": "22" * 32},
+    ]
+    (message,) = _parsed_with_warnings({"sw_components": signed}, caplog)
+    assert "cca.sw_components" in message and "[0], [2]" in message
+    assert "22" * 32 in message and "own platform record" in message and "type" in message
+    # Without signer-ids nothing tells them apart either; the warning names the record.
+    unsigned = [{"measurement": "11" * 32}, {"measurement": "12" * 32}]
+    table = {"platforms": [{"sw_components": [signed[1]]}, {"sw_components": unsigned}]}
+    (message,) = _parsed_with_warnings(table, caplog)
+    assert "cca.platforms[1].sw_components" in message and "no signer_id" in message
+    # The rvstore form reaches the same parser.
+    doc = {
+        "platform": [
+            {
+                "implementation-id": "7f" * 32,
+                "sw-components": [
+                    {"measurement-value": "11" * 32, "signer-id": "22" * 32},
+                    {"measurement-value": "12" * 32, "signer-id": "22" * 32},
+                ],
+            }
+        ],
+        "realm": [_realm(*REALM_X)],
+    }
+    table = rvstore_policy_table(json.dumps(doc).encode())
+    (message,) = _parsed_with_warnings(table, caplog)
+    assert "cca.platforms[0].sw_components" in message
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        # Generations of a typed component are alternatives.
+        {"sw_components": [{"type": "RMM", "measurement": m} for m in ("11" * 32, "12" * 32)]},
+        # Untyped generations as separate records, as the docs say.
+        {"platforms": [{"sw_components": [{"measurement": m}]} for m in ("11" * 32, "12" * 32)]},
+        # Different signer-ids: different components.
+        {
+            "sw_components": [
+                {"measurement": "11" * 32, "signer_id": "22" * 32},
+                {"measurement": "12" * 32, "signer_id": "23" * 32},
+            ]
+        },
+        # One untyped reference listed twice is no second generation.
+        {"sw_components": [{"measurement": "11" * 32}, {"measurement": "11" * 32}]},
+        # A well-formed (typed) rvstore.
+        rvstore_policy_table(
+            json.dumps({"platform": [PLATFORM_A, PLATFORM_B], "realm": [_realm(*REALM_X)]}).encode()
+        ),
+    ],
+    ids=["typed", "separate-records", "different-signers", "duplicate", "rvstore"],
+)
+def test_well_formed_references_give_no_warning(
+    table: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    assert _parsed_with_warnings(table, caplog) == []
