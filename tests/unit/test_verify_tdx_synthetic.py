@@ -45,6 +45,7 @@ from atls_proxy.verify.tdx import tcb as rules
 from atls_proxy.verify.tdx.collateral import IsvTcbLevel, ModuleIdentity, TcbInfo, TcbLevel
 from atls_proxy.verify.tdx.pck import parse_sgx_extensions, pck_extensions
 from atls_proxy.verify.tdx.quote import INTEL_QE_VENDOR_ID
+from tests.support.der import tlv
 
 NOW = datetime(2025, 1, 15, tzinfo=UTC)
 QE_MRSIGNER = bytes.fromhex("dc9e2a7c6f948f17474e34a7fc43ed030f7c1563f1babddf6340c82e0e54a8c5")
@@ -52,15 +53,7 @@ FMSPC = bytes.fromhex("00806f050000")
 SGX_OID = "1.2.840.113741.1.13.1"
 
 
-# -- a tiny DER encoder for the SGX extension (X.690) ----------------------------------------
-
-
-def _der(tag: int, body: bytes) -> bytes:
-    n = len(body)
-    if n < 0x80:
-        return bytes([tag, n]) + body
-    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(size)]) + size + body
+# -- the SGX extension in DER (X.690; elements by tests/support/der.py) ----------------------
 
 
 def _oid(dotted: str) -> bytes:
@@ -73,29 +66,29 @@ def _oid(dotted: str) -> bytes:
             chunk.append(0x80 | (arc & 0x7F))
             arc >>= 7
         out += bytes(reversed(chunk))
-    return _der(0x06, bytes(out))
+    return tlv(0x06, bytes(out))
 
 
 def _int(v: int) -> bytes:
-    return _der(0x02, v.to_bytes(max(1, (v.bit_length() + 8) // 8), "big"))
+    return tlv(0x02, v.to_bytes(max(1, (v.bit_length() + 8) // 8), "big"))
 
 
 def _pair(oid: str, value: bytes) -> bytes:
-    return _der(0x30, _oid(oid) + value)
+    return tlv(0x30, _oid(oid) + value)
 
 
 def sgx_extension(
     fmspc: bytes, comps: tuple[int, ...], pcesvn: int, pceid: bytes = b"\0\0"
 ) -> bytes:
     tcb = b"".join(_pair(f"{SGX_OID}.2.{i + 1}", _int(c)) for i, c in enumerate(comps))
-    tcb += _pair(f"{SGX_OID}.2.17", _int(pcesvn)) + _pair(f"{SGX_OID}.2.18", _der(4, bytes(comps)))
-    return _der(
+    tcb += _pair(f"{SGX_OID}.2.17", _int(pcesvn)) + _pair(f"{SGX_OID}.2.18", tlv(4, bytes(comps)))
+    return tlv(
         0x30,
-        _pair(f"{SGX_OID}.1", _der(4, b"\x11" * 16))
-        + _pair(f"{SGX_OID}.2", _der(0x30, tcb))
-        + _pair(f"{SGX_OID}.3", _der(4, pceid))
-        + _pair(f"{SGX_OID}.4", _der(4, fmspc))
-        + _pair(f"{SGX_OID}.5", _der(0x0A, b"\x00")),
+        _pair(f"{SGX_OID}.1", tlv(4, b"\x11" * 16))
+        + _pair(f"{SGX_OID}.2", tlv(0x30, tcb))
+        + _pair(f"{SGX_OID}.3", tlv(4, pceid))
+        + _pair(f"{SGX_OID}.4", tlv(4, fmspc))
+        + _pair(f"{SGX_OID}.5", tlv(0x0A, b"\x00")),
     )
 
 
@@ -572,8 +565,8 @@ def _resign(
     tbs = cert.tbs_certificate_bytes
     assert tbs.count(old) == 1
     tbs = tbs.replace(old, new)
-    return _der(
-        0x30, tbs + _ECDSA_SHA256 + _der(0x03, b"\0" + key.sign(tbs, ec.ECDSA(hashes.SHA256())))
+    return tlv(
+        0x30, tbs + _ECDSA_SHA256 + tlv(0x03, b"\0" + key.sign(tbs, ec.ECDSA(hashes.SHA256())))
     )
 
 
@@ -594,7 +587,7 @@ def _with_duplicate_basic_constraints(
 ) -> bytes:
     """A certificate whose issuerAltName (2.5.29.18) is renamed basicConstraints (2.5.29.19),
     so it carries basicConstraints twice (RFC 5280 §4.2 forbids it), signed by ``issuer_key``."""
-    bc = _der(0x30, _der(0x01, b"\xff"))
+    bc = tlv(0x30, tlv(0x01, b"\xff"))
     b = (
         x509.CertificateBuilder()
         .subject_name(_name(subject))
