@@ -42,10 +42,12 @@ from atls_proxy.app import build_client_settings
 from atls_proxy.bench.backend import HTTPBackend
 from atls_proxy.bench.common import (
     GENERATOR_CPU,
+    PERCENTILE_METHOD,
     PROXY_CPU,
     CpuWindow,
     can_pin,
     free_port,
+    percentile,
     pin_pid,
     pin_self,
     pinned_argv,
@@ -80,7 +82,6 @@ MAX_DURATION_S = 600.0
 MAX_CONCURRENCY = 1024
 MAX_QUOTE_MS = 60_000
 MAX_WARMUP_S = 60.0
-PERCENTILE_METHOD = "nearest-rank"
 
 
 def option_errors(
@@ -120,17 +121,6 @@ def option_errors(
     return problems
 
 
-def percentile(sorted_values: Sequence[float], pct: int) -> float | None:
-    """Nearest-rank percentile of ascending ``sorted_values``: the sample at 1-based rank
-    ceil(pct·n/100) — the smallest sample with at least ``pct`` % of them at or below it (None
-    without samples). Integer arithmetic, so no float rounding moves the rank."""
-    n = len(sorted_values)
-    if n == 0:
-        return None
-    rank = max(1, -(-pct * n // 100))
-    return sorted_values[rank - 1]
-
-
 def _finite(x: float, digits: int) -> float | None:
     """``x`` rounded, or None when it is not a finite number (JSON has no NaN or Infinity)."""
     return round(x, digits) if math.isfinite(x) else None
@@ -144,8 +134,8 @@ class Result:
     # every client first (``capped``). Set by ``_load``.
     duration_s: float
     simulated_quote_ms: int
-    connections: int = 0
     errors: int = 0
+    # One latency per connection completed in the window: ``connections`` is their number.
     latencies_ms: list[float] = field(default_factory=list)
     server_cpu_s: float = 0.0
     # This process's CPU seconds in the window: the load generator and the tiny backend. Near
@@ -156,6 +146,11 @@ class Result:
     capped: bool = False
     # The server ran on PROXY_CPU only and this process on GENERATOR_CPU only.
     pinned: bool = False
+
+    @property
+    def connections(self) -> int:
+        """Connections completed in the window: each has its latency, failures have none."""
+        return len(self.latencies_ms)
 
     def p99_ms(self) -> float | None:
         """p99 latency, unrounded (what the batched/strict target compares with 200 ms)."""
@@ -388,8 +383,7 @@ async def _load(
             if opened_at is None or closed_at is not None:
                 continue
             if ok:
-                result.connections += 1
-                result.latencies_ms.append((t1 - t0) * 1000)
+                result.latencies_ms.append((t1 - t0) * 1000)  # counts the connection
             else:
                 result.errors += 1
                 if len(result.error_samples) < 5:
@@ -566,11 +560,81 @@ def _ratio_round(target: Target, a: Result | None, b: Result | None) -> dict[str
     return {"ratio": ratio, "per_cpu": per_cpu, "p99": p99, "errors": errors, "met": met}
 
 
+# Connections a window can count beyond its length's worth of quotes: the quote under way when
+# the window opened, and one that ended just before it whose connection completes inside (its
+# remaining work, a few milliseconds, is shorter than a quote).
+EDGE_CONNECTIONS = 2
+
+
+@dataclass(frozen=True)
+class TeeBound:
+    """The third target, a ceiling rather than a ratio: ``tier`` (strict: a fresh quote for every
+    connection) completes at most as many connections per second as the TEE produces quotes. The
+    simulated quote takes ``quote_ms`` and never runs twice at once, so the TEE's rate is
+    1000 / ``quote_ms`` per second, and a window of W seconds can count at most W·1000/quote_ms
+    connections plus ``EDGE_CONNECTIONS``. In a round it is met iff the tier's rate (unrounded) is
+    at or below ``max_rate(W)`` and the run completed a connection and had no error (the rate
+    only sees successes: failures would lower it)."""
+
+    tier: str
+    quote_ms: int
+
+    @property
+    def tee_rate(self) -> float:
+        return 1000 / self.quote_ms
+
+    def max_rate(self, window_s: float) -> float:
+        return self.tee_rate + EDGE_CONNECTIONS / window_s
+
+    def describe(self) -> str:
+        return (
+            f"≤ {self.tee_rate:g} conn/s = 1000 / {self.quote_ms} ms quote, "
+            f"+ {EDGE_CONNECTIONS} connections per window, no errors"
+        )
+
+
+# Whose rate the TEE bounds: only strict waits for a quote of its own on every connection.
+TEE_BOUND_TIER = "strict"
+
+
+def tee_bound(rounds: Sequence[Sequence[Result]]) -> TeeBound | str:
+    """The TEE bound the rounds are judged by, or why they are not: the tier was not run, or ran
+    without a simulated quote latency (no TEE rate to compare with), or with different ones."""
+    quote_ms = {
+        r.simulated_quote_ms for results in rounds for r in results if r.tier == TEE_BOUND_TIER
+    }
+    if not quote_ms:
+        return f"{TEE_BOUND_TIER} was not run"
+    if len(quote_ms) > 1:
+        return f"{TEE_BOUND_TIER} ran with different --simulated-quote-ms"
+    q = quote_ms.pop()
+    if q <= 0:
+        return "--simulated-quote-ms 0: no TEE rate to compare with"
+    return TeeBound(TEE_BOUND_TIER, q)
+
+
+def _bound_round(bound: TeeBound, r: Result | None) -> dict[str, Any]:
+    """One round of ``bound``: the tier's rate (None: not run this round), its errors, met."""
+    rate = _rate(r) if r is not None else None
+    errors = r.errors if r is not None else None
+    met = (
+        r is not None
+        and rate is not None
+        and rate <= bound.max_rate(r.duration_s)
+        and r.connections > 0
+        and errors == 0
+    )
+    return {"rate": rate, "errors": errors, "met": met}
+
+
 def summarize(rounds: list[list[Result]]) -> dict[str, Any]:
     """Median, min and max rate and p99 per tier over the rounds, and for each target in
     ``TARGETS`` whose two tiers were measured: each round's ratio (end to end, and per server
     CPU-second; None when the denominator completed nothing), the numerator's p99, both runs'
-    errors, whether the round met the target's whole condition, and how many rounds did."""
+    errors, whether the round met the target's whole condition, and how many rounds did. Under
+    ``bounds``, keyed by tier, the same for the TEE bound (``tee_bound``) when it is judged —
+    strict was run, with a simulated quote latency: the bound, each round's rate and errors,
+    whether the round met it, and how many rounds did; nothing when it is not judged."""
     by_tier: dict[str, list[Result]] = {}
     for results in rounds:
         for r in results:
@@ -624,7 +688,30 @@ def summarize(rounds: list[list[Result]]) -> dict[str, Any]:
             # The whole condition (ratio, p99 where the target has one, no errors).
             "rounds_meeting_target": sum(1 for e in each if e["met"]),
         }
-    return {"rounds": len(rounds), "tiers": tiers, "ratios": ratios}
+    bounds: dict[str, Any] = {}
+    bound = tee_bound(rounds)
+    if isinstance(bound, TeeBound):
+        each = []
+        for results in rounds:
+            got = {r.tier: r for r in results}
+            each.append(_bound_round(bound, got.get(bound.tier)))
+        rates = [e["rate"] for e in each if e["rate"] is not None]
+        bounds[bound.tier] = {
+            # The TEE's rate, 1000 / simulated_quote_ms; each round is compared, unrounded, with
+            # it plus EDGE_CONNECTIONS over that round's window (duration_s).
+            "max_connections_per_s": r3(bound.tee_rate),
+            "edge_connections": EDGE_CONNECTIONS,
+            "simulated_quote_ms": bound.quote_ms,
+            "target": bound.describe(),
+            # The tier's connections_per_s, one entry per round, None where it was not run.
+            "per_round": [r3(e["rate"]) for e in each],
+            "errors": [e["errors"] for e in each],
+            "met": [e["met"] for e in each],
+            "median": r3(statistics.median(rates)) if rates else None,
+            "rounds": len(each),
+            "rounds_meeting_target": sum(1 for e in each if e["met"]),
+        }
+    return {"rounds": len(rounds), "tiers": tiers, "ratios": ratios, "bounds": bounds}
 
 
 def render_rounds(rounds: list[list[Result]], summary: dict[str, Any]) -> str:
@@ -661,8 +748,30 @@ def render_rounds(rounds: list[list[Result]], summary: dict[str, Any]) -> str:
                 f"| {name} | {_num(q['median'])} | "
                 f"{q['rounds_meeting_target']} of {q['rounds']} rounds ({q['target']}) |"
             )
+    rows += _bound_rows(rounds, summary)
     rows += _footnotes(rounds)
     return "\n".join(rows)
+
+
+def _bound_rows(rounds: Sequence[Sequence[Result]], summary: dict[str, Any]) -> list[str]:
+    """The TEE bound's table (each round, then the count), or the line saying it is not judged."""
+    bound = tee_bound(rounds)
+    if not isinstance(bound, TeeBound):
+        return ["", f"{TEE_BOUND_TIER} ≤ the TEE's rate: not judged ({bound})."]
+    b, t = summary["bounds"][bound.tier], bound.tier
+    rows = ["", f"| round | {t} conn/s | errors {t} | meets {b['target']} |", "|---|---|---|---|"]
+    for i, (rate, errors, met) in enumerate(
+        zip(b["per_round"], b["errors"], b["met"], strict=True)
+    ):
+        rows.append(f"| {i + 1} | {_num(rate)} | {_cell(errors)} | {'yes' if met else 'no'} |")
+    rows += [
+        "",
+        "| bound | median conn/s | rounds meeting the target |",
+        "|---|---|---|",
+        f"| {t} ≤ TEE rate | {_num(b['median'])} | "
+        f"{b['rounds_meeting_target']} of {b['rounds']} rounds ({b['target']}) |",
+    ]
+    return rows
 
 
 def _num(x: object) -> str:

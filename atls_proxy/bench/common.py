@@ -1,4 +1,5 @@
-"""Process plumbing shared by the benchmarks: pinning, /proc figures, ports, children, versions.
+"""Process plumbing shared by the benchmarks: pinning, /proc figures, ports, children, versions,
+and the one percentile every latency figure is taken with.
 
 Layout on a machine with two or more CPUs: the process under test (``atls-proxy serve`` or
 HAProxy) runs on ``PROXY_CPU``; this process (the asyncio load generator), wrk and the benchmark
@@ -28,6 +29,19 @@ from pathlib import Path
 
 PROXY_CPU = 0
 GENERATOR_CPU = 1
+# How every latency percentile of the benchmarks is taken (``percentile``).
+PERCENTILE_METHOD = "nearest-rank"
+
+
+def percentile(sorted_values: Sequence[float], pct: int) -> float | None:
+    """Nearest-rank percentile of ascending ``sorted_values``: the sample at 1-based rank
+    ceil(pct·n/100) — the smallest sample with at least ``pct`` % of them at or below it (None
+    without samples). Integer arithmetic, so no float rounding moves the rank."""
+    n = len(sorted_values)
+    if n == 0:
+        return None
+    rank = max(1, -(-pct * n // 100))
+    return sorted_values[rank - 1]
 
 
 def _allowed_cpus() -> frozenset[int]:

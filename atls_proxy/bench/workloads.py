@@ -70,6 +70,7 @@ from atls_proxy.bench.common import (
     can_pin,
     free_port,
     machine_info,
+    percentile,
     pin_pid,
     pin_self,
     pinned_argv,
@@ -270,12 +271,6 @@ def stop_child(env: Env, child: Child) -> None:
 # --- one run ------------------------------------------------------------------------------------
 
 
-def _percentile(sorted_ms: Sequence[float], p: float) -> float | None:
-    if not sorted_ms:
-        return None
-    return round(sorted_ms[min(len(sorted_ms) - 1, int(p * len(sorted_ms)))], 3)
-
-
 def make_record(
     workload: str,
     *,
@@ -383,14 +378,16 @@ async def gen_run(env: Env, workload: str, server: Child, attested: bool = True)
             opener, path, opts.connections, opts.duration, opts.warmup, window
         )
     lat = sorted(fig.latencies_ms)
+    # Nearest-rank, like ``bench attest`` (common.percentile), rounded to the microsecond.
+    p50, p99 = percentile(lat, 50), percentile(lat, 99)
     return make_record(
         workload,
         completed=fig.completed,
         duration_s=fig.duration_s,
         body_bytes=fig.body_bytes,
         errors=fig.errors,
-        p50_ms=_percentile(lat, 0.50),
-        p99_ms=_percentile(lat, 0.99),
+        p50_ms=None if p50 is None else round(p50, 3),
+        p99_ms=None if p99 is None else round(p99, 3),
         cpu=window.result,
         error_samples=fig.error_samples,
         extra={"mean_ms": round(statistics.fmean(lat), 3) if lat else None},

@@ -173,9 +173,12 @@ async def test_cpu_readings_are_taken_when_the_window_closes(
     cpu = common.CpuWindow({"server": 4242})
     warmup, duration = 0.1, 0.5
     t_start = time.monotonic()
+    # 0.25 s per connection: the third of each client starts at 0.5 s and is in flight at t_close
+    # (0.6 s). Not 0.3 s: the second would end right at t_close, and whether a third started
+    # (something to cancel) was a race.
     result, _ = await _run_load(
         monkeypatch,
-        _fake(0.3, cancelled),
+        _fake(0.25, cancelled),
         clients=4,
         warmup=warmup,
         duration=duration,
@@ -185,7 +188,7 @@ async def test_cpu_readings_are_taken_when_the_window_closes(
     assert [k for k, _ in reads] == ["server", "generator", "server", "generator"]
     closing = [t for _, t in reads[2:]]
     assert all(t_close <= t < t_close + 0.03 for t in closing), (closing, t_close)
-    # The connections still open (0.3 s each, 4 clients) were cancelled after the readings.
+    # The connections still open (0.25 s each, 4 clients) were cancelled after the readings.
     assert cancelled and min(cancelled) >= max(closing)
     assert cpu.result["server"] == pytest.approx(result.duration_s, abs=0.003)
     assert cpu.result["generator"] == pytest.approx(result.duration_s, abs=0.003)
@@ -254,9 +257,8 @@ def test_exit_status_says_whether_the_measurement_is_valid(
     async def fake(tier: str, quote_ms: int, concurrency: int, duration: float) -> attest.Result:
         bad = tier == "off"
         r = attest.Result(tier, concurrency, duration, quote_ms)
-        r.connections = connections if bad else 10
+        r.latencies_ms = [5.0] * (connections if bad else 10)  # one per connection completed
         r.errors = errors if bad else 0
-        r.latencies_ms = [5.0] * r.connections
         return r
 
     monkeypatch.setattr(atls_proxy.bench, "run_attest_bench", fake)

@@ -1,12 +1,18 @@
-"""``bench attest --rounds``: the per-round ratios, the targets and their summary (no sockets)."""
+"""``bench attest --rounds``: the per-round ratios, the targets and their summary, and the
+benchmarks' one percentile (no sockets)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
-from atls_proxy.bench.attest import Result, percentile, render, render_rounds, summarize
+from atls_proxy.bench import attest, common, loadgen, workloads
+from atls_proxy.bench.attest import EDGE_CONNECTIONS, Result, render, render_rounds, summarize
+from atls_proxy.bench.common import percentile
 
 
 def _r(
@@ -16,8 +22,8 @@ def _r(
     p99: float = 100.0,
     errors: int = 0,
 ) -> Result:
-    r = Result(tier, 64, 5.0, 40, connections=connections, server_cpu_s=server_cpu_s)
-    r.latencies_ms = [p99] * 10
+    r = Result(tier, 64, 5.0, 40, server_cpu_s=server_cpu_s)
+    r.latencies_ms = [p99] * connections  # one latency per connection completed
     r.errors = errors
     return r
 
@@ -140,7 +146,7 @@ def test_percentiles_are_nearest_rank(n: int, p50: int, p99: int) -> None:
     """Rank ceil(p·n/100): p99 of 100 samples is the 99th, not the maximum."""
     values = [float(v) for v in range(1, n + 1)]
     assert percentile(values, 50) == p50 and percentile(values, 99) == p99
-    r = Result("batched", 64, 5.0, 40, connections=n)
+    r = Result("batched", 64, 5.0, 40)
     r.latencies_ms = list(reversed(values))  # to_json sorts
     j = r.to_json()
     assert (j["p50_ms"], j["p99_ms"], j["latency_n"]) == (p50, p99, n)
@@ -148,7 +154,7 @@ def test_percentiles_are_nearest_rank(n: int, p50: int, p99: int) -> None:
 
 
 def test_one_slow_connection_in_a_hundred_is_not_the_p99() -> None:
-    r = Result("batched", 64, 5.0, 40, connections=100)
+    r = Result("batched", 64, 5.0, 40)
     r.latencies_ms = [150.0] * 99 + [900.0]
     assert r.to_json()["p99_ms"] == 150.0
     assert percentile([], 99) is None
@@ -156,7 +162,7 @@ def test_one_slow_connection_in_a_hundred_is_not_the_p99() -> None:
 
 @pytest.mark.parametrize("duration", [float("inf"), float("nan"), 0.0, -1.0])
 def test_no_non_finite_or_negative_rate_in_the_json(duration: float) -> None:
-    r = Result("off", 64, duration, 40, connections=1000, server_cpu_s=float("nan"))
+    r = Result("off", 64, duration, 40, latencies_ms=[1.0] * 1000, server_cpu_s=float("nan"))
     j = r.to_json()
     json.dumps(j, allow_nan=False)
     assert j["connections_per_s"] == 0.0 and j["connections_per_server_cpu_s"] is None
@@ -170,3 +176,119 @@ def test_capped_and_pinned_are_in_the_json_and_the_table() -> None:
     assert j["capped"] is True and j["pinned"] is False
     text = render([r])
     assert "| 5.0 (capped) | NO |" in text and "Capped:" in text and "Not pinned" in text
+
+
+# -- the third target: strict at or below the TEE's rate ------------------------------------------
+
+
+def _strict(connections: int, quote_ms: int = 40, duration: float = 5.0, errors: int = 0) -> Result:
+    r = Result("strict", 64, duration, quote_ms, errors=errors)
+    r.latencies_ms = [2600.0] * connections
+    return r
+
+
+def test_strict_is_judged_against_the_tee_rate_per_round() -> None:
+    """40 ms serialised quotes: at most 25 quotes a second, so strict completes at most 125
+    connections in a 5 s window plus the two at its edges (EDGE_CONNECTIONS) — 127 is met, 128
+    is not, nor is a round with errors or with nothing completed."""
+    assert EDGE_CONNECTIONS == 2
+    rounds = [
+        [_strict(127), _r("batched", 2600)],  # 25.4 conn/s: at the bound
+        [_strict(128), _r("batched", 2600)],  # 25.6 conn/s: above it
+        [_strict(120, errors=3), _r("batched", 2600)],  # below, but with errors
+        [_strict(0), _r("batched", 2600)],  # nothing completed: 0 conn/s proves nothing
+        [_r("batched", 2600)],  # strict not run this round
+    ]
+    s = summarize(rounds)
+    b = s["bounds"]["strict"]
+    assert b["max_connections_per_s"] == 25.0 and b["simulated_quote_ms"] == 40
+    assert b["edge_connections"] == 2
+    target = "≤ 25 conn/s = 1000 / 40 ms quote, + 2 connections per window, no errors"
+    assert b["target"] == target
+    assert b["per_round"] == [25.4, 25.6, 24.0, 0.0, None]
+    assert b["errors"] == [0, 0, 3, 0, None]
+    assert b["met"] == [True, False, False, False, False]
+    assert b["rounds"] == 5 and b["rounds_meeting_target"] == 1
+    assert b["median"] == 24.7
+    json.dumps(s, allow_nan=False)
+    text = render_rounds(rounds, s)
+    assert f"| round | strict conn/s | errors strict | meets {target} |" in text
+    assert "| 1 | 25.4 | 0 | yes |" in text and "| 2 | 25.6 | 0 | no |" in text
+    assert "| 3 | 24 | 3 | no |" in text and "| 5 | — | — | no |" in text
+    assert f"| strict ≤ TEE rate | 24.7 | 1 of 5 rounds ({target}) |" in text
+
+
+def test_the_tee_bound_is_compared_unrounded_over_each_window() -> None:
+    """The allowance is two connections over the round's own window: 27 in 1 s is met, 28 is
+    not; 25.0004 conn/s over 10,000 s (250,004 connections, within 250,002) is not met although
+    it shows as 25.0 at three decimals."""
+    b = summarize([[_strict(27, duration=1.0)], [_strict(28, duration=1.0)]])["bounds"]["strict"]
+    assert b["met"] == [True, False]
+    b = summarize([[_strict(250_004, duration=10_000.0)]])["bounds"]["strict"]
+    assert b["per_round"] == [25.0] and b["met"] == [False]
+    b = summarize([[_strict(1001, quote_ms=3, duration=3.0)]])["bounds"]["strict"]
+    assert b["max_connections_per_s"] == 333.333 and b["met"] == [True]  # within 1000 + 2 in 3 s
+
+
+def test_the_tee_bound_needs_strict_and_a_quote_latency() -> None:
+    """Not judged, like a ratio with a tier missing: absent from the JSON, said in the table."""
+    rounds = [[_r("cached", 100), _r("off", 200)]]
+    s = summarize(rounds)
+    assert s["bounds"] == {}
+    assert "strict ≤ the TEE's rate: not judged (strict was not run)." in render_rounds(rounds, s)
+    rounds = [[_strict(500, quote_ms=0), _r("batched", 2600)]]
+    s = summarize(rounds)
+    assert s["bounds"] == {} and "batched/strict" in s["ratios"]
+    text = render_rounds(rounds, s)
+    assert "not judged (--simulated-quote-ms 0: no TEE rate to compare with)." in text
+    assert "strict ≤ TEE rate |" not in text
+
+
+# -- Result: connections are the latencies ---------------------------------------------------------
+
+
+def test_connections_are_the_latencies_recorded() -> None:
+    """One latency per connection completed, so the count is derived, never kept apart."""
+    r = Result("cached", 4, 1.0, 0, latencies_ms=[3.0, 1.0, 2.0])
+    assert r.connections == 3
+    r.latencies_ms.append(4.0)
+    assert r.connections == 4
+    j = r.to_json()
+    assert j["connections"] == j["latency_n"] == 4 and j["connections_per_s"] == 4.0
+    with pytest.raises(AttributeError):
+        r.connections = 10  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        Result("cached", 4, 1.0, 0, connections=3)  # type: ignore[call-arg]
+
+
+# -- one percentile for bench attest and the suite -------------------------------------------------
+
+
+def test_the_suite_and_bench_attest_share_one_nearest_rank_percentile() -> None:
+    assert attest.percentile is common.percentile and workloads.percentile is common.percentile
+    assert not hasattr(workloads, "_percentile")
+
+
+@pytest.mark.parametrize(
+    ("n", "p50", "p99"), [(4, 2.0, 4.0), (100, 50.0, 99.0), (200, 100.0, 198.0)]
+)
+def test_the_suite_reports_nearest_rank_percentiles(
+    n: int, p50: float, p99: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The asyncio generator's p50/p99 (``gen_run``) as bench attest takes them: p99 of 100
+    samples is the 99th, p50 of 4 the 2nd (the old index min(n−1, ⌊p·n⌋) took 100th and 3rd)."""
+
+    async def per_request(*args: Any) -> loadgen.GenFigures:
+        lat = [float(v) for v in range(n, 0, -1)]  # gen_run sorts
+        return loadgen.GenFigures(completed=n, duration_s=1.0, latencies_ms=lat)
+
+    monkeypatch.setattr(loadgen, "per_request", per_request)
+    env = SimpleNamespace(
+        opts=SimpleNamespace(connections=4, duration=1, warmup=0.0),
+        client_settings=lambda port: None,
+        backend_child=SimpleNamespace(pid=0),
+    )
+    server = SimpleNamespace(pid=0, port=0)
+    record = asyncio.run(workloads.gen_run(env, "attest", server))  # type: ignore[arg-type]
+    assert (record["p50_ms"], record["p99_ms"]) == (p50, p99)
+    assert record["completed"] == n and record["mean_ms"] == round((n + 1) / 2, 3)
