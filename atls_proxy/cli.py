@@ -48,18 +48,19 @@ def _service_main(args: argparse.Namespace, role: str) -> int:
     import os
 
     from atls_proxy.ops import systemd
-    from atls_proxy.ops.config import load_client_config, load_server_config
+    from atls_proxy.ops.config import flag_overrides, load_config
     from atls_proxy.ops.logs import setup_logging
     from atls_proxy.ops.metrics import Metrics
-    from atls_proxy.ops.runtime import ClientService, Runtime, ServerService, remember_early_hup
+    from atls_proxy.ops.runtime import (
+        ClientService,
+        Runtime,
+        ServerService,
+        remember_early_hup,
+        remember_early_usr1,
+    )
 
-    cfg: Any
-    if role == "server":
-        overrides = {"listen": args.listen, "backend": args.backend, "admin": args.admin}
-        cfg = load_server_config(args.config, **overrides)
-    else:
-        overrides = {"listen": args.listen, "server": args.server, "admin": args.admin}
-        cfg = load_client_config(args.config, **overrides)
+    overrides = flag_overrides(args, role)
+    cfg: Any = load_config(role, args.config, overrides)
     setup_logging(args.log_level or cfg.log.level, args.log_format or cfg.log.format)
     worker = bool(os.environ.get("ATLS_PROXY_WORKER"))
     if args.workers > 1 and not worker:
@@ -72,7 +73,10 @@ def _service_main(args: argparse.Namespace, role: str) -> int:
         inherited = worker_fds()  # the supervisor's listening sockets, if it was socket-activated
     else:
         inherited = systemd.listen_fds()
-    early_hup = remember_early_hup()  # building the service may take a while (a TPM to open)
+    # Building the service may take a while (a TPM to open): until the runtime installs its
+    # handlers, SIGHUP and SIGUSR1 are remembered (their default action would end the process).
+    early_hup = remember_early_hup()
+    early_usr1 = remember_early_usr1()
     tier = cfg.attester.tier if role == "server" else None
     kind = cfg.attester.kind if role == "server" else None
     metrics = Metrics(attester=kind, tier=tier)
@@ -92,6 +96,7 @@ def _service_main(args: argparse.Namespace, role: str) -> int:
             worker=worker,
             status_line=lambda: _status(service.listener.counters()),
             early_hup=early_hup,
+            early_usr1=early_usr1,
         )
         return await rt.run()
 
@@ -110,7 +115,7 @@ def cmd_attest(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from atls_proxy.app import build_client_settings
-    from atls_proxy.ops.config import load_client_config, server_name_problem
+    from atls_proxy.ops.config import load_client_config, parse_server_name
     from atls_proxy.ops.logs import setup_logging
     from atls_proxy.proxy.client import AttestationFailed, open_attested
     from atls_proxy.report import render_text
@@ -119,10 +124,9 @@ def cmd_attest(args: argparse.Namespace) -> int:
     setup_logging(args.log_level or "warning")
     settings = build_client_settings(cfg)
     if args.server_name is not None:
-        problem = server_name_problem(args.server_name)
-        if problem:
-            raise ConfigError("--server-name", problem)
-        settings = replace(settings, server_name=args.server_name.strip("[]"))
+        settings = replace(
+            settings, server_name=parse_server_name(args.server_name, "--server-name")
+        )
 
     async def main() -> tuple[int, Any]:
         try:

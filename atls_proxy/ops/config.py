@@ -39,7 +39,7 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from atls_proxy.attest import configfs as _configfs
 from atls_proxy.attest import tpm as _tpm
@@ -115,13 +115,24 @@ _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _DNS_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 
-def server_name_problem(name: str) -> str | None:
-    """Why ``name`` cannot be a server name to check (``client.server_name``, ``--server-name``):
-    a DNS name or an IP literal (IPv6 with or without brackets), or None when it is one."""
-    if name.startswith("[") and name.endswith("]"):
-        name = name[1:-1]
-    problem = _host_problem(name)
-    return f"{problem} (expected a DNS name or an IP)" if problem else None
+def parse_server_name(name: str, key: str) -> str:
+    """``name`` as the server name to check (``client.server_name``, ``--server-name``): a DNS
+    name or an IP literal, an IPv6 one with or without brackets, which are removed. Raises
+    ``ConfigError(key, ...)`` for anything else, brackets included that do not pair ("[::1") or
+    enclose something other than an IPv6 address ("[example.com]"), as in addresses."""
+    host = name
+    if len(name) >= 2 and name.startswith("[") and name.endswith("]"):
+        host = name[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError(
+                key, f"{host!r} in brackets is not an IPv6 address (expected a DNS name or an IP)"
+            ) from None
+    problem = _host_problem(host)
+    if problem:
+        raise ConfigError(key, f"{problem} (expected a DNS name or an IP)")
+    return host
 
 
 def _host_problem(host: str) -> str | None:
@@ -919,11 +930,7 @@ def load_client_config(
     if server_name is None:
         server_name = server_addr.host
     else:
-        problem = server_name_problem(server_name)
-        if problem:
-            raise ConfigError(c.key("server_name"), problem)
-        if server_name.startswith("[") and server_name.endswith("]"):
-            server_name = server_name[1:-1]
+        server_name = parse_server_name(server_name, c.key("server_name"))
 
     verify_pki = c.boolean("verify_pki", True)
     ca = c.file(
@@ -949,6 +956,45 @@ def load_client_config(
         ops=_ops(root, c, admin),
         source=Path(path),
     )
+
+
+# The command-line flags that override a key of each role's configuration file: ``serve``
+# ("server") and ``connect`` ("client"); each is a keyword of the role's ``load_*_config``.
+FLAG_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "server": ("listen", "backend", "admin"),
+    "client": ("listen", "server", "admin"),
+}
+
+
+def flag_overrides(args: object, role: str) -> dict[str, str | None]:
+    """The command-line overrides of ``role``'s configuration from parsed arguments (an
+    ``argparse.Namespace``): each flag's value, None when it was not given or ``args`` has no
+    such attribute. What ``load_config`` takes, and what a service reloads its file with."""
+    return {name: getattr(args, name, None) for name in FLAG_OVERRIDES[role]}
+
+
+@overload
+def load_config(
+    role: Literal["server"], path: str | Path, overrides: Mapping[str, str | None]
+) -> ServerConfig: ...
+@overload
+def load_config(
+    role: Literal["client"], path: str | Path, overrides: Mapping[str, str | None]
+) -> ClientConfig: ...
+@overload
+def load_config(
+    role: str, path: str | Path, overrides: Mapping[str, str | None]
+) -> ServerConfig | ClientConfig: ...
+def load_config(
+    role: str, path: str | Path, overrides: Mapping[str, str | None]
+) -> ServerConfig | ClientConfig:
+    """``load_server_config`` (role "server") or ``load_client_config`` ("client") with the
+    overrides of ``flag_overrides``."""
+    if role == "server":
+        return load_server_config(path, **overrides)
+    if role == "client":
+        return load_client_config(path, **overrides)
+    raise ValueError(f"unknown role {role!r}")
 
 
 def detect_config_kind(path: str | Path) -> Literal["server", "client", "policy"]:

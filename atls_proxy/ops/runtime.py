@@ -26,7 +26,9 @@ wraps it with everything an operator expects (docs/OPERATIONS.md):
   ``drain_timeout`` takes the reloaded value.
 * **Signals before start-up is done**: a SIGHUP that arrives while the service is built
   (``remember_early_hup``) or starting (the cached tier waits for its first quote) does not kill
-  the process: it is remembered and honoured by one reload once the service listens.
+  the process: it is remembered and honoured by one reload once the service listens. A SIGUSR1
+  while the service is built (``remember_early_usr1``) is answered by one status line once it
+  is built; while it starts, at once.
 * **Drain** on SIGTERM/SIGINT: readiness turns false at once, the listening sockets close, open
   connections get up to ``drain_timeout`` to finish, then the rest are closed. Exit code 0 when
   every connection finished by itself, 3 when some were cut at the deadline, 4 when a second
@@ -48,7 +50,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -150,24 +152,49 @@ def _stat_fingerprint(paths: Iterable[Path]) -> _Fingerprint:
     return tuple(out)
 
 
-def remember_early_hup() -> Callable[[], bool]:
-    """Until ``Runtime.run`` installs its own handler, remember a SIGHUP instead of dying of it
-    (its default action): building the service can take a while (opening a TPM waits up to its
-    ``open_timeout``). The returned callable says whether one arrived; ``Runtime(early_hup=...)``
-    honours it once the service listens."""
+def _remember_early(sig: signal.Signals) -> Callable[[], bool]:
+    """Until ``Runtime.run`` installs its own handler, remember ``sig`` instead of dying of it
+    (its default action); the returned callable says whether one arrived."""
     got = [False]
 
-    def on_hup(signum: int, frame: object) -> None:
+    def on_signal(signum: int, frame: object) -> None:
         got[0] = True
 
-    signal.signal(signal.SIGHUP, on_hup)
+    signal.signal(sig, on_signal)
     return lambda: got[0]
+
+
+def remember_early_hup() -> Callable[[], bool]:
+    """Remember a SIGHUP that arrives while the service is built (it can take a while: opening a
+    TPM waits up to its ``open_timeout``); ``Runtime(early_hup=...)`` honours it by one reload
+    once the service listens."""
+    return _remember_early(signal.SIGHUP)
+
+
+def remember_early_usr1() -> Callable[[], bool]:
+    """Remember a SIGUSR1 that arrives while the service is built, as ``remember_early_hup``
+    does a SIGHUP; ``Runtime(early_usr1=...)`` answers it with one status line once it has the
+    service."""
+    return _remember_early(signal.SIGUSR1)
 
 
 def _listen_error(key: str, address: Address, exc: OSError) -> ConfigError:
     """A listen address that cannot be bound, as the configuration error it is (exit 2)."""
     why = os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
     return ConfigError(key, f"cannot listen on {address}: {why} (errno {exc.errno})")
+
+
+async def _listen(
+    start: Awaitable[list[tuple[str, int]]], sock: socket.socket | None, key: str, address: Address
+) -> list[tuple[str, int]]:
+    """Await a service's ``start``: a failure to bind the configured ``address`` (``sock`` is
+    None) is ``_listen_error(key, ...)``; an inherited socket's failure is raised as it is."""
+    try:
+        return await start
+    except OSError as exc:
+        if sock is not None:
+            raise
+        raise _listen_error(key, address, exc) from exc
 
 
 class Runtime:
@@ -182,9 +209,11 @@ class Runtime:
         worker: bool = False,
         status_line: Callable[[], str] | None = None,
         early_hup: Callable[[], bool] | None = None,
+        early_usr1: Callable[[], bool] | None = None,
     ) -> None:
         self.service = service
         self._early_hup = early_hup
+        self._early_usr1 = early_usr1
         self.ops = ops
         self.metrics = metrics
         self.config_path = config_path
@@ -255,7 +284,13 @@ class Runtime:
             self._on_hup_during_start()  # it arrived while the service was being built
         if self.status_line is not None:
             status_line = self.status_line
-            loop.add_signal_handler(signal.SIGUSR1, lambda: log.info("status %s", status_line()))
+
+            def log_status() -> None:
+                log.info("status %s", status_line())
+
+            loop.add_signal_handler(signal.SIGUSR1, log_status)
+            if self._early_usr1 is not None and self._early_usr1():
+                log_status()  # it arrived while the service was being built
         try:
             return await self._run(loop)
         finally:
@@ -586,12 +621,9 @@ class ServerService:
 
     async def start(self, sock: socket.socket | None, reuse_port: bool) -> list[tuple[str, int]]:
         self.metrics.epoch_age_source(self.server.engine.epoch_age)
-        try:
-            return await self.server.start(sock=sock, reuse_port=reuse_port)
-        except OSError as exc:  # the engine reports its failures as AttestationUnavailable
-            if sock is not None:
-                raise
-            raise _listen_error("server.listen", self.cfg.listen, exc) from exc
+        # An OSError is the listener's: the engine reports its failures as AttestationUnavailable.
+        started = self.server.start(sock=sock, reuse_port=reuse_port)
+        return await _listen(started, sock, "server.listen", self.cfg.listen)
 
     def _build(self) -> tuple[ServerConfig, Any, Any, list[str]]:
         from atls_proxy.app import profile_from
@@ -674,12 +706,8 @@ class ClientService:
         self.listener = self.fwd
 
     async def start(self, sock: socket.socket | None, reuse_port: bool) -> list[tuple[str, int]]:
-        try:
-            return await self.fwd.start(sock=sock, reuse_port=reuse_port)
-        except OSError as exc:
-            if sock is not None:
-                raise
-            raise _listen_error("client.listen", self.cfg.listen, exc) from exc
+        started = self.fwd.start(sock=sock, reuse_port=reuse_port)
+        return await _listen(started, sock, "client.listen", self.cfg.listen)
 
     def _build(self) -> tuple[ClientConfig, Any, list[str]]:
         from atls_proxy.app import build_client_settings

@@ -12,7 +12,8 @@ supervisor does no proxying. It
 * gives every worker ``PROMETHEUS_MULTIPROC_DIR`` (a private temporary folder) so their metrics
   land in files it merges for ``/metrics`` (ops/metrics.py explains the merge), and its own
   ``NOTIFY_SOCKET``: workers report ``READY=1``/``STOPPING=1`` to the supervisor exactly as they
-  would to systemd, tagged with ``WORKER_PID``;
+  would to systemd, tagged with ``WORKER_PID`` (the socket is in the temporary folder, or in a
+  private folder under /tmp when a long ``$TMPDIR`` would make its path too long for AF_UNIX);
 * serves the admin endpoints: ``/readyz`` is 200 when every worker is ready and no drain is under
   way; ``/status`` lists the workers (pid, ready, restarts, last exit code);
 * restarts a worker that exits while not stopping, with a back-off (1 s doubling to 30 s; reset
@@ -23,6 +24,7 @@ supervisor does no proxying. It
   would die of it; it gets the SIGHUP once it reports ``READY=1``) and SIGTERM (drain) to every
   running worker; a second SIGTERM/SIGINT is forwarded too (the workers then force-close). It tells
   systemd ``READY=1`` once all workers are ready and ``STOPPING=1`` when the drain starts;
+  logs a status line of its own on SIGUSR1 (not forwarded);
 * stops once no worker process runs (workers that were dead, waiting out their back-off, are not
   restarted), or ``drain_timeout`` (the longer of the start and the current file's value: workers
   reload it) + ``STOP_MARGIN`` seconds after the stop signal, killing the workers still running
@@ -55,7 +57,7 @@ from atls_proxy import __version__
 from atls_proxy.errors import ConfigError
 from atls_proxy.ops import systemd
 from atls_proxy.ops.admin import AdminServer
-from atls_proxy.ops.config import load_client_config, load_server_config
+from atls_proxy.ops.config import MAX_UNIX_PATH_BYTES, flag_overrides, load_config
 from atls_proxy.ops.metrics import (
     mark_worker_dead,
     multiprocess_exposition,
@@ -78,6 +80,8 @@ STOP_MARGIN = 10.0
 # their files are per mode, and mark_worker_dead removes the live* ones).
 SUMMED_TYPES = ("counter", "histogram", "summary")
 ARCHIVE_PID = "archive"  # counter_archive.db: the summed files of every dead worker
+# Where the notify socket goes when the temporary folder's path is too long for AF_UNIX.
+SHORT_TMP = "/tmp"
 
 
 @dataclass
@@ -163,13 +167,10 @@ def worker_argv(args: argparse.Namespace, role: str) -> list[str]:
     """The command line a worker runs: the supervisor's own, without --workers and --admin."""
     argv = [sys.executable, "-m", "atls_proxy", "serve" if role == "server" else "connect"]
     argv += ["--config", str(args.config)]
-    for flag, value in (
-        ("--listen", args.listen),
-        ("--backend", getattr(args, "backend", None)),
-        ("--server", getattr(args, "server", None)),
-        ("--log-level", args.log_level),
-        ("--log-format", args.log_format),
-    ):
+    flags = {f"--{name}": value for name, value in flag_overrides(args, role).items()}
+    del flags["--admin"]
+    flags |= {"--log-level": args.log_level, "--log-format": args.log_format}
+    for flag, value in flags.items():
         if value:
             argv += [flag, value]
     return argv
@@ -188,7 +189,8 @@ class Supervisor:
         self.tmp = Path(tempfile.mkdtemp(prefix="atls-proxy-workers-"))
         self.metrics_dir = self.tmp / "metrics"
         prepare_multiprocess_dir(self.metrics_dir)
-        self.notify_path = self.tmp / "notify.sock"
+        self.notify_path = self.tmp / "notify.sock"  # moved by _bind_notify if too long
+        self._notify_dir: Path | None = None  # its own folder then
         self.systemd_notify = os.environ.get("NOTIFY_SOCKET")
         self.inherited = systemd.listen_fds()
         self.admin: AdminServer | None = None
@@ -267,17 +269,8 @@ class Supervisor:
         start = float(self.cfg.ops.drain_timeout)
 
         def reread() -> float:
-            a = vars(self.args)
-            listen, admin = a.get("listen"), a.get("admin")
-            if self.role == "server":
-                cfg: Any = load_server_config(
-                    a["config"], listen=listen, backend=a.get("backend"), admin=admin
-                )
-            else:
-                cfg = load_client_config(
-                    a["config"], listen=listen, server=a.get("server"), admin=admin
-                )
-            return float(cfg.ops.drain_timeout)
+            overrides = flag_overrides(self.args, self.role)
+            return float(load_config(self.role, self.args.config, overrides).ops.drain_timeout)
 
         try:
             now = await asyncio.wait_for(asyncio.to_thread(reread), 5.0)
@@ -402,12 +395,61 @@ class Supervisor:
                 else:
                     os.environ["NOTIFY_SOCKET"] = saved
 
+    def _log_status(self) -> None:
+        """SIGUSR1: one status line (``systemctl kill -s SIGUSR1`` signals the workers too, and
+        each logs its own)."""
+        ready = sum(w.ready for w in self.workers)
+        restarts = sum(w.restarts for w in self.workers)
+        pids = ",".join(str(w.pid) if w.pid is not None else "-" for w in self.workers)
+        log.info(
+            "status workers=%d ready=%d restarts=%d draining=%d pids=%s",
+            self.n,
+            ready,
+            restarts,
+            self.stopping,
+            pids,
+        )
+
     # -- main ------------------------------------------------------------------------------------
+
+    def _bind_notify(self) -> socket.socket:
+        """The workers' notify socket, bound at ``notify_path``. Under a long ``$TMPDIR`` that
+        path does not fit an AF_UNIX address (``MAX_UNIX_PATH_BYTES``): the socket then goes to
+        a private folder of its own under ``SHORT_TMP`` (mode 0700, like the temporary folder:
+        only this user can send to it), removed with the temporary folder."""
+        if len(os.fsencode(self.notify_path)) > MAX_UNIX_PATH_BYTES:
+            too_long = self.notify_path
+            try:
+                self._notify_dir = Path(tempfile.mkdtemp(prefix="atls-proxy-", dir=SHORT_TMP))
+            except OSError as exc:
+                raise ConfigError(
+                    "TMPDIR",
+                    f"the workers' notify socket {too_long} is longer than "
+                    f"{MAX_UNIX_PATH_BYTES} bytes and no folder could be made in {SHORT_TMP} "
+                    f"instead ({exc.strerror or exc}): use a shorter TMPDIR",
+                ) from None
+            self.notify_path = self._notify_dir / "notify.sock"
+            log.debug("the notify socket is %s (%s is too long)", self.notify_path, too_long)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.bind(str(self.notify_path))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _remove_folders(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        if self._notify_dir is not None:
+            shutil.rmtree(self._notify_dir, ignore_errors=True)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(str(self.notify_path))
+        try:
+            sock = self._bind_notify()
+        except BaseException:
+            self._remove_folders()
+            raise
         sock.setblocking(False)
 
         def readable() -> None:
@@ -443,6 +485,7 @@ class Supervisor:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, on_stop)
             loop.add_signal_handler(signal.SIGHUP, self._forward_hup)
+            loop.add_signal_handler(signal.SIGUSR1, self._log_status)  # its default action kills
             if self.admin is not None:
                 await self.admin.start()  # it logs where it listens
             for w in self.workers:
@@ -464,7 +507,7 @@ class Supervisor:
                         extra={"event": "worker", "result": "killed"},
                     )
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(sig)
             loop.remove_reader(sock.fileno())
@@ -478,7 +521,7 @@ class Supervisor:
                     await w.proc.wait()
             if self.admin is not None:
                 await self.admin.close()
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            self._remove_folders()
         codes = [w.exit_code() for w in self.workers]
         if any(c == 4 for c in codes) or self.signals > 1:
             return 4

@@ -30,9 +30,10 @@ from tests.unit.test_metrics import run_worker
 @pytest.fixture
 def supervisor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[wk.Supervisor]:
     """A Supervisor of 2 workers whose processes are ``sleep``-like Python one-liners (they never
-    report READY=1). Its temporary folder goes under a short private folder (pytest's tmp_path is
-    too long for the AF_UNIX notify socket's path; it is requested here only so that pytest picks
-    its own base folder before ``tempfile.tempdir`` is patched)."""
+    report READY=1). Its temporary folder goes under a short private folder, so that the notify
+    socket stays in it (under a long one, such as pytest's tmp_path, the socket would move to a
+    folder of its own under /tmp: tests/unit/test_ops_tidy.py); tmp_path is requested here only
+    so that pytest picks its own base folder before ``tempfile.tempdir`` is patched."""
     short = tempfile.mkdtemp(prefix="atls-u-", dir="/tmp")
     monkeypatch.setattr(tempfile, "tempdir", short)
     monkeypatch.delenv("LISTEN_FDS", raising=False)
