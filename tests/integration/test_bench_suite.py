@@ -40,7 +40,8 @@ def test_bench_argparse_both_forms() -> None:
     assert early.workload == "idle" and early.quick and early.json
     flags = "--tier batched --simulated-quote-ms 40 --concurrency 64 --duration 5 --json"
     attest = p.parse_args(["bench", "attest", *flags.split()])
-    assert attest.func.__name__ == "cmd_bench" and attest.tier == ["batched"] and attest.json
+    assert attest.func.__name__ == "cmd_bench" and attest.attest_tier == ["batched"] and attest.json
+    assert attest.attest_duration == 5.0 and attest.duration is None  # the suite's, not given
 
 
 def test_parse_wrk_done_line() -> None:

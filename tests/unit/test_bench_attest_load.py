@@ -230,6 +230,33 @@ def test_out_of_range_flags_are_usage_errors(
     assert named in err and ("must be" in err or "at most once" in err), err
 
 
+@pytest.mark.parametrize(
+    ("before", "named"),
+    [
+        (["--duration", "2"], "--duration"),
+        (["--tier", "cached"], "--tier"),
+        (["--simulated-quote-ms", "10"], "--simulated-quote-ms"),
+        (["--quick"], "--quick"),
+    ],
+)
+def test_suite_flags_before_attest_are_usage_errors(
+    before: list[str],
+    named: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`bench --duration 2 attest` sets the suite's --duration, which attest does not read (its
+    own default of 5 s used to win silently): refused, naming the flag."""
+
+    async def never(*args: Any, **kwargs: Any) -> attest.Result:
+        raise AssertionError("nothing may run with a misplaced flag")
+
+    monkeypatch.setattr(atls_proxy.bench, "run_attest_bench", never)
+    assert cli.main(["bench", *before, "attest"]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "before 'attest'" in err, err
+
+
 def test_the_bounds_are_in_the_help(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         cli.main(["bench", "attest", "--help"])
