@@ -18,6 +18,7 @@ from atls_proxy.errors import DecodeError, ProtocolError, VerificationError
 from atls_proxy.expat import authenticator as ea
 from atls_proxy.expat import cmw as c
 from atls_proxy.expat import framing as f
+from atls_proxy.expat import merkle, tiers
 from atls_proxy.expat import messages as m
 from atls_proxy.expat import session as xs
 from atls_proxy.expat.profile import ExpatProfile
@@ -143,6 +144,67 @@ def test_cmw_prefix_path_equals_full_decode(tail: bytes, e: list[tuple[int, int]
 def test_cmw_structured(obj: object) -> None:
     with contextlib.suppress(DecodeError):
         c.decode_cmw(cbor2.dumps(obj))
+
+
+# The evidence engine's own records inside a CMW (docs/PROTOCOL.md §5): the batched tier's
+# inclusion proof, the cached tier's epoch and per-connection AIK binding.
+TIER_DECODERS = (merkle.InclusionProof.decode, tiers.Epoch.decode, tiers.decode_aik_binding)
+VALID_PROOF = merkle.build("sha256", [bytes([i]) * 32 for i in range(5)])[1][3].encode()
+VALID_EPOCH = tiers.Epoch(1_700_000_000, 1_700_000_300, bytes(tiers.EPOCH_NONCE_LENGTH)).encode()
+VALID_BINDING = tiers.encode_aik_binding(0x0403, b"\x30" * 70)
+
+
+def _tier_records(data: bytes) -> None:
+    """Each decoder returns a record or raises DecodeError; a proof that decodes leads to a
+    root or a DecodeError/VerificationError, never anything else."""
+    for decode in TIER_DECODERS:
+        with contextlib.suppress(DecodeError):
+            decode(data)
+    try:
+        proof = merkle.InclusionProof.decode(data)
+    except DecodeError:
+        return
+    for hash_name in ("sha256", "sha384"):
+        with contextlib.suppress(DecodeError, VerificationError):
+            merkle.root_from_proof(hash_name, b"\x01" * 32, proof)
+
+
+@FUZZ
+@given(st.binary(max_size=512))
+def test_tier_records_random(data: bytes) -> None:
+    _tier_records(data)
+
+
+@FUZZ
+@given(st.sampled_from([VALID_PROOF, VALID_EPOCH, VALID_BINDING]), edits)
+def test_tier_records_mutated(valid: bytes, e: list[tuple[int, int]]) -> None:
+    _tier_records(_mutate(valid, e))
+
+
+@FUZZ
+@given(
+    st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers(-(2**70), 2**70)
+        | st.floats()
+        | st.binary(max_size=64)
+        | st.text(max_size=8),
+        lambda ch: st.lists(ch, max_size=4) | st.dictionaries(st.integers(0, 4), ch, max_size=4),
+        max_leaves=16,
+    )
+)
+def test_tier_records_structured(obj: object) -> None:
+    """Well-formed CBOR of the wrong shape: booleans for integers (True == 1 in Python), floats,
+    huge integers, nested containers."""
+    _tier_records(cbor2.dumps(obj))
+
+
+def test_tier_records_valid_examples_decode() -> None:
+    """The seeds of the mutation test are valid, so the mutations start from real records."""
+    assert merkle.InclusionProof.decode(VALID_PROOF).index == 3
+    assert tiers.Epoch.decode(VALID_EPOCH).expires == 1_700_000_300
+    assert tiers.decode_aik_binding(VALID_BINDING) == (0x0403, b"\x30" * 70)
 
 
 @FUZZ
