@@ -137,13 +137,6 @@ def test_an_unbound_copy_of_the_cpak_does_not_lift_the_tastore_binding(tmp_path:
     assert "does not lift the binding" in (a.first_failure.detail if a.first_failure else "")
 
 
-def test_trustee_rvstore_loads_without_warnings(caplog: pytest.LogCaptureFixture) -> None:
-    # Its sw-components are all typed: nothing for the untyped-generations warning to report.
-    with caplog.at_level("WARNING", logger="atls_proxy.verify.cca"):
-        rvstore_policy()
-    assert not [r for r in caplog.records if r.levelname == "WARNING"]
-
-
 def test_trustee_token_meets_its_reference_values(tmp_path: Path) -> None:
     policy = rvstore_policy()
     assert len(policy.platforms) == 1 and len(policy.realms) == 1

@@ -35,9 +35,7 @@ and each realm record describes one good state, so a token must match one platfo
 whole and one realm record as a whole; values of different records never combine. Within one
 record a list gives alternatives for that value alone (the inline form is one record).
 ``atls_proxy.ops.cca_files.rvstore_policy_table`` writes one ``[[cca.platforms]]`` and one
-``[[cca.realms]]`` entry per rvstore record. Untyped sw-component references of one record that
-may be generations of one component (so that no token could match it) are logged as a warning
-when the policy is parsed (``_warn_untyped_generations``).
+``[[cca.realms]]`` entry per rvstore record.
 
 Lifecycle names (draft-ffm-rats-cca-token, ``token.LIFECYCLE_STATES``): unknown,
 assembly-and-test, cca-platform-rot-provisioning, secured, non-cca-platform-rot-debug,
@@ -48,7 +46,6 @@ CCA platform RoT cannot be debugged; the policy may add others (a development bo
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -93,8 +90,6 @@ _KEYS = (
 )
 _SW_KEYS = ("type", "measurement", "signer_id")
 _HEX_RE = re.compile(r"(?:[0-9A-Fa-f]{2})*")
-
-log = logging.getLogger("atls_proxy.verify.cca")
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,43 +250,11 @@ def _platform(table: Mapping[str, Any], where: str, sw_budget: int) -> PlatformR
                 f"{where}.sw_components",
                 f"at most {MAX_TOTAL_SW_REFERENCES} sw-component references in all platforms",
             )
-    _warn_untyped_generations(sw, f"{where}.sw_components")
     return PlatformReference(
         implementation_ids=ids("implementation_ids", (IMPLEMENTATION_ID_SIZE,)),
         platform_configs=ids("platform_configs", None, MAX_CONFIG_SIZE),
         sw_components=sw,
     )
-
-
-def _warn_untyped_generations(refs: tuple[SwReference, ...], key: str) -> None:
-    """Log a warning for untyped references of one record that look like generations of one
-    component: two or more with different measurements and the same signer-id (or none).
-
-    The verifier requires every untyped reference's own measurement (and signer-id) in the token
-    (``cca.platform.sw-components.complete``): an untyped reference cannot say which component it
-    stands for. Nothing tells such references apart as different components, so if they are
-    generations of one, no token matches the record, which the operator should learn at load
-    rather than from every appraisal failing. Typed references (generations of one type are
-    alternatives) and references with different signer-ids are never reported.
-    """
-    groups: dict[bytes | None, list[int]] = {}
-    for i, ref in enumerate(refs):
-        if ref.type is None:
-            groups.setdefault(ref.signer_id, []).append(i)
-    for signer, indices in groups.items():
-        if len({refs[i].measurement for i in indices}) < 2:
-            continue
-        log.warning(
-            "CCA policy %s: untyped sw-component references %s have %s and different "
-            "measurements; every untyped reference must be present in the token, so if they are "
-            "generations of one component no token can match this record: put each generation "
-            "in its own platform record or give them a type; if they are different components, "
-            'giving each its type silences this warning (docs/VERIFIERS-CCA.md, "sw-component '
-            'completeness")',
-            key,
-            ", ".join(f"[{i}]" for i in indices),
-            "no signer_id" if signer is None else f"the same signer_id {signer.hex()}",
-        )
 
 
 def _realm(section: object, where: str) -> RealmReference:
