@@ -484,6 +484,12 @@ class _Appraiser:
             "cca.platform.sw-components.complete",
             not best.missing,
             f"missing from the token: {', '.join(best.missing)}{which}"
+            + (
+                " (every untyped reference must be present: list generations of one component "
+                "in separate platform records, or give them a type)"
+                if untyped
+                else ""
+            )
             if best.missing
             else "every component type the policy names, and every untyped reference, is present",
             observed=", ".join(
