@@ -45,19 +45,20 @@ def _status(counters: dict[str, int]) -> str:
 
 def _service_main(args: argparse.Namespace, role: str) -> int:
     """``serve`` and ``connect``: one process, or a supervisor of ``--workers`` processes."""
+    from atls_proxy.ops.early_signals import remember_early_hup, remember_early_usr1
+
+    # First, before the imports and the configuration below and building the service (a TPM to
+    # open): until the runtime (or the workers' supervisor) installs its handlers, SIGHUP and
+    # SIGUSR1 are remembered — their default action would end the process.
+    early_hup = remember_early_hup()
+    early_usr1 = remember_early_usr1()
     import os
 
     from atls_proxy.ops import systemd
     from atls_proxy.ops.config import flag_overrides, load_config
     from atls_proxy.ops.logs import setup_logging
     from atls_proxy.ops.metrics import Metrics
-    from atls_proxy.ops.runtime import (
-        ClientService,
-        Runtime,
-        ServerService,
-        remember_early_hup,
-        remember_early_usr1,
-    )
+    from atls_proxy.ops.runtime import ClientService, Runtime, ServerService
 
     overrides = flag_overrides(args, role)
     cfg: Any = load_config(role, args.config, overrides)
@@ -73,10 +74,6 @@ def _service_main(args: argparse.Namespace, role: str) -> int:
         inherited = worker_fds()  # the supervisor's listening sockets, if it was socket-activated
     else:
         inherited = systemd.listen_fds()
-    # Building the service may take a while (a TPM to open): until the runtime installs its
-    # handlers, SIGHUP and SIGUSR1 are remembered (their default action would end the process).
-    early_hup = remember_early_hup()
-    early_usr1 = remember_early_usr1()
     tier = cfg.attester.tier if role == "server" else None
     kind = cfg.attester.kind if role == "server" else None
     metrics = Metrics(attester=kind, tier=tier)
@@ -285,13 +282,20 @@ SUITE_ONLY_FLAGS = (
 )
 
 
+def _given(args: argparse.Namespace, dest: str) -> bool:
+    """Whether a bare-`bench` flag was given: not its default (None, or False for a switch);
+    0 and "" are values given (``is``, since 0 == False)."""
+    value = getattr(args, dest, None)
+    return value is not None and value is not False
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """``bench attest``: exit 0 with a valid measurement, 1 when a run completed no connection
     or had errors (printed all the same, the reasons on stderr), 2 for a flag out of range."""
     from atls_proxy.bench import print_results, run_attest_bench
     from atls_proxy.bench.attest import invalid_runs, option_errors, print_rounds
 
-    early = [f for f in SUITE_ONLY_FLAGS if getattr(args, f.replace("-", "_"), None)]
+    early = [f for f in SUITE_ONLY_FLAGS if _given(args, f.replace("-", "_"))]
     if early:
         # `bench --duration 2 attest` set the suite's --duration, which attest does not read.
         raise ConfigError(

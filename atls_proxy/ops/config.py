@@ -39,7 +39,7 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, Literal
 
 from atls_proxy.attest import configfs as _configfs
 from atls_proxy.attest import tpm as _tpm
@@ -120,8 +120,7 @@ def parse_server_name(name: str, key: str) -> str:
     name or an IP literal, an IPv6 one with or without brackets, which are removed. Raises
     ``ConfigError(key, ...)`` for anything else, brackets included that do not pair ("[::1") or
     enclose something other than an IPv6 address ("[example.com]"), as in addresses."""
-    host = name
-    if len(name) >= 2 and name.startswith("[") and name.endswith("]"):
+    if name.startswith("[") and name.endswith("]"):
         host = name[1:-1]
         try:
             ipaddress.IPv6Address(host)
@@ -129,10 +128,11 @@ def parse_server_name(name: str, key: str) -> str:
             raise ConfigError(
                 key, f"{host!r} in brackets is not an IPv6 address (expected a DNS name or an IP)"
             ) from None
-    problem = _host_problem(host)
+        return host
+    problem = _host_problem(name)
     if problem:
         raise ConfigError(key, f"{problem} (expected a DNS name or an IP)")
-    return host
+    return name
 
 
 def _host_problem(host: str) -> str | None:
@@ -973,18 +973,6 @@ def flag_overrides(args: object, role: str) -> dict[str, str | None]:
     return {name: getattr(args, name, None) for name in FLAG_OVERRIDES[role]}
 
 
-@overload
-def load_config(
-    role: Literal["server"], path: str | Path, overrides: Mapping[str, str | None]
-) -> ServerConfig: ...
-@overload
-def load_config(
-    role: Literal["client"], path: str | Path, overrides: Mapping[str, str | None]
-) -> ClientConfig: ...
-@overload
-def load_config(
-    role: str, path: str | Path, overrides: Mapping[str, str | None]
-) -> ServerConfig | ClientConfig: ...
 def load_config(
     role: str, path: str | Path, overrides: Mapping[str, str | None]
 ) -> ServerConfig | ClientConfig:

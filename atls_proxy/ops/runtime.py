@@ -25,10 +25,11 @@ wraps it with everything an operator expects (docs/OPERATIONS.md):
   listen address, the attester, ``reload_interval``) are reported and left as they were;
   ``drain_timeout`` takes the reloaded value.
 * **Signals before start-up is done**: a SIGHUP that arrives while the service is built
-  (``remember_early_hup``) or starting (the cached tier waits for its first quote) does not kill
+  (``early_signals.remember_early_hup``) or starting (the cached tier waits for its first quote) does not kill
   the process: it is remembered and honoured by one reload once the service listens. A SIGUSR1
   while the service is built (``remember_early_usr1``) is answered by one status line once it
-  is built; while it starts, at once.
+  is built (``early_usr1`` needs ``status_line``); while it starts, at once. Both early
+  handlers live in ops/early_signals.py.
 * **Drain** on SIGTERM/SIGINT: readiness turns false at once, the listening sockets close, open
   connections get up to ``drain_timeout`` to finish, then the rest are closed. Exit code 0 when
   every connection finished by itself, 3 when some were cut at the deadline, 4 when a second
@@ -152,49 +153,19 @@ def _stat_fingerprint(paths: Iterable[Path]) -> _Fingerprint:
     return tuple(out)
 
 
-def _remember_early(sig: signal.Signals) -> Callable[[], bool]:
-    """Until ``Runtime.run`` installs its own handler, remember ``sig`` instead of dying of it
-    (its default action); the returned callable says whether one arrived."""
-    got = [False]
-
-    def on_signal(signum: int, frame: object) -> None:
-        got[0] = True
-
-    signal.signal(sig, on_signal)
-    return lambda: got[0]
-
-
-def remember_early_hup() -> Callable[[], bool]:
-    """Remember a SIGHUP that arrives while the service is built (it can take a while: opening a
-    TPM waits up to its ``open_timeout``); ``Runtime(early_hup=...)`` honours it by one reload
-    once the service listens."""
-    return _remember_early(signal.SIGHUP)
-
-
-def remember_early_usr1() -> Callable[[], bool]:
-    """Remember a SIGUSR1 that arrives while the service is built, as ``remember_early_hup``
-    does a SIGHUP; ``Runtime(early_usr1=...)`` answers it with one status line once it has the
-    service."""
-    return _remember_early(signal.SIGUSR1)
-
-
-def _listen_error(key: str, address: Address, exc: OSError) -> ConfigError:
-    """A listen address that cannot be bound, as the configuration error it is (exit 2)."""
-    why = os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
-    return ConfigError(key, f"cannot listen on {address}: {why} (errno {exc.errno})")
-
-
 async def _listen(
     start: Awaitable[list[tuple[str, int]]], sock: socket.socket | None, key: str, address: Address
 ) -> list[tuple[str, int]]:
-    """Await a service's ``start``: a failure to bind the configured ``address`` (``sock`` is
-    None) is ``_listen_error(key, ...)``; an inherited socket's failure is raised as it is."""
+    """Await a service's ``start``. A failure to bind the configured ``address`` (``sock`` is
+    None) is the configuration error it is (``ConfigError(key, ...)``: exit 2); an inherited
+    socket's failure is raised as it is."""
     try:
         return await start
     except OSError as exc:
         if sock is not None:
             raise
-        raise _listen_error(key, address, exc) from exc
+        why = os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
+        raise ConfigError(key, f"cannot listen on {address}: {why} (errno {exc.errno})") from exc
 
 
 class Runtime:

@@ -457,18 +457,6 @@ class Supervisor:
                 while True:
                     self._on_notify(sock.recv(MAX_NOTIFY_DATAGRAM))
 
-        loop.add_reader(sock.fileno(), readable)
-        admin_addr = self.cfg.ops.admin
-        inherited_admin = self.inherited.pop("admin", [])
-        if admin_addr is not None or inherited_admin:
-            self.admin = AdminServer(
-                admin_addr.host if admin_addr else "",
-                admin_addr.port if admin_addr else 0,
-                ready=self.ready,
-                status=self.status,
-                metrics=self._metrics,
-                sock=inherited_admin[0] if inherited_admin else None,
-            )
         stop = asyncio.Event()
 
         def on_stop() -> None:
@@ -480,12 +468,25 @@ class Supervisor:
             self._signal_workers(signal.SIGTERM)
             self._check_done()  # every worker may be dead already (waiting out its back-off)
 
+        # From here on every exit path runs the clean-up below (folders removed included).
         try:
             # Handlers first: a stop signal during start-up then stops the workers started so far.
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, on_stop)
             loop.add_signal_handler(signal.SIGHUP, self._forward_hup)
             loop.add_signal_handler(signal.SIGUSR1, self._log_status)  # its default action kills
+            loop.add_reader(sock.fileno(), readable)
+            admin_addr = self.cfg.ops.admin
+            inherited_admin = self.inherited.pop("admin", [])
+            if admin_addr is not None or inherited_admin:
+                self.admin = AdminServer(
+                    admin_addr.host if admin_addr else "",
+                    admin_addr.port if admin_addr else 0,
+                    ready=self.ready,
+                    status=self.status,
+                    metrics=self._metrics,
+                    sock=inherited_admin[0] if inherited_admin else None,
+                )
             if self.admin is not None:
                 await self.admin.start()  # it logs where it listens
             for w in self.workers:
@@ -507,9 +508,6 @@ class Supervisor:
                         extra={"event": "worker", "result": "killed"},
                     )
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
-                with contextlib.suppress(Exception):
-                    loop.remove_signal_handler(sig)
             loop.remove_reader(sock.fileno())
             sock.close()
             for w in self.workers:
@@ -522,6 +520,11 @@ class Supervisor:
             if self.admin is not None:
                 await self.admin.close()
             self._remove_folders()
+            # Last: a signal during the clean-up above is still handled, not the default action
+            # that would end the process before the folders are removed.
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+                with contextlib.suppress(Exception):
+                    loop.remove_signal_handler(sig)
         codes = [w.exit_code() for w in self.workers]
         if any(c == 4 for c in codes) or self.signals > 1:
             return 4

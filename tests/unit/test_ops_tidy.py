@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import time
@@ -29,6 +30,7 @@ from atls_proxy.ops import runtime as rt
 from atls_proxy.ops import workers as wk
 from atls_proxy.ops.config import Address, OpsConfig
 from atls_proxy.ops.devinit import dev_init
+from atls_proxy.ops.early_signals import remember_early_usr1
 from atls_proxy.ops.metrics import Metrics
 
 
@@ -83,6 +85,31 @@ def test_flag_overrides_per_role() -> None:
     assert c.flag_overrides(argparse.Namespace(), "client") == dict.fromkeys(
         ("listen", "server", "admin")
     )
+
+
+def test_worker_argv_passes_the_server_overrides_and_log_flags_but_admin() -> None:
+    args = argparse.Namespace(
+        config="/s.toml",
+        listen="127.0.0.1:1",
+        backend="unix:/run/app.sock",
+        admin="127.0.0.1:3",
+        log_level="info",
+        log_format="json",
+        workers=4,
+    )
+    assert wk.worker_argv(args, "server")[3:] == [
+        "serve",
+        "--config",
+        "/s.toml",
+        "--listen",
+        "127.0.0.1:1",
+        "--backend",
+        "unix:/run/app.sock",
+        "--log-level",
+        "info",
+        "--log-format",
+        "json",
+    ]
 
 
 def test_worker_argv_passes_the_overrides_but_admin() -> None:
@@ -234,7 +261,7 @@ def test_attest_server_name_with_bad_brackets_exits_2(
 def test_a_sigusr1_while_the_service_is_built_is_remembered_not_fatal() -> None:
     previous = signal.getsignal(signal.SIGUSR1)
     try:
-        early = rt.remember_early_usr1()
+        early = remember_early_usr1()
         assert not early()
         os.kill(os.getpid(), signal.SIGUSR1)  # the default action would end this process
         assert early()
@@ -265,6 +292,33 @@ async def test_runtime_answers_a_sigusr1_that_came_while_the_service_was_built(
     with caplog.at_level("INFO", logger="atls_proxy"), pytest.raises(Started):
         await runtime.run()
     assert caplog.text.count("status accepted=0") == 1
+
+
+@pytest.mark.parametrize("command", ["serve", "connect"])
+def test_the_early_handlers_are_in_place_before_the_configuration_is_read(
+    command: str, dev: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Installed first thing: a SIGUSR1 or SIGHUP during the imports and the configuration's
+    reading (~0.2 s) ended the process when they were installed after them."""
+    seen: dict[str, bool] = {}
+
+    class Read(Exception):
+        pass
+
+    def load_config(*args: object) -> object:
+        seen.update({s.name: _handler_installed(s) for s in (signal.SIGHUP, signal.SIGUSR1)})
+        raise Read
+
+    monkeypatch.setattr(c, "load_config", load_config)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGUSR1)}
+    try:
+        with pytest.raises(Read):
+            name = "serve.toml" if command == "serve" else "connect.toml"
+            cli.main([command, "--config", str(dev / name)])
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    assert seen == {"SIGHUP": True, "SIGUSR1": True}
 
 
 def test_serve_is_safe_from_sighup_and_sigusr1_while_the_service_is_built(
@@ -346,6 +400,8 @@ def test_workers_notify_socket_under_a_long_tmpdir(
         await _until(lambda: task.done() or all(w.ready for w in sup.workers))
         assert not task.done(), task.result()  # raises what ended it
         path = sup.notify_path
+        # Only this user may send to it (a forged READY=1 would mark a worker ready).
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
         await _until(lambda: _handler_installed(signal.SIGTERM))
         os.kill(os.getpid(), signal.SIGTERM)  # the supervisor's own handler (this loop)
         return await asyncio.wait_for(task, 10.0), path
@@ -379,7 +435,7 @@ def test_supervisor_logs_a_status_line_on_sigusr1(
         task = asyncio.ensure_future(sup.run())
         await _until(lambda: task.done() or all(w.ready for w in sup.workers))
         await _until(lambda: _handler_installed(signal.SIGTERM))
-        # Installed with SIGHUP's, before SIGTERM's; checked so that it never kills pytest.
+        # Installed with SIGTERM's, before any await; checked so that it never kills pytest.
         assert _handler_installed(signal.SIGUSR1)
         os.kill(os.getpid(), signal.SIGUSR1)
         await _until(lambda: "status workers=2" in caplog.text, 5.0)

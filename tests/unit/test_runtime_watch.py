@@ -59,7 +59,7 @@ def test_a_sighup_while_the_service_is_built_is_remembered_not_fatal() -> None:
     import os
     import signal
 
-    from atls_proxy.ops.runtime import remember_early_hup
+    from atls_proxy.ops.early_signals import remember_early_hup
 
     previous = signal.getsignal(signal.SIGHUP)
     try:
