@@ -617,10 +617,12 @@ def _bound_round(bound: TeeBound, r: Result | None) -> dict[str, Any]:
     """One round of ``bound``: the tier's rate (None: not run this round), its errors, met."""
     rate = _rate(r) if r is not None else None
     errors = r.errors if r is not None else None
+    # A window that is not a positive finite span measures nothing (its rate reads 0).
+    window = r is not None and math.isfinite(r.duration_s) and r.duration_s > 0
     met = (
         r is not None
-        and rate is not None
-        and rate <= bound.max_rate(r.duration_s)
+        and window
+        and _rate(r) <= bound.max_rate(r.duration_s)
         and r.connections > 0
         and errors == 0
     )

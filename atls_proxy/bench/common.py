@@ -1,5 +1,5 @@
 """Process plumbing shared by the benchmarks: pinning, /proc figures, ports, children, versions,
-and the one percentile every latency figure is taken with.
+and the percentile the suite's Python generators take latencies with.
 
 Layout on a machine with two or more CPUs: the process under test (``atls-proxy serve`` or
 HAProxy) runs on ``PROXY_CPU``; this process (the asyncio load generator), wrk and the benchmark
@@ -29,7 +29,8 @@ from pathlib import Path
 
 PROXY_CPU = 0
 GENERATOR_CPU = 1
-# How every latency percentile of the benchmarks is taken (``percentile``).
+# How the benchmarks' own generators take latency percentiles (``percentile``); the wrk-driven
+# peers report wrk's.
 PERCENTILE_METHOD = "nearest-rank"
 
 

@@ -157,7 +157,8 @@ class FrameDecoder:
         return out
 
     def take_rest(self) -> bytes:
-        """Bytes buffered after the last decoded frame (application data after ACCEPT)."""
+        """Bytes buffered after the last decoded frame: application data after ACCEPT (what
+        follows an AUTHENTICATOR is early data, which the relying party refuses)."""
         rest = bytes(self._buf)
         self._buf.clear()
         return rest

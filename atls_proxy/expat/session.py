@@ -370,7 +370,7 @@ class RelyingPartySession(_Base):
                 f"no frames expected in state {self._state.value}", check="expat.state"
             )
         frames = self._decoder.feed(data)
-        for i, frame in enumerate(frames):
+        for frame in frames:
             if frame.type is FrameType.ERROR:
                 code, reason = framing.decode_error(frame.payload)
                 self._state = _State.CLOSED
@@ -381,8 +381,9 @@ class RelyingPartySession(_Base):
                     ProtocolError.UNEXPECTED_MESSAGE,
                     check="expat.frame",
                 )
-            if i != len(frames) - 1 or self._decoder.buffered:
-                # Anything behind the authenticator arrived before our ACCEPT (expat-04 §7.3).
+            if self._decoder.buffered:
+                # Anything behind the authenticator (the decoder stops after it) arrived before
+                # our ACCEPT (expat-04 §7.3).
                 raise ProtocolError(
                     "server sent data before attestation completed", check="expat.early-data"
                 )

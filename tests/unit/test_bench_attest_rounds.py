@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from types import SimpleNamespace
 from typing import Any
 
@@ -228,6 +229,14 @@ def test_the_tee_bound_is_compared_unrounded_over_each_window() -> None:
     assert b["per_round"] == [25.0] and b["met"] == [False]
     b = summarize([[_strict(1001, quote_ms=3, duration=3.0)]])["bounds"]["strict"]
     assert b["max_connections_per_s"] == 333.333 and b["met"] == [True]  # within 1000 + 2 in 3 s
+
+
+@pytest.mark.parametrize("window", [0.0, -1.0, math.inf, math.nan])
+def test_the_tee_bound_is_not_met_without_a_window(window: float) -> None:
+    """A window that is no positive finite span measured nothing: not met (its rate reads 0,
+    which would pass), and no division by zero."""
+    b = summarize([[_strict(10, duration=window)]])["bounds"]["strict"]
+    assert b["met"] == [False] and b["rounds_meeting_target"] == 0
 
 
 def test_the_tee_bound_needs_strict_and_a_quote_latency() -> None:

@@ -49,6 +49,19 @@ def test_byte_at_a_time_decoding() -> None:
     assert d.take_rest() == b"app"
 
 
+@pytest.mark.parametrize("last", [f.FrameType.ACCEPT, f.FrameType.AUTHENTICATOR])
+def test_decoder_stops_after_accept_and_authenticator(last: f.FrameType) -> None:
+    """What follows ACCEPT is application data; what follows an AUTHENTICATOR is early data for
+    the relying party to refuse — in both cases bytes, even when they are not a valid frame."""
+    d = f.FrameDecoder()
+    behind = f.encode_frame(f.FrameType.ERROR, b"\x00\x01") + b"\xff not a frame"
+    frames = d.feed(
+        f.PREAMBLE + f.encode_frame(last, b"p" if last != f.FrameType.ACCEPT else b"") + behind
+    )
+    assert [fr.type for fr in frames] == [last]
+    assert d.buffered == len(behind) and d.take_rest() == behind
+
+
 @pytest.mark.parametrize(
     "data,check",
     [
