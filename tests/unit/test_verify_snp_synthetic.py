@@ -23,7 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
 from atls_proxy.errors import ConfigError, DecodeError
@@ -110,25 +110,25 @@ class Synth:
         self.ark = self._cert(
             ark_name, ark_name, self.ark_key, self.ark_key.public_key(), self.serials["ark"], start
         )
+        self.ask = self.make_ask()
+        self.vek = self.make_vek()
+
+    def make_ask(self, crl_url: str | None = None) -> x509.Certificate:
+        """The ASK/ASVK (same name, key and serial whatever ``crl_url``), whose one
+        cRLDistributionPoints URI is ``crl_url``: by default, as AMD's, the KDS path of the VCEK
+        CRL for an ASK and of the VLEK CRL for an ASVK."""
         ask_cn = f"SEV-VLEK-{self.product}" if self.kind == "vlek" else f"SEV-{self.product}"
-        # As AMD's: the ASK points at the VCEK CRL, the ASVK at the VLEK CRL (KDS paths).
-        cdp = x509.CRLDistributionPoints(
-            [
-                x509.DistributionPoint(
-                    [x509.UniformResourceIdentifier(self.crl_url)], None, None, None
-                )
-            ]
-        )
-        self.ask = self._cert(
+        uri = x509.UniformResourceIdentifier(crl_url or self.crl_url)
+        cdp = x509.CRLDistributionPoints([x509.DistributionPoint([uri], None, None, None)])
+        return self._cert(
             _name(ask_cn),
-            ark_name,
+            self.ark.subject,
             self.ark_key,
             self.ask_key.public_key(),
             self.serials["ask"],
-            start,
+            datetime(2020, 1, 1, tzinfo=UTC),
             [x509.Extension(x509.ExtensionOID.CRL_DISTRIBUTION_POINTS, False, cdp)],
         )
-        self.vek = self.make_vek()
 
     def _cert(
         self,
@@ -641,6 +641,94 @@ def test_intermediate_distribution_points_are_read_once_at_load(
         for c in first.checks
         if c.name.startswith(("snp.collateral", "snp.chain.revocation"))
     ]
+
+
+# A second ASK for Milan from the same ARK, identical to MILAN.ask (name, key, serial, validity)
+# but for its cRLDistributionPoints, which names a mirror instead of the KDS VCEK list.
+MIRROR_CRL_URL = "https://crl.example/amd/vcek/v1/Milan/crl"
+MILAN_ASK_MIRROR = MILAN.make_ask(MIRROR_CRL_URL)
+
+
+@pytest.mark.parametrize("revoking", ["a.crl", "b.crl"])
+def test_a_carried_ask_scopes_the_crls_by_its_own_distribution_points(revoking: str) -> None:
+    kds, mirror = MILAN.ask, MILAN_ASK_MIRROR
+
+    def cdp(cert: x509.Certificate) -> x509.CRLDistributionPoints:
+        return cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+
+    def rest(cert: x509.Certificate) -> tuple[Any, ...]:
+        others = [e for e in cert.extensions if not isinstance(e.value, x509.CRLDistributionPoints)]
+        return (
+            cert.subject,
+            cert.issuer,
+            cert.serial_number,
+            cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo),
+            cert.not_valid_before_utc,
+            cert.not_valid_after_utc,
+            others,
+        )
+
+    assert rest(mirror) == rest(kds) and cdp(mirror) != cdp(kds)
+    # a.crl is scoped (IDP) to the KDS URI, b.crl to the mirror's; each ASK's distribution point
+    # is one of them. ``revoking`` lists the ASKs' shared serial; the trust folder holds only
+    # the KDS ASK (MILAN.chain_pem).
+    crls = [
+        (name, amd_crl([0x10001] if name == revoking else [], idp=url))
+        for name, url in (("a.crl", MILAN.crl_url), ("b.crl", MIRROR_CRL_URL))
+    ]
+    trust = MILAN.trust(crls=crls)
+    policy, report = SnpPolicy(require_crl=True), MILAN.report()
+
+    def revocation_checks(a: Appraisal) -> list[tuple[str, bool, str]]:
+        return [
+            (c.name, c.passed, c.detail)
+            for c in a.checks
+            if c.name.startswith(("snp.collateral", "snp.chain.revocation"))
+        ]
+
+    results = {}
+    for ask, own, other in ((kds, "a.crl", "b.crl"), (mirror, "b.crl", "a.crl")):
+        table = _cert_table(
+            [
+                (VCEK_GUID, MILAN.vek.public_bytes(Encoding.DER)),
+                (ASK_GUID, ask.public_bytes(Encoding.DER)),
+            ]
+        )
+        a = appraise(MILAN, cbor2.dumps({1: report, 2: table}), policy, trust)
+        results[own] = a
+        # The carried ASK is the one chosen (before the folder's) ...
+        chosen = by_name(a, "snp.chain.ask")
+        assert "evidence ASK entry" in chosen.detail
+        assert chosen.observed == f"sha256 {ask.fingerprint(hashes.SHA256()).hex()}"
+        # ... and its own distribution point decides: the CRL scoped to it is the list for this
+        # chain, the one scoped to the other ASK's is another list, not consulted.
+        scopes = {
+            own: f"{own}: the list for this chain",
+            other: f"{other}: another list (issuingDistributionPoint): not consulted",
+        }
+        assert revocation_checks(a)[:2] == [
+            (
+                "snp.collateral.crl",
+                True,
+                f"{scopes['a.crl']}; {scopes['b.crl']}; all signed by ARK-Milan",
+            ),
+            ("snp.collateral.crl.validity", True, f"{own}: current"),
+        ]
+        revocation = by_name(a, "snp.chain.revocation")
+        if own == revoking:
+            assert failed(a) == "snp.chain.revocation"
+            assert revocation.detail == f"SEV-Milan serial 0x10001 is revoked by {own}"
+        else:
+            # The entry on the other ASK's list is not held against it, and require_crl is met
+            # by its own list.
+            assert a.passed, a.first_failure
+            assert revocation.detail == f"SEV-Milan serial 0x10001 is not on {own}"
+    # Carrying the one ASK or the other gives opposite outcomes on the same CRLs.
+    assert results["a.crl"].passed != results["b.crl"].passed
+    # Without a carried ASK the folder's (the KDS one) is used: as when carrying it.
+    folder = appraise(MILAN, report, policy, trust)
+    assert "test anchors" in by_name(folder, "snp.chain.ask").detail
+    assert revocation_checks(folder) == revocation_checks(results["a.crl"])
 
 
 def _without_next_update(crl: bytes) -> bytes:
