@@ -68,8 +68,25 @@ def encode_frame(ftype: FrameType, payload: bytes = b"") -> bytes:
 
 
 def encode_error(code: ErrorCode, reason: str) -> bytes:
-    text = reason.encode("utf-8", "replace")[:MAX_REASON]
+    text = reason.encode("utf-8", "replace")
+    if len(text) > MAX_REASON:
+        # Cut at a character boundary: the reason stays valid UTF-8 (a continuation byte is
+        # 0b10xxxxxx; at most three precede a character's first byte).
+        cut = MAX_REASON
+        while cut > 0 and text[cut] & 0xC0 == 0x80:
+            cut -= 1
+        text = text[:cut]
     return encode_frame(FrameType.ERROR, u16(code) + text)
+
+
+def error_code_for(check: str, alert: int) -> ErrorCode:
+    """The ERROR code that answers a peer's protocol violation (docs/PROTOCOL.md §4): an
+    unsupported shim version, a frame the state does not allow, else malformed."""
+    if check == "expat.version":
+        return ErrorCode.UNSUPPORTED_VERSION
+    if check == "expat.frame" and alert == ProtocolError.UNEXPECTED_MESSAGE:
+        return ErrorCode.UNEXPECTED_FRAME
+    return ErrorCode.MALFORMED
 
 
 def decode_error(payload: bytes) -> tuple[int, str]:

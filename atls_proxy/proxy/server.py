@@ -36,7 +36,7 @@ from atls_proxy.errors import (
     VerificationError,
 )
 from atls_proxy.expat import session as xs
-from atls_proxy.expat.framing import ErrorCode
+from atls_proxy.expat.framing import ErrorCode, error_code_for
 from atls_proxy.expat.profile import ExpatProfile
 from atls_proxy.ops.config import Address, ServerConfig
 from atls_proxy.proxy.conn import Conn, open_conn, open_unix_conn
@@ -292,8 +292,13 @@ class AttestedServer(Listener):
             try:
                 events = sess.receive(data)
             except (ProtocolError, DecodeError) as exc:
+                code = (
+                    error_code_for(exc.check, exc.alert)
+                    if isinstance(exc, ProtocolError)
+                    else ErrorCode.MALFORMED
+                )
                 with contextlib.suppress(Exception):
-                    await tls.write(sess.error(ErrorCode.MALFORMED, str(exc)))
+                    await tls.write(sess.error(code, str(exc)))
                 raise
             for ev in events:
                 if isinstance(ev, xs.PlainClient):

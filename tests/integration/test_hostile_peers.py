@@ -86,16 +86,25 @@ HOSTILE_CLIENTS: dict[str, tuple[bytes, str]] = {
 }
 
 
+# The ERROR code the server answers with (docs/PROTOCOL.md §4); 2 (malformed) otherwise.
+ERROR_CODES = {
+    "unknown-version": f.ErrorCode.UNSUPPORTED_VERSION,
+    "accept-before-authenticator": f.ErrorCode.UNEXPECTED_FRAME,
+}
+
+
 @pytest.mark.parametrize("case", sorted(HOSTILE_CLIENTS))
 def test_hostile_client(stack: Stack, case: str) -> None:
     payload, check = HOSTILE_CLIENTS[case]
     with _tls_client(stack.server_port, stack.dev / "ca.pem") as s:
         s.sendall(payload)
         got = _read_all(s)
-    # The server answers with nothing but (at most) its preamble and an ERROR frame.
+    # The server answers with nothing but its preamble and an ERROR frame with the fitting code.
     assert b"hello" not in got
-    if got:
-        assert got.startswith(f.PREAMBLE + bytes([f.FrameType.ERROR]))
+    assert got.startswith(f.PREAMBLE + bytes([f.FrameType.ERROR])), got[:32]
+    frame = got[len(f.PREAMBLE) :]
+    code, _ = f.decode_error(frame[4 : 4 + int.from_bytes(frame[1:4], "big")])
+    assert code == ERROR_CODES.get(case, f.ErrorCode.MALFORMED), (case, code)
     _assert_logged(stack, check)
 
 

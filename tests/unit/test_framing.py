@@ -84,3 +84,23 @@ def test_error_payload_bounds() -> None:
     with pytest.raises(ProtocolError):
         f.decode_error(b"\x00")
     assert f.decode_error(b"\x00\x05bad") == (5, "bad")
+
+
+def test_error_reason_is_cut_at_a_character_boundary() -> None:
+    """<= 1024 bytes of UTF-8 (docs/PROTOCOL.md §4): a cut through a multi-byte character would
+    leave the peer an undecodable reason."""
+    for reason in ("a" + "é" * 600, "€" * 400, "x" * 2000, "ab" + "😀" * 300):
+        frame = f.encode_error(f.ErrorCode.MALFORMED, reason)
+        _, text = f.decode_error(frame[4:])
+        raw = frame[6:]
+        assert len(raw) <= f.MAX_REASON and raw.decode("utf-8") == text
+        assert reason.startswith(text) and len(text.encode()) > f.MAX_REASON - 4
+
+
+def test_error_codes_for_protocol_violations() -> None:
+    from atls_proxy.errors import ProtocolError as P
+
+    assert f.error_code_for("expat.version", P.PROTOCOL_VERSION) is f.ErrorCode.UNSUPPORTED_VERSION
+    assert f.error_code_for("expat.frame", P.UNEXPECTED_MESSAGE) is f.ErrorCode.UNEXPECTED_FRAME
+    assert f.error_code_for("expat.frame", P.DECODE_ERROR) is f.ErrorCode.MALFORMED  # unknown type
+    assert f.error_code_for("ea.request", P.UNEXPECTED_MESSAGE) is f.ErrorCode.MALFORMED
