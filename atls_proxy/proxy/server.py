@@ -178,8 +178,23 @@ class AttestedServer(Listener):
             if m is not None:
                 m.handshake(True, time.monotonic() - t0)
             stage = "expat.exchange"
-            async with asyncio.timeout(timeouts.attestation):
-                outcome = await self._attest(tls, keys, config, profile)
+            engine = tls.engine
+            sess = xs.AttesterSession(
+                xs.TLSInfo(engine.export, engine.hash_name),
+                keys.chain_der,
+                keys.identity.private_key,
+                profile,
+                keys.spki,
+            )
+            try:
+                async with asyncio.timeout(timeouts.attestation):
+                    outcome = await self._attest(tls, sess, keys, config)
+            except TimeoutError:
+                # An Expat client learns why (docs/PROTOCOL.md §4); a plain client, or one that
+                # sent nothing, gets no shim bytes.
+                if sess.state not in ("preamble", "plain", "closed"):
+                    await _send_error(tls, sess, ErrorCode.TIMEOUT, "attestation timed out")
+                raise
             plain = isinstance(outcome, _Plain)
             initial = outcome.initial if isinstance(outcome, _Plain) else outcome
             if plain:
@@ -259,17 +274,9 @@ class AttestedServer(Listener):
         return Outcome("peer_reset" if check == "forward" else "error")
 
     async def _attest(
-        self, tls: TLSStream, keys: ServerKeys, config: ServerConfig, profile: ExpatProfile
+        self, tls: TLSStream, sess: xs.AttesterSession, keys: ServerKeys, config: ServerConfig
     ) -> bytes | _Plain:
         """Run the Expat exchange; return application data that came with ACCEPT, or a plain client."""
-        engine = tls.engine
-        sess = xs.AttesterSession(
-            xs.TLSInfo(engine.export, engine.hash_name),
-            keys.chain_der,
-            keys.identity.private_key,
-            profile,
-            keys.spki,
-        )
         serve_plain = config.plain_clients == "serve-unattested"
         first = True
         while True:
@@ -297,8 +304,7 @@ class AttestedServer(Listener):
                     if isinstance(exc, ProtocolError)
                     else ErrorCode.MALFORMED
                 )
-                with contextlib.suppress(Exception):
-                    await tls.write(sess.error(code, str(exc)))
+                await _send_error(tls, sess, code, str(exc))
                 raise
             for ev in events:
                 if isinstance(ev, xs.PlainClient):
@@ -315,12 +321,9 @@ class AttestedServer(Listener):
                     try:
                         answer = await self._answer(sess, ev, keys)
                     except AttestationUnavailable:
-                        with contextlib.suppress(Exception):
-                            await tls.write(
-                                sess.error(
-                                    ErrorCode.ATTESTATION_UNAVAILABLE, "evidence unavailable"
-                                )
-                            )
+                        await _send_error(
+                            tls, sess, ErrorCode.ATTESTATION_UNAVAILABLE, "evidence unavailable"
+                        )
                         raise
                     await tls.write(answer)
                 elif isinstance(ev, xs.PeerError):
@@ -356,6 +359,20 @@ class AttestedServer(Listener):
                 self.engine.attester.name, self.engine.tier.value, time.monotonic() - t0
             )
         return sess.authenticator(cmw)
+
+
+# How long an ERROR frame may take to leave: the connection is closed next either way.
+ERROR_WRITE_TIMEOUT = 1.0
+
+
+async def _send_error(
+    tls: TLSStream, sess: xs.AttesterSession, code: ErrorCode, reason: str
+) -> None:
+    """Best effort: the ERROR frame (docs/PROTOCOL.md §4) within ERROR_WRITE_TIMEOUT; a peer
+    that does not read, or is gone, only loses the reason."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(ERROR_WRITE_TIMEOUT):
+            await tls.write(sess.error(code, reason))
 
 
 async def _open(addr: Address) -> Conn:

@@ -175,6 +175,37 @@ def test_slowloris_handshake_times_out_without_harming_others(stack: Stack, tmp_
     half.close()
 
 
+def _frames(stream: bytes) -> list[tuple[int, bytes]]:
+    """The shim frames of a server's stream (after its preamble)."""
+    assert stream.startswith(f.PREAMBLE), stream[:16]
+    d = f.FrameDecoder()
+    out = [(fr.type, fr.payload) for fr in d.feed(stream)]
+    while d.buffered:  # the decoder stops after an AUTHENTICATOR: go on with the rest
+        rest = d.take_rest()
+        d = f.FrameDecoder()
+        out += [(fr.type, fr.payload) for fr in d.feed(f.PREAMBLE + rest)]
+    return out
+
+
+def test_an_attestation_timeout_is_answered_with_error_timeout(stack: Stack) -> None:
+    """A client that never sends ACCEPT: at attestation_timeout the server says why (ERROR 6,
+    docs/PROTOCOL.md §4) before it closes; a client that never spoke Expat gets no shim bytes."""
+    from tests.integration.conftest import start_server
+
+    cfg = serve_variant(stack.dev, "att-timeout", "attestation_timeout = 1.0")
+    _, port = start_server(stack.procs, cfg, stack.backend_port)
+    silent = _tls_client(port, stack.dev / "ca.pem")
+    with _tls_client(port, stack.dev / "ca.pem") as s:
+        s.sendall(f.PREAMBLE + f.encode_frame(f.FrameType.AUTH_REQUEST, _request()))
+        got = _read_all(s)
+    frames = _frames(got)
+    assert [t for t, _ in frames] == [f.FrameType.AUTHENTICATOR, f.FrameType.ERROR], frames
+    code, reason = f.decode_error(frames[1][1])
+    assert code == f.ErrorCode.TIMEOUT and "timed out" in reason
+    with silent:
+        assert _read_all(silent) == b""
+
+
 # --- hostile servers against `atls-proxy attest` ------------------------------------------------
 
 HOSTILE_SERVERS = {
