@@ -190,10 +190,12 @@ class AttestedServer(Listener):
                 async with asyncio.timeout(timeouts.attestation):
                     outcome = await self._attest(tls, sess, keys, config)
             except TimeoutError:
-                # An Expat client learns why (docs/PROTOCOL.md §4); a plain client, or one that
-                # sent nothing, gets no shim bytes.
-                if sess.state not in ("preamble", "plain", "closed"):
-                    await _send_error(tls, sess, ErrorCode.TIMEOUT, "attestation timed out")
+                # An Expat client still waiting for the authenticator learns why (docs/PROTOCOL.md
+                # §4). Not after it: until ACCEPT any byte is early data to the client, and one
+                # that already sent ACCEPT would hand these bytes to its application. A plain
+                # client, or one that sent nothing, gets no shim bytes.
+                if sess.state in ("request", "attesting"):
+                    _send_error(tls, sess, ErrorCode.TIMEOUT, "attestation timed out")
                 raise
             plain = isinstance(outcome, _Plain)
             initial = outcome.initial if isinstance(outcome, _Plain) else outcome
@@ -304,7 +306,7 @@ class AttestedServer(Listener):
                     if isinstance(exc, ProtocolError)
                     else ErrorCode.MALFORMED
                 )
-                await _send_error(tls, sess, code, str(exc))
+                _send_error(tls, sess, code, str(exc))
                 raise
             for ev in events:
                 if isinstance(ev, xs.PlainClient):
@@ -321,7 +323,7 @@ class AttestedServer(Listener):
                     try:
                         answer = await self._answer(sess, ev, keys)
                     except AttestationUnavailable:
-                        await _send_error(
+                        _send_error(
                             tls, sess, ErrorCode.ATTESTATION_UNAVAILABLE, "evidence unavailable"
                         )
                         raise
@@ -361,18 +363,12 @@ class AttestedServer(Listener):
         return sess.authenticator(cmw)
 
 
-# How long an ERROR frame may take to leave: the connection is closed next either way.
-ERROR_WRITE_TIMEOUT = 1.0
-
-
-async def _send_error(
-    tls: TLSStream, sess: xs.AttesterSession, code: ErrorCode, reason: str
-) -> None:
-    """Best effort: the ERROR frame (docs/PROTOCOL.md §4) within ERROR_WRITE_TIMEOUT; a peer
-    that does not read, or is gone, only loses the reason."""
+def _send_error(tls: TLSStream, sess: xs.AttesterSession, code: ErrorCode, reason: str) -> None:
+    """The ERROR frame (docs/PROTOCOL.md §4), queued: it leaves with the close that follows.
+    Nothing waits for it, so a peer that does not read only loses the reason, and the failure
+    being reported keeps its own check (a wait could end in the attestation timeout)."""
     with contextlib.suppress(Exception):
-        async with asyncio.timeout(ERROR_WRITE_TIMEOUT):
-            await tls.write(sess.error(code, reason))
+        tls.queue(sess.error(code, reason))
 
 
 async def _open(addr: Address) -> Conn:

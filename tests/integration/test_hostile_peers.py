@@ -188,20 +188,25 @@ def _frames(stream: bytes) -> list[tuple[int, bytes]]:
 
 
 def test_an_attestation_timeout_is_answered_with_error_timeout(stack: Stack) -> None:
-    """A client that never sends ACCEPT: at attestation_timeout the server says why (ERROR 6,
-    docs/PROTOCOL.md §4) before it closes; a client that never spoke Expat gets no shim bytes."""
+    """At attestation_timeout the server says why (ERROR 6, docs/PROTOCOL.md §4) to a client
+    still waiting for the authenticator; never after the authenticator (until ACCEPT any byte is
+    early data, and a client whose ACCEPT crossed it would hand the bytes to its application);
+    and a client that never spoke Expat gets no shim bytes."""
     from tests.integration.conftest import start_server
 
     cfg = serve_variant(stack.dev, "att-timeout", "attestation_timeout = 1.0")
     _, port = start_server(stack.procs, cfg, stack.backend_port)
     silent = _tls_client(port, stack.dev / "ca.pem")
+    no_accept = _tls_client(port, stack.dev / "ca.pem")
+    no_accept.sendall(f.PREAMBLE + f.encode_frame(f.FrameType.AUTH_REQUEST, _request()))
     with _tls_client(port, stack.dev / "ca.pem") as s:
-        s.sendall(f.PREAMBLE + f.encode_frame(f.FrameType.AUTH_REQUEST, _request()))
-        got = _read_all(s)
-    frames = _frames(got)
-    assert [t for t, _ in frames] == [f.FrameType.AUTHENTICATOR, f.FrameType.ERROR], frames
-    code, reason = f.decode_error(frames[1][1])
+        s.sendall(f.PREAMBLE)  # then never the request
+        frames = _frames(_read_all(s))
+    assert [t for t, _ in frames] == [f.FrameType.ERROR], frames
+    code, reason = f.decode_error(frames[0][1])
     assert code == f.ErrorCode.TIMEOUT and "timed out" in reason
+    with no_accept:
+        assert [t for t, _ in _frames(_read_all(no_accept))] == [f.FrameType.AUTHENTICATOR]
     with silent:
         assert _read_all(silent) == b""
 

@@ -112,7 +112,19 @@ def test_preamble_split_across_reads(ident: ServerIdentity) -> None:
     assert isinstance(ev, xs.AttestationRequested)
 
 
-def test_reused_context_rejected(ident: ServerIdentity) -> None:
+def test_reused_context_is_refused_by_the_session(ident: ServerIdentity) -> None:
+    """The session's own guard (RFC 9261 §5.2: never answer a context twice), behind the
+    one-exchange rule that refuses any second request first (test below)."""
+    rp, at = _pair(ident)
+    start = rp.start()
+    at.receive(start)
+    payload = start[f.PREAMBLE_LEN + 4 :]
+    with pytest.raises(ProtocolError) as e:
+        at._on_request(payload)
+    assert e.value.check == "ea.context"
+
+
+def test_second_request_rejected(ident: ServerIdentity) -> None:
     rp, at = _pair(ident)
     start = rp.start()
     at.receive(start)
