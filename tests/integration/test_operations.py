@@ -239,26 +239,31 @@ def test_admin_endpoints_and_counters_move(tmp_path: Path, ps: Procs) -> None:
     )
 
 
-def test_admin_port_taken_is_a_clear_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("flag", "key"), [("--listen", "server.listen"), ("--admin", "admin.listen")]
+)
+def test_an_address_in_use_is_a_configuration_error(tmp_path: Path, flag: str, key: str) -> None:
+    """exit 2 naming the key and the address, not a traceback and exit 1 (which
+    Restart=on-failure would restart in a loop)."""
     dev = dev_init(tmp_path / "dev")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
+        addresses = {"--listen": f"127.0.0.1:{free_port()}", flag: f"127.0.0.1:{port}"}
+        argv = [a for pair in addresses.items() for a in pair]
         res = run_cli(
             "serve",
             "--config",
             str(dev / "serve.toml"),
-            "--listen",
-            f"127.0.0.1:{free_port()}",
             "--backend",
             "127.0.0.1:9",
-            "--admin",
-            f"127.0.0.1:{port}",
+            *argv,
             timeout=30,
         )
     assert res.returncode == 2, res.stderr
-    assert "admin.listen" in res.stderr and str(port) in res.stderr
+    assert f"configuration error: {key}" in res.stderr
+    assert f"127.0.0.1:{port}" in res.stderr and "Traceback" not in res.stderr
 
 
 # --- drain ---------------------------------------------------------------------------------------
@@ -962,30 +967,6 @@ def test_socket_activation_uses_the_only_socket_whatever_its_name(
     assert curl_through(cport, "/hello") == "hello\n"
     popen.send_signal(signal.SIGTERM)
     assert popen.wait(20) == 0, proc.output()
-
-
-def test_listen_address_in_use_is_a_configuration_error(tmp_path: Path) -> None:
-    """exit 2 naming server.listen and the address, not a traceback and exit 1 (which
-    Restart=on-failure would restart in a loop)."""
-    dev = dev_init(tmp_path / "dev")
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        res = run_cli(
-            "serve",
-            "--config",
-            str(dev / "serve.toml"),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--backend",
-            "127.0.0.1:9",
-            timeout=30,
-        )
-    assert res.returncode == 2, res.stderr
-    assert "configuration error: server.listen" in res.stderr
-    assert f"127.0.0.1:{port}" in res.stderr and "in use" in res.stderr
-    assert "Traceback" not in res.stderr
 
 
 def test_reload_applies_drain_timeout_and_reports_reload_interval(

@@ -198,6 +198,16 @@ async def test_cpu_readings_are_taken_when_the_window_closes(
 # -- flags and exit status (cli.cmd_bench; the runs are faked) -----------------------------------
 
 
+@pytest.fixture
+def nothing_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A usage error must stop `bench attest` before any run."""
+
+    async def never(*args: Any, **kwargs: Any) -> attest.Result:
+        raise AssertionError("nothing may run after a usage error")
+
+    monkeypatch.setattr(atls_proxy.bench, "run_attest_bench", never)
+
+
 @pytest.mark.parametrize(
     ("flags", "named"),
     [
@@ -216,15 +226,8 @@ async def test_cpu_readings_are_taken_when_the_window_closes(
     ],
 )
 def test_out_of_range_flags_are_usage_errors(
-    flags: list[str],
-    named: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    flags: list[str], named: str, nothing_runs: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async def never(*args: Any, **kwargs: Any) -> attest.Result:
-        raise AssertionError("nothing may run with an invalid flag")
-
-    monkeypatch.setattr(atls_proxy.bench, "run_attest_bench", never)
     assert cli.main(["bench", "attest", *flags]) == 2
     err = capsys.readouterr().err
     assert named in err and ("must be" in err or "at most once" in err), err
@@ -244,18 +247,10 @@ def test_out_of_range_flags_are_usage_errors(
     ],
 )
 def test_suite_flags_before_attest_are_usage_errors(
-    before: list[str],
-    named: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    before: list[str], named: str, nothing_runs: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`bench --duration 2 attest` sets the suite's --duration, which attest does not read (its
     own default of 5 s used to win silently): refused, naming the flag."""
-
-    async def never(*args: Any, **kwargs: Any) -> attest.Result:
-        raise AssertionError("nothing may run with a misplaced flag")
-
-    monkeypatch.setattr(atls_proxy.bench, "run_attest_bench", never)
     assert cli.main(["bench", *before, "attest"]) == 2
     err = capsys.readouterr().err
     assert named in err and "before 'attest'" in err, err

@@ -30,7 +30,6 @@ from atls_proxy.ops import runtime as rt
 from atls_proxy.ops import workers as wk
 from atls_proxy.ops.config import Address, OpsConfig
 from atls_proxy.ops.devinit import dev_init
-from atls_proxy.ops.early_signals import remember_early_usr1
 from atls_proxy.ops.metrics import Metrics
 
 
@@ -87,55 +86,37 @@ def test_flag_overrides_per_role() -> None:
     )
 
 
-def test_worker_argv_passes_the_server_overrides_and_log_flags_but_admin() -> None:
-    args = argparse.Namespace(
-        config="/s.toml",
-        listen="127.0.0.1:1",
-        backend="unix:/run/app.sock",
-        admin="127.0.0.1:3",
-        log_level="info",
-        log_format="json",
-        workers=4,
-    )
-    assert wk.worker_argv(args, "server")[3:] == [
-        "serve",
-        "--config",
-        "/s.toml",
-        "--listen",
-        "127.0.0.1:1",
-        "--backend",
-        "unix:/run/app.sock",
-        "--log-level",
-        "info",
-        "--log-format",
-        "json",
-    ]
-
-
-def test_worker_argv_passes_the_overrides_but_admin() -> None:
+@pytest.mark.parametrize(
+    ("role", "target", "log_format", "expected"),
+    [
+        (
+            "server",
+            {"backend": "unix:/run/app.sock"},
+            "json",
+            "serve --config /c.toml --listen 127.0.0.1:1 --backend unix:/run/app.sock "
+            "--log-level info --log-format json",
+        ),
+        (
+            "client",
+            {"server": "127.0.0.1:2"},
+            None,
+            "connect --config /c.toml --listen 127.0.0.1:1 --server 127.0.0.1:2 --log-level info",
+        ),
+    ],
+)
+def test_worker_argv_passes_the_overrides_and_log_flags_but_admin(
+    role: str, target: dict[str, str], log_format: str | None, expected: str
+) -> None:
     args = argparse.Namespace(
         config="/c.toml",
         listen="127.0.0.1:1",
-        server="127.0.0.1:2",
         admin="127.0.0.1:3",
-        log_level="debug",
-        log_format=None,
-        workers=2,
+        log_level="info",
+        log_format=log_format,
+        workers=4,
+        **target,
     )
-    argv = wk.worker_argv(args, "client")
-    assert argv[1:] == [
-        "-m",
-        "atls_proxy",
-        "connect",
-        "--config",
-        "/c.toml",
-        "--listen",
-        "127.0.0.1:1",
-        "--server",
-        "127.0.0.1:2",
-        "--log-level",
-        "debug",
-    ]
+    assert wk.worker_argv(args, role)[1:] == ["-m", "atls_proxy", *expected.split()]
 
 
 @pytest.mark.parametrize("role", ["server", "client"])
@@ -256,17 +237,6 @@ def test_attest_server_name_with_bad_brackets_exits_2(
 
 
 # -- 4. SIGUSR1 before the runtime's handlers --------------------------------------------------
-
-
-def test_a_sigusr1_while_the_service_is_built_is_remembered_not_fatal() -> None:
-    previous = signal.getsignal(signal.SIGUSR1)
-    try:
-        early = remember_early_usr1()
-        assert not early()
-        os.kill(os.getpid(), signal.SIGUSR1)  # the default action would end this process
-        assert early()
-    finally:
-        signal.signal(signal.SIGUSR1, previous)
 
 
 async def test_runtime_answers_a_sigusr1_that_came_while_the_service_was_built(

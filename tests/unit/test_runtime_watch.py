@@ -55,22 +55,6 @@ def test_a_listing_that_starts_failing_keeps_the_last_list_and_logs_once(
     assert caplog.text.count("listing the watched files failed") == 1
 
 
-def test_a_sighup_while_the_service_is_built_is_remembered_not_fatal() -> None:
-    import os
-    import signal
-
-    from atls_proxy.ops.early_signals import remember_early_hup
-
-    previous = signal.getsignal(signal.SIGHUP)
-    try:
-        early = remember_early_hup()
-        assert not early()
-        os.kill(os.getpid(), signal.SIGHUP)  # the default action would end this process
-        assert early()
-    finally:
-        signal.signal(signal.SIGHUP, previous)
-
-
 async def test_runtime_replays_a_sighup_that_came_while_the_service_was_built(
     tmp_path: Path,
 ) -> None:

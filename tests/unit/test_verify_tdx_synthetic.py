@@ -630,33 +630,42 @@ def test_pck_ca_with_an_invalid_version_fails_the_chain() -> None:
     assert "does not parse" in check(a, "tdx.pck.chain").detail
 
 
-def test_pck_ca_with_a_duplicate_extension_fails_the_chain() -> None:
+@pytest.mark.parametrize("position", ["ca", "leaf"])
+def test_pck_certificate_with_a_duplicate_extension_fails_the_chain(position: str) -> None:
     s = Synth()
-    # Signed by the root, so the extensions are read, and DuplicateExtension must not escape.
-    dup = _with_duplicate_basic_constraints(
-        s, "Intel SGX PCK Platform CA", s.ca_key, s.root, s.root_key, ca=True, serial=2
-    )
-    a = run(s, quote=s.quote(chain_pem=_chain(s, ca=dup)))
+    if position == "ca":
+        name, key, issuer, issuer_key, is_ca, serial = (
+            "Intel SGX PCK Platform CA",
+            s.ca_key,
+            s.root,
+            s.root_key,
+            True,
+            2,
+        )
+    else:
+        name, key, issuer, issuer_key, is_ca, serial = (
+            "Intel SGX PCK Certificate",
+            s.leaf_key,
+            s.ca,
+            s.ca_key,
+            False,
+            0x1234,
+        )
+
+    def appraise_signed_by(signer: ec.EllipticCurvePrivateKey) -> Any:
+        cert = _with_duplicate_basic_constraints(
+            s, name, key, issuer, signer, ca=is_ca, serial=serial
+        )
+        return run(s, quote=s.quote(chain_pem=_chain(s, **{position: cert})))
+
+    # Signed by its issuer, so the extensions are read, and DuplicateExtension must not escape.
+    a = appraise_signed_by(issuer_key)
     assert failed(a) == ["tdx.pck.chain"]
     assert "malformed" in check(a, "tdx.pck.chain").detail
-    # Forged (not signed by the root): rejected for its signature before its extensions are read.
-    forger = ec.generate_private_key(ec.SECP256R1())
-    forged = _with_duplicate_basic_constraints(
-        s, "Intel SGX PCK Platform CA", s.ca_key, s.root, forger, ca=True, serial=2
-    )
-    a = run(s, quote=s.quote(chain_pem=_chain(s, ca=forged)))
+    # Forged: rejected for its signature before its extensions are read.
+    a = appraise_signed_by(ec.generate_private_key(ec.SECP256R1()))
     assert failed(a) == ["tdx.pck.chain"]
     assert "signature does not verify" in check(a, "tdx.pck.chain").detail
-
-
-def test_pck_leaf_with_a_duplicate_extension_fails_the_chain() -> None:
-    s = Synth()
-    leaf = _with_duplicate_basic_constraints(
-        s, "Intel SGX PCK Certificate", s.leaf_key, s.ca, s.ca_key, ca=False, serial=0x1234
-    )
-    a = run(s, quote=s.quote(chain_pem=_chain(s, leaf=leaf)))
-    assert failed(a) == ["tdx.pck.chain"]
-    assert "malformed" in check(a, "tdx.pck.chain").detail
 
 
 def test_malformed_certificates_are_decode_errors_in_the_parse_helpers() -> None:
