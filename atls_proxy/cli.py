@@ -266,20 +266,13 @@ def cmd_tpm_ak(args: argparse.Namespace) -> int:
     return 0
 
 
-# The bare `bench` suite's flags (``_bench_suite_flags``) that `bench attest` does not read;
-# --json is shared (either side of `attest`).
-SUITE_ONLY_FLAGS = (
-    "quick",
-    "duration",
-    "warmup",
-    "repeat",
-    "connections",
-    "idle-connections",
-    "tier",
-    "simulated-quote-ms",
-    "no-haproxy",
-    "png",
-)
+def _suite_only_flags() -> list[tuple[str, str]]:
+    """``(flag, dest)`` of the bare `bench` suite's flags (``_bench_suite_flags``, read off a
+    parser built with it, so a new suite flag is covered), but --json, which `bench attest`
+    shares (either side of `attest`)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    _bench_suite_flags(parser, on_subcommand=False)
+    return [(a.option_strings[0], a.dest) for a in parser._actions if a.dest != "json"]
 
 
 def _given(args: argparse.Namespace, dest: str) -> bool:
@@ -295,11 +288,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from atls_proxy.bench import print_results, run_attest_bench
     from atls_proxy.bench.attest import invalid_runs, option_errors, print_rounds
 
-    early = [f for f in SUITE_ONLY_FLAGS if _given(args, f.replace("-", "_"))]
+    early = [flag for flag, dest in _suite_only_flags() if _given(args, dest)]
     if early:
         # `bench --duration 2 attest` set the suite's --duration, which attest does not read.
         raise ConfigError(
-            f"--{early[0]}",
+            early[0],
             "given before 'attest', it is a flag of the bench suite: give attest's flags after "
             "'attest' (atls-proxy bench attest --help)",
         )
