@@ -5,7 +5,7 @@ Decisions (DESIGN.md §3, digest §1.6, §9):
 * TLS 1.3 only. Exported authenticators over TLS 1.2 would need the Extended Master Secret and the
   Expat profile assumes 1.3; nothing is gained by allowing 1.2.
 * No resumption: ``OP_NO_TICKET`` plus ``SESS_CACHE_OFF`` on the server (pyOpenSSL cannot set
-  ``SSL_CTX_set_num_tickets(0)``: OpenSSL's default two stateful tickets are still sent but can
+  ``SSL_CTX_set_num_tickets(0)``: OpenSSL's default stateful tickets are still sent but can
   never resume, digest O-9);
   clients never call ``set_session``. No 0-RTT: OpenSSL's default ``max_early_data`` is 0.
 * ``MODE_RELEASE_BUFFERS`` frees OpenSSL's record buffers on idle connections.
