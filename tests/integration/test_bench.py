@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from atls_proxy.bench.common import can_pin
-from tests.support.procs import run_cli
+from tests.support.procs import env, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -65,3 +69,26 @@ def test_bench_attest_bad_flags_are_usage_errors(flag: str, value: str) -> None:
     extra = ["--tier", "off"] if flag == "--tier" else []
     res = run_cli("bench", "attest", flag, value, *extra, timeout=60)
     assert res.returncode == 2 and flag in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("mode", [(), ("--profile", "server", "--top", "5")])
+def test_tier_cost_script_runs(mode: tuple[str, ...]) -> None:
+    """benchmarks/tier_cost.py (the measurement behind docs/PERFORMANCE.md's breakdown) keeps
+    working: CPU per connection of both sides per tier, and with --profile the difference."""
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "tier_cost.py"
+    res = subprocess.run(
+        [sys.executable, str(script), "--connections", "20", "--rounds", "1", *mode],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env(),
+    )
+    assert res.returncode == 0, res.stderr
+    for tier in ("cached", "off"):
+        assert re.search(rf"round 1 {tier} +server [0-9.]+ ms/conn", res.stdout), res.stdout
+    if mode:
+        assert "cached - off per connection" in res.stdout, res.stdout
+        # the two ECDSA signatures of the cached tier are among the differences it finds
+        assert re.search(r"2\.\d\d .*'sign' of", res.stdout), res.stdout
+    else:
+        assert "CPU per connection, off ÷ cached" in res.stdout, res.stdout

@@ -1,0 +1,241 @@
+"""CPU per connection of each side of an attested connection, per tier — and, with ``--profile``,
+where the difference between two tiers goes. Not part of the test run.
+
+Usage (from the checkout, machine otherwise idle)::
+
+    python3 benchmarks/tier_cost.py                           # cached and off, 3 rounds
+    python3 benchmarks/tier_cost.py --tier cached --tier off --connections 3000 --rounds 5
+    python3 benchmarks/tier_cost.py --profile server --top 40 # cProfile of serve, cached - off
+    python3 benchmarks/tier_cost.py --profile client --top 40 # cProfile of the client side
+
+What it runs is what ``atls-proxy bench attest`` runs, at a low and fixed concurrency instead of
+a saturating closed loop: the real ``atls-proxy serve`` (the bench's configuration for the tier:
+SIMULATED software attester; ``off`` is the same proxy serving plain TLS clients unattested)
+pinned to CPU 0, and in this process, pinned to CPU 1, the project's client (``open_attested``,
+or for ``off`` the same TLS stack without the Expat exchange) and the bench's backend. Each
+connection: TCP connect, TLS 1.3 handshake, the exchange and appraisal, ``GET /small`` with
+``Connection: close``, close. After 50 warm-up connections it opens ``--connections``
+connections, ``--concurrency`` at a time, and reports the server's CPU (``/proc``, user + system)
+and this process's CPU (``process_time``: the client *and* the backend) per connection. Tiers run
+one after the other in each round; ratios are taken within a round.
+
+``--profile server`` runs ``serve`` under ``cProfile`` (``--profile client`` profiles this
+process's measured part; both timed by CPU clocks, not the wall clock) and prints, per connection, the functions whose own time ("tottime")
+grows most from the last ``--tier`` to the first (by default ``off`` → ``cached``), with the
+extra calls. The profiler inflates Python function time far more than time spent in C (OpenSSL,
+the kernel), so read its figures as a map of where the difference is, and the unprofiled runs for
+how large it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import pstats
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from atls_proxy.app import build_client_settings
+from atls_proxy.bench.attest import TIERS, _server_config
+from atls_proxy.bench.backend import HTTPBackend
+from atls_proxy.bench.common import (
+    GENERATOR_CPU,
+    PROXY_CPU,
+    can_pin,
+    cpu_seconds,
+    free_port,
+    pin_pid,
+    pin_self,
+    pinned_argv,
+    serve_argv,
+    stop,
+    unpin_self,
+    wait_port,
+)
+from atls_proxy.bench.loadgen import attested_opener, plain_opener, request_bytes, request_close
+from atls_proxy.ops.config import load_client_config
+from atls_proxy.ops.devinit import dev_init
+
+WARMUP_CONNECTIONS = 50
+# ``python -c`` program: run ``atls-proxy ARGS...`` under cProfile timed by this thread's CPU
+# clock, and dump the stats to argv[1].
+_PROFILED_SERVE = """
+import cProfile, sys, time
+from atls_proxy.cli import main
+out, sys.argv = sys.argv[1], ["atls-proxy", *sys.argv[2:]]
+prof = cProfile.Profile(time.thread_time)
+try:
+    prof.runcall(main)
+except SystemExit:
+    pass
+finally:
+    prof.dump_stats(out)
+"""
+MAX_CONNECTIONS = 100_000
+MAX_SECONDS_PER_RUN = 300.0
+
+
+async def one_run(
+    tier: str, connections: int, concurrency: int, profile: str | None, prof_path: Path | None
+) -> tuple[float, float, int]:
+    """Server and client CPU milliseconds per connection for one run of ``tier``, and the number
+    of connections measured."""
+    with tempfile.TemporaryDirectory(prefix="atls-cost-") as tmp:
+        dev = Path(tmp)
+        dev_init(dev)
+        loop = asyncio.get_running_loop()
+        backend = await loop.create_server(HTTPBackend, "127.0.0.1", 0, backlog=1024)
+        bport = backend.sockets[0].getsockname()[1]
+        sport = free_port()
+        argv = serve_argv(_server_config(dev, tier, 40, concurrency), sport, bport)
+        if profile == "server" and prof_path is not None:
+            # serve under cProfile with a CPU clock (the default wall clock would count the
+            # event loop's waits for I/O as its own time); the stats are written at exit, and
+            # serve exits cleanly on SIGTERM.
+            argv = [argv[0], "-c", _PROFILED_SERVE, str(prof_path), *argv[3:]]
+        proc = subprocess.Popen(
+            pinned_argv(argv, PROXY_CPU), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        pin_pid(proc.pid, PROXY_CPU)  # without taskset
+        before = pin_self(GENERATOR_CPU)
+        try:
+            await wait_port(sport, proc, "server", 30)
+            settings = build_client_settings(
+                load_client_config(dev / "connect.toml", server=f"127.0.0.1:{sport}")
+            )
+            opener = plain_opener(settings) if tier == "off" else attested_opener(settings)
+            request = request_bytes("/small", close=True)
+            for _ in range(WARMUP_CONNECTIONS):
+                await request_close(opener, request)
+            started = 0
+            deadline = time.monotonic() + MAX_SECONDS_PER_RUN
+
+            async def client() -> None:
+                nonlocal started
+                while started < connections and time.monotonic() < deadline:
+                    started += 1
+                    await request_close(opener, request)
+
+            prof = cProfile.Profile(time.thread_time) if profile == "client" else None
+            s0, c0 = cpu_seconds(proc.pid), time.process_time()
+            if prof is not None:
+                prof.enable()
+            await asyncio.gather(*(client() for _ in range(concurrency)))
+            if prof is not None:
+                prof.disable()
+            s1, c1 = cpu_seconds(proc.pid), time.process_time()
+            if prof is not None and prof_path is not None:
+                prof.dump_stats(str(prof_path))
+            return 1000 * (s1 - s0) / started, 1000 * (c1 - c0) / started, started
+        finally:
+            await asyncio.to_thread(stop, proc, 30)
+            backend.close()
+            unpin_self(before)
+
+
+def own_time(path: Path) -> dict[tuple[str, int, str], tuple[int, float]]:
+    """(file tail, line, function) -> (calls, own seconds) from a cProfile dump."""
+    out: dict[tuple[str, int, str], tuple[int, float]] = {}
+    stats = pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
+    for (filename, line, name), (_cc, calls, tottime, _ct, _callers) in stats.items():
+        key = ("/".join(Path(filename).parts[-2:]), line, name)
+        n, t = out.get(key, (0, 0.0))
+        out[key] = (n + calls, t + tottime)
+    return out
+
+
+def print_difference(
+    a_name: str, a: Path, b_name: str, b: Path, connections: int, top: int
+) -> None:
+    fa, fb = own_time(a), own_time(b)
+    rows = []
+    for key in fa.keys() | fb.keys():
+        na, ta = fa.get(key, (0, 0.0))
+        nb, tb = fb.get(key, (0, 0.0))
+        rows.append(((ta - tb) / connections * 1e6, (na - nb) / connections, key))
+    rows.sort(reverse=True)
+    extra_us = sum(r[0] for r in rows)
+    extra_calls = sum(r[1] for r in rows)
+    print(
+        f"\nunder the profiler, {a_name} - {b_name} per connection: "
+        f"{extra_calls:+.0f} calls, {extra_us:+.0f} µs of own time; largest differences:"
+    )
+    print(f"{'µs/conn':>9} {'calls/conn':>10}  function")
+    for us, calls, (where, line, name) in rows[:top]:
+        print(f"{us:9.1f} {calls:10.2f}  {where}:{line} {name}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tier", action="append", choices=TIERS, help="default: cached, off")
+    ap.add_argument("--connections", type=int, default=2000, help="per run (default 2000)")
+    ap.add_argument("--concurrency", type=int, default=4, help="default 4")
+    ap.add_argument("--rounds", type=int, default=3, help="default 3 (1 with --profile)")
+    ap.add_argument("--profile", choices=("server", "client"))
+    ap.add_argument("--top", type=int, default=40, help="rows of the profile difference")
+    args = ap.parse_args()
+    tiers = args.tier or ["cached", "off"]
+    if len(set(tiers)) != len(tiers):
+        ap.error("each --tier at most once")
+    if not 1 <= args.connections <= MAX_CONNECTIONS:
+        ap.error(f"--connections must be 1..{MAX_CONNECTIONS}")
+    if not 1 <= args.concurrency <= 256:
+        ap.error("--concurrency must be 1..256")
+    if not 1 <= args.rounds <= 20:
+        ap.error("--rounds must be 1..20")
+    if args.profile and len(tiers) != 2:
+        ap.error("--profile compares two tiers: give exactly two --tier (or none)")
+    rounds = 1 if args.profile else args.rounds
+    if not can_pin():
+        print("note: cannot pin to CPUs 0 and 1 here; figures are unpinned", file=sys.stderr)
+    import uvloop
+
+    uvloop.install()
+    figures: dict[str, list[tuple[float, float]]] = {t: [] for t in tiers}
+    measured: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(prefix="atls-cost-prof-") as pdir:
+        paths = {t: Path(pdir) / f"{t}.prof" for t in tiers}
+        for r in range(rounds):
+            for t in tiers:
+                server_ms, client_ms, measured[t] = asyncio.run(
+                    one_run(t, args.connections, args.concurrency, args.profile, paths[t])
+                )
+                figures[t].append((server_ms, client_ms))
+                print(
+                    f"round {r + 1} {t:8} server {server_ms:.3f} ms/conn, "
+                    f"client+backend {client_ms:.3f} ms/conn",
+                    flush=True,
+                )
+        print(
+            "\nmedian ms of CPU per connection" + (" (under the profiler)" if args.profile else "")
+        )
+        for t in tiers:
+            s = statistics.median(f[0] for f in figures[t])
+            c = statistics.median(f[1] for f in figures[t])
+            print(f"  {t:8} server {s:.3f}   client+backend {c:.3f}")
+        if len(tiers) == 2 and not args.profile:
+            a, b = tiers
+            ratios_s = [fb[0] / fa[0] for fa, fb in zip(figures[a], figures[b], strict=True)]
+            ratios_c = [fb[1] / fa[1] for fa, fb in zip(figures[a], figures[b], strict=True)]
+            print(
+                f"  CPU per connection, {b} ÷ {a} (= {a}'s rate ÷ {b}'s on a saturated core), "
+                "per round: server "
+                + ", ".join(f"{x:.2f}" for x in ratios_s)
+                + "; client+backend "
+                + ", ".join(f"{x:.2f}" for x in ratios_c)
+            )
+        if args.profile:
+            a, b = tiers
+            # The server's profile covers the whole process: the warm-up connections too.
+            n = measured[a] + (WARMUP_CONNECTIONS if args.profile == "server" else 0)
+            print_difference(a, paths[a], b, paths[b], n, args.top)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
