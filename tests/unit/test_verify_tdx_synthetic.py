@@ -257,6 +257,7 @@ class Synth:
     report_data: bytes = b"\x77" * 64
     qe_isvsvn: int = 6
     qe_mrsigner: bytes = QE_MRSIGNER
+    qe_miscselect: bytes = bytes(4)  # the QE report's MISCSELECT bytes (a little-endian uint32)
     version: int = 4
     body_type: int = 2
     pck_revoked: tuple[int, ...] = ()
@@ -337,6 +338,7 @@ class Synth:
             signed = header + body
         ak = _raw_pub(self.ak)
         qe = bytearray(384)
+        qe[16:20] = self.qe_miscselect
         qe[48] = 0x11
         qe[128:160] = self.qe_mrsigner
         struct.pack_into("<HH", qe, 256, 2, self.qe_isvsvn)
@@ -510,6 +512,47 @@ def test_module_out_of_date_and_qe_out_of_date() -> None:
     assert check(a, "tdx.tcb.status").observed == "OutOfDate [INTEL-SA-QE]"
     a = run(Synth(sgx_svn=5, tee_tcb_svn=bytes([4, 1, 5]) + bytes(13), qe_isvsvn=3))
     assert check(a, "tdx.tcb.status").observed.startswith("OutOfDateConfigurationNeeded")
+
+
+@pytest.mark.parametrize("status", ["ConfigurationNeeded", "OutOfDateConfigurationNeeded", "New"])
+def test_a_qe_level_with_another_status_counts_as_out_of_date(status: str) -> None:
+    # QVL (EnclaveReportVerifier 4.1.2.9.9): not UpToDate and not Revoked is OutOfDate.
+    ident = default_qe_identity()
+    ident["tcbLevels"][0]["tcbStatus"] = status  # the level QE ISVSVN 6 matches
+    a = run(Synth(qe_identity=ident))
+    st = check(a, "tdx.tcb.status")
+    assert failed(a) == ["tdx.tcb.status"] and st.observed == "OutOfDate", st
+    assert f"QE {status} (as OutOfDate)" in st.detail, st
+    ok = TdxPolicy(accepted_tcb_statuses=frozenset({"UpToDate", "OutOfDate"}))
+    assert run(Synth(qe_identity=ident), policy=ok).passed
+
+
+@pytest.mark.parametrize("status", ["ConfigurationNeeded", "SWHardeningNeeded", "New"])
+def test_a_module_level_with_another_status_is_never_accepted(status: str) -> None:
+    # QVL (TdxModuleCheck): UpToDate, OutOfDate or Revoked, else STATUS_TCB_UNRECOGNIZED_STATUS.
+    info = default_tcb_info()
+    info["tdxModuleIdentities"][0]["tcbLevels"][0]["tcbStatus"] = status
+    every = frozenset(rules.TCB_STATUSES) - {"Revoked"}
+    a = run(Synth(tcb_info=info), policy=TdxPolicy(accepted_tcb_statuses=every))
+    st = check(a, "tdx.tcb.status")
+    assert failed(a) == ["tdx.tcb.status"], st
+    assert st.observed.startswith(f"UnrecognizedModuleStatus({status})"), st
+
+
+def test_qe_miscselect_is_compared_in_report_byte_order() -> None:
+    # The identity's hex is the field's bytes as the report holds them (a little-endian uint32),
+    # as for attributes: "01000000" is MISCSELECT 1 (Intel's QVL reads it the same way).
+    for value, mask, report, ok in [
+        ("01000000", "FFFFFFFF", b"\x01\x00\x00\x00", True),
+        ("00000001", "FFFFFFFF", b"\x01\x00\x00\x00", False),
+        ("00000001", "FFFFFFFF", b"\x00\x00\x00\x01", True),
+        ("00000000", "FEFFFFFF", b"\x01\x00\x00\x00", True),  # bit 0 masked out
+        ("00000000", "FFFFFFFE", b"\x01\x00\x00\x00", False),
+    ]:
+        ident = default_qe_identity()
+        ident["miscselect"], ident["miscselectMask"] = value, mask
+        a = run(Synth(qe_identity=ident, qe_miscselect=report))
+        assert a.passed is ok and (ok or failed(a) == ["tdx.qe.identity"]), (value, mask, report)
 
 
 def test_no_tcb_level_and_missing_module_identity() -> None:

@@ -422,8 +422,11 @@ def parse_qe_identity(data: bytes, source: str = "qe-identity") -> QeIdentity:
         raise DecodeError(f"{kind}: no tcbLevels")
     return QeIdentity(
         doc=_doc(kind, source, body, signed, sig),
-        miscselect=int.from_bytes(_hex(body, "miscselect", kind, 4), "big"),
-        miscselect_mask=int.from_bytes(_hex(body, "miscselectMask", kind, 4), "big"),
+        # The hex is the field's bytes in report order (like attributes), and the report's
+        # MISCSELECT is a little-endian uint32 (SgxReport.miscselect): read both the same way, as
+        # Intel's QVL does (vectorToUint32 byte-swaps its big-endian read).
+        miscselect=int.from_bytes(_hex(body, "miscselect", kind, 4), "little"),
+        miscselect_mask=int.from_bytes(_hex(body, "miscselectMask", kind, 4), "little"),
         attributes=_hex(body, "attributes", kind, 16),
         attributes_mask=_hex(body, "attributesMask", kind, 16),
         mrsigner=_hex(body, "mrsigner", kind, 32),

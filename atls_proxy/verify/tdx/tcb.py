@@ -321,6 +321,17 @@ def match_qe(identity: QeIdentity, report: SgxReport) -> QeMatch:
     )
 
 
+# The statuses a TDX module or QE identity level may carry (QVL: TdxModuleCheck and
+# EnclaveReportVerifier); the platform level's list is longer.
+_ISV_STATUSES = (UP_TO_DATE, OUT_OF_DATE, REVOKED)
+
+
+def _qe_status(status: str) -> str:
+    """QVL (EnclaveReportVerifier, 4.1.2.9.9): a QE level that is not UpToDate is OutOfDate,
+    unless it is Revoked — whatever else it says."""
+    return status if status in (UP_TO_DATE, REVOKED) else OUT_OF_DATE
+
+
 def _converge(status: str, other: str) -> str:
     """QVL's convergence of a level status with a module or QE status (steps 4 and 7)."""
     if other == OUT_OF_DATE:
@@ -373,15 +384,22 @@ def combine(info: TcbInfo, body: TdReport, levels: LevelMatch, qe_level: IsvTcbL
     assert levels.sgx_level is not None and levels.tdx_level is not None
     platform = levels.tdx_level.status
     module = levels.module_level.status if levels.module_level is not None else UP_TO_DATE
-    status = _converge(platform, module)
     parts = [f"TDX level {platform}", f"module {module}"]
+    if module in _ISV_STATUSES:
+        status = _converge(platform, module)
+    else:
+        # QVL fails a module level with any other status (STATUS_TCB_UNRECOGNIZED_STATUS). Not
+        # carried through as it is: a known platform status there (ConfigurationNeeded, say)
+        # could be one a policy accepts.
+        status = f"UnrecognizedModuleStatus({module})"
     if status != REVOKED and body.tee_tcb_svn2 is not None and qe_level.status == UP_TO_DATE:
         relaunched = _relaunch(info, body, levels.sgx_level.status, status, module)
         if relaunched != status:
             parts.append(f"TEE_TCB_SVN2 reaches the newest level: {relaunched}")
             status = relaunched
-    parts.append(f"QE {qe_level.status}")
-    status = _converge(status, qe_level.status)
+    qe = _qe_status(qe_level.status)
+    parts.append(f"QE {qe_level.status}" + (f" (as {qe})" if qe != qe_level.status else ""))
+    status = _converge(status, qe)
     advisories: list[str] = []
     sources: list[IsvTcbLevel | TcbLevel | None] = [levels.tdx_level, levels.module_level, qe_level]
     for source in sources:
