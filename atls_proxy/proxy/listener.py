@@ -175,8 +175,12 @@ def log_event(logger: logging.Logger, level: int, event: str, what: str, **field
     same fields as attributes (``ops/logs.py``). Nothing is formatted when the level is off."""
     if not logger.isEnabledFor(level):
         return
+    # A value with a space, or anything not printable (a peer's reason may carry line breaks or
+    # escape sequences), is quoted with its escapes: one event stays one line of text.
     text = " ".join(
-        f"{k}={v!r}" if isinstance(v, str) and (not v or " " in v) else f"{k}={v}"
+        f"{k}={v!r}"
+        if isinstance(v, str) and (not v or " " in v or not v.isprintable())
+        else f"{k}={v}"
         for k, v in fields.items()
     )
     logger.log(level, "%s %s", what, text, extra={"event": event, **fields})

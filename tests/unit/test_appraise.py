@@ -64,3 +64,19 @@ def test_report_verdicts() -> None:
     assert not r.passed and r.to_json()["atls.failed-check"]["name"] == "tls.hostname"
     text = render_text(r)
     assert "Verdict: FAIL at tls.hostname" in text and "observed: a" in text
+
+
+def test_the_text_report_escapes_what_the_server_chose() -> None:
+    # A hostile server's media type (and an ERROR reason) would otherwise reach the terminal raw:
+    # clear the screen, print a green "Verdict: PASS", conceal the real verdict.
+    evil = "x\x1b[2J\x1b[H\x1b[32mVerdict: PASS\x1b[0m\n\x1b[8m"
+    r = AttestationReport("h:1", [Check("tls.handshake", True)])
+    r.appraisals = appraise_cmw(encode_cmw(CMWRecord(evil, b"v", 4)), B, [Echo()], 0)
+    r.checks.append(Check("expat.server-error", False, "server error 2: \x1b[8mhidden\r\nVerdict"))
+    text = render_text(r)
+    assert not r.passed and "\x1b" not in text and "\r" not in text
+    assert "\\x1b[2J" in text and "hidden\\r\\nVerdict" in text
+    # Only the report's own line breaks: no line starts with a forged verdict.
+    assert [ln for ln in text.splitlines() if ln.startswith("Verdict")] == [
+        "Verdict: FAIL at expat.server-error: server error 2: \\x1b[8mhidden\\r\\nVerdict"
+    ]
