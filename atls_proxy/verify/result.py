@@ -33,6 +33,26 @@ class Tier(IntEnum):
     def label(self) -> str:
         return self.name.lower()
 
+    @classmethod
+    def of_claim(cls, value: int) -> Tier:
+        """The tier an AR4SI trust-vector claim value falls in (draft-ietf-rats-ar4si,
+        "Enumeration Encoding": none −1..1, affirming 2..31 / −2..−32, warning 32..95 / −33..−96,
+        contraindicated 96..127 / −97..−128)."""
+        v = -value - 1 if value < 0 else value  # a negative −n sits in the tier of n − 1
+        if value in (-1, 0, 1):
+            return cls.NONE
+        if v >= 96:
+            return cls.CONTRAINDICATED
+        if v >= 32:
+            return cls.WARNING
+        return cls.AFFIRMING
+
+
+def _worst(tiers: Iterable[Tier]) -> Tier:
+    """draft-ietf-rats-ear: a status is never better than the worst claim it summarises. NONE
+    (no claim) is not worse than affirming."""
+    return max(tiers, key=lambda t: (t is not Tier.NONE, t))
+
 
 @dataclass(frozen=True, slots=True)
 class Check:
@@ -83,9 +103,14 @@ class Appraisal:
 
     @property
     def tier(self) -> Tier:
+        """``ear.status``: contraindicated when a check failed, else the worst of affirming and
+        the trust-vector claims (draft-ietf-rats-ear: never better than the worst claim — a
+        passing appraisal of simulated or software-rooted evidence is a ``warning``)."""
         if not self.checks:
             return Tier.NONE
-        return Tier.AFFIRMING if self.passed else Tier.CONTRAINDICATED
+        if not self.passed:
+            return Tier.CONTRAINDICATED
+        return _worst([Tier.AFFIRMING, *map(Tier.of_claim, self.trust_vector.values())])
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -140,7 +165,12 @@ class AttestationReport:
 
     @property
     def tier(self) -> Tier:
-        return Tier.AFFIRMING if self.passed else Tier.CONTRAINDICATED
+        """The overall ``ear.status``: contraindicated unless the report passed, else the worst
+        submod's (never better than the worst submod, draft-ietf-rats-ear). The verdict itself
+        is ``passed``: the policy's checks."""
+        if not self.passed:
+            return Tier.CONTRAINDICATED
+        return _worst([Tier.AFFIRMING, *(a.tier for a in self.appraisals)])
 
     def to_json(self, verifier_build: str = "") -> dict[str, Any]:
         """EAR-shaped (draft-ietf-rats-ear): overall status, one submod per appraisal."""

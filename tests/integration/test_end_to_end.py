@@ -52,7 +52,8 @@ def test_attest_report_json(stack: Stack) -> None:
     )
     assert res.returncode == 0, res.stdout + res.stderr
     doc = json.loads(res.stdout)
-    assert doc["atls.passed"] is True and doc["ear.status"] == "affirming"
+    # Passed, and SIMULATED: no hardware root (hardware 32), so the EAR status is a warning.
+    assert doc["atls.passed"] is True and doc["ear.status"] == "warning"
     assert doc["atls.simulated"] is True
     conn = {c["name"]: c for c in doc["submods"]["connection"]["atls.checks"]}
     for name in (

@@ -89,7 +89,9 @@ def test_tdx_quotev4_passes_with_policy_accepting_out_of_date(
         "2025-10-20T00:00:00Z",
     )
     assert code == 0, doc["atls.failed-check"]
-    assert doc["ear.status"] == "affirming"
+    # Accepted by this policy, but the TCB is OutOfDate (hardware 32): a warning, not affirming.
+    assert doc["submods"]["evidence"]["ear.trustworthiness-vector"]["hardware"] == 32
+    assert doc["ear.status"] == "warning"
 
 
 def test_tdx_spr_e4_rejected_at_tcb_step(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from atls_proxy.expat.binding import Binding
 from atls_proxy.expat.cmw import CMWCollection, CMWRecord, encode_cmw
 from atls_proxy.report import render_text
 from atls_proxy.verify.appraise import appraise_cmw
-from atls_proxy.verify.result import Appraisal, AttestationReport, Check
+from atls_proxy.verify.result import Appraisal, AttestationReport, Check, Tier
 
 B = Binding("sha256", os.urandom(32), os.urandom(32))
 
@@ -80,3 +80,29 @@ def test_the_text_report_escapes_what_the_server_chose() -> None:
     assert [ln for ln in text.splitlines() if ln.startswith("Verdict")] == [
         "Verdict: FAIL at expat.server-error: server error 2: \\x1b[8mhidden\\r\\nVerdict"
     ]
+
+
+def test_ear_status_is_never_better_than_the_worst_claim() -> None:
+    # draft-ietf-rats-ear: a submod's status never better than its vector's worst claim, the
+    # overall status never better than the worst submod; a failed check is contraindicated.
+    def appraisal(tv: dict[str, int], ok: bool = True) -> Appraisal:
+        return Appraisal("x", [Check("c", ok)], trust_vector=tv)
+
+    assert appraisal({}).tier is Tier.AFFIRMING
+    assert appraisal({"instance-identity": 2, "hardware": 32}).tier is Tier.WARNING
+    assert appraisal({"hardware": 96}).tier is Tier.CONTRAINDICATED
+    assert appraisal({"hardware": 0}).tier is Tier.AFFIRMING  # "none" is no claim
+    assert appraisal({"hardware": -33}).tier is Tier.WARNING
+    assert appraisal({"hardware": 2}, ok=False).tier is Tier.CONTRAINDICATED
+    r = AttestationReport("h:1", [Check("tls.handshake", True)])
+    r.appraisals = [appraisal({"hardware": 2}), appraisal({"hardware": 32})]
+    doc = r.to_json()
+    assert r.passed and doc["ear.status"] == "warning" and doc["atls.passed"] is True
+    assert [m["ear.status"] for m in doc["submods"].values()] == [
+        "affirming",
+        "affirming",
+        "warning",
+    ]
+    assert "Verdict: PASS, every check passed (status warning)" in render_text(r)
+    r.checks.append(Check("tls.hostname", False))
+    assert r.to_json()["ear.status"] == "contraindicated"
