@@ -11,8 +11,12 @@ the switch is lost.
 
 Backpressure is the transports' own flow control, crossed over: when one side's write buffer
 passes its high-water mark (``pause_writing``) the pump stops reading the *other* side
-(``pause_reading``) until it drains (``resume_writing``). Memory per connection stays bounded by
-the two write buffers plus one read, whatever the peers do.
+(``pause_reading``) until it drains (``resume_writing``). Reading TLS can also produce TLS output
+without any plaintext (OpenSSL answers each KeyUpdate with update_requested by one of its own), so
+a full TLS write buffer pauses reading the TLS side as well: a peer that sends KeyUpdates and
+never reads stops being read instead of growing our buffer. The TLS side is read again only when
+neither write buffer is full. Memory per connection stays bounded by the two write buffers plus
+one read, whatever the peers do.
 
 Half-close is carried across: EOF from the plain side becomes close_notify on TLS, and the peer's
 close_notify becomes ``write_eof()`` on the plain side, while the other direction keeps flowing.
@@ -50,7 +54,17 @@ class PumpStats:
 
 
 class _Pump:
-    __slots__ = ("done", "engine", "plain", "plain_in_done", "stats", "tls", "tls_in_done")
+    __slots__ = (
+        "done",
+        "engine",
+        "plain",
+        "plain_full",
+        "plain_in_done",
+        "stats",
+        "tls",
+        "tls_full",
+        "tls_in_done",
+    )
 
     def __init__(
         self,
@@ -65,6 +79,9 @@ class _Pump:
         self.done = done
         self.stats = PumpStats(last_activity=time.monotonic())
         self.tls_in_done = False  # the TLS peer sent close_notify
+        # Write buffers over their high-water mark (pause_writing, until resume_writing).
+        self.tls_full = False
+        self.plain_full = False
         self.plain_in_done = False  # the plain side sent EOF
 
     # -- ending --------------------------------------------------------------------------------
@@ -118,6 +135,12 @@ class _Pump:
         if not self.tls_in_done:
             self.fail(TLSError("connection closed without close_notify"))
 
+    def resume_tls(self) -> None:
+        """Read the TLS side again, unless a write buffer is still full or the peer's direction
+        ended (after close_notify the TLS side stays paused)."""
+        if not (self.tls_full or self.plain_full or self.tls_in_done):
+            _resume(self.tls)
+
     def flush_tls(self) -> None:
         out = self.engine.outgoing()
         if out and not self.tls.is_closing():
@@ -164,10 +187,15 @@ class _TLSSide(asyncio.Protocol):
             self.p.fail(TLSError("connection closed without close_notify"))
 
     def pause_writing(self) -> None:
+        self.p.tls_full = True
         _pause(self.p.plain)
+        _pause(self.p.tls)  # reading TLS may write TLS (key updates): module docstring
 
     def resume_writing(self) -> None:
-        _resume(self.p.plain)
+        p = self.p
+        p.tls_full = False
+        _resume(p.plain)
+        p.resume_tls()
 
 
 class _PlainSide(asyncio.Protocol):
@@ -190,11 +218,12 @@ class _PlainSide(asyncio.Protocol):
             self.p.plain_eof()  # closed: no more bytes from this side
 
     def pause_writing(self) -> None:
+        self.p.plain_full = True
         _pause(self.p.tls)
 
     def resume_writing(self) -> None:
-        if not self.p.tls_in_done:  # after close_notify the TLS side stays paused
-            _resume(self.p.tls)
+        self.p.plain_full = False
+        self.p.resume_tls()
 
 
 def _pause(transport: Any) -> None:

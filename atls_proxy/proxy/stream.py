@@ -82,7 +82,13 @@ class TLSStream:
             data = self.engine.read()
             if data is not None:
                 return data
-            self._flush_nowait()  # whatever we owe the peer goes out before we wait for it
+            # Whatever we owe the peer goes out before we wait for it — and if there was some,
+            # we wait for it to drain: reading can produce output without plaintext (a KeyUpdate
+            # answered), and a peer that sends those and never reads must not grow our buffer.
+            out = self.engine.outgoing()
+            if out and not self.writer.is_closing():
+                self.writer.write(out)
+                await self.writer.drain()
             if self._eof:
                 raise TLSError("connection closed without close_notify")
             await self._fill()

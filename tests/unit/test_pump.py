@@ -12,6 +12,11 @@ import asyncio
 import contextlib
 import socket
 
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+
 from atls_proxy.proxy.conn import Conn, open_conn
 from atls_proxy.proxy.pump import pump
 from atls_proxy.proxy.stream import TLSStream
@@ -113,3 +118,108 @@ async def test_bytes_after_close_notify_are_ignored_not_buffered() -> None:
 async def _send(loop: asyncio.AbstractEventLoop, sock: socket.socket, data: bytes, n: int) -> None:
     for _ in range(n):
         await loop.sock_sendall(sock, data)
+
+
+class _RecordWriter:
+    """Client→server TLS 1.3 records under TLS_AES_128_GCM_SHA256, written by hand from the
+    client's application traffic secret (RFC 8446 §7.1 HKDF-Expand-Label, §7.3 keys, §5.2 record
+    protection, §7.2 "traffic upd"): OpenSSL offers no call that sends a KeyUpdate on demand."""
+
+    def __init__(self, secret: bytes) -> None:
+        self.updates = 0
+        self._set(secret)
+
+    @staticmethod
+    def _label(secret: bytes, label: bytes, n: int) -> bytes:
+        full = b"tls13 " + label
+        info = n.to_bytes(2, "big") + bytes([len(full)]) + full + b"\x00"
+        return HKDFExpand(hashes.SHA256(), n, info).derive(secret)
+
+    def _set(self, secret: bytes) -> None:
+        self.secret, self.seq = secret, 0
+        self.key = AESGCM(self._label(secret, b"key", 16))
+        self.iv = self._label(secret, b"iv", 12)
+
+    def key_update(self) -> bytes:
+        """KeyUpdate(update_requested): the server must answer with a KeyUpdate of its own."""
+        inner = b"\x18\x00\x00\x01\x01" + b"\x16"  # handshake type 24, length 1, value 1
+        header = b"\x17\x03\x03" + (len(inner) + 16).to_bytes(2, "big")
+        nonce = bytes(a ^ b for a, b in zip(self.iv, self.seq.to_bytes(12, "big"), strict=True))
+        record = header + self.key.encrypt(nonce, inner, header)
+        self.updates += 1
+        self._set(self._label(self.secret, b"traffic upd", 32))
+        return record
+
+
+@pytest.mark.parametrize("reader", ["pump", "stream"])
+async def test_a_peer_that_floods_key_updates_and_never_reads_is_not_read(reader: str) -> None:
+    # reader: the pump (after ACCEPT), or TLSStream.read (the Expat exchange, before it).
+    # Each KeyUpdate(update_requested) makes OpenSSL queue one of its own; a peer that never reads
+    # would grow the proxy's TLS write buffer without bound if the pump kept reading it.
+    loop = asyncio.get_running_loop()
+    bsrv = await asyncio.start_server(lambda r, w: r.read(), "127.0.0.1", 0)
+    bport = bsrv.sockets[0].getsockname()[1]
+    transports: list[asyncio.Transport] = []
+    pumps: list[asyncio.Task[object]] = []
+
+    async def handle(conn: Conn) -> None:
+        ctx = server_context(IDENT)
+        ctx.set_tls13_ciphersuites(b"TLS_AES_128_GCM_SHA256")
+        tls = TLSStream(conn, conn, TLSEngine(ctx, server_side=True))
+        # Small kernel buffers, so that the test needs no megabytes to reach the user space one.
+        conn.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 16384
+        )
+        await tls.handshake()
+        transports.append(conn.transport)
+        if reader == "pump":
+            await pump(tls, await open_conn("127.0.0.1", bport), idle_timeout=30)
+        while await tls.read():  # the Expat exchange's reads: no plaintext ever comes
+            pass
+
+    srv = await loop.create_server(
+        lambda: Conn(lambda c: pumps.append(loop.create_task(handle(c)))), "127.0.0.1", 0
+    )
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a peer that reads nothing
+    sock.connect(("127.0.0.1", srv.sockets[0].getsockname()[1]))
+    sock.setblocking(False)
+    secrets: list[bytes] = []
+    cctx = client_context(None, verify_pki=False)
+    cctx.set_keylog_callback(
+        lambda _c, line: secrets.extend(
+            bytes.fromhex(line.split()[2].decode())
+            for _ in [0]
+            if line.startswith(b"CLIENT_TRAFFIC_SECRET_0 ")
+        )
+    )
+    try:
+        client = TLSEngine(cctx, server_side=False, server_name="localhost")
+        while not client.handshake():
+            if out := client.outgoing():
+                await loop.sock_sendall(sock, out)
+            client.feed(await loop.sock_recv(sock, 65536))
+        await loop.sock_sendall(sock, client.outgoing())  # our Finished
+        writer = _RecordWriter(secrets[0])
+
+        async def flood() -> None:
+            for _ in range(200):  # bounded: 200 × 256 KeyUpdates (~1.4 MB)
+                await loop.sock_sendall(sock, b"".join(writer.key_update() for _ in range(256)))
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(flood(), 4)
+        await asyncio.sleep(0.2)
+        (tr,) = transports
+        # The TLS side stopped being read once its write buffer passed the high-water mark:
+        # bounded by that mark plus the answers to one read (uvloop reads up to 256 KiB at once),
+        # where it used to take every answer (~1.3 MB here).
+        _low, high = tr.get_write_buffer_limits()
+        assert writer.updates == 200 * 256  # all sent: they wait in the kernel's buffers
+        assert tr.get_write_buffer_size() <= high + 262144, (tr.get_write_buffer_size(), high)
+        assert not pumps[0].done()  # a flow-controlled connection, not an error
+    finally:
+        sock.close()
+        for t in pumps:
+            t.cancel()
+        srv.close()
+        bsrv.close()
