@@ -171,6 +171,13 @@ platform_keys = ["platform.pem"]
 # of its values. These are SIMULATED values (SHA-256 of fixed labels), the ones serve.toml reports.
 [software.measurements]
 {lists}
+
+# Freshness tiers accepted (docs/PROTOCOL.md §5.3). "cached" is an opt-in: its per-connection
+# binding is the TLS key's signature alone, so a stolen TLS key impersonates the server for as
+# long as the server issues epochs (docs/SECURITY.md). Listed here so that every tier of
+# `atls-proxy bench attest` can be tried against a dev server.
+[freshness]
+tiers = ["strict", "batched", "cached"]
 """
 
 

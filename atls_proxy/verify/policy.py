@@ -103,11 +103,17 @@ class SoftwarePolicy:
         object.__setattr__(self, "measurements", MappingProxyType(frozen))
 
 
+# The tiers a client accepts unless its policy names them: not ``cached``, whose connection
+# binding rests on the TLS key alone (docs/SECURITY.md: a stolen AIK impersonates the server for
+# as long as it issues epochs); a policy opts in by listing it.
+DEFAULT_TIERS = frozenset({Tier.STRICT, Tier.BATCHED})
+
+
 @dataclass(frozen=True, slots=True)
 class Freshness:
     """Which freshness tiers (docs/PROTOCOL.md §5.3) a client accepts, and the oldest epoch."""
 
-    tiers: frozenset[Tier] = frozenset(Tier)
+    tiers: frozenset[Tier] = DEFAULT_TIERS
     max_epoch_age: float = DEFAULT_MAX_EPOCH_AGE
 
 
@@ -199,7 +205,7 @@ class _Parser:
 
     def freshness(self, value: object) -> Freshness:
         section = self.table(value, "freshness", _FRESHNESS_KEYS)
-        tiers = section.get("tiers", [t.value for t in Tier])
+        tiers = section.get("tiers", sorted(t.value for t in DEFAULT_TIERS))
         names = {t.value: t for t in Tier}
         if not isinstance(tiers, list) or not tiers:
             raise self.error("freshness.tiers", f"a non-empty list of: {', '.join(names)}")

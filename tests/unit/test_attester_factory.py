@@ -33,6 +33,7 @@ from atls_proxy.attest.software import SoftwareAttester
 from atls_proxy.attest.tpm import TpmAttester
 from atls_proxy.errors import ConfigError
 from atls_proxy.expat.binding import Binding
+from atls_proxy.expat.tiers import Tier as _FreshnessTier
 from atls_proxy.ops.config import (
     AttesterConfig,
     ConfigfsTsmAttesterConfig,
@@ -41,7 +42,11 @@ from atls_proxy.ops.config import (
 )
 from atls_proxy.ops.devinit import dev_init
 from atls_proxy.verify.appraise import appraise_cmw
+from atls_proxy.verify.policy import Freshness as _Freshness
 from atls_proxy.verify.result import Appraisal, Check
+
+# Engine-level tests appraise every tier, the cached one included (a policy's opt-in).
+ALL_TIERS = _Freshness(frozenset(_FreshnessTier))
 
 AIK = ec.generate_private_key(ec.SECP256R1())
 AIK_HASH = hashlib.sha256(
@@ -242,10 +247,14 @@ async def test_engine_round_trip_over_the_fake_tree(
         await engine.close()
     v = ReportDataVerifier(provider)
     for b, cmw in zip(bindings, cmws, strict=True):
-        (a,) = appraise_cmw(cmw, b, [v], time.time(), aik_public_key=AIK.public_key())
+        (a,) = appraise_cmw(
+            cmw, b, [v], time.time(), freshness=ALL_TIERS, aik_public_key=AIK.public_key()
+        )
         assert a.passed, a.first_failure
     other = Binding("sha256", os.urandom(32), AIK_HASH)
-    (a,) = appraise_cmw(cmws[0], other, [v], time.time(), aik_public_key=AIK.public_key())
+    (a,) = appraise_cmw(
+        cmws[0], other, [v], time.time(), freshness=ALL_TIERS, aik_public_key=AIK.public_key()
+    )
     assert not a.passed
     assert fake.live_entries() == []
 

@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import cbor2
 import pytest
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -21,7 +22,12 @@ from atls_proxy.expat import merkle
 from atls_proxy.expat.binding import Binding
 from atls_proxy.expat.cmw import MAX_CMW_SIZE, CMWCollection, CMWRecord, decode_cmw, encode_cmw
 from atls_proxy.expat.schemes import ECDSA_SECP256R1_SHA256, ECDSA_SECP384R1_SHA384
-from atls_proxy.expat.tiers import AIK_BINDING_MEDIA_TYPE, encode_aik_binding
+from atls_proxy.expat.tiers import (
+    AIK_BINDING_MEDIA_TYPE,
+    aik_binding_content,
+    encode_aik_binding,
+    epoch_digest,
+)
 from atls_proxy.verify.appraise import appraise_cmw
 from atls_proxy.verify.policy import Freshness, SoftwarePolicy
 from atls_proxy.verify.software import SoftwareVerifier
@@ -41,9 +47,18 @@ def binding() -> Binding:
     return Binding("sha256", os.urandom(32), AIK_HASH)
 
 
+# These tests appraise every tier, the cached one included (a policy's opt-in: DEFAULT_TIERS).
+ALL_TIERS = Freshness(frozenset(Tier))
+
+
 def appraise(cmw: bytes, b: Binding, fresh: Freshness | None = None, now: float | None = None):  # type: ignore[no-untyped-def]
     (a,) = appraise_cmw(
-        cmw, b, [VERIFIER], now or time.time(), aik_public_key=AIK.public_key(), freshness=fresh
+        cmw,
+        b,
+        [VERIFIER],
+        now or time.time(),
+        aik_public_key=AIK.public_key(),
+        freshness=fresh or ALL_TIERS,
     )
     return a
 
@@ -169,7 +184,7 @@ async def test_cached_epoch_policy_and_expiry() -> None:
     b = binding()
     cmw = await eng.evidence_for(b)
     assert appraise(cmw, b, now=now[0] + 10).passed
-    old = appraise(cmw, b, Freshness(max_epoch_age=5), now=now[0] + 10)
+    old = appraise(cmw, b, Freshness(frozenset(Tier), max_epoch_age=5), now=now[0] + 10)
     assert old.first_failure.name == "freshness.epoch-age"
     assert appraise(cmw, b, now=now[0] + 200).first_failure.name == "freshness.epoch-age"  # expired
     assert (
@@ -191,7 +206,7 @@ async def test_cached_wrong_aik_key_rejected() -> None:
     b = binding()
     cmw = await eng.evidence_for(b)
     other = ec.generate_private_key(ec.SECP256R1()).public_key()
-    (a,) = appraise_cmw(cmw, b, [VERIFIER], time.time(), aik_public_key=other)
+    (a,) = appraise_cmw(cmw, b, [VERIFIER], time.time(), aik_public_key=other, freshness=ALL_TIERS)
     assert a.first_failure.name == "evidence.aik-binding"
 
 
@@ -214,7 +229,13 @@ async def test_cached_binding_signature_covered_by_certificate_verify() -> None:
 
     def run(data: bytes, signed: bool, key: object = AIK.public_key()):  # type: ignore[no-untyped-def]
         (a,) = appraise_cmw(
-            data, b, [VERIFIER], time.time(), aik_public_key=key, cmw_signed_by_aik=signed
+            data,
+            b,
+            [VERIFIER],
+            time.time(),
+            aik_public_key=key,
+            cmw_signed_by_aik=signed,
+            freshness=ALL_TIERS,
         )
         return a
 
@@ -240,6 +261,7 @@ async def test_cached_binding_signature_covered_by_certificate_verify() -> None:
         time.time(),
         aik_public_key=other,
         cmw_signed_by_aik=True,
+        freshness=ALL_TIERS,
     )
     assert not a.passed
 
@@ -506,7 +528,13 @@ async def test_client_cache_reuses_epoch_appraisal_only_while_valid() -> None:
     for _ in range(5):
         b = binding()
         (a,) = appraise_cmw(
-            await eng.evidence_for(b), b, [v], now[0], aik_public_key=AIK.public_key(), cache=cache
+            await eng.evidence_for(b),
+            b,
+            [v],
+            now[0],
+            aik_public_key=AIK.public_key(),
+            cache=cache,
+            freshness=ALL_TIERS,
         )
         assert a.passed
     assert len(calls) == 1  # the epoch quote was verified once
@@ -518,12 +546,19 @@ async def test_client_cache_reuses_epoch_appraisal_only_while_valid() -> None:
         now[0],
         aik_public_key=AIK.public_key(),
         cache=cache,
+        freshness=ALL_TIERS,
     )
     assert bad[0].first_failure.name == "evidence.aik-binding"  # per-connection checks still run
     now[0] += 70  # past CACHE_MAX_SECONDS: verified again
     b = binding()
     appraise_cmw(
-        await eng.evidence_for(b), b, [v], now[0], aik_public_key=AIK.public_key(), cache=cache
+        await eng.evidence_for(b),
+        b,
+        [v],
+        now[0],
+        aik_public_key=AIK.public_key(),
+        cache=cache,
+        freshness=ALL_TIERS,
     )
     assert len(calls) == 2
 
@@ -625,3 +660,29 @@ async def test_a_cmw_too_large_to_carry_fails_each_connection_not_the_engine(tie
         eng = EvidenceEngine(att, tier, aik_key=AIK)  # a new epoch
     b = binding()
     assert appraise(await eng.evidence_for(b), b).passed
+
+
+async def test_the_cached_tier_relay_with_a_stolen_key_needs_the_policys_opt_in() -> None:
+    """docs/SECURITY.md: in the cached tier the binding is the AIK's signature alone. Mallory,
+    holding the stolen TLS key (= the AIK), fetches the genuine epoch as an ordinary client and
+    re-signs it for her victim's connection. A client that opted in to the tier accepts it (the
+    tier's stated limit); the default policy refuses the tier."""
+    eng = EvidenceEngine(Recording(), Tier.CACHED, aik_key=AIK, epoch_seconds=60)
+    await eng.start()
+    genuine = await eng.evidence_for(binding())  # Mallory's own connection to the server
+    victim = binding()
+    col = decode_cmw(genuine)
+    assert isinstance(col, CMWCollection)
+    epoch = col.members["epoch"]
+    assert isinstance(epoch, CMWRecord)
+    digest = epoch_digest("sha256", epoch.value)
+    sig = AIK.sign(aik_binding_content(victim.binder, digest), ec.ECDSA(hashes.SHA256()))
+    forged = _with_binding_record(genuine, ECDSA_SECP256R1_SHA256, sig)
+    assert appraise(forged, victim, ALL_TIERS).passed
+    (a,) = appraise_cmw(forged, victim, [VERIFIER], time.time(), aik_public_key=AIK.public_key())
+    assert a.first_failure is not None and a.first_failure.name == "freshness.tier"
+    # The same Mallory against the strict tier: the quote names another binder.
+    strict = EvidenceEngine(Recording(), Tier.STRICT)
+    assert appraise(await strict.evidence_for(binding()), victim).first_failure.name == (
+        "evidence.binder"
+    )

@@ -24,6 +24,7 @@ from atls_proxy.ops.policyfile import MAX_POLICY_FILE_SIZE, load_policy, trust_f
 from atls_proxy.verify.policy import (
     DEFAULT_POLICY_ID,
     MAX_PLATFORM_KEYS,
+    Freshness,
     Policy,
     SoftwarePolicy,
     parse_policy,
@@ -337,7 +338,9 @@ def test_freshness_section_accepts_tiers_and_an_age(tmp_path: Path) -> None:
     fresh = load_policy(write_policy(tmp_path, text)).freshness
     assert fresh.tiers == frozenset({Tier.CACHED, Tier.BATCHED}) and fresh.max_epoch_age == 60
     default = load_policy(write_policy(tmp_path)).freshness
-    assert default.tiers == frozenset(Tier) and default.max_epoch_age == 300
+    # Without the opt-in, not the cached tier (docs/SECURITY.md: a stolen TLS key defeats it).
+    assert default.tiers == frozenset({Tier.STRICT, Tier.BATCHED}) and default.max_epoch_age == 300
+    assert Freshness().tiers == default.tiers
 
 
 @pytest.mark.parametrize(
