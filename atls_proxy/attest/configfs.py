@@ -49,9 +49,11 @@ provider, not by the files: a configured ``privlevel`` is refused unless the pro
 anything.
 
 One quote (``_attempt``), on a fresh uniquely-named entry (so the ABI's "instance per requesting
-context" already rules out conflicts; the generation check catches a stray writer anyway):
+context" already rules out conflicts; the generation checks catch a stray writer anyway, from
+the mkdir on):
 
-    mkdir → read provider (unknown → fail, nothing quoted) → read generation g0
+    mkdir → read provider (unknown → fail, nothing quoted) → read generation g0: must be 0, as
+      on every new entry (higher: another writer already set privlevel or inblob; retry)
     → [write privlevel] → write inblob (64 bytes) → read generation: must be g0 + writes
       (lower: the kernel dropped our write; higher: another writer)
     → read outblob → [read auxblob] → read generation: must still be g0 + writes (else retry)
@@ -790,6 +792,9 @@ class ConfigfsTsmAttester:
             features = frozenset(a for a in _OPTIONAL_ATTRIBUTES if ops.exists(entry / a))
             path = entry / "generation"
             start = _read_int(ops, path, "generation")
+            # A new entry starts at generation 0. Anything else is another writer's privlevel or
+            # inblob, which we would not overwrite (privlevel unset: its VMPL would be reported).
+            self._check_generation(start, 0, "first write")
             writes = 0
 
             privlevel = self._choose_privlevel(entry, provider, features)

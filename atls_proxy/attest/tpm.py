@@ -47,20 +47,43 @@ One quote (``_TpmSession.quote``), in a worker thread:
    the PCR values, the bank and the AK's SubjectPublicKeyInfo as the key-5 hint), media type
    ``atls_proxy.verify.tpm.MEDIA_TYPE``.
 
-Concurrency and failures. ESAPI contexts are not thread-safe and TPM commands block (a quote is
-milliseconds on a software TPM and tens of ms to a second on a hardware one), so each call runs
-in a daemon thread, one at a time per attester: an ``asyncio.Lock`` orders callers, and a call
-whose caller timed out keeps the TPM until it returns (the next caller waits for it inside its
-own timeout instead of starting a second TPM command beside it). Every failure — TCTI I/O (TPM
-gone), a TPM error code, a timeout, a quote that fails the self-check — raises
-``AttestationUnavailable`` with the operation, the TCTI and a hint; the session is then closed
-and reopened by the next call, so a TPM that comes back is used again. TPM_RC_RETRY, YIELDED and
-TESTING (Part 2 §6.6.3 warnings) are retried briefly.
+Concurrency. ESAPI contexts are not thread-safe and TPM commands block (a quote is milliseconds
+on a software TPM and tens of ms to a second on a hardware one; TPM2_CreatePrimary of an RSA key
+can take tens of seconds), so every TPM operation — an open, a quote, a close — runs in a thread
+that holds the attester's ``threading.Lock`` (the TPM lock) for the whole operation: never two at
+once, whoever started them. ``attest`` runs its calls through ``blocking.SerialThreadCalls``: an
+``asyncio.Lock`` orders callers, each call runs in a daemon thread, and a call whose caller timed
+out keeps the TPM until it returns (the next caller waits for it inside its own timeout instead of
+starting a second TPM command beside it).
 
-Opening (connect, read capabilities, load or create the AK) runs in a daemon thread too, waited
-for at most ``open_timeout`` seconds (``blocking.call_with_deadline``), so a TPM that never answers
-fails start-up instead of hanging it. ``close`` waits at most ``timeout`` seconds for the TPM lock,
-the exit-time close ``EXIT_CLOSE_WAIT``: when an abandoned call still holds it, the session is not
+The session's state (open, or to be reopened) is decided only by the thread that ran the TPM
+operation, from that operation's own outcome, under the TPM lock. The event loop never changes it:
+a caller that times out reports the step it was waiting for (``_TpmSession._action``, or the wait
+for the lock / for an abandoned call) and leaves; when the abandoned thread later succeeds, the
+session is as good as before, and when it fails, its own failure decides as below.
+
+One ``attest`` is one quote call under ``timeout``; a quote call finds the session open or returns
+at once (no TPM command) saying it needs opening, and only then ``attest`` runs an open call
+(connect, capabilities, load or create the AK: a reopen may re-create a primary AK) under
+``open_timeout``, then the quote call again. So re-creating the AK is never cut short by the
+quote's ``timeout``, and one caller after a lost session may wait up to ``open_timeout`` +
+``timeout``.
+
+Failures. Every failure — TCTI I/O (TPM gone), a TPM error code, a timeout, a quote that fails the
+self-check, PCRs that keep moving — raises ``AttestationUnavailable`` with the step, the TCTI and
+a hint. Only a failure that means the session is unusable marks it broken, so that the next call
+closes and reopens it (and a TPM that comes back is used again): a TSS error from any layer but
+the TPM's (TCTI I/O, ESAPI/SAPI state or marshalling: ``_session_lost``), a TPM error saying the
+TPM was reset or the AK's handle is gone (TPM_RC_INITIALIZE, TPM_RC_HANDLE, TPM_RC_REFERENCE_H*),
+a quote that does not verify with the AK read at open, or an unexpected exception. A call whose
+thread is stuck in the TPM holds the lock; its eventual outcome decides by the same rule. Any
+other TPM error code, a malformed answer and a PCR race fail that one quote and keep the session
+and its AK. TPM_RC_RETRY, YIELDED and TESTING (Part 2 §6.6.3 warnings) are retried briefly.
+
+``open()`` (start-up, ``tpm-ak``) runs in a daemon thread too, waited for at most
+``open_timeout`` seconds (``blocking.call_with_deadline``), so a TPM that never answers fails
+start-up instead of hanging it. ``close`` waits at most ``timeout`` seconds for the TPM lock, the
+exit-time close ``EXIT_CLOSE_WAIT``: when an abandoned call still holds it, the session is not
 closed under it and the TCTI is left to process exit.
 
 ``simulated`` is False: a TPM is a hardware root of trust. A *software* TPM (swtpm, libtpms) is
@@ -163,8 +186,20 @@ _RC_RETRY, _RC_YIELDED, _RC_TESTING = 0x922, 0x908, 0x90A
 _RC_OBJECT_MEMORY, _RC_LOCKOUT = 0x902, 0x921
 _RC_HANDLE, _RC_BAD_AUTH, _RC_AUTH_FAIL = 0x08B, 0x0A2, 0x08E
 _RC_NV_SPACE, _RC_NV_DEFINED, _RC_HIERARCHY = 0x14B, 0x14C, 0x085
+# TPM errors that mean the session's objects are gone: the TPM was restarted without our session
+# (TPM_RC_INITIALIZE), or the AK's handle no longer names a loaded object (TPM_RC_HANDLE, format
+# one; TPM_RC_REFERENCE_H0..H6, warnings).
+_RC_INITIALIZE = 0x100
+_RC_REFERENCE_H0, _RC_REFERENCE_H6 = 0x910, 0x916
 _TSS2_RC_LAYER_MASK = 0xFF << 16
 _TSS2_TCTI_RC_LAYER = 10 << 16
+# TPM response codes: from the TPM itself, or passed on by a resource manager (tabrmd).
+_TSS2_TPM_RC_LAYER = 0
+_TSS2_RESMGR_TPM_RC_LAYER = 11 << 16
+_RC_FMT1 = 0x080
+# The phases of SerialThreadCalls before a call runs (for time-out messages).
+_LOCK_PHASE = "waiting for the TPM lock"
+_ABANDONED_PHASE = "waiting for an abandoned TPM command that is still running"
 
 _T = TypeVar("_T")
 
@@ -275,6 +310,23 @@ def _is_busy(exc: BaseException) -> bool:
         _RC_YIELDED,
         _RC_TESTING,
     )
+
+
+def _session_lost(exc: BaseException) -> bool:
+    """Whether a failure leaves the session unusable, so that the next call reopens it (module
+    docstring, Failures). A TPM error code about the command, or a malformed answer, does not."""
+    pytss = _pytss()
+    if isinstance(exc, ValueError):
+        return False  # our checks of the TPM's answer (PCR_Read); the connection is fine
+    if not isinstance(exc, pytss.TSS2_Exception):
+        return True  # unexpected: the context's state is unknown
+    rc = int(exc.rc)
+    if rc & _TSS2_RC_LAYER_MASK not in (_TSS2_TPM_RC_LAYER, _TSS2_RESMGR_TPM_RC_LAYER):
+        return True  # TCTI I/O, or ESAPI/SAPI/marshalling: the context may be mid-command
+    code = rc & 0xFFFF
+    if code & _RC_FMT1:
+        code = _RC_FMT1 | (code & 0x3F)  # drop the handle/parameter/session number
+    return code in (_RC_INITIALIZE, _RC_HANDLE) or _RC_REFERENCE_H0 <= code <= _RC_REFERENCE_H6
 
 
 def _ak_template(algorithm: AkAlgorithm) -> Any:
@@ -405,7 +457,14 @@ class _TpmSession:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
+    @property
+    def is_open(self) -> bool:
+        """Whether quotes can use the session as it is (read under the TPM lock)."""
+        return not self.broken and self._esapi is not None and self.ak is not None
+
     def open(self) -> AkInfo:
+        """Connect, check the TPM and load or create the AK, unless the session is open; a broken
+        session is closed first. Blocking; under the TPM lock."""
         if self.broken:
             self.close()
         if self._esapi is not None and self.ak is not None:
@@ -565,12 +624,18 @@ class _TpmSession:
 
     # -- quoting ----------------------------------------------------------------------------------
 
-    def quote(self, qualifying: bytes, deadline: float) -> bytes:
-        """The CBOR evidence of one quote (module docstring, steps 1-4). Blocking."""
+    def quote(self, qualifying: bytes, deadline: float) -> bytes | None:
+        """The CBOR evidence of one quote (module docstring, steps 1-4), or None, at once and
+        without a TPM command, when the session is not open: the caller opens it (under
+        ``open_timeout``) and asks again. Blocking; under the TPM lock."""
+        if not self.is_open:
+            return None
+        ak = self.ak
+        assert ak is not None
         p = _pytss()
         busy = races = 0
+        self._action = "reading PCRs"
         try:
-            ak = self.open()
             while True:
                 try:
                     evidence = self._attempt(ak, qualifying)
@@ -592,10 +657,10 @@ class _TpmSession:
                     )
                 logger.info("tpm: PCRs changed during a quote (attempt %d), quoting again", races)
         except AttestationUnavailable:
-            self.broken = True
-            raise
+            raise  # a PCR race or a failed self-check (_check marks the session when it must)
         except (p.TSS2_Exception, RuntimeError, ValueError, TypeError) as exc:
-            self.broken = True
+            if _session_lost(exc):
+                self.broken = True  # the next call closes and reopens it
             raise AttestationUnavailable(_describe(exc, self._action, self.tcti)) from None
 
     def _attempt(self, ak: AkInfo, qualifying: bytes) -> bytes | None:
@@ -611,6 +676,7 @@ class _TpmSession:
         )
         raw_attest = bytes(attest.marshal())[2:]  # TPM2B_ATTEST: UINT16 size ‖ TPMS_ATTEST
         raw_signature = bytes(signature.marshal())
+        self._action = "checking the quote"
         if not self._check(ak, qualifying, raw_attest, raw_signature, values):
             return None
         return encode_evidence(
@@ -684,6 +750,8 @@ class _TpmSession:
                 f"tpm: the quote selects {selected}, not {self.pcr_bank}:{_pcr_list(self.pcrs)}"
             )
         if not verify_quote_signature(ak.public_key, sig, quote.signed):
+            # The key behind the AK's handle is not the one read at open: read it again.
+            self.broken = True
             raise AttestationUnavailable(
                 f"tpm: the quote's signature does not verify with the AK (sha256(SPKI) "
                 f"{ak.fingerprint})"
@@ -772,12 +840,7 @@ class TpmAttester:
             stats=self.stats,
             lock=self._tpm_lock,
         )
-        self._calls = SerialThreadCalls(
-            "tpm",
-            "atls-proxy-tpm",
-            "waiting for the TPM lock",
-            "waiting for an abandoned TPM command that is still running",
-        )
+        self._calls = SerialThreadCalls("tpm", "atls-proxy-tpm", _LOCK_PHASE, _ABANDONED_PHASE)
 
     @property
     def ak(self) -> AkInfo | None:
@@ -800,7 +863,8 @@ class TpmAttester:
         try:
             return call_with_deadline(locked_open, self._open_timeout, "atls-proxy-tpm-open")
         except TimeoutError:
-            self._session.broken = True  # the next open or quote starts afresh
+            # The session is left as it is: the abandoned thread's own outcome decides (a failed
+            # open closes it, a late success leaves it open for the next call).
             step = (
                 self._session._action
                 if locked.is_set()
@@ -823,32 +887,63 @@ class TpmAttester:
         await asyncio.to_thread(self.close)
 
     async def attest(self, binding: Binding) -> Evidence:
-        """A fresh quote over ``qualifying_data(binding)``; AttestationUnavailable on failure."""
+        """A fresh quote over ``qualifying_data(binding)``; AttestationUnavailable on failure.
+
+        The quote gets ``timeout`` seconds; when the session must be (re)opened first, that gets
+        ``open_timeout`` seconds of its own (module docstring, Concurrency)."""
         qualifying = qualifying_data(binding)
         started = time.monotonic()
-        deadline = started + self._timeout
-
-        def blocking() -> bytes:
-            with self._tpm_lock:
-                return self._session.quote(qualifying, deadline)
-
-        data = await self._call(blocking)
+        data = await self._quote(qualifying)
+        if data is None:
+            await self._call(self._session.open, opening=True)
+            data = await self._quote(qualifying)
+            if data is None:  # another caller's quote lost the session in between
+                self.stats.failures += 1
+                raise AttestationUnavailable(
+                    f"tpm: the session via {self.tcti!r} was lost again right after opening it"
+                )
         self.stats.quotes += 1
         self.stats.last_quote_seconds = time.monotonic() - started
         return Evidence(MEDIA_TYPE, data)
 
-    async def _call(self, fn: Callable[[], _T]) -> _T:
+    async def _quote(self, qualifying: bytes) -> bytes | None:
+        deadline = time.monotonic() + self._timeout  # for the busy and PCR-race retries
+        return await self._call(lambda: self._session.quote(qualifying, deadline), opening=False)
+
+    async def _call(self, fn: Callable[[], _T], *, opening: bool) -> _T:
+        """``fn()`` under the TPM lock in a daemon thread (``SerialThreadCalls``), waited for
+        ``open_timeout`` (``opening``) or ``timeout`` seconds. A time-out leaves the session
+        alone: the thread runs on and its own outcome decides (module docstring)."""
+        timeout = self._open_timeout if opening else self._timeout
+        running = threading.Event()
+
+        def locked() -> _T:
+            with self._tpm_lock:
+                running.set()
+                return fn()
+
         try:
-            async with asyncio.timeout(self._timeout) as scope:
-                return await self._calls.call(fn)
+            async with asyncio.timeout(timeout) as scope:
+                return await self._calls.call(locked)
         except TimeoutError:
             if not scope.expired():
                 raise
             self.stats.timeouts += 1
             self.stats.failures += 1
-            self._session.broken = True
+            if running.is_set():
+                step = self._session._action  # this call holds the TPM lock: its own step
+            elif self._calls.phase in (_LOCK_PHASE, _ABANDONED_PHASE):
+                step = self._calls.phase
+            else:  # started, but the TPM lock is held by open() or close()
+                step = "waiting for a TPM command that is still running"
+            if opening:
+                raise AttestationUnavailable(
+                    f"tpm: no answer within {timeout:g} s while opening the TPM via "
+                    f"{self.tcti!r} (open_timeout; step: {step}); is the TPM or its resource "
+                    "manager hung?"
+                ) from None
             raise AttestationUnavailable(
-                f"tpm: no quote within {self._timeout:g} s ({self._calls.phase}) via {self.tcti!r}"
+                f"tpm: no quote within {timeout:g} s ({step}) via {self.tcti!r}"
             ) from None
         except AttestationUnavailable:
             self.stats.failures += 1

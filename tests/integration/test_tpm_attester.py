@@ -5,9 +5,11 @@ persistent load, errors); quote evidence from ``TpmAttester`` appraised with a p
 AK (passes, extraData = ``qualifying_data(binding)``); another connection's binder or AIK hash,
 a PCR policy mismatch and a policy refusing software TPMs (each fails its own check); the engine in
 the strict, batched and cached tiers through ``appraise_cmw``; the PCR read/quote race (retried,
-then refused); the TPM vanishing mid-run (AttestationUnavailable, then recovery) and a TPM that
-never answers (quote and open time out, close and the exit-time close stay bounded, the factory
-reports a configuration error); a persistent AK with a SHA-1 scheme (refused at open);
+then refused, the session kept); the TPM vanishing mid-run (AttestationUnavailable, then
+recovery); recovery when creating the AK takes longer than a quote's timeout (a timed-out quote, a
+TPM error and a lost connection; the reopen under open_timeout); a TPM that never answers (quote
+and open time out, close and the exit-time close stay bounded, the factory reports a
+configuration error); a persistent AK with a SHA-1 scheme (refused at open);
 ``check-config`` with a dead and a live TPM; and a full ``serve`` (kind = "tpm") + ``attest`` run
 through the real CLI.
 
@@ -48,9 +50,11 @@ from atls_proxy.expat.tiers import (
     encode_aik_binding,
     epoch_digest,
 )
+from atls_proxy.expat.tiers import Tier as _FreshnessTier
 from atls_proxy.ops.config import AttesterConfig, TpmAttesterConfig
 from atls_proxy.ops.tpm_files import load_tpm_trust
 from atls_proxy.verify.appraise import appraise_cmw
+from atls_proxy.verify.policy import Freshness as _Freshness
 from atls_proxy.verify.result import Appraisal
 from atls_proxy.verify.tpm import (
     MEDIA_TYPE,
@@ -64,6 +68,9 @@ from atls_proxy.verify.tpm import (
 from tests.integration.conftest import dev_init, start_backend, start_server
 from tests.support.procs import Procs, free_port, procs, run_cli
 from tests.support.swtpm import Swtpm, free_port_pair, require_swtpm, start_swtpm
+
+# Engine-level tests appraise every tier, the cached one included (a policy's opt-in).
+ALL_TIERS = _Freshness(frozenset(_FreshnessTier))
 
 pytestmark = [pytest.mark.tpm, pytest.mark.integration]
 
@@ -280,10 +287,14 @@ async def test_engine_tiers_produce_cmw_the_relying_party_accepts(
         cmws = await asyncio.gather(*(engine.evidence_for(b) for b in bindings))
         v = verifier(trust)
         for b, cmw in zip(bindings, cmws, strict=True):
-            (a,) = appraise_cmw(cmw, b, [v], time.time(), aik_public_key=AIK.public_key())
+            (a,) = appraise_cmw(
+                cmw, b, [v], time.time(), freshness=ALL_TIERS, aik_public_key=AIK.public_key()
+            )
             assert a.passed, a.first_failure
         other = Binding("sha256", os.urandom(32), AIK_HASH)
-        (a,) = appraise_cmw(cmws[0], other, [v], time.time(), aik_public_key=AIK.public_key())
+        (a,) = appraise_cmw(
+            cmws[0], other, [v], time.time(), freshness=ALL_TIERS, aik_public_key=AIK.public_key()
+        )
         assert not a.passed
         if tier is Tier.STRICT:
             assert engine.stats.quotes == 6
@@ -325,7 +336,12 @@ async def test_cached_epoch_quote_does_not_serve_another_tls_key(
     )
     v = verifier(trust)
     (a,) = appraise_cmw(
-        encode_cmw(forged), b, [v], time.time(), aik_public_key=mallory.public_key()
+        encode_cmw(forged),
+        b,
+        [v],
+        time.time(),
+        freshness=ALL_TIERS,
+        aik_public_key=mallory.public_key(),
     )
     assert "tpm.report-data" in failed(a)
     assert "evidence.aik-binding" not in failed(a)  # the forger's own signature is fine
@@ -356,6 +372,7 @@ async def test_pcr_extended_between_read_and_quote_is_retried(
         return values
 
     session._read_pcrs = racing_read  # type: ignore[method-assign]
+    opens = attester.stats.opens
     b = binding()
     ev = await attester.attest(b)
     assert attester.stats.pcr_races == 1
@@ -365,8 +382,9 @@ async def test_pcr_extended_between_read_and_quote_is_retried(
     with pytest.raises(AttestationUnavailable, match="PCRs kept changing"):
         await attester.attest(binding())
     session._read_pcrs = real_read  # type: ignore[method-assign]
-    ev = await attester.attest(b)  # the session reopens and works again
+    ev = await attester.attest(b)  # works again, with the same session and AK
     assert verifier(trust).appraise(MEDIA_TYPE, ev.data, b, time.time()).passed
+    assert attester.stats.opens == opens  # a PCR race is no reason to reopen
 
 
 async def test_tpm_vanishing_mid_run_fails_closed_and_recovers(
@@ -390,6 +408,114 @@ async def test_tpm_vanishing_mid_run_fails_closed_and_recovers(
         finally:
             await engine.close()
             a.close()
+
+
+async def _tpm_idle(a: TpmAttester) -> None:
+    """Wait (at most 10 s) until no TPM operation holds the attester's TPM lock."""
+
+    def wait() -> None:
+        assert a._tpm_lock.acquire(timeout=10), "the TPM lock stayed busy"
+        a._tpm_lock.release()
+
+    await asyncio.to_thread(wait)
+    await asyncio.sleep(0.05)  # let the abandoned call's outcome reach the event loop
+
+
+async def test_recovers_when_creating_the_ak_takes_longer_than_a_quote_timeout(
+    tpm: Swtpm, trust: TpmTrust, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Creating the AK (TPM2_CreatePrimary of a primary AK, tens of seconds for RSA on some hardware
+    TPMs; simulated by a sleep after the real command) takes longer than a quote's `timeout`. A
+    quote that times out, a TPM error code and a lost connection each fail one quote; the attester
+    then recovers: the timed-out quote's thread completed and leaves the session as it was, a TPM
+    error keeps the session and its AK, and only the lost connection reopens it, under
+    `open_timeout` (re-creating the AK once, not on every later quote)."""
+    create_seconds = 1.0
+    creates: list[float] = []
+    real_load = tpm_module._TpmSession._load_or_create_ak
+
+    def slow_load(self: Any) -> Any:
+        ak = real_load(self)
+        time.sleep(create_seconds)
+        creates.append(time.monotonic())
+        return ak
+
+    monkeypatch.setattr(tpm_module._TpmSession, "_load_or_create_ak", slow_load)
+    p = tpm_module._pytss()
+    faults: list[Callable[[], None]] = []
+
+    def inject(session: Any) -> None:
+        real_attempt = session._attempt
+
+        def attempt(ak: Any, qualifying: bytes) -> Any:
+            if faults:
+                faults.pop()()
+            return real_attempt(ak, qualifying)
+
+        session._attempt = attempt
+
+    def slow_quote() -> None:
+        time.sleep(0.8)  # a busy TPM or resource manager: the caller gives up at 0.5 s
+
+    def tpm_error() -> None:
+        raise p.TSS2_Exception(0x904)  # TPM_RC_MEMORY: a command error, the connection is fine
+
+    def connection_lost() -> None:
+        raise p.TSS2_Exception(0xA000A)  # TSS2_TCTI_RC_IO_ERROR
+
+    v = verifier(trust)
+
+    async def quotes_pass(n: int) -> None:
+        for _ in range(n):
+            b = binding()
+            ev = await a.attest(b)
+            assert v.appraise(MEDIA_TYPE, ev.data, b, time.time()).passed
+
+    a = TpmAttester(tpm.tcti, timeout=0.5, open_timeout=10)
+    inject(a._session)
+    try:
+        a.open()
+        assert len(creates) == 1
+
+        faults.append(slow_quote)
+        with pytest.raises(AttestationUnavailable, match=r"no quote within 0.5 s \(reading PCRs\)"):
+            await a.attest(binding())
+        await _tpm_idle(a)  # the abandoned quote completes, successfully
+        await quotes_pass(3)
+        assert len(creates) == 1 and a.stats.opens == 1
+
+        faults.append(tpm_error)
+        with pytest.raises(AttestationUnavailable, match="TSS rc 0x00000904"):
+            await a.attest(binding())
+        await quotes_pass(3)
+        assert len(creates) == 1 and a.stats.opens == 1
+
+        faults.append(connection_lost)
+        with pytest.raises(AttestationUnavailable, match="is the TPM reachable"):
+            await a.attest(binding())
+        t0 = time.monotonic()
+        await quotes_pass(1)  # reopens: re-creating the AK takes longer than `timeout`
+        assert time.monotonic() - t0 >= create_seconds
+        await quotes_pass(3)
+        assert len(creates) == 2 and a.stats.opens == 2
+        assert a.stats.timeouts == 1
+    finally:
+        a.close()
+
+    # A (re)open that outlasts open_timeout names its step; the abandoned thread's success counts.
+    b2 = TpmAttester(tpm.tcti, timeout=0.5, open_timeout=0.5)
+    try:
+        with pytest.raises(AttestationUnavailable) as e:
+            await b2.attest(binding())
+        assert "no answer within 0.5 s while opening the TPM" in str(e.value)
+        assert "step: creating the AK" in str(e.value)
+        await _tpm_idle(b2)
+        b = binding()
+        ev = await b2.attest(b)
+        assert v.appraise(MEDIA_TYPE, ev.data, b, time.time()).passed
+        assert len(creates) == 3 and b2.stats.opens == 1
+    finally:
+        b2.close()
 
 
 @pytest.fixture
@@ -447,13 +573,18 @@ def _within(seconds: float, fn: Callable[[], Any]) -> Any:
 async def test_a_tpm_that_never_answers_times_out(
     silent_tcti: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    a = TpmAttester(silent_tcti, timeout=0.5)
+    a = TpmAttester(silent_tcti, timeout=0.5, open_timeout=0.5)
     t0 = time.monotonic()
-    with pytest.raises(AttestationUnavailable, match=r"no quote within 0.5 s"):
+    # Never opened: attest opens first, under open_timeout.
+    with pytest.raises(AttestationUnavailable, match=r"no answer within 0.5 s while opening") as e:
         await a.attest(binding())
+    assert "step: connecting" in str(e.value)
     assert time.monotonic() - t0 < 2
     # The stuck call still holds the TPM: the next caller waits for it, within its timeout.
-    with pytest.raises(AttestationUnavailable, match="abandoned TPM command"):
+    with pytest.raises(
+        AttestationUnavailable,
+        match=r"no quote within 0.5 s \(waiting for an abandoned TPM command",
+    ):
         await a.attest(binding())
     assert a.stats.timeouts == 2
     # close waits for the TPM lock at most `timeout`, then leaves the TCTI to process exit.

@@ -1,9 +1,10 @@
 """The configfs-tsm attester against a fake kernel tree (atls_proxy/attest/configfs_fake.py).
 
 Covers the ABI sequence (mkdir, generation, inblob, outblob, auxblob, rmdir), the evidence per
-provider, the generation-race retry, every injected fault, time-outs, the one-quote-at-a-time
-guard, entry clean-up after every outcome, the real TDX/SNP/CCA vectors in ../shared/vectors as
-provider output, and hypothesis over user-data sizes and garbage reports.
+provider, the generation-race retry (a writer before our first generation read included), every
+injected fault, time-outs, the one-quote-at-a-time guard, entry clean-up after every outcome, the
+real TDX/SNP/CCA vectors in ../shared/vectors as provider output, and hypothesis over user-data
+sizes and garbage reports.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from atls_proxy.attest.configfs import (
     privlevel_problem,
     probe,
 )
-from atls_proxy.attest.configfs_fake import FakeTsm, fake_cert_table, fake_report
+from atls_proxy.attest.configfs_fake import FakeTsm, FakeTsmOps, fake_cert_table, fake_report
 from atls_proxy.errors import AttestationUnavailable
 from atls_proxy.expat.binding import Binding
 
@@ -299,6 +300,46 @@ async def test_writer_racing_every_time_exhausts_the_retries(make_tsm: MakeTsm) 
     assert fake.mkdirs == 3
     assert a.stats.generation_races == 3
     assert a.stats.failures == 1
+
+
+class _PreWritingOps(FakeTsmOps):
+    """A stray writer that sets privlevel and inblob on our entry right after its mkdir, before
+    the attester's first generation read, on the first ``times`` entries."""
+
+    def __init__(self, tsm: FakeTsm, times: int) -> None:
+        super().__init__(tsm)
+        self.times = times
+
+    def mkdir(self, path: Path) -> None:
+        super().mkdir(path)
+        if self.times > 0:
+            self.times -= 1
+            self.tsm.write(path / "privlevel", b"2\n")
+            self.tsm.write(path / "inblob", b"\xee" * 64)
+
+
+async def test_writer_before_the_first_generation_read_is_detected(make_tsm: MakeTsm) -> None:
+    """A new entry has generation 0: a higher first reading is another writer (here at VMPL 2,
+    which our unset privlevel would not overwrite), retried on a new entry and counted."""
+    fake = make_tsm("sev_guest")
+    a = ConfigfsTsmAttester(fake.root, ops=_PreWritingOps(fake, times=1))
+    b = binding()
+    ev = await a.attest(b)
+    report = snp_parts(ev.data)[0] if ev.media_type == SNP_CERTS_MEDIA_TYPE else ev.data
+    assert embedded_report_data("sev_guest", report) == b.report_data()
+    assert struct.unpack_from("<I", report, 0x30)[0] == 0  # VMPL: the default, not the writer's
+    assert fake.quoted == [b.report_data()]  # the pre-written entry was never quoted
+    assert a.stats.generation_races == 1
+    assert a.last_report is not None and a.last_report.attempts == 2
+    assert a.last_report.privlevel is None
+    assert fake.mkdirs == 2
+
+    always = ConfigfsTsmAttester(fake.root, ops=_PreWritingOps(fake, times=1000), retries=1)
+    with pytest.raises(
+        AttestationUnavailable, match=r"concurrent writer.*generation 2, expected 0"
+    ):
+        await always.attest(binding())
+    assert always.stats.generation_races == 2
 
 
 async def test_no_retries_means_one_attempt(make_tsm: MakeTsm) -> None:
