@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from atls_proxy.attest.engine import REFRESH_AHEAD, EvidenceEngine
+from atls_proxy.attest.engine import EvidenceEngine
 from atls_proxy.attest.factory import build_attester
 from atls_proxy.errors import ConfigError
 from atls_proxy.expat.profile import ExpatProfile
@@ -42,16 +42,19 @@ def build_server(cfg: ServerConfig, metrics: Metrics | None = None) -> AttestedS
         log.warning(
             "plain_clients = serve-unattested: TLS clients without Expat are forwarded UNATTESTED"
         )
-    oldest = cfg.attester.epoch_seconds * (1 - REFRESH_AHEAD) + cfg.attester.quote_timeout
-    if cfg.attester.tier == "cached" and oldest > DEFAULT_MAX_EPOCH_AGE:
-        # An epoch is served until its successor's quote returns: clients on the default
-        # freshness policy refuse it past DEFAULT_MAX_EPOCH_AGE, which the server cannot see.
+    if cfg.attester.tier == "cached" and cfg.attester.epoch_seconds > DEFAULT_MAX_EPOCH_AGE:
+        # Refreshed ahead of expiry only when a connection arrives, and a failed refresh keeps the
+        # old epoch: after an idle period (or while the TEE fails) an epoch is served until it
+        # expires. Clients on the default freshness policy refuse it past DEFAULT_MAX_EPOCH_AGE,
+        # which the server cannot see.
         log.warning(
-            "epoch_seconds = %g: epochs are served up to %.0f s old, but clients with the default "
-            "max_epoch_age (%.0f s) refuse older ones; lower epoch_seconds or raise the clients' "
-            "max_epoch_age",
+            "epoch_seconds = %g: an epoch is served until it expires (e.g. after an idle period "
+            "or while refreshing it fails), so up to %g s old, but clients with the default "
+            "max_epoch_age (%g s) refuse older ones; set epoch_seconds to at most %g or raise "
+            "the clients' max_epoch_age",
             cfg.attester.epoch_seconds,
-            oldest,
+            cfg.attester.epoch_seconds,
+            DEFAULT_MAX_EPOCH_AGE,
             DEFAULT_MAX_EPOCH_AGE,
         )
     engine = EvidenceEngine(

@@ -35,7 +35,6 @@ import math
 import os
 import re
 import stat
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -453,8 +452,9 @@ def _read_toml(path: str | Path) -> tuple[dict[str, Any], Path]:
         raise ConfigError("config", f"{p} is not UTF-8 text: {exc}") from None
     try:
         data = toml_loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        # tomllib's message ends with "(at line L, column C)".
+    except ValueError as exc:
+        # tomllib's message ends with "(at line L, column C)". A plain ValueError (not a
+        # TOMLDecodeError) is an integer of more digits than int() converts (sys.int_info).
         raise ConfigError("config", f"{p} is not valid TOML: {exc}") from None
     # Not resolve(): a config reached through a symlink (a Kubernetes ConfigMap mount) keeps its
     # folder, so relative paths do not point into a versioned directory that later disappears.
@@ -543,11 +543,16 @@ class _Table:
             raise ConfigError(self.key(name), f"expected a number of seconds, got {_type_name(v)}")
         if allow_zero and v == 0:
             return 0.0
-        if not math.isfinite(v) or not 0 < v <= MAX_TIMEOUT:
+        # The range check first: comparing an int with a float is exact whatever its size, while
+        # math.isfinite (and float) raise OverflowError for an int beyond the float range, which
+        # tomllib accepts (NaN and infinities fail the range check as well).
+        if not 0 < v <= MAX_TIMEOUT or not math.isfinite(v):
             least = "0 or more" if allow_zero else "greater than 0"
+            big = isinstance(v, int) and abs(v) >= 10**20
+            shown = f"an integer of {len(str(abs(v)))} digits" if big else repr(v)
             raise ConfigError(
                 self.key(name),
-                f"expected seconds {least} and at most {MAX_TIMEOUT:g}, got {v!r}",
+                f"expected seconds {least} and at most {MAX_TIMEOUT:g}, got {shown}",
             )
         return float(v)
 

@@ -113,6 +113,15 @@ class ReloadState:
     revision: str = ""
 
 
+def warn_if_admin_exposed(admin: Address | None) -> None:
+    """Log that an admin address other than loopback is reachable from other hosts (the single
+    process's ``Runtime`` and the ``--workers`` supervisor, which serves the pool's admin port)."""
+    if admin is not None and not admin.is_loopback():
+        log.warning(
+            "admin listener on %s is reachable from other hosts (status and metrics)", admin
+        )
+
+
 def file_revision(paths: Iterable[Path]) -> str:
     """A short digest of the watched files' contents (the ``/status`` config revision)."""
     h = hashlib.sha256()
@@ -338,11 +347,7 @@ class Runtime:
             return
         host = self.ops.admin.host if self.ops.admin is not None else ""
         port = self.ops.admin.port if self.ops.admin is not None else 0
-        if self.ops.admin is not None and not self.ops.admin.is_loopback():
-            log.warning(
-                "admin listener on %s is reachable from other hosts (status and metrics)",
-                self.ops.admin,
-            )
+        warn_if_admin_exposed(self.ops.admin)
         self.admin = AdminServer(
             host,
             port,

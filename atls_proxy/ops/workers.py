@@ -63,6 +63,7 @@ from atls_proxy.ops.metrics import (
     multiprocess_exposition,
     prepare_multiprocess_dir,
 )
+from atls_proxy.ops.runtime import warn_if_admin_exposed
 
 log = logging.getLogger("atls_proxy")
 
@@ -479,6 +480,7 @@ class Supervisor:
             admin_addr = self.cfg.ops.admin
             inherited_admin = self.inherited.pop("admin", [])
             if admin_addr is not None or inherited_admin:
+                warn_if_admin_exposed(admin_addr)
                 self.admin = AdminServer(
                     admin_addr.host if admin_addr else "",
                     admin_addr.port if admin_addr else 0,

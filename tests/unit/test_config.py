@@ -527,9 +527,13 @@ def test_a_cached_epoch_must_leave_a_quote_time_to_refresh(folder: Path) -> None
     c.load_server_config(write(folder, doc))
 
 
-@pytest.mark.parametrize("epoch,warned", [(300, False), (600, True)])
+# An epoch is served until it expires (no connection to refresh it ahead, or a failed refresh):
+# up to epoch_seconds old, whatever REFRESH_AHEAD and quote_timeout; clients accept 300 s.
+@pytest.mark.parametrize(
+    "epoch,warned", [(300, False), (299.5, False), (300.5, True), (360, True), (600, True)]
+)
 def test_serve_warns_when_its_epochs_outlive_the_default_client_policy(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, epoch: int, warned: bool
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, epoch: float, warned: bool
 ) -> None:
     from atls_proxy.app import build_server
 
@@ -542,6 +546,36 @@ def test_serve_warns_when_its_epochs_outlive_the_default_client_policy(
     with caplog.at_level("WARNING", logger="atls_proxy"):
         build_server(c.load_server_config(tmp_path / "serve-cached.toml"))
     assert ("default max_epoch_age" in caplog.text) is warned, caplog.text
+    assert (f"up to {epoch:g} s old" in caplog.text) is warned, caplog.text
+
+
+HUGE = "1" + "0" * 400  # an integer tomllib accepts and float() cannot represent
+
+
+@pytest.mark.parametrize(
+    "section,key,value",
+    [
+        ("server", "handshake_timeout", HUGE),
+        ("server", "idle_timeout", "-" + HUGE),
+        ("server", "drain_timeout", HUGE),
+        ("server", "reload_interval", HUGE),  # allow_zero
+        ("attester", "epoch_seconds", HUGE),
+        ("attester", "quote_timeout", HUGE),
+    ],
+)
+def test_seconds_beyond_the_float_range_are_a_config_error(
+    folder: Path, section: str, key: str, value: str
+) -> None:
+    # math.isfinite(10**400) raises OverflowError: a traceback (exit 1) instead of exit 2.
+    err = server_error(folder, edit(server_doc(), section, key, value))
+    assert err.key == f"{section}.{key}", err
+    assert "an integer of 401 digits" in str(err) and len(str(err)) < 200, err
+
+
+def test_an_integer_of_more_digits_than_int_converts_is_a_config_error(folder: Path) -> None:
+    # tomllib raises a plain ValueError (not TOMLDecodeError) past sys.int_info's digit limit.
+    err = server_error(folder, edit(server_doc(), "server", "handshake_timeout", "1" * 5000))
+    assert err.key == "config" and "not valid TOML" in str(err), err
 
 
 def test_a_config_nested_too_deeply_is_a_config_error(folder: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import shutil
 import signal
@@ -246,3 +247,49 @@ def test_a_merge_that_fails_midway_never_counts_a_dead_worker_twice(
     wk.merge_dead_worker_files(pid, d)  # logged, not raised
     # Its counts are collected once: from its own files, or from the archive only.
     assert summed_series(d) == pytest.approx(before)
+
+
+# -- the supervisor's admin listener ---------------------------------------------------------------
+
+
+class _AdminStarted(Exception):
+    """Raised by the stand-in admin server's start: the run ends there, before any worker."""
+
+
+class _FakeAdmin:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    async def start(self) -> None:
+        raise _AdminStarted
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "host,warned", [("0.0.0.0", True), ("192.0.2.1", True), ("127.0.0.1", False), ("::1", False)]
+)
+def test_the_supervisor_warns_of_an_admin_address_other_hosts_reach(
+    supervisor: wk.Supervisor,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    host: str,
+    warned: bool,
+) -> None:
+    """With --workers the supervisor serves the admin port: the same warning as one process."""
+    from atls_proxy.ops.config import Address
+
+    monkeypatch.setattr(wk, "AdminServer", _FakeAdmin)
+    supervisor.cfg.ops.admin = Address("tcp", host, 9901)
+    # Directly on the package logger: a test before this one may have stopped its propagation.
+    logger = logging.getLogger("atls_proxy")
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="atls_proxy"), pytest.raises(_AdminStarted):
+            asyncio.run(supervisor.run())
+    finally:
+        logger.removeHandler(caplog.handler)
+    text = f"admin listener on {Address('tcp', host, 9901)} is reachable from other hosts"
+    assert (text in caplog.text) is warned, caplog.text
+    assert not supervisor.tmp.exists()
