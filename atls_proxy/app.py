@@ -43,13 +43,12 @@ def build_server(cfg: ServerConfig, metrics: Metrics | None = None) -> AttestedS
             "plain_clients = serve-unattested: TLS clients without Expat are forwarded UNATTESTED"
         )
     if cfg.attester.tier == "cached" and cfg.attester.epoch_seconds > DEFAULT_MAX_EPOCH_AGE:
-        # Refreshed ahead of expiry only when a connection arrives, and a failed refresh keeps the
-        # old epoch: after an idle period (or while the TEE fails) an epoch is served until it
+        # A failed refresh keeps the old epoch: while the TEE fails an epoch is served until it
         # expires. Clients on the default freshness policy refuse it past DEFAULT_MAX_EPOCH_AGE,
         # which the server cannot see.
         log.warning(
-            "epoch_seconds = %g: an epoch is served until it expires (e.g. after an idle period "
-            "or while refreshing it fails), so up to %g s old, but clients with the default "
+            "epoch_seconds = %g: an epoch is served until it expires (while refreshing it "
+            "fails), so up to %g s old, but clients with the default "
             "max_epoch_age (%g s) refuse older ones; set epoch_seconds to at most %g or raise "
             "the clients' max_epoch_age",
             cfg.attester.epoch_seconds,

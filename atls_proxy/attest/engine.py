@@ -21,8 +21,13 @@ three tiers chosen per listener; every tier still binds the evidence to *this* c
              is refreshed ahead of expiry (from ``REFRESH_AHEAD`` of its life before it ends) and
              never served stale: a request that finds the epoch expired, or starting after now
              (the clock was stepped back), waits for a fresh quote, and a fresh epoch that is no
-             longer valid when its quote returns fails the waiting connections. CMW: ``{"evidence": epoch quote, "epoch": epoch
-             record, "binding": AIK signature record}``.
+             longer valid when its quote returns fails the waiting connections. A server also
+             keeps its epochs warm without traffic (``start(keep_warm=True)``): a background task
+             refreshes each epoch of the current key at its refresh point, and retries a failed
+             refresh every few seconds, so an idle service's epoch does not expire while the TEE
+             works, and one that expired (the TEE failed) comes back without waiting for a
+             connection (readiness reads ``epoch_current``). CMW: ``{"evidence": epoch quote,
+             "epoch": epoch record, "binding": AIK signature record}``.
 
              epoch           = CBOR {1: start (s), 2: expires (s), 3: 16 random bytes}
              epoch_digest    = H("atls-proxy epoch v1" ‖ 0x00 ‖ epoch)
@@ -42,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import math
 import os
 import time
@@ -76,12 +82,18 @@ from atls_proxy.expat.tiers import (
     epoch_digest,
 )
 
+log = logging.getLogger(__name__)
+
 __all__ = ["REFRESH_AHEAD", "EngineHooks", "EngineStats", "EvidenceEngine", "Tier"]
 
 # The cached tier starts quoting the next epoch when this fraction of the current one is left.
 # ops/config.py requires that window to be at least ``quote_timeout`` long, so that a slow quote
 # still ends (or fails) before the epoch it replaces expires.
 REFRESH_AHEAD = 0.2
+# The keep-warm task retries a failed epoch refresh after this many seconds (at most; it never
+# waits longer than the quote timeout, and each attempt is one quote through the gate).
+KEEP_WARM_RETRY = 5.0
+_EPOCH_HASHES = ("sha256", "sha384")
 
 
 class EngineHooks(Protocol):
@@ -161,6 +173,7 @@ class EvidenceEngine:
         # key is part of the key because a reload may replace the TLS key (= the AIK).
         self._epochs: dict[tuple[str, bytes], _Epoch] = {}
         self._refreshing: dict[tuple[str, bytes], asyncio.Task[_Epoch]] = {}
+        self._keeper: asyncio.Task[None] | None = None  # start(keep_warm=True)
 
     # -- public ------------------------------------------------------------------------------
 
@@ -184,30 +197,35 @@ class EvidenceEngine:
             return await self._batched(binding)
         return await self._cached(binding, aik_key or self._aik)
 
-    async def start(self, aik_key: SigningKey | None = None) -> None:
-        """Warm up: the cached tier quotes its first epochs before the listener accepts."""
+    async def start(self, aik_key: SigningKey | None = None, *, keep_warm: bool = False) -> None:
+        """Warm up: the cached tier quotes its first epochs before the listener accepts; with
+        ``keep_warm`` it then keeps them refreshed without traffic (module docstring)."""
         if aik_key is not None:
             self._aik = aik_key
             self._aik_scheme = schemes.schemes_for_key(aik_key)[0]
         if self.tier is Tier.CACHED:
             await self.prepare_key(self._aik)
+            if keep_warm and self._keeper is None:
+                self._keeper = asyncio.ensure_future(self._keep_warm())
 
     async def prepare_key(self, aik_key: SigningKey | None) -> None:
         """Quote the epochs of ``aik_key`` now (reload: before connections use the new key)."""
         if self.tier is not Tier.CACHED or aik_key is None:
             return
-        for hash_name in ("sha256", "sha384"):
+        for hash_name in _EPOCH_HASHES:
             # Not a connection: a start or reload is not refused when the queue is full.
             await self._current_epoch(hash_name, aik_key, admit=False)
         self._aik = aik_key
         self._aik_scheme = schemes.schemes_for_key(aik_key)[0]
         # Epochs of keys no connection can use any more are dropped (a reload replaced them).
-        keep = {(h, _aik_hash(h, aik_key)) for h in ("sha256", "sha384")}
+        keep = {(h, _aik_hash(h, aik_key)) for h in _EPOCH_HASHES}
         for k in [k for k in self._epochs if k not in keep]:
             del self._epochs[k]
 
     async def close(self) -> None:
-        tasks = [t for t in (self._batcher, *self._refreshing.values()) if t is not None]
+        tasks = [
+            t for t in (self._keeper, self._batcher, *self._refreshing.values()) if t is not None
+        ]
         for t in tasks:
             t.cancel()
         for t in tasks:
@@ -217,6 +235,14 @@ class EvidenceEngine:
             if not fut.done():
                 fut.set_exception(AttestationUnavailable("evidence engine closed"))
         self._pending.clear()
+
+    def epoch_current(self, hash_name: str = "sha256") -> bool:
+        """Whether the current key has an epoch a connection would be served now (cached tier):
+        quoted, started, not expired. False outside the cached tier."""
+        if self._aik is None or self.tier is not Tier.CACHED:
+            return False
+        ep = self._epochs.get((hash_name, _aik_hash(hash_name, self._aik)))
+        return ep is not None and ep.start <= self._clock() < ep.expires
 
     def epoch_age(self, hash_name: str = "sha256") -> float | None:
         """Age of the current key's epoch (seconds), None outside the cached tier or before it."""
@@ -358,8 +384,7 @@ class EvidenceEngine:
         # relying parties would see it as issued in the future (appraise.py: EPOCH_CLOCK_SKEW),
         # and its refresh point would be as far away as the step; quote a new one instead.
         if ep is not None and ep.start <= now < ep.expires:
-            refresh_at = ep.expires - self._refresh_ahead * (ep.expires - ep.start)
-            if now >= refresh_at and key not in self._refreshing:
+            if now >= self._refresh_at(ep) and key not in self._refreshing:
                 self._spawn_refresh(key, aik_key)  # ahead of expiry, in the background
             return ep
         # No epoch, or it expired: never serve stale evidence — wait for a fresh quote.
@@ -386,6 +411,35 @@ class EvidenceEngine:
                 f"took longer than the epoch ({self._epoch_seconds:g} s) or the clock moved"
             )
         return ep
+
+    def _refresh_at(self, ep: _Epoch) -> float:
+        return ep.expires - self._refresh_ahead * (ep.expires - ep.start)
+
+    async def _keep_warm(self) -> None:
+        """Refresh the current key's epochs at their refresh points, traffic or not; retry a
+        failed refresh after ``KEEP_WARM_RETRY`` seconds (never two quotes at once: a refresh is
+        the same task a connection would start, through the same gate)."""
+        retry = min(KEEP_WARM_RETRY, self._timeout)
+        while True:
+            aik = self._aik
+            assert aik is not None
+            wait = self._epoch_seconds
+            for hash_name in _EPOCH_HASHES:
+                key = (hash_name, _aik_hash(hash_name, aik))
+                now = self._clock()
+                ep = self._epochs.get(key)
+                if ep is not None and ep.start <= now < self._refresh_at(ep):
+                    wait = min(wait, self._refresh_at(ep) - now)
+                    continue
+                task = self._refreshing.get(key) or self._spawn_refresh(key, aik)
+                try:
+                    await asyncio.shield(task)  # a connection waiting on it is not cancelled
+                except Exception as exc:  # the TEE failed: counted by _quote; try again soon
+                    log.warning("keeping the %s epoch warm failed: %s", hash_name, exc)
+                    wait = min(wait, retry)
+                else:
+                    wait = 0.0  # look at the other hash (and this one's next point) again
+            await asyncio.sleep(max(wait, 0.05))
 
     def _spawn_refresh(self, key: tuple[str, bytes], aik_key: SigningKey) -> asyncio.Task[_Epoch]:
         task = asyncio.ensure_future(self._new_epoch(key[0], key[1]))

@@ -635,7 +635,9 @@ class ServerService:
     def not_ready(self) -> list[str]:
         eng = self.server.engine
         reasons = []
-        if eng.tier is Tier.CACHED and eng.epoch_age() is None:
+        if eng.tier is Tier.CACHED and not eng.epoch_current():
+            # None quoted yet, or the last one expired: the TEE failed (the engine keeps epochs
+            # warm without traffic, and retries; the next connection would wait for a quote).
             reasons.append("no current evidence epoch")
         if eng.stats.consecutive_failures >= 3:
             reasons.append(f"attester failing ({eng.stats.consecutive_failures} quotes in a row)")

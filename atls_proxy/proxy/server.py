@@ -149,7 +149,7 @@ class AttestedServer(Listener):
         self, *, sock: socket.socket | None = None, reuse_port: bool = False
     ) -> list[tuple[str, int]]:
         # The cached tier quotes its first epoch before the listener accepts.
-        await self.engine.start(self.keys.identity.private_key)
+        await self.engine.start(self.keys.identity.private_key, keep_warm=True)
         return await self.listen(
             self.config.listen.host, self.config.listen.port, sock=sock, reuse_port=reuse_port
         )

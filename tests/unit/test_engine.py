@@ -686,3 +686,58 @@ async def test_the_cached_tier_relay_with_a_stolen_key_needs_the_policys_opt_in(
     assert appraise(await strict.evidence_for(binding()), victim).first_failure.name == (
         "evidence.binder"
     )
+
+
+class _Flaky(Recording):
+    """A TEE that can go down and come back."""
+
+    down = False
+
+    async def attest(self, b: Binding) -> Evidence:
+        if self.down:
+            self.calls += 1
+            raise AttestationUnavailable("TEE down")
+        return await super().attest(b)
+
+
+async def test_a_server_keeps_its_epochs_warm_without_traffic() -> None:
+    # Real clock, 2 s epochs: refreshed at their refresh point with no connection at all; when
+    # the TEE fails the epoch expires (readiness says so) and comes back once the TEE does,
+    # again with no connection — an idle service is not stuck waiting for traffic.
+    att = _Flaky()
+    eng = EvidenceEngine(att, Tier.CACHED, aik_key=AIK, epoch_seconds=2, quote_timeout=0.3)
+    await eng.start(keep_warm=True)
+    try:
+        assert eng.epoch_current() and eng.stats.epochs == 2  # one per suite hash
+        deadline = time.monotonic() + 5
+        while eng.stats.epochs < 4 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            assert eng.epoch_current("sha256") and eng.epoch_current("sha384")
+        assert eng.stats.epochs >= 4  # both refreshed, no evidence_for called
+        att.down = True
+        deadline = time.monotonic() + 5
+        while eng.epoch_current() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert not eng.epoch_current()  # never served stale: expired while the TEE is down
+        failed = att.calls
+        await asyncio.sleep(0.7)
+        assert att.calls > failed  # retried every quote_timeout (0.3 s), not per connection
+        att.down = False
+        deadline = time.monotonic() + 3
+        while not eng.epoch_current() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert eng.epoch_current()
+        assert appraise(await eng.evidence_for(b := binding()), b).passed
+    finally:
+        await eng.close()
+    assert eng._keeper is not None and eng._keeper.done()  # close() stops it
+
+
+async def test_without_keep_warm_nothing_quotes_in_the_background() -> None:
+    att = Recording()
+    eng = EvidenceEngine(att, Tier.CACHED, aik_key=AIK, epoch_seconds=2, quote_timeout=0.3)
+    await eng.start()
+    calls = att.calls
+    await asyncio.sleep(2.2)
+    assert att.calls == calls and not eng.epoch_current()
+    await eng.close()

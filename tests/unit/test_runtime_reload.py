@@ -278,3 +278,31 @@ def test_several_unnamed_sockets_are_a_configuration_error(tmp_path: Path) -> No
     finally:
         for s in socks:
             s.close()
+
+
+async def test_readyz_says_when_the_cached_tiers_epoch_is_not_current() -> None:
+    # Not only "never quoted": an epoch that expired (the TEE failed past its refresh) too.
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from atls_proxy.attest.engine import EvidenceEngine, Tier
+    from atls_proxy.attest.software import SoftwareAttester
+
+    now = [1_000_000.0]
+    key = ec.generate_private_key(ec.SECP256R1())
+    eng = EvidenceEngine(
+        SoftwareAttester(key, {}, clock=lambda: now[0]),
+        Tier.CACHED,
+        aik_key=key,
+        epoch_seconds=100,
+        clock=lambda: now[0],
+    )
+    svc = runtime.ServerService.__new__(runtime.ServerService)
+    svc.server = cast(Any, type("S", (), {"engine": eng})())
+    assert svc.not_ready() == ["no current evidence epoch"]  # none quoted yet
+    await eng.start()
+    assert svc.not_ready() == []
+    now[0] += 99
+    assert svc.not_ready() == []
+    now[0] += 2  # expired, nothing refreshed it
+    assert svc.not_ready() == ["no current evidence epoch"]
+    await eng.close()
