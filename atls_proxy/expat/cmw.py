@@ -132,10 +132,16 @@ def _record_from(obj: list[Any], json_form: bool) -> CMWRecord:
             raise DecodeError("JSON CMW record is [media-type string, base64url string, ?ind]")
         if "=" in value or not value.isascii():
             raise DecodeError("JSON CMW value must be base64url without padding")
+        text = value
         try:
-            value = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+            value = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         except (binascii.Error, ValueError):
             raise DecodeError("JSON CMW value is not base64url") from None
+        # The decoder drops characters outside the alphabet and takes the standard alphabet's
+        # "+" and "/" too: only the one canonical spelling (RFC 4648 §5, no padding, zero
+        # trailing bits, §3.5) is accepted, so one CMW has one reading.
+        if base64.urlsafe_b64encode(value).rstrip(b"=").decode() != text:
+            raise DecodeError("JSON CMW value is not canonical base64url (RFC 4648 §5)")
     elif not isinstance(value, bytes):
         raise DecodeError("CBOR CMW record value must be a byte string")
     if isinstance(ind, bool) or (ind is not None and not isinstance(ind, int)):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 from atls_proxy.errors import ConfigError
@@ -47,7 +46,7 @@ def load_policy(path: str | Path) -> Policy:
         ) from exc
     try:
         doc = toml_loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, or an integer too long to convert
         # tomllib's message ends with "(at line L, column C)".
         raise ConfigError(
             "policy", f"policy file {str(policy_path)!r} is not valid TOML: {exc}"

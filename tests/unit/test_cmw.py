@@ -45,6 +45,24 @@ def test_json_record() -> None:
         c.decode_cmw(b'["a/b","I0faVQ=="]')  # padding is not allowed
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        "I0f!aVQ",  # a character outside the alphabet (the decoder would drop it)
+        "I0fa\\nVQ",  # a line break inside
+        "Q+/D",  # the standard alphabet's + and /
+        "I0faVR",  # non-zero trailing bits: "I0faVQ" spelt another way
+        "I0faV",  # a length no encoding has
+    ],
+)
+def test_a_json_value_has_one_spelling(value: str) -> None:
+    # RFC 4648 §5 without padding, canonical (§3.5): one CMW, one reading, also outside the
+    # connection (logs, audits) where no signature pins the bytes.
+    with pytest.raises(DecodeError):
+        c.decode_cmw(json.dumps(["a/b", value]).encode())
+    assert c.decode_cmw(b'["a/b","-_8"]') == c.CMWRecord("a/b", b"\xfb\xff")
+
+
 def test_collection_roundtrip_and_flatten() -> None:
     col = c.CMWCollection(
         {

@@ -481,3 +481,11 @@ def test_good_doc_is_not_mutated_by_parsing() -> None:
     before = copy.deepcopy(doc)
     parse(doc)
     assert doc == before
+
+
+def test_an_integer_too_long_to_convert_is_a_policy_error(tmp_path: Path) -> None:
+    # tomllib raises a plain ValueError (not TOMLDecodeError) past Python's 4300-digit limit.
+    text = POLICY_TOML.format(firmware=FIRMWARE.hex()) + "\n[freshness]\nmax_epoch_age = "
+    with pytest.raises(ConfigError) as info:
+        load_policy(write_policy(tmp_path, text + "9" * 5000 + "\n"))
+    assert info.value.key == "policy" and "not valid TOML" in info.value.message
