@@ -620,6 +620,17 @@ def test_pods_are_unprivileged(name: str) -> None:
             assert {"cpu", "memory"} <= set(c["resources"][kind]), (c["name"], kind)
 
 
+def test_the_example_workload_listens_on_loopback_only() -> None:
+    # Only the sidecar may reach the plaintext port: a workload bound to the pod IP would be
+    # reachable unattested wherever the NetworkPolicy is not enforced (some CNIs do not).
+    (web,) = pod_specs()["web"]["containers"]
+    argv = web.get("command", []) + web.get("args", [])
+    assert "--bind" in argv and argv[argv.index("--bind") + 1] == "127.0.0.1", argv
+    assert "netexec" not in argv  # agnhost netexec binds every address and serves /shell
+    backend = configmap_config("web")["server"]["backend"]
+    assert backend == "127.0.0.1:8080", backend
+
+
 def test_service_exposes_only_the_attested_port() -> None:
     objs = base_objects()
     svc = find(objs, "Service", "web")
