@@ -677,6 +677,14 @@ class ClientService:
         self.metrics = metrics
         if cfg.listen.kind != "tcp":
             raise ConfigError("client.listen", "the local listener is HOST:PORT")
+        if not cfg.listen.is_loopback():
+            # Plaintext in, an attested channel out, no authentication: any host that reaches it
+            # uses this relying party's attested sessions (docs/SECURITY.md).
+            log.warning(
+                "client listener on %s is reachable from other hosts: anyone who reaches it gets "
+                "plaintext access through the attested connection; keep it on 127.0.0.1",
+                cfg.listen,
+            )
         settings = replace(build_client_settings(cfg), metrics=metrics)
         self.fwd = ClientForwarder(
             settings, cfg.listen.host, cfg.listen.port, cfg.max_connections, metrics

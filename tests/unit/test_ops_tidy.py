@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import logging
 import os
 import re
 import shutil
@@ -182,6 +183,19 @@ async def test_client_service_names_client_listen_when_the_port_is_taken(dev: Pa
     finally:
         taken.close()
     assert err.value.key == "client.listen" and f"127.0.0.1:{port}" in err.value.message
+
+
+@pytest.mark.parametrize(("listen", "warned"), [("0.0.0.0:9443", True), ("127.0.0.1:9443", False)])
+async def test_client_service_warns_of_a_listener_other_hosts_reach(
+    dev: Path, listen: str, warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Plaintext in, attested channel out, no authentication: like the admin listener's warning.
+    overrides: dict[str, str | None] = {"listen": listen}
+    cfg = c.load_client_config(dev / "connect.toml", **overrides)
+    with caplog.at_level(logging.WARNING):
+        service = rt.ClientService(cfg, overrides, Metrics())
+    await service.close()
+    assert ("client listener on" in caplog.text) is warned, caplog.text
 
 
 # -- 3. server names in brackets -----------------------------------------------------------------
