@@ -34,14 +34,20 @@ def profile_from(cfg: ExpatConfig) -> ExpatProfile:
         raise ConfigError("expat", str(exc)) from None
 
 
-def build_server(cfg: ServerConfig, metrics: Metrics | None = None) -> AttestedServer:
-    identity = load_server_identity(cfg.certificate, cfg.private_key)
-    ctx = server_context(identity)
-    attester = build_attester(cfg.attester)
+def warn_insecure_server(cfg: ServerConfig) -> None:
+    """The server's insecure modes, logged at start and on every reload that keeps or turns
+    them on (DESIGN.md §7; counted in ``atls_proxy_unattested_connections_total``)."""
     if cfg.plain_clients == "serve-unattested":
         log.warning(
             "plain_clients = serve-unattested: TLS clients without Expat are forwarded UNATTESTED"
         )
+
+
+def build_server(cfg: ServerConfig, metrics: Metrics | None = None) -> AttestedServer:
+    identity = load_server_identity(cfg.certificate, cfg.private_key)
+    ctx = server_context(identity)
+    attester = build_attester(cfg.attester)
+    warn_insecure_server(cfg)
     if cfg.attester.tier == "cached" and cfg.attester.epoch_seconds > DEFAULT_MAX_EPOCH_AGE:
         # A failed refresh keeps the old epoch: while the TEE fails an epoch is served until it
         # expires. Clients on the default freshness policy refuse it past DEFAULT_MAX_EPOCH_AGE,

@@ -309,6 +309,11 @@ class Metrics:
             "Attestation exchanges that ended accepted.",
             registry=reg,
         )
+        self.unattested_connections = Counter(
+            p + "unattested_connections_total",
+            "Connections forwarded UNATTESTED (plain_clients = serve-unattested).",
+            registry=reg,
+        )
         self.attestation_failures = Counter(
             p + "attestation_failures_total",
             "Attestation exchanges that failed, by the name of the failing check.",
@@ -445,6 +450,10 @@ class Metrics:
 
     def attestation_succeeded(self) -> None:
         self.attestation_successes.inc()
+
+    def served_unattested(self) -> None:
+        """A connection goes to the backend UNATTESTED (``plain_clients = serve-unattested``)."""
+        self.unattested_connections.inc()
 
     def attestation_failed(self, check: str) -> None:
         """An attestation exchange failed at ``check`` (bounded label: odd or excess names → other)."""

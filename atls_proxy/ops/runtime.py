@@ -122,6 +122,14 @@ def warn_if_admin_exposed(admin: Address | None) -> None:
         )
 
 
+def _socket_address(sock: socket.socket) -> Address:
+    """The address a listening socket is bound to."""
+    if sock.family == socket.AF_UNIX:
+        return Address("unix", path=str(sock.getsockname()))
+    host, port = sock.getsockname()[:2]
+    return Address("tcp", str(host), int(port))
+
+
 def file_revision(paths: Iterable[Path]) -> str:
     """A short digest of the watched files' contents (the ``/status`` config revision)."""
     h = hashlib.sha256()
@@ -347,7 +355,8 @@ class Runtime:
             return
         host = self.ops.admin.host if self.ops.admin is not None else ""
         port = self.ops.admin.port if self.ops.admin is not None else 0
-        warn_if_admin_exposed(self.ops.admin)
+        # Where it really listens: an inherited socket (systemd) wins over the configured address.
+        warn_if_admin_exposed(_socket_address(inherited[0]) if inherited else self.ops.admin)
         self.admin = AdminServer(
             host,
             port,
@@ -602,7 +611,7 @@ class ServerService:
         return await _listen(started, sock, "server.listen", self.cfg.listen)
 
     def _build(self) -> tuple[ServerConfig, Any, Any, list[str]]:
-        from atls_proxy.app import profile_from
+        from atls_proxy.app import profile_from, warn_insecure_server
         from atls_proxy.ops.config import load_server_config
         from atls_proxy.proxy.server import ServerKeys
         from atls_proxy.tls.context import load_server_identity, server_context
@@ -617,6 +626,7 @@ class ServerService:
             "server",
             {"listen": "server.listen", "attester": "attester", "log": "log"},
         )
+        warn_insecure_server(new)
         return new, keys, profile_from(new.expat), pending
 
     async def reload(self) -> list[str]:

@@ -201,6 +201,8 @@ class AttestedServer(Listener):
             initial = outcome.initial if isinstance(outcome, _Plain) else outcome
             if plain:
                 self.stats.unattested += 1
+                if m is not None:
+                    m.served_unattested()
             else:
                 self.stats.attested += 1
                 if m is not None:

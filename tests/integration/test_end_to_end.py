@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -208,7 +209,8 @@ def test_plain_tls_server_rejected_by_attest(ps: Procs, stack: Stack) -> None:
 
 def test_serve_unattested_mode(ps: Procs, stack: Stack, tmp_path: Path) -> None:
     cfg = serve_variant(stack.dev, "plain", 'plain_clients = "serve-unattested"')
-    srv, port = start_server(ps, cfg, stack.backend_port)
+    admin = free_port()
+    srv, port = start_server(ps, cfg, stack.backend_port, "--admin", f"127.0.0.1:{admin}")
     res = curl("-k", f"https://127.0.0.1:{port}/hello.txt")
     assert res.stdout == b"hello through atls-proxy\n"
     time.sleep(0.2)
@@ -216,6 +218,12 @@ def test_serve_unattested_mode(ps: Procs, stack: Stack, tmp_path: Path) -> None:
     # Expat clients are still attested on the same listener.
     ok = run_cli("attest", f"127.0.0.1:{port}", "--config", str(stack.dev / "connect.toml"))
     assert ok.returncode == 0
+    # The insecure mode shows in the metrics, not only in the log (DESIGN.md §7).
+    wait_port(admin)
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    assert "atls_proxy_unattested_connections_total 1.0" in text, text
+    assert "atls_proxy_attestation_successes_total 1.0" in text
 
 
 def test_demo_runs() -> None:

@@ -195,6 +195,9 @@ def test_attestation_counters() -> None:
     m.attestation_failed("freshness.max-age")
     assert value(m, "atls_proxy_attestation_requests_total") == 2
     assert value(m, "atls_proxy_attestation_successes_total") == 1
+    assert value(m, "atls_proxy_unattested_connections_total") == 0
+    m.served_unattested()
+    assert value(m, "atls_proxy_unattested_connections_total") == 1
     assert value(m, "atls_proxy_attestation_failures_total", check="expat.binder") == 2
     assert value(m, "atls_proxy_attestation_failures_total", check="freshness.max-age") == 1
 

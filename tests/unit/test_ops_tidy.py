@@ -432,3 +432,27 @@ def test_supervisor_logs_a_status_line_on_sigusr1(
     finally:
         shutil.rmtree(short, ignore_errors=True)
     assert "status workers=2 ready=2 restarts=0 draining=0" in caplog.text
+
+
+def test_a_reload_that_turns_on_serve_unattested_warns(
+    dev: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Not only at start: a reload (SIGHUP, or reload_interval after a ConfigMap edit) that turns
+    # the insecure mode on says so too.
+    cfg_path = tmp_path / "serve.toml"
+    text = (dev / "serve.toml").read_text().replace('"server.pem"', f'"{dev / "server.pem"}"')
+    text = text.replace('"server-key.pem"', f'"{dev / "server-key.pem"}"')
+    text = text.replace('"platform-key.pem"', f'"{dev / "platform-key.pem"}"')
+    cfg_path.write_text(text)
+    cfg = c.load_server_config(cfg_path)
+    service = rt.ServerService(cfg, {}, Metrics())
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        service._build()
+    assert "UNATTESTED" not in caplog.text
+    cfg_path.write_text(
+        text.replace("[server]\n", '[server]\nplain_clients = "serve-unattested"\n')
+    )
+    with caplog.at_level(logging.WARNING):
+        service._build()
+    assert "forwarded UNATTESTED" in caplog.text

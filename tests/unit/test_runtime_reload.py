@@ -306,3 +306,43 @@ async def test_readyz_says_when_the_cached_tiers_epoch_is_not_current() -> None:
     now[0] += 2  # expired, nothing refreshed it
     assert svc.not_ready() == ["no current evidence epoch"]
     await eng.close()
+
+
+@pytest.mark.parametrize(
+    ("bound", "configured", "warned"),
+    [
+        ("0.0.0.0", "127.0.0.1", True),  # the inherited socket is what listens
+        ("127.0.0.1", "0.0.0.0", False),
+    ],
+)
+async def test_the_admin_warning_looks_at_an_inherited_socket(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    bound: str,
+    configured: str,
+    warned: bool,
+) -> None:
+    class Quiet:
+        def __init__(self, *a: object, **k: object) -> None:
+            pass
+
+        async def start(self) -> None:
+            pass
+
+    monkeypatch.setattr(runtime, "AdminServer", Quiet)
+    sock = socket.socket()
+    sock.bind((bound, 0))
+    try:
+        rt = Runtime(
+            cast(Service, cast(Any, FakeService([], [None]))),
+            OpsConfig(admin=runtime.Address("tcp", configured, 9901)),
+            Metrics(),
+            config_path=tmp_path / "serve.toml",
+            inherited={"admin": [sock]},
+        )
+        with caplog.at_level(logging.WARNING):
+            await rt._start_admin()
+    finally:
+        sock.close()
+    assert ("reachable from other hosts" in caplog.text) is warned, caplog.text
