@@ -11,12 +11,13 @@ the switch is lost.
 
 Backpressure is the transports' own flow control, crossed over: when one side's write buffer
 passes its high-water mark (``pause_writing``) the pump stops reading the *other* side
-(``pause_reading``) until it drains (``resume_writing``). Reading TLS can also produce TLS output
-without any plaintext (OpenSSL answers each KeyUpdate with update_requested by one of its own), so
-a full TLS write buffer pauses reading the TLS side as well: a peer that sends KeyUpdates and
-never reads stops being read instead of growing our buffer. The TLS side is read again only when
-neither write buffer is full. Memory per connection stays bounded by the two write buffers plus
-one read, whatever the peers do.
+(``pause_reading``) until it drains (``resume_writing``). The two directions stay independent:
+a peer that uploads before it reads keeps being read while its download waits in a full buffer
+(full duplex). One exception: reading TLS can itself produce TLS output (OpenSSL answers each
+KeyUpdate with update_requested by one of its own), so when a read *wrote* into a full TLS write
+buffer, the TLS side stops being read until that buffer drains — a peer that floods KeyUpdates
+and never reads stops being read instead of growing our buffer. Memory per connection stays
+bounded by the two write buffers plus one read's answers, whatever the peers do.
 
 Half-close is carried across: EOF from the plain side becomes close_notify on TLS, and the peer's
 close_notify becomes ``write_eof()`` on the plain side, while the other direction keeps flowing.
@@ -64,6 +65,7 @@ class _Pump:
         "tls",
         "tls_full",
         "tls_in_done",
+        "tls_throttled",
     )
 
     def __init__(
@@ -82,6 +84,8 @@ class _Pump:
         # Write buffers over their high-water mark (pause_writing, until resume_writing).
         self.tls_full = False
         self.plain_full = False
+        # TLS reading paused because a read wrote into the full TLS buffer (module docstring).
+        self.tls_throttled = False
         self.plain_in_done = False  # the plain side sent EOF
 
     # -- ending --------------------------------------------------------------------------------
@@ -120,7 +124,11 @@ class _Pump:
             self.stats.tls_to_plain += len(data)
             self.stats.last_activity = time.monotonic()
             plain.write(data)
-        self.flush_tls()  # key updates, alerts: whatever reading produced goes out
+        # Key updates, alerts: whatever reading produced goes out — and if it went into a full
+        # buffer, this side is not read again until that drains (module docstring).
+        if self.flush_tls() and self.tls_full and not self.tls_throttled:
+            self.tls_throttled = True
+            _pause(self.tls)
         self.maybe_finish()
 
     def tls_eof(self) -> None:
@@ -136,15 +144,18 @@ class _Pump:
             self.fail(TLSError("connection closed without close_notify"))
 
     def resume_tls(self) -> None:
-        """Read the TLS side again, unless a write buffer is still full or the peer's direction
-        ended (after close_notify the TLS side stays paused)."""
-        if not (self.tls_full or self.plain_full or self.tls_in_done):
+        """Read the TLS side again, unless the backend's buffer is still full, reading TLS is
+        throttled, or the peer's direction ended (after close_notify it stays paused)."""
+        if not (self.tls_throttled or self.plain_full or self.tls_in_done):
             _resume(self.tls)
 
-    def flush_tls(self) -> None:
+    def flush_tls(self) -> bool:
+        """Send what the engine has for the peer; whether there was anything."""
         out = self.engine.outgoing()
         if out and not self.tls.is_closing():
             self.tls.write(out)
+            return True
+        return False
 
     # -- plain → TLS ---------------------------------------------------------------------------
 
@@ -189,13 +200,14 @@ class _TLSSide(asyncio.Protocol):
     def pause_writing(self) -> None:
         self.p.tls_full = True
         _pause(self.p.plain)
-        _pause(self.p.tls)  # reading TLS may write TLS (key updates): module docstring
 
     def resume_writing(self) -> None:
         p = self.p
         p.tls_full = False
         _resume(p.plain)
-        p.resume_tls()
+        if p.tls_throttled:
+            p.tls_throttled = False
+            p.resume_tls()
 
 
 class _PlainSide(asyncio.Protocol):

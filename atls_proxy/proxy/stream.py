@@ -51,10 +51,13 @@ class TLSStream:
         self.engine = engine
         self._eof = False
 
-    def _flush_nowait(self) -> None:
+    def _flush_nowait(self) -> bool:
+        """Hand the engine's output to the writer; whether there was any."""
         out = self.engine.outgoing()
         if out and not self.writer.is_closing():
             self.writer.write(out)
+            return True
+        return False
 
     async def _flush(self) -> None:
         self._flush_nowait()
@@ -85,9 +88,7 @@ class TLSStream:
             # Whatever we owe the peer goes out before we wait for it — and if there was some,
             # we wait for it to drain: reading can produce output without plaintext (a KeyUpdate
             # answered), and a peer that sends those and never reads must not grow our buffer.
-            out = self.engine.outgoing()
-            if out and not self.writer.is_closing():
-                self.writer.write(out)
+            if self._flush_nowait():
                 await self.writer.drain()
             if self._eof:
                 raise TLSError("connection closed without close_notify")

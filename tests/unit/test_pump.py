@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 
 import pytest
 from cryptography.hazmat.primitives import hashes
@@ -219,6 +220,86 @@ async def test_a_peer_that_floods_key_updates_and_never_reads_is_not_read(reader
         assert not pumps[0].done()  # a flow-controlled connection, not an error
     finally:
         sock.close()
+        for t in pumps:
+            t.cancel()
+        srv.close()
+        bsrv.close()
+
+
+async def test_full_duplex_a_peer_that_uploads_before_it_reads_is_still_read() -> None:
+    # The two directions are independent: while the backend's answer waits in a full TLS buffer
+    # (the peer is not reading yet), the peer's upload must keep flowing to the backend — the
+    # KeyUpdate throttle above must not tie them together (it did: a stall until idle_timeout).
+    import ssl
+    import threading
+
+    size = 8 << 20
+    got_up = 0
+    loop = asyncio.get_running_loop()
+
+    async def backend(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        nonlocal got_up
+
+        async def answer() -> None:
+            for _ in range(size // 65536):
+                w.write(b"d" * 65536)
+                await w.drain()
+
+        t = asyncio.create_task(answer())
+        while data := await r.read(65536):
+            got_up += len(data)
+        await t
+        w.close()
+
+    bsrv = await asyncio.start_server(backend, "127.0.0.1", 0)
+    bport = bsrv.sockets[0].getsockname()[1]
+    pumps: list[asyncio.Task[object]] = []
+
+    async def handle(conn: Conn) -> None:
+        # A small kernel buffer: the answer fills the proxy's own TLS write buffer quickly.
+        conn.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 16384
+        )
+        tls = TLSStream(conn, conn, TLSEngine(server_context(IDENT), server_side=True))
+        await tls.handshake()
+        await pump(tls, await open_conn("127.0.0.1", bport), idle_timeout=30)
+
+    srv = await loop.create_server(
+        lambda: Conn(lambda c: pumps.append(loop.create_task(handle(c)))), "127.0.0.1", 0
+    )
+    port = srv.sockets[0].getsockname()[1]
+    result: dict[str, object] = {}
+
+    def client() -> None:  # writes everything, then reads: a legal full-duplex peer
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        with socket.create_connection(("127.0.0.1", port)) as raw:
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+                s.settimeout(10)
+                try:
+                    s.sendall(b"u" * size)
+                    n = 0
+                    while n < size and (data := s.recv(65536)):
+                        n += len(data)
+                    result["received"] = n
+                    # Both directions done while the connection is open (closing first could
+                    # cut the upload's tail still in the proxy).
+                    deadline = time.monotonic() + 10
+                    while got_up < size and time.monotonic() < deadline:
+                        time.sleep(0.01)
+                except OSError as exc:
+                    result["error"] = repr(exc)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        async with asyncio.timeout(20):
+            while thread.is_alive():
+                await asyncio.sleep(0.05)
+        assert result == {"received": size} and got_up == size, (result, got_up)
+    finally:
+        thread.join(20)
         for t in pumps:
             t.cancel()
         srv.close()
