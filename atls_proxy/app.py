@@ -48,6 +48,12 @@ def build_server(cfg: ServerConfig, metrics: Metrics | None = None) -> AttestedS
     ctx = server_context(identity)
     attester = build_attester(cfg.attester)
     warn_insecure_server(cfg)
+    if cfg.attester.tier == "cached":
+        log.warning(
+            "tier = cached: clients accept it only when their policy lists it ([freshness] tiers "
+            '= [..., "cached"]; the default is strict and batched), because its per-connection '
+            "binding is the TLS key's signature alone (docs/SECURITY.md)"
+        )
     if cfg.attester.tier == "cached" and cfg.attester.epoch_seconds > DEFAULT_MAX_EPOCH_AGE:
         # A failed refresh keeps the old epoch: while the TEE fails an epoch is served until it
         # expires. Clients on the default freshness policy refuse it past DEFAULT_MAX_EPOCH_AGE,

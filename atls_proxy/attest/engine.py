@@ -90,8 +90,10 @@ __all__ = ["REFRESH_AHEAD", "EngineHooks", "EngineStats", "EvidenceEngine", "Tie
 # ops/config.py requires that window to be at least ``quote_timeout`` long, so that a slow quote
 # still ends (or fails) before the epoch it replaces expires.
 REFRESH_AHEAD = 0.2
-# The keep-warm task retries a failed epoch refresh after this many seconds (at most; it never
-# waits longer than the quote timeout, and each attempt is one quote through the gate).
+# The keep-warm task retries a failed epoch refresh after this many seconds (each attempt is one
+# quote through the gate), and never sleeps longer than this between two looks at its epochs: its
+# waits are computed from the wall clock, which can jump (a VM resumed, an NTP step) while the
+# event loop's monotonic sleep does not see it.
 KEEP_WARM_RETRY = 5.0
 _EPOCH_HASHES = ("sha256", "sha384")
 
@@ -418,13 +420,14 @@ class EvidenceEngine:
     async def _keep_warm(self) -> None:
         """Refresh the current key's epochs at their refresh points, traffic or not; retry a
         failed refresh after ``KEEP_WARM_RETRY`` seconds (never two quotes at once: a refresh is
-        the same task a connection would start, through the same gate)."""
-        retry = min(KEEP_WARM_RETRY, self._timeout)
+        the same task a connection would start, through the same gate). The first failure of a
+        run of them is a warning, the rest debug, the recovery info."""
+        failing = False
         while True:
-            aik = self._aik
-            assert aik is not None
-            wait = self._epoch_seconds
+            wait = KEEP_WARM_RETRY
             for hash_name in _EPOCH_HASHES:
+                aik = self._aik  # read per hash: a reload may have replaced it meanwhile
+                assert aik is not None
                 key = (hash_name, _aik_hash(hash_name, aik))
                 now = self._clock()
                 ep = self._epochs.get(key)
@@ -435,9 +438,18 @@ class EvidenceEngine:
                 try:
                     await asyncio.shield(task)  # a connection waiting on it is not cancelled
                 except Exception as exc:  # the TEE failed: counted by _quote; try again soon
-                    log.warning("keeping the %s epoch warm failed: %s", hash_name, exc)
-                    wait = min(wait, retry)
+                    log.log(
+                        logging.DEBUG if failing else logging.WARNING,
+                        "refreshing the %s evidence epoch failed (retried every %g s): %s",
+                        hash_name,
+                        KEEP_WARM_RETRY,
+                        exc,
+                    )
+                    failing = True
                 else:
+                    if failing:
+                        log.info("the %s evidence epoch is refreshed again", hash_name)
+                        failing = False
                     wait = 0.0  # look at the other hash (and this one's next point) again
             await asyncio.sleep(max(wait, 0.05))
 

@@ -66,8 +66,11 @@ One ``attest`` is one quote call under ``timeout``; a quote call finds the sessi
 at once (no TPM command) saying it needs opening, and only then ``attest`` runs an open call
 (connect, capabilities, load or create the AK: a reopen may re-create a primary AK) under
 ``open_timeout``, then the quote call again. So re-creating the AK is never cut short by the
-quote's ``timeout``, and one caller after a lost session may wait up to ``open_timeout`` +
-``timeout``.
+quote's ``timeout``: the attester alone may take up to ``open_timeout`` + ``timeout`` for the
+call that reopens. Behind the evidence engine (attest/engine.py) a connection waits at most the
+engine's ``quote_timeout``: when a reopen takes longer, that connection fails, the reopen goes on
+in its thread (holding the TPM lock, so nothing else starts meanwhile) and the quotes after it
+find the session open.
 
 Failures. Every failure — TCTI I/O (TPM gone), a TPM error code, a timeout, a quote that fails the
 self-check, PCRs that keep moving — raises ``AttestationUnavailable`` with the step, the TCTI and
@@ -870,11 +873,13 @@ class TpmAttester:
                 if locked.is_set()
                 else "waiting for a TPM command that is still running"
             )
-            raise AttestationUnavailable(
-                f"tpm: no answer within {self._open_timeout:g} s while opening the TPM via "
-                f"{self.tcti!r} (open_timeout; step: {step}); is the TPM or its resource "
-                "manager hung?"
-            ) from None
+            raise self._open_timed_out(self._open_timeout, step) from None
+
+    def _open_timed_out(self, seconds: float, step: str) -> AttestationUnavailable:
+        return AttestationUnavailable(
+            f"tpm: no answer within {seconds:g} s while opening the TPM via {self.tcti!r} "
+            f"(open_timeout; step: {step}); is the TPM or its resource manager hung?"
+        )
 
     def close(self) -> None:
         """Flush a primary AK made here and release the TCTI (blocking, at most ``timeout``
@@ -937,11 +942,7 @@ class TpmAttester:
             else:  # started, but the TPM lock is held by open() or close()
                 step = "waiting for a TPM command that is still running"
             if opening:
-                raise AttestationUnavailable(
-                    f"tpm: no answer within {timeout:g} s while opening the TPM via "
-                    f"{self.tcti!r} (open_timeout; step: {step}); is the TPM or its resource "
-                    "manager hung?"
-                ) from None
+                raise self._open_timed_out(timeout, step) from None
             raise AttestationUnavailable(
                 f"tpm: no quote within {timeout:g} s ({step}) via {self.tcti!r}"
             ) from None

@@ -51,7 +51,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -113,9 +113,13 @@ class ReloadState:
     revision: str = ""
 
 
-def warn_if_admin_exposed(admin: Address | None) -> None:
-    """Log that an admin address other than loopback is reachable from other hosts (the single
-    process's ``Runtime`` and the ``--workers`` supervisor, which serves the pool's admin port)."""
+def warn_if_admin_exposed(
+    configured: Address | None, inherited: Sequence[socket.socket] = ()
+) -> None:
+    """Log that the admin listener is reachable from other hosts (the single process's
+    ``Runtime`` and the ``--workers`` supervisor, which serves the pool's admin port). Where it
+    really listens: an inherited socket (systemd) wins over the configured address."""
+    admin = _socket_address(inherited[0]) if inherited else configured
     if admin is not None and not admin.is_loopback():
         log.warning(
             "admin listener on %s is reachable from other hosts (status and metrics)", admin
@@ -355,8 +359,7 @@ class Runtime:
             return
         host = self.ops.admin.host if self.ops.admin is not None else ""
         port = self.ops.admin.port if self.ops.admin is not None else 0
-        # Where it really listens: an inherited socket (systemd) wins over the configured address.
-        warn_if_admin_exposed(_socket_address(inherited[0]) if inherited else self.ops.admin)
+        warn_if_admin_exposed(self.ops.admin, inherited)
         self.admin = AdminServer(
             host,
             port,
@@ -687,14 +690,6 @@ class ClientService:
         self.metrics = metrics
         if cfg.listen.kind != "tcp":
             raise ConfigError("client.listen", "the local listener is HOST:PORT")
-        if not cfg.listen.is_loopback():
-            # Plaintext in, an attested channel out, no authentication: any host that reaches it
-            # uses this relying party's attested sessions (docs/SECURITY.md).
-            log.warning(
-                "client listener on %s is reachable from other hosts: anyone who reaches it gets "
-                "plaintext access through the attested connection; keep it on 127.0.0.1",
-                cfg.listen,
-            )
         settings = replace(build_client_settings(cfg), metrics=metrics)
         self.fwd = ClientForwarder(
             settings, cfg.listen.host, cfg.listen.port, cfg.max_connections, metrics
@@ -702,6 +697,15 @@ class ClientService:
         self.listener = self.fwd
 
     async def start(self, sock: socket.socket | None, reuse_port: bool) -> list[tuple[str, int]]:
+        where = _socket_address(sock) if sock is not None else self.cfg.listen
+        if not where.is_loopback():
+            # Plaintext in, an attested channel out, no authentication: any host that reaches it
+            # uses this relying party's attested sessions (docs/SECURITY.md).
+            log.warning(
+                "client listener on %s is reachable from other hosts: anyone who reaches it gets "
+                "plaintext access through the attested connection; keep it on 127.0.0.1",
+                where,
+            )
         started = self.fwd.start(sock=sock, reuse_port=reuse_port)
         return await _listen(started, sock, "client.listen", self.cfg.listen)
 

@@ -480,7 +480,7 @@ class Supervisor:
             admin_addr = self.cfg.ops.admin
             inherited_admin = self.inherited.pop("admin", [])
             if admin_addr is not None or inherited_admin:
-                warn_if_admin_exposed(admin_addr)
+                warn_if_admin_exposed(admin_addr, inherited_admin)
                 self.admin = AdminServer(
                     admin_addr.host if admin_addr else "",
                     admin_addr.port if admin_addr else 0,

@@ -527,8 +527,9 @@ def test_a_cached_epoch_must_leave_a_quote_time_to_refresh(folder: Path) -> None
     c.load_server_config(write(folder, doc))
 
 
-# An epoch is served until it expires (no connection to refresh it ahead, or a failed refresh):
-# up to epoch_seconds old, whatever REFRESH_AHEAD and quote_timeout; clients accept 300 s.
+# An epoch is served until it expires while its refresh fails: up to epoch_seconds old, whatever
+# REFRESH_AHEAD and quote_timeout; clients accept 300 s. And whatever the epoch: default clients
+# refuse the cached tier (an opt-in in their policy), which serve says at start.
 @pytest.mark.parametrize(
     "epoch,warned", [(300, False), (299.5, False), (300.5, True), (360, True), (600, True)]
 )
@@ -547,6 +548,7 @@ def test_serve_warns_when_its_epochs_outlive_the_default_client_policy(
         build_server(c.load_server_config(tmp_path / "serve-cached.toml"))
     assert ("default max_epoch_age" in caplog.text) is warned, caplog.text
     assert (f"up to {epoch:g} s old" in caplog.text) is warned, caplog.text
+    assert "clients accept it only when their policy lists it" in caplog.text
 
 
 HUGE = "1" + "0" * 400  # an integer tomllib accepts and float() cannot represent

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import time
 from dataclasses import replace
@@ -14,6 +15,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from atls_proxy.attest import engine as engine_module
 from atls_proxy.attest.base import Evidence
 from atls_proxy.attest.engine import EvidenceEngine, Tier
 from atls_proxy.attest.software import SoftwareAttester
@@ -700,10 +702,13 @@ class _Flaky(Recording):
         return await super().attest(b)
 
 
-async def test_a_server_keeps_its_epochs_warm_without_traffic() -> None:
+async def test_a_server_keeps_its_epochs_warm_without_traffic(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     # Real clock, 2 s epochs: refreshed at their refresh point with no connection at all; when
     # the TEE fails the epoch expires (readiness says so) and comes back once the TEE does,
     # again with no connection — an idle service is not stuck waiting for traffic.
+    monkeypatch.setattr(engine_module, "KEEP_WARM_RETRY", 0.2)
     att = _Flaky()
     eng = EvidenceEngine(att, Tier.CACHED, aik_key=AIK, epoch_seconds=2, quote_timeout=0.3)
     await eng.start(keep_warm=True)
@@ -720,8 +725,11 @@ async def test_a_server_keeps_its_epochs_warm_without_traffic() -> None:
             await asyncio.sleep(0.05)
         assert not eng.epoch_current()  # never served stale: expired while the TEE is down
         failed = att.calls
-        await asyncio.sleep(0.7)
-        assert att.calls > failed  # retried every quote_timeout (0.3 s), not per connection
+        with caplog.at_level(logging.DEBUG, logger="atls_proxy.attest.engine"):
+            await asyncio.sleep(0.7)
+        assert att.calls > failed + 1  # retried every KEEP_WARM_RETRY, not per connection
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) <= 2, warnings  # the first failure warns, the retries are debug
         att.down = False
         deadline = time.monotonic() + 3
         while not eng.epoch_current() and time.monotonic() < deadline:
@@ -741,3 +749,30 @@ async def test_without_keep_warm_nothing_quotes_in_the_background() -> None:
     await asyncio.sleep(2.2)
     assert att.calls == calls and not eng.epoch_current()
     await eng.close()
+
+
+async def test_the_keeper_wakes_up_after_the_wall_clock_jumps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Its waits come from the wall clock; the loop's sleep is monotonic (a VM suspended, an NTP
+    # step): it looks again every KEEP_WARM_RETRY, so a jump past expiry is caught at once.
+    monkeypatch.setattr(engine_module, "KEEP_WARM_RETRY", 0.2)
+    now = [1_000_000.0]
+    eng = EvidenceEngine(
+        SoftwareAttester(PLATFORM, MEAS, clock=lambda: now[0]),
+        Tier.CACHED,
+        aik_key=AIK,
+        epoch_seconds=300,
+        clock=lambda: now[0],
+    )
+    await eng.start(keep_warm=True)
+    try:
+        epochs = eng.stats.epochs
+        now[0] += 1000  # both epochs expired, with no sleep of the loop's clock to notice
+        assert not eng.epoch_current()
+        async with asyncio.timeout(3):
+            while not eng.epoch_current():
+                await asyncio.sleep(0.05)
+        assert eng.stats.epochs >= epochs + 1
+    finally:
+        await eng.close()

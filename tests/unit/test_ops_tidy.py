@@ -185,16 +185,35 @@ async def test_client_service_names_client_listen_when_the_port_is_taken(dev: Pa
     assert err.value.key == "client.listen" and f"127.0.0.1:{port}" in err.value.message
 
 
-@pytest.mark.parametrize(("listen", "warned"), [("0.0.0.0:9443", True), ("127.0.0.1:9443", False)])
+@pytest.mark.parametrize(
+    ("listen", "inherit", "warned"),
+    [
+        ("0.0.0.0", None, True),
+        ("127.0.0.1", None, False),
+        ("127.0.0.1", "0.0.0.0", True),  # an inherited socket is what listens (systemd)
+        ("0.0.0.0", "127.0.0.1", False),
+    ],
+)
 async def test_client_service_warns_of_a_listener_other_hosts_reach(
-    dev: Path, listen: str, warned: bool, caplog: pytest.LogCaptureFixture
+    dev: Path, listen: str, inherit: str | None, warned: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Plaintext in, attested channel out, no authentication: like the admin listener's warning.
-    overrides: dict[str, str | None] = {"listen": listen}
+    import socket
+
+    probe = socket.create_server(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    overrides: dict[str, str | None] = {"listen": f"{listen}:{port}"}
     cfg = c.load_client_config(dev / "connect.toml", **overrides)
-    with caplog.at_level(logging.WARNING):
-        service = rt.ClientService(cfg, overrides, Metrics())
-    await service.close()
+    service = rt.ClientService(cfg, overrides, Metrics())
+    sock = socket.create_server((inherit, 0)) if inherit else None
+    try:
+        with caplog.at_level(logging.WARNING):
+            await service.start(sock, reuse_port=False)
+    finally:
+        await service.close()
+        if sock is not None:
+            sock.close()
     assert ("client listener on" in caplog.text) is warned, caplog.text
 
 

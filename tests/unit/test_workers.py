@@ -293,3 +293,31 @@ def test_the_supervisor_warns_of_an_admin_address_other_hosts_reach(
     text = f"admin listener on {Address('tcp', host, 9901)} is reachable from other hosts"
     assert (text in caplog.text) is warned, caplog.text
     assert not supervisor.tmp.exists()
+
+
+@pytest.mark.parametrize(("bound", "warned"), [("0.0.0.0", True), ("127.0.0.1", False)])
+def test_the_supervisors_warning_looks_at_an_inherited_admin_socket(
+    supervisor: wk.Supervisor,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    bound: str,
+    warned: bool,
+) -> None:
+    """A socket systemd passes is what listens, whatever address the configuration names."""
+    import socket
+
+    from atls_proxy.ops.config import Address
+
+    monkeypatch.setattr(wk, "AdminServer", _FakeAdmin)
+    supervisor.cfg.ops.admin = Address("tcp", "0.0.0.0" if bound != "0.0.0.0" else "127.0.0.1", 1)
+    sock = socket.create_server((bound, 0))
+    supervisor.inherited["admin"] = [sock]
+    logger = logging.getLogger("atls_proxy")
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="atls_proxy"), pytest.raises(_AdminStarted):
+            asyncio.run(supervisor.run())
+    finally:
+        logger.removeHandler(caplog.handler)
+        sock.close()
+    assert ("is reachable from other hosts" in caplog.text) is warned, caplog.text
