@@ -119,7 +119,9 @@ class Conn(asyncio.Protocol):
         self._wake_reader()
         waiter, self._drain_waiter = self._drain_waiter, None
         if waiter is not None and not waiter.done():
-            waiter.set_exception(ConnectionResetError("Connection lost"))
+            # A result, not an exception: the drain that waited may have been cancelled (a
+            # timeout) and nobody would retrieve it; drain() itself raises for a lost connection.
+            waiter.set_result(None)
         closed, self._closed_waiter = self._closed_waiter, None
         if closed is not None and not closed.done():
             closed.set_result(None)
@@ -177,6 +179,12 @@ class Conn(asyncio.Protocol):
             self.transport.resume_reading()
         return data
 
+    @property
+    def write_paused(self) -> bool:
+        """Whether the transport's write buffer is over its high-water mark (pause_writing was
+        called and resume_writing not yet): the pump starts from this state."""
+        return self._write_paused
+
     def take_buffer(self) -> tuple[bytes, bool]:
         """What is buffered and whether EOF was seen, emptied: the pump takes over from here."""
         data = bytes(self._buf)
@@ -201,6 +209,8 @@ class Conn(asyncio.Protocol):
         if self._drain_waiter is None:
             self._drain_waiter = asyncio.get_running_loop().create_future()
         await asyncio.shield(self._drain_waiter)
+        if self._lost:
+            raise ConnectionResetError("Connection lost")
 
     def write_eof(self) -> None:
         self.transport.write_eof()

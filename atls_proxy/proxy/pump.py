@@ -265,10 +265,22 @@ async def pump(
     # Take over what the connections already hold, then switch the transports to the pump.
     tls_pending, tls_eof = tls_conn.take_buffer()
     plain_pending, plain_eof = plain.take_buffer()
+    # A write buffer already over its high-water mark stays so: its pause_writing went to the Conn,
+    # and the transport will not repeat it (say a peer flooded KeyUpdates while the exchange's
+    # read waited in drain). Start from that state, or neither throttle would ever fire.
+    p.tls_full = tls_conn.write_paused
+    p.plain_full = plain.write_paused
     tls_tr.set_protocol(_TLSSide(p))
     plain_tr.set_protocol(_PlainSide(p))
-    _resume(tls_tr)
-    _resume(plain_tr)
+    if p.tls_full:
+        p.tls_throttled = True  # what reading TLS would write goes into a full buffer
+        _pause(plain_tr)
+    else:
+        _resume(plain_tr)
+    if p.tls_throttled or p.plain_full:
+        _pause(tls_tr)
+    else:
+        _resume(tls_tr)
     if initial_to_plain:
         p.stats.tls_to_plain += len(initial_to_plain)
         plain_tr.write(initial_to_plain)

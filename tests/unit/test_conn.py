@@ -242,3 +242,32 @@ def test_a_closed_connection_to_a_peer_that_stops_reading_is_aborted(
     # A peer that keeps reading gets everything: the linger restarts while the buffer shrinks.
     seconds, received = _closing_to_a_peer_that_stops_reading(loop_kind, reading=True)
     assert seconds < 10 and received == 8 << 20
+
+
+async def test_a_cancelled_drain_leaves_no_unretrieved_exception(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A drain cancelled by a timeout, then the connection lost: the waiter must not end with an
+    # exception nobody retrieves ("Future exception was never retrieved", once per connection);
+    # a drain after the loss still raises.
+    c, _t = _conn()
+    c.pause_writing()
+    task = asyncio.ensure_future(c.drain())
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    waiter = c._drain_waiter
+    assert waiter is not None
+    c.connection_lost(ConnectionResetError("peer reset"))
+    assert waiter.done() and waiter.exception() is None
+    with pytest.raises(ConnectionError):
+        await c.drain()
+    # And a drain waiting when the connection is lost raises.
+    c2, _ = _conn()
+    c2.pause_writing()
+    waiting = asyncio.ensure_future(c2.drain())
+    await asyncio.sleep(0)
+    c2.connection_lost(None)
+    with pytest.raises(ConnectionResetError):
+        await waiting
