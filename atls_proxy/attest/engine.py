@@ -84,7 +84,7 @@ from atls_proxy.expat.tiers import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["REFRESH_AHEAD", "EngineHooks", "EngineStats", "EvidenceEngine", "Tier"]
+__all__ = ["EPOCH_HASHES", "REFRESH_AHEAD", "EngineHooks", "EngineStats", "EvidenceEngine", "Tier"]
 
 # The cached tier starts quoting the next epoch when this fraction of the current one is left.
 # ops/config.py requires that window to be at least ``quote_timeout`` long, so that a slow quote
@@ -95,7 +95,8 @@ REFRESH_AHEAD = 0.2
 # waits are computed from the wall clock, which can jump (a VM resumed, an NTP step) while the
 # event loop's monotonic sleep does not see it.
 KEEP_WARM_RETRY = 5.0
-_EPOCH_HASHES = ("sha256", "sha384")
+# The cached tier keeps one epoch per suite hash: a connection's cipher suite picks one.
+EPOCH_HASHES = ("sha256", "sha384")
 
 
 class EngineHooks(Protocol):
@@ -214,13 +215,13 @@ class EvidenceEngine:
         """Quote the epochs of ``aik_key`` now (reload: before connections use the new key)."""
         if self.tier is not Tier.CACHED or aik_key is None:
             return
-        for hash_name in _EPOCH_HASHES:
+        for hash_name in EPOCH_HASHES:
             # Not a connection: a start or reload is not refused when the queue is full.
             await self._current_epoch(hash_name, aik_key, admit=False)
         self._aik = aik_key
         self._aik_scheme = schemes.schemes_for_key(aik_key)[0]
         # Epochs of keys no connection can use any more are dropped (a reload replaced them).
-        keep = {(h, _aik_hash(h, aik_key)) for h in _EPOCH_HASHES}
+        keep = {(h, _aik_hash(h, aik_key)) for h in EPOCH_HASHES}
         for k in [k for k in self._epochs if k not in keep]:
             del self._epochs[k]
 
@@ -238,20 +239,31 @@ class EvidenceEngine:
                 fut.set_exception(AttestationUnavailable("evidence engine closed"))
         self._pending.clear()
 
-    def epoch_current(self, hash_name: str = "sha256") -> bool:
+    def epoch_current(self, hash_name: str | None = None) -> bool:
         """Whether the current key has an epoch a connection would be served now (cached tier):
-        quoted, started, not expired. False outside the cached tier."""
+        quoted, started, not expired — for ``hash_name``, or for every suite hash (None: a
+        client's cipher suite picks one). False outside the cached tier."""
         if self._aik is None or self.tier is not Tier.CACHED:
             return False
-        ep = self._epochs.get((hash_name, _aik_hash(hash_name, self._aik)))
-        return ep is not None and ep.start <= self._clock() < ep.expires
+        now = self._clock()
+        for h in EPOCH_HASHES if hash_name is None else (hash_name,):
+            ep = self._epochs.get((h, _aik_hash(h, self._aik)))
+            if ep is None or not ep.start <= now < ep.expires:
+                return False
+        return True
 
-    def epoch_age(self, hash_name: str = "sha256") -> float | None:
-        """Age of the current key's epoch (seconds), None outside the cached tier or before it."""
+    def epoch_age(self, hash_name: str | None = None) -> float | None:
+        """Age of the current key's epoch (seconds) for ``hash_name``, or the oldest of the
+        suite hashes' (None); None outside the cached tier or before there is one."""
         if self._aik is None:
             return None
-        ep = self._epochs.get((hash_name, _aik_hash(hash_name, self._aik)))
-        return None if ep is None else self._clock() - ep.start
+        ages = []
+        for h in EPOCH_HASHES if hash_name is None else (hash_name,):
+            ep = self._epochs.get((h, _aik_hash(h, self._aik)))
+            if ep is None:
+                return None
+            ages.append(self._clock() - ep.start)
+        return max(ages)
 
     # -- the single-flight gate ----------------------------------------------------------------
 
@@ -425,7 +437,7 @@ class EvidenceEngine:
         failing = False
         while True:
             wait = KEEP_WARM_RETRY
-            for hash_name in _EPOCH_HASHES:
+            for hash_name in EPOCH_HASHES:
                 aik = self._aik  # read per hash: a reload may have replaced it meanwhile
                 assert aik is not None
                 key = (hash_name, _aik_hash(hash_name, aik))

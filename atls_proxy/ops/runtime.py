@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from atls_proxy import __version__
+from atls_proxy.attest.engine import EPOCH_HASHES
 from atls_proxy.errors import ConfigError
 from atls_proxy.expat.tiers import Tier
 from atls_proxy.ops import systemd
@@ -648,10 +649,13 @@ class ServerService:
     def not_ready(self) -> list[str]:
         eng = self.server.engine
         reasons = []
-        if eng.tier is Tier.CACHED and not eng.epoch_current():
-            # None quoted yet, or the last one expired: the TEE failed (the engine keeps epochs
-            # warm without traffic, and retries; the next connection would wait for a quote).
-            reasons.append("no current evidence epoch")
+        if eng.tier is Tier.CACHED:
+            # None quoted yet, or one expired: the TEE failed (the engine keeps epochs warm
+            # without traffic, and retries; the next connection would wait for a quote). Every
+            # suite hash's: a client's cipher suite picks which one it is served.
+            stale = [h for h in EPOCH_HASHES if not eng.epoch_current(h)]
+            if stale:
+                reasons.append(f"no current evidence epoch ({', '.join(stale)})")
         if eng.stats.consecutive_failures >= 3:
             reasons.append(f"attester failing ({eng.stats.consecutive_failures} quotes in a row)")
         return reasons

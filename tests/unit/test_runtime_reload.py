@@ -298,13 +298,20 @@ async def test_readyz_says_when_the_cached_tiers_epoch_is_not_current() -> None:
     )
     svc = runtime.ServerService.__new__(runtime.ServerService)
     svc.server = cast(Any, type("S", (), {"engine": eng})())
-    assert svc.not_ready() == ["no current evidence epoch"]  # none quoted yet
+    assert svc.not_ready() == ["no current evidence epoch (sha256, sha384)"]  # none quoted yet
     await eng.start()
     assert svc.not_ready() == []
     now[0] += 99
     assert svc.not_ready() == []
     now[0] += 2  # expired, nothing refreshed it
-    assert svc.not_ready() == ["no current evidence epoch"]
+    assert svc.not_ready() == ["no current evidence epoch (sha256, sha384)"]
+    # One suite hash's epoch is enough to be not ready: clients of that suite would fail.
+    await eng.prepare_key(key)  # fresh epochs for both
+    assert svc.not_ready() == []
+    sha384 = next(k for k in eng._epochs if k[0] == "sha384")
+    eng._epochs[sha384].expires = int(now[0])  # only the SHA-384 one expired
+    assert svc.not_ready() == ["no current evidence epoch (sha384)"]
+    assert eng.epoch_age() == now[0] - eng._epochs[sha384].start  # the older of the two
     await eng.close()
 
 
