@@ -50,11 +50,9 @@ from atls_proxy.expat.tiers import (
     encode_aik_binding,
     epoch_digest,
 )
-from atls_proxy.expat.tiers import Tier as _FreshnessTier
 from atls_proxy.ops.config import AttesterConfig, TpmAttesterConfig
 from atls_proxy.ops.tpm_files import load_tpm_trust
 from atls_proxy.verify.appraise import appraise_cmw
-from atls_proxy.verify.policy import Freshness as _Freshness
 from atls_proxy.verify.result import Appraisal
 from atls_proxy.verify.tpm import (
     MEDIA_TYPE,
@@ -66,11 +64,9 @@ from atls_proxy.verify.tpm import (
     qualifying_data,
 )
 from tests.integration.conftest import dev_init, start_backend, start_server
+from tests.support.freshness import ALL_TIERS
 from tests.support.procs import Procs, free_port, procs, run_cli
 from tests.support.swtpm import Swtpm, free_port_pair, require_swtpm, start_swtpm
-
-# Engine-level tests appraise every tier, the cached one included (a policy's opt-in).
-ALL_TIERS = _Freshness(frozenset(_FreshnessTier))
 
 pytestmark = [pytest.mark.tpm, pytest.mark.integration]
 

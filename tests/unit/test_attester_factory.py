@@ -33,7 +33,6 @@ from atls_proxy.attest.software import SoftwareAttester
 from atls_proxy.attest.tpm import TpmAttester
 from atls_proxy.errors import ConfigError
 from atls_proxy.expat.binding import Binding
-from atls_proxy.expat.tiers import Tier as _FreshnessTier
 from atls_proxy.ops.config import (
     AttesterConfig,
     ConfigfsTsmAttesterConfig,
@@ -42,11 +41,8 @@ from atls_proxy.ops.config import (
 )
 from atls_proxy.ops.devinit import dev_init
 from atls_proxy.verify.appraise import appraise_cmw
-from atls_proxy.verify.policy import Freshness as _Freshness
 from atls_proxy.verify.result import Appraisal, Check
-
-# Engine-level tests appraise every tier, the cached one included (a policy's opt-in).
-ALL_TIERS = _Freshness(frozenset(_FreshnessTier))
+from tests.support.freshness import ALL_TIERS
 
 AIK = ec.generate_private_key(ec.SECP256R1())
 AIK_HASH = hashlib.sha256(

@@ -244,9 +244,7 @@ def test_a_closed_connection_to_a_peer_that_stops_reading_is_aborted(
     assert seconds < 10 and received == 8 << 20
 
 
-async def test_a_cancelled_drain_leaves_no_unretrieved_exception(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+async def test_a_cancelled_drain_leaves_no_unretrieved_exception() -> None:
     # A drain cancelled by a timeout, then the connection lost: the waiter must not end with an
     # exception nobody retrieves ("Future exception was never retrieved", once per connection);
     # a drain after the loss still raises.
@@ -263,11 +261,4 @@ async def test_a_cancelled_drain_leaves_no_unretrieved_exception(
     assert waiter.done() and waiter.exception() is None
     with pytest.raises(ConnectionError):
         await c.drain()
-    # And a drain waiting when the connection is lost raises.
-    c2, _ = _conn()
-    c2.pause_writing()
-    waiting = asyncio.ensure_future(c2.drain())
-    await asyncio.sleep(0)
-    c2.connection_lost(None)
-    with pytest.raises(ConnectionResetError):
-        await waiting
+    # (A drain still waiting when the connection is lost raises: the backpressure test above.)

@@ -32,7 +32,9 @@ from atls_proxy.expat.tiers import (
 )
 from atls_proxy.verify.appraise import appraise_cmw
 from atls_proxy.verify.policy import Freshness, SoftwarePolicy
+from atls_proxy.verify.result import Appraisal
 from atls_proxy.verify.software import SoftwareVerifier
+from tests.support.freshness import ALL_TIERS
 
 PLATFORM = ec.generate_private_key(ec.SECP256R1())
 AIK = ec.generate_private_key(ec.SECP256R1())
@@ -47,10 +49,6 @@ AIK_HASH = hashlib.sha256(
 
 def binding() -> Binding:
     return Binding("sha256", os.urandom(32), AIK_HASH)
-
-
-# These tests appraise every tier, the cached one included (a policy's opt-in: DEFAULT_TIERS).
-ALL_TIERS = Freshness(frozenset(Tier))
 
 
 def appraise(cmw: bytes, b: Binding, fresh: Freshness | None = None, now: float | None = None):  # type: ignore[no-untyped-def]
@@ -527,41 +525,27 @@ async def test_client_cache_reuses_epoch_appraisal_only_while_valid() -> None:
     cache = AppraisalCache()
     v = CountingVerifier(VERIFIER._policy)  # type: ignore[attr-defined]
     calls = v.calls
-    for _ in range(5):
+
+    async def connection(expected: Binding | None = None) -> Appraisal:
         b = binding()
         (a,) = appraise_cmw(
             await eng.evidence_for(b),
-            b,
+            expected or b,
             [v],
             now[0],
             aik_public_key=AIK.public_key(),
             cache=cache,
             freshness=ALL_TIERS,
         )
-        assert a.passed
+        return a
+
+    for _ in range(5):
+        assert (await connection()).passed
     assert len(calls) == 1  # the epoch quote was verified once
-    b = binding()
-    bad = appraise_cmw(
-        await eng.evidence_for(b),
-        binding(),
-        [v],
-        now[0],
-        aik_public_key=AIK.public_key(),
-        cache=cache,
-        freshness=ALL_TIERS,
-    )
-    assert bad[0].first_failure.name == "evidence.aik-binding"  # per-connection checks still run
+    bad = await connection(expected=binding())
+    assert bad.first_failure.name == "evidence.aik-binding"  # per-connection checks still run
     now[0] += 70  # past CACHE_MAX_SECONDS: verified again
-    b = binding()
-    appraise_cmw(
-        await eng.evidence_for(b),
-        b,
-        [v],
-        now[0],
-        aik_public_key=AIK.public_key(),
-        cache=cache,
-        freshness=ALL_TIERS,
-    )
+    await connection()
     assert len(calls) == 2
 
 

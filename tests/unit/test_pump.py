@@ -17,6 +17,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+from OpenSSL import SSL
 
 from atls_proxy.proxy.conn import Conn, open_conn
 from atls_proxy.proxy.pump import pump
@@ -79,13 +80,7 @@ async def test_bytes_after_close_notify_are_ignored_not_buffered() -> None:
     sock = socket.create_connection(("127.0.0.1", srv.sockets[0].getsockname()[1]))
     sock.setblocking(False)
     try:
-        client = TLSEngine(
-            client_context(None, verify_pki=False), server_side=False, server_name="localhost"
-        )
-        while not client.handshake():
-            if out := client.outgoing():
-                await loop.sock_sendall(sock, out)
-            client.feed(await loop.sock_recv(sock, 65536))
+        client = await _handshake(sock, client_context(None, verify_pki=False))
         client.write(b"hello")
         client.close_notify()
         await loop.sock_sendall(sock, client.outgoing())
@@ -114,6 +109,18 @@ async def test_bytes_after_close_notify_are_ignored_not_buffered() -> None:
             t.cancel()
         srv.close()
         bsrv.close()
+
+
+async def _handshake(sock: socket.socket, ctx: SSL.Context) -> TLSEngine:
+    """A client TLS engine over the non-blocking ``sock``, its handshake done (its Finished still
+    queued: the caller sends it, with its first bytes)."""
+    loop = asyncio.get_running_loop()
+    client = TLSEngine(ctx, server_side=False, server_name="localhost")
+    while not client.handshake():
+        if out := client.outgoing():
+            await loop.sock_sendall(sock, out)
+        client.feed(await loop.sock_recv(sock, 65536))
+    return client
 
 
 async def _send(loop: asyncio.AbstractEventLoop, sock: socket.socket, data: bytes, n: int) -> None:
@@ -203,11 +210,7 @@ async def test_a_peer_that_floods_key_updates_and_never_reads_is_not_read(reader
         )
     )
     try:
-        client = TLSEngine(cctx, server_side=False, server_name="localhost")
-        while not client.handshake():
-            if out := client.outgoing():
-                await loop.sock_sendall(sock, out)
-            client.feed(await loop.sock_recv(sock, 65536))
+        client = await _handshake(sock, cctx)
         await loop.sock_sendall(sock, client.outgoing())  # our Finished
         writer = _RecordWriter(secrets[0])
 

@@ -267,6 +267,22 @@ class _FakeAdmin:
         pass
 
 
+def _warnings_of(
+    supervisor: wk.Supervisor, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> str:
+    """Run the supervisor up to its admin server and return what it logged (warnings)."""
+    monkeypatch.setattr(wk, "AdminServer", _FakeAdmin)
+    # Directly on the package logger: a test before this one may have stopped its propagation.
+    logger = logging.getLogger("atls_proxy")
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="atls_proxy"), pytest.raises(_AdminStarted):
+            asyncio.run(supervisor.run())
+    finally:
+        logger.removeHandler(caplog.handler)
+    return caplog.text
+
+
 @pytest.mark.parametrize(
     "host,warned", [("0.0.0.0", True), ("192.0.2.1", True), ("127.0.0.1", False), ("::1", False)]
 )
@@ -280,18 +296,10 @@ def test_the_supervisor_warns_of_an_admin_address_other_hosts_reach(
     """With --workers the supervisor serves the admin port: the same warning as one process."""
     from atls_proxy.ops.config import Address
 
-    monkeypatch.setattr(wk, "AdminServer", _FakeAdmin)
     supervisor.cfg.ops.admin = Address("tcp", host, 9901)
-    # Directly on the package logger: a test before this one may have stopped its propagation.
-    logger = logging.getLogger("atls_proxy")
-    logger.addHandler(caplog.handler)
-    try:
-        with caplog.at_level(logging.WARNING, logger="atls_proxy"), pytest.raises(_AdminStarted):
-            asyncio.run(supervisor.run())
-    finally:
-        logger.removeHandler(caplog.handler)
-    text = f"admin listener on {Address('tcp', host, 9901)} is reachable from other hosts"
-    assert (text in caplog.text) is warned, caplog.text
+    text = _warnings_of(supervisor, monkeypatch, caplog)
+    want = f"admin listener on {Address('tcp', host, 9901)} is reachable from other hosts"
+    assert (want in text) is warned, text
     assert not supervisor.tmp.exists()
 
 
@@ -308,16 +316,8 @@ def test_the_supervisors_warning_looks_at_an_inherited_admin_socket(
 
     from atls_proxy.ops.config import Address
 
-    monkeypatch.setattr(wk, "AdminServer", _FakeAdmin)
     supervisor.cfg.ops.admin = Address("tcp", "0.0.0.0" if bound != "0.0.0.0" else "127.0.0.1", 1)
-    sock = socket.create_server((bound, 0))
-    supervisor.inherited["admin"] = [sock]
-    logger = logging.getLogger("atls_proxy")
-    logger.addHandler(caplog.handler)
-    try:
-        with caplog.at_level(logging.WARNING, logger="atls_proxy"), pytest.raises(_AdminStarted):
-            asyncio.run(supervisor.run())
-    finally:
-        logger.removeHandler(caplog.handler)
-        sock.close()
-    assert ("is reachable from other hosts" in caplog.text) is warned, caplog.text
+    with socket.create_server((bound, 0)) as sock:
+        supervisor.inherited["admin"] = [sock]
+        text = _warnings_of(supervisor, monkeypatch, caplog)
+    assert ("is reachable from other hosts" in text) is warned, text
