@@ -239,6 +239,13 @@ class EvidenceEngine:
                 fut.set_exception(AttestationUnavailable("evidence engine closed"))
         self._pending.clear()
 
+    def _current_key_epochs(self, hash_name: str | None) -> list[_Epoch | None]:
+        """The current key's epoch for ``hash_name``, or for every suite hash (None)."""
+        aik = self._aik
+        assert aik is not None
+        names = EPOCH_HASHES if hash_name is None else (hash_name,)
+        return [self._epochs.get((h, _aik_hash(h, aik))) for h in names]
+
     def epoch_current(self, hash_name: str | None = None) -> bool:
         """Whether the current key has an epoch a connection would be served now (cached tier):
         quoted, started, not expired — for ``hash_name``, or for every suite hash (None: a
@@ -246,24 +253,20 @@ class EvidenceEngine:
         if self._aik is None or self.tier is not Tier.CACHED:
             return False
         now = self._clock()
-        for h in EPOCH_HASHES if hash_name is None else (hash_name,):
-            ep = self._epochs.get((h, _aik_hash(h, self._aik)))
-            if ep is None or not ep.start <= now < ep.expires:
-                return False
-        return True
+        return all(
+            ep is not None and ep.start <= now < ep.expires
+            for ep in self._current_key_epochs(hash_name)
+        )
 
     def epoch_age(self, hash_name: str | None = None) -> float | None:
         """Age of the current key's epoch (seconds) for ``hash_name``, or the oldest of the
         suite hashes' (None); None outside the cached tier or before there is one."""
         if self._aik is None:
             return None
-        ages = []
-        for h in EPOCH_HASHES if hash_name is None else (hash_name,):
-            ep = self._epochs.get((h, _aik_hash(h, self._aik)))
-            if ep is None:
-                return None
-            ages.append(self._clock() - ep.start)
-        return max(ages)
+        epochs = self._current_key_epochs(hash_name)
+        if any(ep is None for ep in epochs):
+            return None
+        return self._clock() - min(ep.start for ep in epochs if ep is not None)
 
     # -- the single-flight gate ----------------------------------------------------------------
 

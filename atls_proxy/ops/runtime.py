@@ -114,17 +114,22 @@ class ReloadState:
     revision: str = ""
 
 
+def warn_if_reachable(
+    what: str, configured: Address | None, inherited: Sequence[socket.socket], gives: str
+) -> None:
+    """Log that a listener meant for this host is reachable from other hosts: the admin
+    endpoint (the single process's ``Runtime`` and the ``--workers`` supervisor) and connect's
+    plaintext listener. Where it really listens: an inherited socket (systemd) wins over the
+    configured address."""
+    where = _socket_address(inherited[0]) if inherited else configured
+    if where is not None and not where.is_loopback():
+        log.warning("%s on %s is reachable from other hosts (%s)", what, where, gives)
+
+
 def warn_if_admin_exposed(
     configured: Address | None, inherited: Sequence[socket.socket] = ()
 ) -> None:
-    """Log that the admin listener is reachable from other hosts (the single process's
-    ``Runtime`` and the ``--workers`` supervisor, which serves the pool's admin port). Where it
-    really listens: an inherited socket (systemd) wins over the configured address."""
-    admin = _socket_address(inherited[0]) if inherited else configured
-    if admin is not None and not admin.is_loopback():
-        log.warning(
-            "admin listener on %s is reachable from other hosts (status and metrics)", admin
-        )
+    warn_if_reachable("admin listener", configured, inherited, "status and metrics")
 
 
 def _socket_address(sock: socket.socket) -> Address:
@@ -701,15 +706,14 @@ class ClientService:
         self.listener = self.fwd
 
     async def start(self, sock: socket.socket | None, reuse_port: bool) -> list[tuple[str, int]]:
-        where = _socket_address(sock) if sock is not None else self.cfg.listen
-        if not where.is_loopback():
-            # Plaintext in, an attested channel out, no authentication: any host that reaches it
-            # uses this relying party's attested sessions (docs/SECURITY.md).
-            log.warning(
-                "client listener on %s is reachable from other hosts: anyone who reaches it gets "
-                "plaintext access through the attested connection; keep it on 127.0.0.1",
-                where,
-            )
+        # Plaintext in, an attested channel out, no authentication: whoever reaches it uses
+        # this relying party's attested sessions (docs/SECURITY.md).
+        warn_if_reachable(
+            "client listener",
+            self.cfg.listen,
+            [sock] if sock is not None else [],
+            "plaintext access through the attested connection; keep it on 127.0.0.1",
+        )
         started = self.fwd.start(sock=sock, reuse_port=reuse_port)
         return await _listen(started, sock, "client.listen", self.cfg.listen)
 
