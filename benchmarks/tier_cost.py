@@ -7,6 +7,7 @@ Usage (from the checkout, machine otherwise idle)::
     python3 benchmarks/tier_cost.py --tier cached --tier off --connections 3000 --rounds 5
     python3 benchmarks/tier_cost.py --profile server --top 40 # cProfile of serve, cached - off
     python3 benchmarks/tier_cost.py --profile client --top 40 # cProfile of the client side
+    python3 benchmarks/tier_cost.py --exchange                # the cached exchange, no sockets
 
 What it runs is what ``atls-proxy bench attest`` runs, at a low and fixed concurrency instead of
 a saturating closed loop: the real ``atls-proxy serve`` (the bench's configuration for the tier:
@@ -25,6 +26,15 @@ grows most from the last ``--tier`` to the first (by default ``off`` → ``cache
 extra calls. The profiler inflates Python function time far more than time spent in C (OpenSSL,
 the kernel), so read its figures as a map of where the difference is, and the unprofiled runs for
 how large it is.
+
+``--exchange`` measures the cached tier's exchange alone, with no sockets and no event loop
+between the steps: one in-memory TLS 1.3 connection (the real server identity and contexts of
+``dev-init``), then per connection the server's part (a fresh ``AttesterSession`` receiving the
+client's request, ``EvidenceEngine.evidence_for``, the authenticator) and the client's part
+(``RelyingPartySession`` start, validation, ``appraise_cmw`` with the warm appraisal cache). In the
+same run it times the ECDSA P-256 signature and verification through ``cryptography`` that the
+exchange cannot do without (two signatures on the server, one verification on the client), and
+reports each side's cost against them.
 """
 
 from __future__ import annotations
@@ -138,6 +148,102 @@ async def one_run(
             unpin_self(before)
 
 
+def exchange_cost(connections: int) -> None:
+    """``--exchange`` (module docstring): µs per connection of each side's sans-I/O part."""
+    import os
+    import timeit
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from atls_proxy.app import build_server
+    from atls_proxy.expat import session as xs
+    from atls_proxy.ops.config import load_server_config
+    from atls_proxy.tls.engine import TLSEngine
+    from atls_proxy.verify.appraise import appraise_cmw
+
+    async def run() -> tuple[float, float]:
+        with tempfile.TemporaryDirectory(prefix="atls-cost-") as tmp:
+            dev = Path(tmp)
+            dev_init(dev)
+            srv = build_server(load_server_config(_server_config(dev, "cached", 0, 64)))
+            keys, profile, engine = srv.keys, srv.profile, srv.engine
+            await engine.start(keys.identity.private_key)
+            s = build_client_settings(load_client_config(dev / "connect.toml", server="h:1"))
+            server = TLSEngine(keys.ssl_context, server_side=True)
+            client = TLSEngine(s.ssl_context, server_side=False, server_name=s.server_name)
+            while not (client.handshake() and server.handshake_complete):
+                server.feed(client.outgoing())
+                server.handshake()
+                client.feed(server.outgoing())
+            server.feed(client.outgoing())
+            leaf = client.peer_certificate_der()
+            stls = xs.TLSInfo(server.export, server.hash_name)
+            ctls = xs.TLSInfo(client.export, client.hash_name)
+
+            async def serve(request: bytes) -> bytes:
+                at = xs.AttesterSession(
+                    stls, keys.chain_der, keys.identity.private_key, profile, keys.spki
+                )
+                (ev,) = at.receive(request)
+                cmw = await engine.evidence_for(ev.binding, keys.identity.private_key)
+                return at.authenticator(cmw)
+
+            def start() -> tuple[xs.RelyingPartySession, bytes]:
+                rp = xs.RelyingPartySession(ctls, s.profile, os.urandom(32), leaf)
+                return rp, rp.start()
+
+            def finish(rp: xs.RelyingPartySession, auth: bytes) -> None:
+                (val,) = rp.receive(auth)
+                (a,) = appraise_cmw(
+                    val.cmw,
+                    val.binding,
+                    s.verifiers,
+                    time.time(),
+                    aik_public_key=val.signer,
+                    freshness=s.freshness,
+                    cache=s.appraisal_cache,
+                    cmw_signed_by_aik=True,
+                )
+                assert a.passed, a.first_failure
+                rp.accept()
+
+            for _ in range(50):  # warm-up: caches, the epoch's appraisal
+                rp, req = start()
+                finish(rp, await serve(req))
+            t0 = time.perf_counter()
+            pairs = [start() for _ in range(connections)]
+            t1 = time.perf_counter()
+            auths = [await serve(req) for _, req in pairs]
+            t2 = time.perf_counter()
+            for (rp, _), auth in zip(pairs, auths, strict=True):
+                finish(rp, auth)
+            t3 = time.perf_counter()
+            await engine.close()
+            us = 1e6 / connections
+            return (t2 - t1) * us, (t1 - t0 + t3 - t2) * us
+
+    server_us, client_us = asyncio.run(run())
+    key = ec.generate_private_key(ec.SECP256R1())
+    data = os.urandom(200)
+    sig = key.sign(data, ec.ECDSA(hashes.SHA256()))
+    pub = key.public_key()
+    n = max(1000, connections)
+    sign_us = 1e6 * timeit.timeit(lambda: key.sign(data, ec.ECDSA(hashes.SHA256())), number=n) / n
+    verify_us = (
+        1e6 * timeit.timeit(lambda: pub.verify(sig, data, ec.ECDSA(hashes.SHA256())), number=n) / n
+    )
+    print(f"cached exchange without sockets, {connections} connections, µs per connection:")
+    print(
+        f"  server {server_us:.1f} (two ECDSA P-256 signatures: {2 * sign_us:.1f}, "
+        f"{2 * sign_us / server_us:.0%})"
+    )
+    print(
+        f"  client {client_us:.1f} (one ECDSA P-256 verification: {verify_us:.1f}, "
+        f"{verify_us / client_us:.0%})"
+    )
+
+
 def own_time(path: Path) -> dict[tuple[str, int, str], tuple[int, float]]:
     """(file tail, line, function) -> (calls, own seconds) from a cProfile dump."""
     out: dict[tuple[str, int, str], tuple[int, float]] = {}
@@ -178,6 +284,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="default 3 (1 with --profile)")
     ap.add_argument("--profile", choices=("server", "client"))
     ap.add_argument("--top", type=int, default=40, help="rows of the profile difference")
+    ap.add_argument("--exchange", action="store_true", help="the cached exchange, no sockets")
     args = ap.parse_args()
     tiers = args.tier or ["cached", "off"]
     if len(set(tiers)) != len(tiers):
@@ -191,6 +298,9 @@ def main() -> int:
     if args.profile and len(tiers) != 2:
         ap.error("--profile compares two tiers: give exactly two --tier (or none)")
     rounds = 1 if args.profile else args.rounds
+    if args.exchange:
+        exchange_cost(args.connections)
+        return 0
     if not can_pin():
         print("note: cannot pin to CPUs 0 and 1 here; figures are unpinned", file=sys.stderr)
     import uvloop

@@ -71,7 +71,7 @@ def test_bench_attest_bad_flags_are_usage_errors(flag: str, value: str) -> None:
     assert res.returncode == 2 and flag in res.stderr, res.stderr
 
 
-@pytest.mark.parametrize("mode", [(), ("--profile", "server", "--top", "5")])
+@pytest.mark.parametrize("mode", [(), ("--profile", "server", "--top", "5"), ("--exchange",)])
 def test_tier_cost_script_runs(mode: tuple[str, ...]) -> None:
     """benchmarks/tier_cost.py (the measurement behind docs/PERFORMANCE.md's breakdown) keeps
     working: CPU per connection of both sides per tier, and with --profile the difference."""
@@ -84,6 +84,10 @@ def test_tier_cost_script_runs(mode: tuple[str, ...]) -> None:
         env=env(),
     )
     assert res.returncode == 0, res.stderr
+    if mode == ("--exchange",):
+        assert re.search(r"server [0-9.]+ \(two ECDSA P-256 signatures: [0-9.]+", res.stdout)
+        assert re.search(r"client [0-9.]+ \(one ECDSA P-256 verification: [0-9.]+", res.stdout)
+        return
     for tier in ("cached", "off"):
         assert re.search(rf"round 1 {tier} +server [0-9.]+ ms/conn", res.stdout), res.stdout
     if mode:

@@ -792,3 +792,12 @@ def test_container_user_matches_kubernetes() -> None:
     uid = int(user.split(":")[0])
     for spec in pod_specs().values():
         assert spec["securityContext"]["runAsUser"] == uid
+
+
+def test_the_image_does_not_expose_connects_plaintext_port() -> None:
+    # connect's local port is for the application beside it on 127.0.0.1 (docs/OPERATIONS.md):
+    # publishing it hands the attested channel to anyone who reaches it.
+    exposed = {p for w, a in containerfile_instructions() if w == "EXPOSE" for p in a.split()}
+    assert exposed == {"8443", "9901"}, exposed
+    listen = configmap_config("web-client")["client"]["listen"]
+    assert listen.startswith("127.0.0.1:"), listen

@@ -366,6 +366,10 @@ def test_vmpl_min_tcb_firmware_guest_svn() -> None:
     assert failed(low) == "snp.tcb.minimum" and low.trust_vector["hardware"] == 96
     ok = appraise(MILAN, MILAN.report(), policy=SnpPolicy(min_tcb={"snp": 24, "fmc": 9}))
     assert ok.passed and ok.trust_vector["hardware"] == 2
+    # No minimum configured: the TCB is not judged, a warning claim — and the EAR status with it.
+    unjudged = appraise(MILAN, MILAN.report(), policy=SnpPolicy())
+    assert unjudged.passed and unjudged.trust_vector["hardware"] == 32
+    assert unjudged.to_json()["ear.status"] == "warning"
     assert "fmc not in this product" in by_name(ok, "snp.tcb.minimum").detail
     turin = appraise(TURIN, TURIN.report(), policy=SnpPolicy(min_tcb={"fmc": 2}))
     assert failed(turin) == "snp.tcb.minimum"
