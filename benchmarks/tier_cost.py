@@ -44,28 +44,16 @@ import asyncio
 import cProfile
 import pstats
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from atls_proxy.app import build_client_settings
-from atls_proxy.bench.attest import TIERS, _server_config
-from atls_proxy.bench.backend import HTTPBackend
+from atls_proxy.bench.attest import TIERS, _server_config, bench_server
 from atls_proxy.bench.common import (
-    GENERATOR_CPU,
-    PROXY_CPU,
     can_pin,
     cpu_seconds,
-    free_port,
-    pin_pid,
-    pin_self,
-    pinned_argv,
-    serve_argv,
-    stop,
-    unpin_self,
-    wait_port,
 )
 from atls_proxy.bench.loadgen import attested_opener, plain_opener, request_bytes, request_close
 from atls_proxy.ops.config import load_client_config
@@ -95,57 +83,39 @@ async def one_run(
 ) -> tuple[float, float, int]:
     """Server and client CPU milliseconds per connection for one run of ``tier``, and the number
     of connections measured."""
-    with tempfile.TemporaryDirectory(prefix="atls-cost-") as tmp:
-        dev = Path(tmp)
-        dev_init(dev)
-        loop = asyncio.get_running_loop()
-        backend = await loop.create_server(HTTPBackend, "127.0.0.1", 0, backlog=1024)
-        bport = backend.sockets[0].getsockname()[1]
-        sport = free_port()
-        argv = serve_argv(_server_config(dev, tier, 40, concurrency), sport, bport)
-        if profile == "server" and prof_path is not None:
-            # serve under cProfile with a CPU clock (the default wall clock would count the
-            # event loop's waits for I/O as its own time); the stats are written at exit, and
-            # serve exits cleanly on SIGTERM.
-            argv = [argv[0], "-c", _PROFILED_SERVE, str(prof_path), *argv[3:]]
-        proc = subprocess.Popen(
-            pinned_argv(argv, PROXY_CPU), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        pin_pid(proc.pid, PROXY_CPU)  # without taskset
-        before = pin_self(GENERATOR_CPU)
-        try:
-            await wait_port(sport, proc, "server", 30)
-            settings = build_client_settings(
-                load_client_config(dev / "connect.toml", server=f"127.0.0.1:{sport}")
-            )
-            opener = plain_opener(settings) if tier == "off" else attested_opener(settings)
-            request = request_bytes("/small", close=True)
-            for _ in range(WARMUP_CONNECTIONS):
+
+    def profiled(argv: list[str]) -> list[str]:
+        # serve under cProfile with a CPU clock (the default wall clock would count the event
+        # loop's waits for I/O as its own time); the stats are written at exit, and serve exits
+        # cleanly on SIGTERM.
+        return [argv[0], "-c", _PROFILED_SERVE, str(prof_path), *argv[3:]]
+
+    wrap = profiled if profile == "server" and prof_path is not None else None
+    async with bench_server(tier, 40, concurrency, wrap_argv=wrap) as (proc, settings, _):
+        opener = plain_opener(settings) if tier == "off" else attested_opener(settings)
+        request = request_bytes("/small", close=True)
+        for _ in range(WARMUP_CONNECTIONS):
+            await request_close(opener, request)
+        started = 0
+        deadline = time.monotonic() + MAX_SECONDS_PER_RUN
+
+        async def client() -> None:
+            nonlocal started
+            while started < connections and time.monotonic() < deadline:
+                started += 1
                 await request_close(opener, request)
-            started = 0
-            deadline = time.monotonic() + MAX_SECONDS_PER_RUN
 
-            async def client() -> None:
-                nonlocal started
-                while started < connections and time.monotonic() < deadline:
-                    started += 1
-                    await request_close(opener, request)
-
-            prof = cProfile.Profile(time.thread_time) if profile == "client" else None
-            s0, c0 = cpu_seconds(proc.pid), time.process_time()
-            if prof is not None:
-                prof.enable()
-            await asyncio.gather(*(client() for _ in range(concurrency)))
-            if prof is not None:
-                prof.disable()
-            s1, c1 = cpu_seconds(proc.pid), time.process_time()
-            if prof is not None and prof_path is not None:
-                prof.dump_stats(str(prof_path))
-            return 1000 * (s1 - s0) / started, 1000 * (c1 - c0) / started, started
-        finally:
-            await asyncio.to_thread(stop, proc, 30)
-            backend.close()
-            unpin_self(before)
+        prof = cProfile.Profile(time.thread_time) if profile == "client" else None
+        s0, c0 = cpu_seconds(proc.pid), time.process_time()
+        if prof is not None:
+            prof.enable()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        if prof is not None:
+            prof.disable()
+        s1, c1 = cpu_seconds(proc.pid), time.process_time()
+        if prof is not None and prof_path is not None:
+            prof.dump_stats(str(prof_path))
+        return 1000 * (s1 - s0) / started, 1000 * (c1 - c0) / started, started
 
 
 def exchange_cost(connections: int) -> None:

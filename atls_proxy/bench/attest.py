@@ -33,7 +33,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -271,6 +271,28 @@ async def run_attest_bench(
     # Each client holds two descriptors here (its connection and the backend's side of it); the
     # server, started below, inherits the limit.
     raise_nofile(4 * concurrency + 256)
+    async with bench_server(tier, quote_ms, concurrency) as (proc, settings, pinned):
+        result = Result(tier, concurrency, duration, quote_ms, pinned=pinned)
+        cpu = CpuWindow({"server": proc.pid})
+        await _load(tier, settings, concurrency, warmup, duration, result, cpu.start, cpu.stop)
+        result.server_cpu_s = cpu.result["server"]
+        result.generator_cpu_s = cpu.result["generator"]
+        return result
+
+
+@contextlib.asynccontextmanager
+async def bench_server(
+    tier: str,
+    quote_ms: int,
+    concurrency: int,
+    *,
+    wrap_argv: Callable[[list[str]], list[str]] | None = None,
+) -> AsyncIterator[tuple[subprocess.Popen[bytes], ClientSettings, bool]]:
+    """The layout of ``bench attest`` (module docstring): a dev-init folder, the suite's backend
+    in this process, ``atls-proxy serve`` for ``tier`` pinned to ``PROXY_CPU`` (its argv through
+    ``wrap_argv`` first, e.g. to run it under a profiler) and this process pinned to
+    ``GENERATOR_CPU``. Yields the server process, client settings that reach it and whether the
+    pinning took; stops the server and restores this process's affinity afterwards."""
     with tempfile.TemporaryDirectory(prefix="atls-bench-") as tmp:
         dev = Path(tmp)
         dev_init(dev)
@@ -280,9 +302,12 @@ async def run_attest_bench(
         )
         bport = backend.sockets[0].getsockname()[1]
         sport = _free_port()
-        cfg = _server_config(dev, tier, quote_ms, concurrency)
-        argv = pinned_argv(serve_argv(cfg, sport, bport), PROXY_CPU)
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        argv = serve_argv(_server_config(dev, tier, quote_ms, concurrency), sport, bport)
+        if wrap_argv is not None:
+            argv = wrap_argv(argv)
+        proc = subprocess.Popen(
+            pinned_argv(argv, PROXY_CPU), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         before: set[int] | None = None
         try:
             pin_pid(proc.pid, PROXY_CPU)  # without taskset: at once, before it starts threads
@@ -292,12 +317,7 @@ async def run_attest_bench(
             settings = build_client_settings(
                 load_client_config(dev / "connect.toml", server=f"127.0.0.1:{sport}")
             )
-            result = Result(tier, concurrency, duration, quote_ms, pinned=pinned)
-            cpu = CpuWindow({"server": proc.pid})
-            await _load(tier, settings, concurrency, warmup, duration, result, cpu.start, cpu.stop)
-            result.server_cpu_s = cpu.result["server"]
-            result.generator_cpu_s = cpu.result["generator"]
-            return result
+            yield proc, settings, pinned
         finally:
             # In a thread, so that this loop keeps running meanwhile: the client connections
             # cancelled at the end of the window close in it, and the server's drain, which waits
