@@ -26,7 +26,11 @@ three tiers chosen per listener; every tier still binds the evidence to *this* c
              refreshes each epoch of the current key at its refresh point, and retries a failed
              refresh every few seconds, so an idle service's epoch does not expire while the TEE
              works, and one that expired (the TEE failed) comes back without waiting for a
-             connection (readiness reads ``epoch_current``). CMW: ``{"evidence": epoch quote,
+             connection (readiness reads ``epoch_current``). A failed refresh is not retried
+             by the connections that follow it: for ``KEEP_WARM_RETRY`` seconds they keep the
+             still-valid epoch, or, once it has expired, are refused at once with the TEE's
+             error — without that, every connection of a busy service would be one more quote
+             attempt against a failing TEE. CMW: ``{"evidence": epoch quote,
              "epoch": epoch record, "binding": AIK signature record}``.
 
              epoch           = CBOR {1: start (s), 2: expires (s), 3: 16 random bytes}
@@ -176,6 +180,9 @@ class EvidenceEngine:
         # key is part of the key because a reload may replace the TLS key (= the AIK).
         self._epochs: dict[tuple[str, bytes], _Epoch] = {}
         self._refreshing: dict[tuple[str, bytes], asyncio.Task[_Epoch]] = {}
+        # cached tier: the last failed refresh per key, (monotonic time, reason); cleared by a
+        # successful one. Connections do not start another within KEEP_WARM_RETRY of it.
+        self._refresh_failed: dict[tuple[str, bytes], tuple[float, str]] = {}
         self._keeper: asyncio.Task[None] | None = None  # start(keep_warm=True)
 
     # -- public ------------------------------------------------------------------------------
@@ -224,6 +231,8 @@ class EvidenceEngine:
         keep = {(h, _aik_hash(h, aik_key)) for h in EPOCH_HASHES}
         for k in [k for k in self._epochs if k not in keep]:
             del self._epochs[k]
+        for k in [k for k in self._refresh_failed if k not in keep]:
+            del self._refresh_failed[k]
 
     async def close(self) -> None:
         tasks = [
@@ -401,11 +410,22 @@ class EvidenceEngine:
         # relying parties would see it as issued in the future (appraise.py: EPOCH_CLOCK_SKEW),
         # and its refresh point would be as far away as the step; quote a new one instead.
         if ep is not None and ep.start <= now < ep.expires:
-            if now >= self._refresh_at(ep) and key not in self._refreshing:
+            if (
+                now >= self._refresh_at(ep)
+                and key not in self._refreshing
+                and self._backing_off(key) is None
+            ):
                 self._spawn_refresh(key, aik_key)  # ahead of expiry, in the background
             return ep
         # No epoch, or it expired: never serve stale evidence — wait for a fresh quote.
-        task = self._refreshing.get(key) or self._spawn_refresh(key, aik_key)
+        task = self._refreshing.get(key)
+        if task is None:
+            failed = self._backing_off(key) if admit else None
+            if failed is not None:
+                # A connection does not retry a TEE that just failed (module docstring); start
+                # and reload (admit=False) are an operator's explicit request and do.
+                raise AttestationUnavailable(failed)
+            task = self._spawn_refresh(key, aik_key)
         if admit:
             self._admit()
         try:
@@ -428,6 +448,21 @@ class EvidenceEngine:
                 f"took longer than the epoch ({self._epoch_seconds:g} s) or the clock moved"
             )
         return ep
+
+    def _backing_off(self, key: tuple[str, bytes]) -> str | None:
+        """Why no connection may start a refresh of ``key`` now — the last one failed less than
+        ``KEEP_WARM_RETRY`` seconds ago (monotonic: a wall-clock step neither extends nor ends
+        the wait) — or None."""
+        failed = self._refresh_failed.get(key)
+        if failed is None:
+            return None
+        ago = time.monotonic() - failed[0]
+        if ago >= KEEP_WARM_RETRY:
+            return None
+        return (
+            f"no current evidence epoch: its refresh failed {ago:.1f} s ago ({failed[1]}); "
+            f"retried in {KEEP_WARM_RETRY - ago:.1f} s"
+        )
 
     def _refresh_at(self, ep: _Epoch) -> float:
         return ep.expires - self._refresh_ahead * (ep.expires - ep.start)
@@ -474,8 +509,14 @@ class EvidenceEngine:
 
         def done(t: asyncio.Task[_Epoch]) -> None:
             self._refreshing.pop(key, None)
-            if not t.cancelled() and t.exception() is None:
+            if t.cancelled():
+                return
+            exc = t.exception()
+            if exc is None:
                 self._epochs[key] = t.result()
+                self._refresh_failed.pop(key, None)
+            else:
+                self._refresh_failed[key] = (time.monotonic(), str(exc))
 
         task.add_done_callback(done)
         return task

@@ -760,3 +760,67 @@ async def test_the_keeper_wakes_up_after_the_wall_clock_jumps(
         assert eng.stats.epochs >= epochs + 1
     finally:
         await eng.close()
+
+
+async def test_a_failed_refresh_is_not_retried_by_every_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The attack on the TEE: a busy service whose refresh failed. Without a pause every
+    # connection in the refresh window (and every one after expiry) would start one more quote
+    # against the failing TEE; with it, connections keep the still-valid epoch, then are refused
+    # at once, and the TEE sees one attempt per KEEP_WARM_RETRY.
+    monkeypatch.setattr(engine_module, "KEEP_WARM_RETRY", 0.5)
+    now = [1_000_000.0]
+    att = _Flaky()
+    eng = EvidenceEngine(
+        att, Tier.CACHED, aik_key=AIK, epoch_seconds=100, clock=lambda: now[0], quote_timeout=1
+    )
+    await eng.start()
+    quoted = att.calls
+    att.down = True
+    now[0] += 90  # inside the refresh window: the epoch is still valid
+    for _ in range(20):
+        assert await eng.evidence_for(binding())  # served from the valid epoch
+        await asyncio.sleep(0.005)  # lets a refresh started by a connection run and fail
+    assert att.calls == quoted + 1  # one attempt, not one per connection
+
+    now[0] += 20  # expired: nothing to serve, and the refresh failed moments ago
+    t0 = time.monotonic()
+    for _ in range(20):
+        with pytest.raises(AttestationUnavailable, match=r"refresh failed .* ago \(TEE down\)"):
+            await eng.evidence_for(binding())
+    assert time.monotonic() - t0 < 0.4  # refused at once, not after a quote each
+    assert att.calls == quoted + 1
+
+    await asyncio.sleep(0.55)  # the pause is over: the next connection tries the TEE again
+    with pytest.raises(AttestationUnavailable, match="TEE down"):
+        await eng.evidence_for(binding())
+    assert att.calls == quoted + 2
+    att.down = False
+    with pytest.raises(AttestationUnavailable, match="refresh failed"):
+        await eng.evidence_for(binding())  # still inside the new pause
+    await asyncio.sleep(0.55)
+    b = binding()
+    cmw = await eng.evidence_for(b)  # the TEE is back: a fresh epoch
+    assert cmw and eng.epoch_current("sha256")
+    await eng.close()
+
+
+async def test_start_and_reload_quote_even_right_after_a_failed_refresh(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The pause holds back connections, not an operator's start or reload (prepare_key).
+    monkeypatch.setattr(engine_module, "KEEP_WARM_RETRY", 60.0)
+    now = [1_000_000.0]
+    att = _Flaky()
+    eng = EvidenceEngine(att, Tier.CACHED, aik_key=AIK, epoch_seconds=100, clock=lambda: now[0])
+    await eng.start()
+    att.down = True
+    now[0] += 200
+    with pytest.raises(AttestationUnavailable, match="TEE down"):
+        await eng.evidence_for(binding())
+    att.down = False
+    await eng.prepare_key(AIK)  # not refused by the pause
+    assert eng.epoch_current()
+    assert await eng.evidence_for(binding())
+    await eng.close()
