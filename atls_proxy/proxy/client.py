@@ -28,7 +28,7 @@ from OpenSSL import SSL
 from atls_proxy.errors import AtlsError, DecodeError, ProtocolError, VerificationError
 from atls_proxy.expat import session as xs
 from atls_proxy.expat.authenticator import parse_leaf
-from atls_proxy.expat.framing import ErrorCode
+from atls_proxy.expat.framing import ErrorCode, error_code_for
 from atls_proxy.expat.memo import keep_short
 from atls_proxy.expat.profile import ExpatProfile
 from atls_proxy.ops.config import Timeouts
@@ -174,22 +174,19 @@ async def _run(stream: TLSStream, s: ClientSettings, report: AttestationReport) 
                 str(exc).split(": ", 1)[-1] if isinstance(exc, VerificationError) else str(exc),
             )
         )
-        await _send_reject(stream, sess, exc.check, str(exc))
+        if exc.check != SERVER_ERROR:  # the server closes after its ERROR: nothing to answer
+            await _send_reject(stream, sess, _reject_code(exc), exc.check, str(exc))
         raise AttestationFailed(report) from None
     except DecodeError as exc:
         report.checks.extend(sess.checks)
         report.checks.append(Check("expat.decode", False, str(exc)))
-        await _send_reject(stream, sess, "expat.decode", str(exc))
+        await _send_reject(stream, sess, ErrorCode.MALFORMED, "expat.decode", str(exc))
         raise AttestationFailed(report) from None
     except TimeoutError:
         report.checks.extend(sess.checks)
-        report.checks.append(
-            Check(
-                "expat.response",
-                False,
-                f"no attestation response within {s.timeouts.attestation:g} s",
-            )
-        )
+        why = f"no attestation response within {s.timeouts.attestation:g} s"
+        report.checks.append(Check("expat.response", False, why))
+        await _send_reject(stream, sess, ErrorCode.TIMEOUT, "expat.response", why)
         raise AttestationFailed(report) from None
     except (TLSError, OSError) as exc:
         report.checks.extend(sess.checks)
@@ -212,7 +209,9 @@ async def _run(stream: TLSStream, s: ClientSettings, report: AttestationReport) 
     if not report.passed:
         failure = report.first_failure
         assert failure is not None
-        await _send_reject(stream, sess, failure.name, failure.detail)
+        await _send_reject(
+            stream, sess, ErrorCode.VERIFICATION_FAILED, failure.name, failure.detail
+        )
         raise AttestationFailed(report)
     # expat-04 §7.3: the server sends nothing before our ACCEPT. Bytes that arrived after the
     # authenticator in a later read than its own are caught here (the session catches those in
@@ -231,7 +230,7 @@ async def _run(stream: TLSStream, s: ClientSettings, report: AttestationReport) 
         )
     if why:
         report.checks.append(Check("expat.early-data", False, why))
-        await _send_reject(stream, sess, "expat.early-data", why)
+        await _send_reject(stream, sess, ErrorCode.UNEXPECTED_FRAME, "expat.early-data", why)
         raise AttestationFailed(report)
     # ACCEPT leaves with the first application bytes, before the first wait for the server's,
     # or at close — whichever comes first (proxy/stream.py: coalescing); one segment fewer.
@@ -248,18 +247,30 @@ async def _exchange(stream: TLSStream, sess: xs.RelyingPartySession) -> xs.Authe
             if isinstance(ev, xs.AuthenticatorValidated):
                 return ev
             if isinstance(ev, xs.PeerError):
-                raise VerificationError(
-                    "expat.server-error", f"server error {ev.code}: {ev.reason}"
-                )
+                raise VerificationError(SERVER_ERROR, f"server error {ev.code}: {ev.reason}")
+
+
+SERVER_ERROR = "expat.server-error"
+
+
+def _reject_code(exc: ProtocolError | VerificationError) -> ErrorCode:
+    """The ERROR code for a rejected exchange (docs/PROTOCOL.md §4): what the server sent
+    violates the shim (version, a frame or bytes its state does not allow, malformed) or did not
+    verify (RFC 9261 validation, identity, evidence)."""
+    if isinstance(exc, VerificationError):
+        return ErrorCode.VERIFICATION_FAILED
+    if exc.check == "expat.early-data":
+        return ErrorCode.UNEXPECTED_FRAME
+    return error_code_for(exc.check, exc.alert)
 
 
 async def _send_reject(
-    stream: TLSStream, sess: xs.RelyingPartySession, check: str, detail: str
+    stream: TLSStream, sess: xs.RelyingPartySession, code: ErrorCode, check: str, detail: str
 ) -> None:
+    """Best effort: the ERROR frame tells the server why; a server that does not read it (or is
+    gone) costs at most a second."""
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(
-            stream.write(sess.reject(ErrorCode.VERIFICATION_FAILED, f"{check}: {detail}")), 1.0
-        )
+        await asyncio.wait_for(stream.write(sess.reject(code, f"{check}: {detail}")), 1.0)
 
 
 # A client talks to few servers, each presenting the same certificate on every connection:

@@ -213,30 +213,45 @@ def test_an_attestation_timeout_is_answered_with_error_timeout(stack: Stack) -> 
 
 # --- hostile servers against `atls-proxy attest` ------------------------------------------------
 
-HOSTILE_SERVERS = {
-    "bad-signature": "ea.signature",
-    "bad-finished": "ea.finished",
-    "wrong-context": "ea.context",
-    "unoffered-extension": "ea.extensions",
-    "no-cmw": "cmw.present",
-    "refuse": "ea.refused",
-    "early-data": "expat.early-data",
-    "early-data-record": "expat.early-data",
-    "app-data-first": "expat.preamble",
-    "bad-version": "expat.version",
-    "wrong-binder": "evidence.binder",
-    "garbage-cmw": "cmw.decode",
-    "truncated": "expat.response",
-    "bad-scheme": "ea.signature",
-    "bad-certificate": "ea.signature",  # CertificateVerify covers the Certificate message
-    "evidence-flip-payload": "evidence.signature",
-    "evidence-flip-signature": "evidence.signature",
-    "evidence-media-type": "cmw.media-type",
+E = f.ErrorCode
+# behaviour -> (the check the client fails, the ERROR code it answers with; None: it sends none,
+# because the server already closed, or sent its own ERROR and closes).
+HOSTILE_SERVERS: dict[str, tuple[str, int | None]] = {
+    "bad-signature": ("ea.signature", E.VERIFICATION_FAILED),
+    "bad-finished": ("ea.finished", E.VERIFICATION_FAILED),
+    "wrong-context": ("ea.context", E.MALFORMED),
+    "unoffered-extension": ("ea.extensions", E.MALFORMED),
+    "no-cmw": ("cmw.present", E.VERIFICATION_FAILED),
+    "refuse": ("ea.refused", E.VERIFICATION_FAILED),
+    "early-data": ("expat.early-data", E.UNEXPECTED_FRAME),
+    "early-data-record": ("expat.early-data", E.UNEXPECTED_FRAME),
+    "app-data-first": ("expat.preamble", E.MALFORMED),
+    "bad-version": ("expat.version", E.UNSUPPORTED_VERSION),
+    "wrong-binder": ("evidence.binder", E.VERIFICATION_FAILED),
+    "garbage-cmw": ("cmw.decode", E.VERIFICATION_FAILED),
+    "truncated": ("expat.response", None),
+    "bad-scheme": ("ea.signature", E.VERIFICATION_FAILED),
+    # CertificateVerify covers the Certificate message
+    "bad-certificate": ("ea.signature", E.VERIFICATION_FAILED),
+    "evidence-flip-payload": ("evidence.signature", E.VERIFICATION_FAILED),
+    "evidence-flip-signature": ("evidence.signature", E.VERIFICATION_FAILED),
+    "evidence-media-type": ("cmw.media-type", E.VERIFICATION_FAILED),
+    "server-error": ("expat.server-error", None),
+    "silent": ("expat.response", E.TIMEOUT),
 }
 
 
 @pytest.mark.parametrize("behaviour", sorted(HOSTILE_SERVERS))
 async def test_hostile_server(stack: Stack, behaviour: str) -> None:
+    # The client fails the right check, and tells the server why with the right ERROR code.
+    config = stack.dev / "connect.toml"
+    if behaviour == "silent":
+        config = stack.dev / "connect-att-timeout.toml"
+        config.write_text(
+            (stack.dev / "connect.toml")
+            .read_text()
+            .replace("[client]\n", "[client]\nattestation_timeout = 1.0\n", 1)
+        )
     evil = EvilServer(stack.dev, behaviour)
     port = await evil.start()
     try:
@@ -245,16 +260,19 @@ async def test_hostile_server(stack: Stack, behaviour: str) -> None:
             "attest",
             f"127.0.0.1:{port}",
             "--config",
-            str(stack.dev / "connect.toml"),
+            str(config),
             "--json",
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=env(),
         )
         out, err = await asyncio.wait_for(proc.communicate(), 60)
+        await asyncio.sleep(0.1)  # the server's handler records the client's ERROR frame
     finally:
         evil.close()
     assert proc.returncode == 1, out.decode() + err.decode()
     doc = json.loads(out)
-    assert doc["atls.failed-check"]["name"] == HOSTILE_SERVERS[behaviour], doc["atls.failed-check"]
+    check, code = HOSTILE_SERVERS[behaviour]
+    assert doc["atls.failed-check"]["name"] == check, doc["atls.failed-check"]
+    assert evil.client_errors == ([] if code is None else [code])
     assert b"Traceback" not in err

@@ -114,6 +114,8 @@ class EvilServer(Listener):
         assert isinstance(key, ec.EllipticCurvePrivateKey)
         self.attester = SoftwareAttester(key, dict(cfg.attester.software.measurements))
         self.behaviour = behaviour
+        # The codes of the ERROR frames the client answered with (docs/PROTOCOL.md §4).
+        self.client_errors: list[int] = []
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         stream = TLSStream(reader, writer, TLSEngine(self.ctx, server_side=True))
@@ -133,11 +135,27 @@ class EvilServer(Listener):
                 # before any ACCEPT: the client decrypts them one record at a time.
                 stream.queue(sess.authenticator(await self.cmw(ev.binding)))
                 await stream.write(b"HTTP/1.1 200 OK\r\n\r\nsecret")
+            elif self.behaviour == "silent":
+                pass  # never answers: the client's attestation_timeout ends the exchange
             else:
                 await stream.write(await self.answer(sess, ev, e))
-            await asyncio.sleep(0.5)
+            await self._client_verdict(stream, 3.0 if self.behaviour == "silent" else 0.5)
         finally:
             await stream.close()
+
+    async def _client_verdict(self, stream: TLSStream, wait: float) -> None:
+        """Read what the client sends back for ``wait`` seconds, or until it closes, and keep
+        the codes of its ERROR frames (docs/PROTOCOL.md §4 framing; parsed here, apart from
+        the session, which may be closed)."""
+        buf = b""
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(wait):
+                while data := await stream.read():
+                    buf += data
+                    while len(buf) >= 4 and len(buf) >= 4 + (n := int.from_bytes(buf[1:4])):
+                        if buf[0] == f.FrameType.ERROR:
+                            self.client_errors.append(f.decode_error(buf[4 : 4 + n])[0])
+                        buf = buf[4 + n :]
 
     async def cmw(self, binding: Binding) -> bytes:
         evidence = await self.attester.attest(binding)
@@ -153,6 +171,8 @@ class EvilServer(Listener):
             return sess.authenticator(None)
         if b == "refuse":
             return sess.refuse()
+        if b == "server-error":
+            return sess.error(f.ErrorCode.ATTESTATION_UNAVAILABLE, "TEE down")
         if b == "early-data":
             return (
                 sess.authenticator(good) + f.encode_frame(f.FrameType.ACCEPT) + b"HTTP/1.1 200 OK"
