@@ -11,8 +11,9 @@ not block the event loop. ``SerialThreadCalls.call(fn)`` therefore
   exit when the call hangs) and awaits its outcome through ``asyncio.shield``: a caller that
   times out or is cancelled goes away, but the call is not forgotten;
 * makes the next caller wait for such an abandoned call before it starts another one (the device
-  is still busy with it), with ``phase`` naming what is being waited for, for the caller's
-  time-out message.
+  is still busy with it). A caller passes its own ``CallPhase``, which names the step *its* call
+  is at (waiting for the lock, for an abandoned call, or running), for its time-out message: the
+  steps of one caller are never reported as another's.
 
 The caller puts ``call`` under its own ``asyncio.timeout``. A call that ends in a
 ``BaseException`` that is not an ``Exception`` (or in ``StopIteration``, which a future refuses)
@@ -109,24 +110,44 @@ def _consume_outcome(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
+RUNNING_PHASE = "quoting"
+
+
+class CallPhase:
+    """The step one ``SerialThreadCalls.call`` is at, for its caller's time-out message."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str = "") -> None:
+        self.value = value
+
+
 class SerialThreadCalls:
     """One blocking call at a time, each in a daemon thread (module docstring)."""
 
     def __init__(self, what: str, thread_name: str, lock_phase: str, abandoned_phase: str) -> None:
         self.what = what  # prefix of error messages, e.g. "tpm"
         self.thread_name = thread_name
-        self.phase = lock_phase
         self._lock_phase = lock_phase
         self._abandoned_phase = abandoned_phase
         self._lock: asyncio.Lock | None = None  # made on first use, in the caller's loop
         self._inflight: asyncio.Future[Any] | None = None
 
-    async def call(self, fn: Callable[[], T], on_abandon: Callable[[], None] | None = None) -> T:
+    async def call(
+        self,
+        fn: Callable[[], T],
+        on_abandon: Callable[[], None] | None = None,
+        phase: CallPhase | None = None,
+    ) -> T:
         """``fn()`` in a daemon thread. ``on_abandon`` runs when this caller leaves (time-out,
-        cancellation) while the call still runs — e.g. to tell it to stop retrying."""
+        cancellation) while the call still runs — e.g. to tell it to stop retrying. ``phase``,
+        when given, follows this call's step: the lock phase, the abandoned-call phase, then
+        ``RUNNING_PHASE``."""
         if self._lock is None:
             self._lock = asyncio.Lock()
-        self.phase = self._lock_phase
+        if phase is None:
+            phase = CallPhase()
+        phase.value = self._lock_phase
         async with self._lock:
             previous = self._inflight
             if previous is not None and not previous.done():
@@ -134,14 +155,14 @@ class SerialThreadCalls:
                     raise AttestationUnavailable(
                         f"{self.what}: a call started on another event loop is still running"
                     )
-                self.phase = self._abandoned_phase
+                phase.value = self._abandoned_phase
                 log.warning(
                     "%s: a previous call (its caller gave up) is still running; waiting for it "
                     "rather than starting a second one",
                     self.what,
                 )
                 await asyncio.wait({previous})
-            self.phase = "quoting"
+            phase.value = RUNNING_PHASE
             future = run_in_daemon_thread(fn, self.thread_name)
             future.add_done_callback(_consume_outcome)
             self._inflight = future

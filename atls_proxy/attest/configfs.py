@@ -100,7 +100,7 @@ from typing import Any, Protocol
 import cbor2
 
 from atls_proxy.attest.base import Evidence
-from atls_proxy.attest.blocking import SerialThreadCalls
+from atls_proxy.attest.blocking import CallPhase, SerialThreadCalls
 from atls_proxy.errors import AttestationUnavailable
 from atls_proxy.expat.binding import Binding
 from atls_proxy.expat.cmw import MAX_CMW_SIZE
@@ -675,11 +675,13 @@ class ConfigfsTsmAttester:
         started = time.monotonic()
         deadline = started + self._timeout
         stop = threading.Event()
+        phase = CallPhase()
         try:
             async with asyncio.timeout(self._timeout) as scope:
                 report = await self._calls.call(
                     lambda: self._quote_blocking(report_data, deadline, stop),
                     on_abandon=stop.set,  # no new attempts; the current kernel call runs out
+                    phase=phase,
                 )
         except TimeoutError:
             if not scope.expired():
@@ -687,7 +689,7 @@ class ConfigfsTsmAttester:
             self.stats.timeouts += 1
             self.stats.failures += 1
             raise AttestationUnavailable(
-                f"configfs-tsm: no report within {self._timeout:g} s ({self._calls.phase}) "
+                f"configfs-tsm: no report within {self._timeout:g} s ({phase.value}) "
                 f"under {self.root}"
             ) from None
         except AttestationUnavailable:

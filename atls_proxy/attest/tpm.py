@@ -110,7 +110,7 @@ from typing import Any, Literal, TypeVar
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from atls_proxy.attest.base import Evidence
-from atls_proxy.attest.blocking import SerialThreadCalls, call_with_deadline
+from atls_proxy.attest.blocking import CallPhase, SerialThreadCalls, call_with_deadline
 from atls_proxy.errors import AttestationUnavailable, DecodeError
 from atls_proxy.expat.binding import Binding
 from atls_proxy.verify.tpm.evidence import TpmEvidence, encode_evidence
@@ -921,6 +921,7 @@ class TpmAttester:
         alone: the thread runs on and its own outcome decides (module docstring)."""
         timeout = self._open_timeout if opening else self._timeout
         running = threading.Event()
+        phase = CallPhase()
 
         def locked() -> _T:
             with self._tpm_lock:
@@ -929,7 +930,7 @@ class TpmAttester:
 
         try:
             async with asyncio.timeout(timeout) as scope:
-                return await self._calls.call(locked)
+                return await self._calls.call(locked, phase=phase)
         except TimeoutError:
             if not scope.expired():
                 raise
@@ -937,8 +938,8 @@ class TpmAttester:
             self.stats.failures += 1
             if running.is_set():
                 step = self._session._action  # this call holds the TPM lock: its own step
-            elif self._calls.phase in (_LOCK_PHASE, _ABANDONED_PHASE):
-                step = self._calls.phase
+            elif phase.value in (_LOCK_PHASE, _ABANDONED_PHASE):
+                step = phase.value
             else:  # started, but the TPM lock is held by open() or close()
                 step = "waiting for a TPM command that is still running"
             if opening:

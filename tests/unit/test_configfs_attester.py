@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from atls_proxy.attest.base import Attester
+from atls_proxy.attest.base import Attester, Evidence
 from atls_proxy.attest.configfs import (
     MAX_AUXBLOB_SIZE,
     MAX_OUTBLOB_SIZE,
@@ -585,6 +585,25 @@ async def test_timeout_covers_waiting_for_the_lock(make_tsm: MakeTsm) -> None:
     assert not isinstance(results[0], BaseException)
     assert isinstance(results[1], AttestationUnavailable)
     assert "no report within 1 s (quoting)" in str(results[1])
+
+
+async def test_each_time_out_names_its_own_callers_step(make_tsm: MakeTsm) -> None:
+    # A is in the kernel when B queues behind it: A's message says it was quoting (B's arrival
+    # used to overwrite a shared phase, so A reported "waiting for the quote lock"), B's that it
+    # waited for an abandoned quote.
+    fake = make_tsm("tdx_guest")
+    fake.hang_seconds = 30
+    a = attester(fake, timeout=1.0)
+
+    async def later() -> Evidence:
+        await asyncio.sleep(0.3)
+        return await a.attest(binding())
+
+    first, second = await asyncio.gather(a.attest(binding()), later(), return_exceptions=True)
+    fake.release()
+    assert isinstance(first, AttestationUnavailable) and "(quoting)" in str(first), first
+    assert isinstance(second, AttestationUnavailable), second
+    assert "abandoned quote that is still in the kernel" in str(second), second
 
 
 # -- probe, construction ------------------------------------------------------------------------------
