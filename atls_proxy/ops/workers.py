@@ -16,7 +16,9 @@ supervisor does no proxying. It
   private folder under /tmp when a long ``$TMPDIR`` would make its path too long for AF_UNIX);
 * serves the admin endpoints: ``/readyz`` is 200 when every worker is ready and no drain is under
   way; ``/status`` lists the workers (pid, ready, restarts, last exit code);
-* restarts a worker that exits while not stopping, with a back-off (1 s doubling to 30 s; reset
+* stops (and exits 2) when a worker exits with 2 — a bad configuration, such as a listen address
+  it cannot bind: every restart would fail the same way;
+* restarts a worker that exits otherwise while not stopping, with a back-off (1 s doubling to 30 s; reset
   after a worker has run for 60 s), marks its metrics dead and folds its counter and histogram
   files into one archive file per type (``merge_dead_worker_files``), so the metrics folder holds
   the live workers' files plus at most one archive per type however often workers restart;
@@ -28,8 +30,8 @@ supervisor does no proxying. It
 * stops once no worker process runs (workers that were dead, waiting out their back-off, are not
   restarted), or ``drain_timeout`` (the longer of the start and the current file's value: workers
   reload it) + ``STOP_MARGIN`` seconds after the stop signal, killing the workers still running
-  then; and exits with the worst worker exit code (0 < 3 < 4; anything else, such as a worker
-  that had died or had to be killed, is 1).
+  then; and exits 2 after a worker's configuration error, else with the worst worker exit code
+  (0 < 3 < 4; anything else, such as a worker that had died or had to be killed, is 1).
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ WORKER_FDS_ENV = "ATLS_PROXY_WORKER_FDS"
 BACKOFF_START = 1.0
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 60.0
+# A worker's exit code for a bad configuration or usage (cli.py's table): not restarted.
+EXIT_CONFIG = 2
 MAX_NOTIFY_DATAGRAM = 4096
 # Seconds the supervisor waits beyond drain_timeout for its workers to exit before it kills them
 # (a worker closes what is left at drain_timeout by itself). 30 + 10 s stays inside systemd's
@@ -186,6 +190,10 @@ class Supervisor:
         self.workers = [Worker(i) for i in range(self.n)]
         self.stopping = False
         self.signals = 0
+        # A worker exited with 2 (bad configuration, e.g. a listen address it cannot bind): a
+        # restart would fail the same way, so the supervisor stops and exits 2 too.
+        self.config_failed = False
+        self._stop = asyncio.Event()
         self.started_at = time.time()
         self.tmp = Path(tempfile.mkdtemp(prefix="atls-proxy-workers-"))
         self.metrics_dir = self.tmp / "metrics"
@@ -316,6 +324,19 @@ class Supervisor:
             log.info("worker %d (pid %d) exited with %d", w.index, pid, code)
             self._check_done()
             return
+        if code == EXIT_CONFIG:
+            log.error(
+                "worker %d (pid %d) exited with %d (bad configuration; its log says why): "
+                "stopping, a restart would fail the same way",
+                w.index,
+                pid,
+                code,
+                extra={"event": "worker", "result": "exited", "code": code},
+            )
+            self.config_failed = True
+            self._begin_stop()
+            self._check_done()
+            return
         ran = time.monotonic() - w.started
         if ran >= STABLE_AFTER:
             w.backoff = BACKOFF_START
@@ -335,6 +356,15 @@ class Supervisor:
             await self._spawn(w)
         # A stop during the back-off: not restarted, and this may have been the last worker.
         self._check_done()
+
+    def _begin_stop(self) -> None:
+        """The drain: a stop signal, or a worker's configuration error. Idempotent."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self._notify_systemd("STOPPING=1", "STATUS=draining workers")
+        self._stop.set()
+        self._signal_workers(signal.SIGTERM)
 
     def _signal_workers(self, sig: int) -> None:
         for w in self.workers:
@@ -458,15 +488,12 @@ class Supervisor:
                 while True:
                     self._on_notify(sock.recv(MAX_NOTIFY_DATAGRAM))
 
-        stop = asyncio.Event()
-
         def on_stop() -> None:
             self.signals += 1
             if self.signals == 1:
-                self.stopping = True
-                self._notify_systemd("STOPPING=1", "STATUS=draining workers")
-                stop.set()
-            self._signal_workers(signal.SIGTERM)
+                self._begin_stop()
+            else:
+                self._signal_workers(signal.SIGTERM)
             self._check_done()  # every worker may be dead already (waiting out its back-off)
 
         # From here on every exit path runs the clean-up below (folders removed included).
@@ -495,7 +522,7 @@ class Supervisor:
                 if self.stopping:
                     break
                 await self._spawn(w)
-            await stop.wait()
+            await self._stop.wait()
             self._check_done()
             if not self._done.is_set():
                 limit = await self._drain_timeout() + STOP_MARGIN
@@ -528,6 +555,8 @@ class Supervisor:
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(sig)
         codes = [w.exit_code() for w in self.workers]
+        if self.config_failed:
+            return EXIT_CONFIG
         if any(c == 4 for c in codes) or self.signals > 1:
             return 4
         if any(c == 3 for c in codes):

@@ -616,6 +616,42 @@ def test_workers_sigterm_while_every_worker_is_dead_exits(
     assert list(short_tmpdir.iterdir()) == []  # its temporary folder is gone
 
 
+def test_workers_stop_with_exit_2_when_the_port_cannot_be_bound(
+    tmp_path: Path, ps: Procs, slow_backend: int, short_tmpdir: Path
+) -> None:
+    """A worker's configuration error (here: the port is taken by a socket without
+    SO_REUSEPORT) is not restarted forever: the supervisor stops and exits 2, as a single
+    process does — what systemd's RestartPreventExitStatus=2 relies on."""
+    from tests.support.procs import log_messages
+
+    dev = dev_init(tmp_path / "dev")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = ps.cli(
+            "serve-workers",
+            "serve",
+            "--config",
+            str(dev / "serve.toml"),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--backend",
+            f"127.0.0.1:{slow_backend}",
+            "--workers",
+            "2",
+        )
+        try:
+            code = server.popen.wait(30)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the supervisor kept restarting:\n" + server.output()) from None
+    assert code == 2, server.output()
+    messages = log_messages(server.output())
+    assert any("bad configuration" in m and "stopping" in m for m in messages), messages
+    assert not any("restarting in" in m for m in messages), messages
+    assert list(short_tmpdir.iterdir()) == []  # its temporary folder is gone
+
+
 def test_workers_sighup_spares_a_starting_worker(
     tmp_path: Path, ps: Procs, slow_backend: int, short_tmpdir: Path
 ) -> None:
