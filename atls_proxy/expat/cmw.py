@@ -193,6 +193,15 @@ def _from_obj(obj: Any, depth: int, json_form: bool) -> CMW:
     raise DecodeError(f"not a CMW ({type(obj).__name__})")
 
 
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose labels are all different: a repeated label would give one CMW two
+    readings (json.loads keeps the last, other parsers the first)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("a JSON CMW collection repeats a label")
+    return out
+
+
 def decode_cmw(data: bytes) -> CMW:
     """Decode a CBOR or JSON CMW, choosing by the first byte (RFC 9999 "Demuxing")."""
     if not data:
@@ -202,7 +211,7 @@ def decode_cmw(data: bytes) -> CMW:
     first = data[0]
     if first in (0x5B, 0x7B):  # '[' JSON record, '{' JSON collection
         try:
-            obj = json_loads(data)
+            obj = json_loads(data, object_pairs_hook=_unique_members)
         except ValueError as exc:
             raise DecodeError(f"JSON CMW does not parse: {exc}") from None
         return _from_obj(obj, 0, json_form=True)

@@ -451,7 +451,9 @@ class RelyingPartySession(_Base):
         try:
             cmw = self._profile.parse_attestation_extension(ext)
         except DecodeError as exc:
-            raise VerificationError("cmw.present", f"cmw_attestation malformed: {exc}") from None
+            raise ProtocolError(
+                f"cmw_attestation malformed: {exc}", ProtocolError.DECODE_ERROR, check="cmw.present"
+            ) from None
         self.checks.append(
             Check("cmw.present", True, f"{len(cmw)} bytes of CMW in CertificateEntry 0")
         )

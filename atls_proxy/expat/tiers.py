@@ -120,4 +120,8 @@ def decode_aik_binding(data: bytes) -> tuple[int, bytes]:
         or not isinstance(obj[1], bytes)
     ):
         raise DecodeError("AIK binding is [SignatureScheme, signature]")
+    # One spelling only (docs/PROTOCOL.md §5: preferred serialization, definite lengths, nothing
+    # after the item), as for the epoch record and the inclusion proof.
+    if encode_aik_binding(obj[0], obj[1]) != data:
+        raise DecodeError("AIK binding is not in preferred serialization")
     return obj[0], obj[1]

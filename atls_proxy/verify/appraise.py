@@ -66,8 +66,15 @@ class AppraisalCache:
 
     @staticmethod
     def key(rec: CMWRecord, effective: Binding) -> bytes:
+        """Everything the record's appraisal (``_record``) depends on: its media type (a text
+        type and a CoAP content-format of the same spelling kept apart), its ``ind`` (a record
+        that is not Evidence must fail ``cmw.type`` whatever the cache holds), its value, and
+        the binder and AIK hash it is appraised against."""
+        mt = rec.media_type
+        media = (b"t" + mt.encode()) if isinstance(mt, str) else (b"c" + str(mt).encode())
+        ind = b"" if rec.ind is None else str(rec.ind).encode()
         h = hashlib.sha256()
-        for part in (str(rec.media_type).encode(), rec.value, effective.binder, effective.aik_hash):
+        for part in (media, ind, rec.value, effective.binder, effective.aik_hash):
             h.update(len(part).to_bytes(4, "big") + part)
         return h.digest()
 

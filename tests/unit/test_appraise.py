@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import time
 
+from atls_proxy.expat import merkle
 from atls_proxy.expat.binding import Binding
 from atls_proxy.expat.cmw import CMWCollection, CMWRecord, encode_cmw
 from atls_proxy.report import render_text
-from atls_proxy.verify.appraise import appraise_cmw
+from atls_proxy.verify.appraise import AppraisalCache, appraise_cmw
 from atls_proxy.verify.result import Appraisal, AttestationReport, Check, Tier
 
 B = Binding("sha256", os.urandom(32), os.urandom(32))
@@ -106,3 +108,41 @@ def test_ear_status_is_never_better_than_the_worst_claim() -> None:
     assert "Verdict: PASS, every check passed (status warning)" in render_text(r)
     r.checks.append(Check("tls.hostname", False))
     assert r.to_json()["ear.status"] == "contraindicated"
+
+
+def test_a_cached_appraisal_does_not_skip_the_records_own_checks() -> None:
+    # Two connections of one batch share the quote; connection 2's copy of the record says it is
+    # not Evidence (ind 8). Without a cache that fails cmw.type; it must with a warm cache too
+    # (the cache key left out ind, so connection 1's passing appraisal was handed to it).
+    aik, b1, b2 = os.urandom(32), os.urandom(32), os.urandom(32)
+    root, proofs = merkle.build("sha256", [b1, b2])
+
+    def cmw(
+        proof: merkle.InclusionProof, ind: int, media: str | int = "application/x-echo"
+    ) -> bytes:
+        return encode_cmw(
+            CMWCollection(
+                {
+                    "evidence": CMWRecord(media, root, ind),
+                    "merkle": CMWRecord(merkle.MERKLE_PROOF_MEDIA_TYPE, proof.encode()),
+                }
+            )
+        )
+
+    now = time.time()
+    cache = AppraisalCache()
+    (a,) = appraise_cmw(cmw(proofs[0], 4), Binding("sha256", b1, aik), [Echo()], now, cache=cache)
+    assert a.passed, a.first_failure
+    second = Binding("sha256", b2, aik)
+    (b,) = appraise_cmw(cmw(proofs[1], 8), second, [Echo()], now + 1, cache=cache)
+    assert not b.passed and b.first_failure is not None and b.first_failure.name == "cmw.type"
+    (c,) = appraise_cmw(cmw(proofs[1], 4), second, [Echo()], now + 1, cache=cache)
+    assert c.passed  # the same record as Evidence: the cached appraisal applies
+
+
+def test_the_cache_keeps_a_text_type_and_a_content_format_apart() -> None:
+    rec_text = CMWRecord("60", b"x", 4)
+    rec_cf = CMWRecord(60, b"x", 4)
+    assert AppraisalCache.key(rec_text, B) != AppraisalCache.key(rec_cf, B)
+    assert AppraisalCache.key(rec_text, B) == AppraisalCache.key(CMWRecord("60", b"x", 4), B)
+    assert AppraisalCache.key(CMWRecord("60", b"x"), B) != AppraisalCache.key(rec_text, B)

@@ -63,6 +63,19 @@ def test_a_json_value_has_one_spelling(value: str) -> None:
     assert c.decode_cmw(b'["a/b","-_8"]') == c.CMWRecord("a/b", b"\xfb\xff")
 
 
+@pytest.mark.parametrize(
+    "doc",
+    [
+        b'{"evidence":["a/b","AQ"],"evidence":["a/b","Ag"]}',
+        b'{"x":["a/b","AQ"],"y":{"z":["a/b","AQ"],"z":["a/b","Ag"]}}',  # nested
+    ],
+)
+def test_a_json_collection_label_appears_once(doc: bytes) -> None:
+    # json.loads would keep the last member and other parsers the first: two readings.
+    with pytest.raises(DecodeError, match="repeats a label"):
+        c.decode_cmw(doc)
+
+
 def test_collection_roundtrip_and_flatten() -> None:
     col = c.CMWCollection(
         {

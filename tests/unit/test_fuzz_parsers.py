@@ -10,6 +10,7 @@ import contextlib
 import os
 
 import cbor2
+import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -205,6 +206,22 @@ def test_tier_records_valid_examples_decode() -> None:
     assert merkle.InclusionProof.decode(VALID_PROOF).index == 3
     assert tiers.Epoch.decode(VALID_EPOCH).expires == 1_700_000_300
     assert tiers.decode_aik_binding(VALID_BINDING) == (0x0403, b"\x30" * 70)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        b"\x82\x1a\x00\x00\x04\x03" + VALID_BINDING[4:],  # the scheme in four bytes
+        b"\x9f" + VALID_BINDING[1:] + b"\xff",  # indefinite-length array
+        b"\x82\x19\x04\x03\x5f\x58\x46" + b"\x30" * 70 + b"\xff",  # indefinite bstr
+        VALID_BINDING + b"\x00",  # a byte after the item
+    ],
+)
+def test_the_aik_binding_has_one_spelling(variant: bytes) -> None:
+    # The same [scheme, signature] spelt otherwise: refused, like the epoch record and the
+    # inclusion proof (docs/PROTOCOL.md §5: preferred serialization, definite lengths).
+    with pytest.raises(DecodeError):
+        tiers.decode_aik_binding(variant)
 
 
 @FUZZ

@@ -177,6 +177,24 @@ def test_authenticator_without_cmw_fails(ident: ServerIdentity) -> None:
     assert e.value.check == "cmw.present"
 
 
+def test_a_malformed_cmw_attestation_is_a_malformed_authenticator(ident: ServerIdentity) -> None:
+    # A validly signed authenticator whose cmw_attestation's inner length is wrong: a decode
+    # failure (the client answers ERROR 2, docs/PROTOCOL.md §4), not a failed verification.
+    rp, at = _pair(ident)
+    (ev,) = at.receive(rp.start())
+    assert isinstance(ev, xs.AttestationRequested)
+    tls = at._tls
+    keys = ea.AuthenticatorKeys.derive(tls.exporter, ea.Role.SERVER, tls.hash_name)
+    bad = m.Extension(PROFILE.extension_type, b"\x00\x09" + CMW)  # says 9 bytes, carries 6
+    raw = ea.authenticate(
+        keys, ev.request, ev.request.encode(), ident.chain_der, ident.private_key, [bad]
+    )
+    with pytest.raises(ProtocolError) as e:
+        rp.receive(f.PREAMBLE + f.encode_frame(f.FrameType.AUTHENTICATOR, raw))
+    assert e.value.check == "cmw.present" and e.value.alert == ProtocolError.DECODE_ERROR
+    assert "cmw_attestation malformed" in str(e.value)
+
+
 def _ask(at: xs.AttesterSession, schemes: tuple[int, ...], offer: bool) -> xs.AttestationRequested:
     req = ea.build_request(
         m.CLIENT_CERTIFICATE_REQUEST,
