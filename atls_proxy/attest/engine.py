@@ -91,8 +91,9 @@ log = logging.getLogger(__name__)
 __all__ = ["EPOCH_HASHES", "REFRESH_AHEAD", "EngineHooks", "EngineStats", "EvidenceEngine", "Tier"]
 
 # The cached tier starts quoting the next epoch when this fraction of the current one is left.
-# ops/config.py requires that window to be at least ``quote_timeout`` long, so that a slow quote
-# still ends (or fails) before the epoch it replaces expires.
+# ops/config.py requires that window to hold one ``quote_timeout`` per suite hash and a second
+# (the epochs of both hashes may come due together and share the gate), so that slow quotes
+# still end (or fail) before the epochs they replace expire.
 REFRESH_AHEAD = 0.2
 # The keep-warm task retries a failed epoch refresh after this many seconds (each attempt is one
 # quote through the gate), and never sleeps longer than this between two looks at its epochs: its
@@ -354,7 +355,10 @@ class EvidenceEngine:
                 groups.setdefault((b.hash_name, b.aik_hash), []).append((b, f))
             try:
                 for (hash_name, aik_hash), members in groups.items():
-                    await self._quote_group(hash_name, aik_hash, members)
+                    # Clients that went away while an earlier group was quoted cost no quote.
+                    live = [(b, f) for b, f in members if not f.done()]
+                    if live:
+                        await self._quote_group(hash_name, aik_hash, live)
             except asyncio.CancelledError:
                 # close(): the members taken out of the queue get an answer too, not silence.
                 _fail([f for _, f in batch], "evidence engine closed")
@@ -524,9 +528,13 @@ class EvidenceEngine:
     async def _new_epoch(self, hash_name: str, aik_hash: bytes) -> _Epoch:
         # Whole seconds (the epoch record's unit): start rounded down, the lifetime up, so an
         # epoch is never shorter than configured.
-        start = int(self._clock())
+        # ``expires`` from the unrounded time: an epoch lives at least epoch_seconds from now.
+        now = self._clock()
+        start = int(now)
         epoch = Epoch(
-            start, start + max(1, math.ceil(self._epoch_seconds)), os.urandom(EPOCH_NONCE_LENGTH)
+            start,
+            max(start + 1, math.ceil(now + self._epoch_seconds)),
+            os.urandom(EPOCH_NONCE_LENGTH),
         )
         encoded = epoch.encode()
         digest = epoch_digest(hash_name, encoded)

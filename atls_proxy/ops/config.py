@@ -42,7 +42,7 @@ from typing import Any, Literal
 
 from atls_proxy.attest import configfs as _configfs
 from atls_proxy.attest import tpm as _tpm
-from atls_proxy.attest.engine import REFRESH_AHEAD
+from atls_proxy.attest.engine import EPOCH_HASHES, REFRESH_AHEAD
 from atls_proxy.attest.software import (
     MAX_MEASUREMENTS,
     MEASUREMENT_DIGEST_LENGTHS,
@@ -778,13 +778,18 @@ def _attester(root: _Table) -> AttesterConfig:
         "max_waiters": t.integer("max_waiters", 4096, 1, 1_000_000),
     }
     epoch, quote = common["epoch_seconds"], common["quote_timeout"]
-    if tier == "cached" and epoch * REFRESH_AHEAD < quote:
-        # The next epoch is quoted in the current one's last REFRESH_AHEAD: a shorter window
-        # than a quote may take would let the epoch expire first, failing connections.
+    # The next epoch is quoted in the current one's last REFRESH_AHEAD, for each suite hash
+    # (EPOCH_HASHES), through the one single-flight gate: epochs quoted in the same second come
+    # due together, and the last of them may wait for the others' quotes. The window must hold
+    # all of them, plus a second of the epoch record's whole-second rounding, or an epoch can
+    # expire while its successor is quoted.
+    window = len(EPOCH_HASHES) * quote + 1.0
+    if tier == "cached" and epoch * REFRESH_AHEAD < window:
         raise ConfigError(
             t.key("epoch_seconds"),
             f"{epoch:g} s is refreshed in its last {epoch * REFRESH_AHEAD:g} s, less than "
-            f"quote_timeout ({quote:g} s): use at least {quote / REFRESH_AHEAD:g}",
+            f"{len(EPOCH_HASHES)} quotes of quote_timeout ({quote:g} s) one after the other and "
+            f"1 s: use at least {window / REFRESH_AHEAD:g}",
         )
     if kind == "configfs-tsm":
         cfs = _configfs_tsm(t.table("configfs_tsm", _CONFIGFS_TSM_KEYS))

@@ -514,14 +514,15 @@ def test_too_many_measurements(folder: Path) -> None:
 
 
 def test_a_cached_epoch_must_leave_a_quote_time_to_refresh(folder: Path) -> None:
-    # The next epoch is quoted in the last 20 % (REFRESH_AHEAD) of the current one: that window
-    # must fit a whole quote_timeout, or the epoch can expire while its successor is quoted.
+    # The next epoch is quoted in the last 20 % (REFRESH_AHEAD) of the current one, one per
+    # suite hash through the one gate: that window must fit two whole quote_timeouts and the
+    # epoch's whole-second rounding, or an epoch can expire while its successor is quoted.
     doc = server_doc()
-    doc["attester"] = {"tier": '"cached"', "epoch_seconds": "30", "quote_timeout": "10"}
+    doc["attester"] = {"tier": '"cached"', "epoch_seconds": "104.9", "quote_timeout": "10"}
     err = server_error(folder, doc)
-    assert err.key == "attester.epoch_seconds" and "use at least 50" in str(err)
-    doc["attester"]["epoch_seconds"] = "50"
-    assert c.load_server_config(write(folder, doc)).attester.epoch_seconds == 50
+    assert err.key == "attester.epoch_seconds" and "use at least 105" in str(err)
+    doc["attester"]["epoch_seconds"] = "105"
+    assert c.load_server_config(write(folder, doc)).attester.epoch_seconds == 105
     # The other tiers have no epoch: the same numbers are accepted there.
     doc["attester"] = {"tier": '"strict"', "epoch_seconds": "30", "quote_timeout": "10"}
     c.load_server_config(write(folder, doc))
