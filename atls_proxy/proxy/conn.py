@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import socket
 import struct
 import termios
 from collections.abc import Callable
@@ -191,6 +192,16 @@ class Conn(asyncio.Protocol):
         self._buf = bytearray()
         return data, self._eof
 
+    @property
+    def broken(self) -> BaseException | None:
+        """Why the connection can no longer carry bytes both ways — it was lost with an error
+        (a reset), or lost altogether — or None: a peer's EOF alone is a half-close, not this."""
+        if self._exc is not None:
+            return self._exc
+        if self._lost:
+            return ConnectionResetError("connection lost")
+        return None
+
     # -- the writer side ---------------------------------------------------------------------
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -217,6 +228,11 @@ class Conn(asyncio.Protocol):
 
     def is_closing(self) -> bool:
         return bool(self.transport.is_closing())
+
+    def reset(self) -> None:
+        """End the connection with a TCP reset, dropping what is unsent: the peer sees an error,
+        not an end (a plain ``abort()`` sends a FIN, which reads as a clean EOF)."""
+        reset_transport(self.transport)
 
     def close(self) -> None:
         tr = self.transport
@@ -245,6 +261,18 @@ def _unsent(transport: Any) -> int:
         with contextlib.suppress(OSError, ValueError):
             n += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
     return n
+
+
+def reset_transport(transport: Any) -> None:
+    """``transport.abort()`` with SO_LINGER 0 first, so that the kernel sends RST, not FIN."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    transport.abort()
+
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 def _linger(transport: Any, before: int) -> None:

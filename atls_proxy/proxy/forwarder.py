@@ -114,6 +114,11 @@ class ClientForwarder(Listener):
                 log_closed(log, t0, "idle-timeout", server=target)
                 return Outcome("idle_timeout")
             except (TLSError, ConnectionError, OSError) as exc:
+                # A cut or failed stream: the local program gets a reset, not a clean end (a
+                # truncated TLS stream passed on as EOF would undo TLS's truncation protection),
+                # and the server gets no close_notify — proxy/pump.py.
+                local.reset()
+                conn.stream.reset()
                 log_event(
                     log,
                     logging.WARNING,
@@ -125,6 +130,10 @@ class ClientForwarder(Listener):
                     duration_ms=monotonic_ms(t0),
                 )
                 return Outcome("peer_reset")
+            except BaseException:  # cancelled (a forced stop), or a bug: cut, not ended
+                local.reset()
+                conn.stream.reset()
+                raise
             finally:
                 await conn.stream.close()
         finally:

@@ -27,6 +27,9 @@ dropped unread, so a peer cannot grow the engine's input buffer by streaming aft
 The pump ends when both directions ended, when either side fails (reset; a TLS error; a TLS EOF
 without close_notify, which is a truncation), or when neither direction moved for
 ``idle_timeout`` seconds (one timer per connection, re-armed from the last activity, not per read).
+A failure is an exception; the callers then *abort* both connections (a reset, no close_notify),
+so that neither peer mistakes a cut stream for a finished one (the truncation TLS protects
+against, passed on as a clean end). A side already lost when the pump starts fails it at once.
 
 No per-chunk logging, no per-chunk metric labels: the counters are plain ints summed per connection.
 """
@@ -121,6 +124,11 @@ class _Pump:
                 if plain.can_write_eof() and not plain.is_closing():
                     plain.write_eof()
                 break
+            if plain.is_closing():
+                # Gone (reset, or lost): its bytes have nowhere to go, and writing to a closed
+                # transport raises under uvloop.
+                self.fail(ConnectionResetError("the other side of the pump is closed"))
+                return
             self.stats.tls_to_plain += len(data)
             self.stats.last_activity = time.monotonic()
             plain.write(data)
@@ -262,6 +270,12 @@ async def pump(
     plain_tr: Any = plain.transport
     p = _Pump(tls, plain_tr, tls_tr, done)
 
+    # A side lost before the pump starts (say a local client that reset while the attestation
+    # ran) fails it before a byte moves: its request is not forwarded as if it had half-closed.
+    for side in (plain, tls_conn):
+        broken = side.broken
+        if broken is not None:
+            raise broken
     # Take over what the connections already hold, then switch the transports to the pump.
     tls_pending, tls_eof = tls_conn.take_buffer()
     plain_pending, plain_eof = plain.take_buffer()
@@ -281,7 +295,7 @@ async def pump(
         _pause(tls_tr)
     else:
         _resume(tls_tr)
-    if initial_to_plain:
+    if initial_to_plain and not plain_tr.is_closing():
         p.stats.tls_to_plain += len(initial_to_plain)
         plain_tr.write(initial_to_plain)
     if tls_pending:

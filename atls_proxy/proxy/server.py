@@ -214,6 +214,14 @@ class AttestedServer(Listener):
             stage = "forward"
             try:
                 stats = await pump(tls, backend, timeouts.idle, initial_to_plain=initial)
+            except IdleTimeout:
+                raise
+            except BaseException:
+                # A cut or failed stream on either side: neither peer may see a clean end (no
+                # close_notify to the client, no FIN to the backend) — proxy/pump.py.
+                backend.reset()
+                tls.reset()
+                raise
             finally:
                 backend.close()  # buffered bytes still go out; nothing waits for that
             log_closed(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Protocol
 
+from atls_proxy.proxy.conn import reset_transport
 from atls_proxy.tls.engine import READ_CHUNK, TLSEngine, TLSError
 
 
@@ -119,6 +120,10 @@ class TLSStream:
 
     def abort(self) -> None:
         self.writer.transport.abort()
+
+    def reset(self) -> None:
+        """End with a TCP reset and no close_notify: the peer sees a cut stream, not an end."""
+        reset_transport(self.writer.transport)
 
     async def close(self) -> None:
         """Send close_notify if we still can, then close the socket.
