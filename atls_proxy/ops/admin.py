@@ -148,7 +148,8 @@ class AdminServer(Listener):
             conn.transport.abort()
 
     def make_room(self) -> bool:
-        """At the limit, abort the oldest connection still waiting for its request head."""
+        """At the limit, abort the oldest connection still waiting for its request head, or
+        lingering after a refused one (neither has an answer pending)."""
         for oldest in self._waiting:
             del self._waiting[oldest]
             oldest.transport.abort()
@@ -189,7 +190,13 @@ class AdminServer(Listener):
         if linger and not conn.is_closing():
             with contextlib.suppress(Exception):
                 conn.write_eof()  # tell the client we are done, then drain what it still sends
-            await self._linger(conn)
+            # Evictable meanwhile: clients that send garbage at a high rate must not hold every
+            # slot for LINGER_SECONDS each and keep the probes out.
+            self._waiting[conn] = None
+            try:
+                await self._linger(conn)
+            finally:
+                self._waiting.pop(conn, None)
         await self._close(conn)
 
     async def _read_head(self, reader: Conn) -> bytes:
@@ -254,10 +261,12 @@ class AdminServer(Listener):
         lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        if writer.is_closing():
+            return  # evicted or gone: nobody to answer (and uvloop raises on the write)
         try:
             writer.write(data if head_only else data + body)
             await asyncio.wait_for(writer.drain(), self.write_timeout)
-        except (ConnectionError, TimeoutError, OSError):
+        except (ConnectionError, TimeoutError, OSError, RuntimeError):
             writer.transport.abort()
 
     async def _linger(self, reader: Conn) -> None:

@@ -441,3 +441,36 @@ async def test_ipv6_loopback() -> None:
         assert parse(data).status == 200
     finally:
         await server.close()
+
+
+async def test_clients_lingering_after_garbage_do_not_keep_probes_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # After a 400 the server lingers a moment to drain what the client still sends; connections
+    # doing that are evictable too, or a client sending garbage fast enough holds every slot.
+    # And an evicted connection is not answered: no write to a closed transport, no traceback.
+    state = State()
+    server = make(state, read_timeout=5.0, max_connections=4)
+    port = (await server.start())[0][1]
+    held = []
+    try:
+        for _ in range(4):  # every slot: a 400 each, then the linger (the peer never closes)
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(b"\x00garbage\r\n\r\n")
+            await w.drain()
+            assert (await asyncio.wait_for(r.readuntil(b"\r\n"), 2.0)).startswith(b"HTTP/1.1 400")
+            held.append(w)
+        for _ in range(3):  # half a request head each: waiting, then evicted
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(b"GET /heal")
+            held.append(w)
+        with caplog.at_level("ERROR", logger="atls_proxy.admin"):
+            for _ in range(3):
+                assert (await asyncio.wait_for(get(port, "/healthz"), 2.0)).status == 200
+                await asyncio.sleep(0.05)
+        assert server.evicted >= 3
+        assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+    finally:
+        for w in held:
+            w.close()
+        await server.close()
