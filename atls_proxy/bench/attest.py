@@ -12,14 +12,24 @@ pinning took (``pinned``). The server's CPU seconds come from /proc. Everything 
 127.0.0.1 and is bounded by ``--duration`` and a connection cap.
 
 The measured window is one span for every figure of a run: it opens after the warm-up and closes
-at the end of ``--duration`` or, when the connection cap stopped every client earlier, when the
-last one stopped (``capped``). The connections counted, ``duration_s`` (the span as measured) and
+at the end of ``--duration`` or, once the connection cap is reached, when the first client stops
+(``capped``: from then on the load is no longer ``--concurrency`` clients). The connections counted, ``duration_s`` (the span as measured) and
 both CPU readings (server and generator, taken by callbacks at the opening and at the closing
 moment, before the connections still in flight are cancelled) all cover that span.
 
 Latency percentiles are nearest-rank: p of n sorted samples is the one at 1-based rank
 ceil(p·n/100) (for p99 of 100 samples the 99th, not the maximum); ``latency_n`` is n, the
-connections completed in the window (failed ones have no latency).
+connections completed in the window (failed ones have no latency) and the slow ones still in
+flight when it closed.
+
+Connections still in flight at the close are not dropped silently (a stuck connection would
+otherwise vanish from every figure): ``in_flight_at_close`` and ``oldest_in_flight_ms`` report
+them; one in flight for the whole window (it started before the window opened and never ended)
+is an error ("stalled"); and one in flight for longer than the completed connections' p99 counts
+in the percentiles with its age so far, a lower bound of its latency. Neither counts as a
+completed connection in the rate.
+
+The attester is the SIMULATED software one (no TEE): every table and JSON document says so.
 """
 
 from __future__ import annotations
@@ -146,18 +156,43 @@ class Result:
     capped: bool = False
     # The server ran on PROXY_CPU only and this process on GENERATOR_CPU only.
     pinned: bool = False
+    # Ages (ms) at the close of the connections still in flight then (module docstring).
+    in_flight_ms: list[float] = field(default_factory=list)
+    # Of those, the ones slower than the completed connections' p99: percentile samples too.
+    censored_ms: list[float] = field(default_factory=list)
 
     @property
     def connections(self) -> int:
         """Connections completed in the window: each has its latency, failures have none."""
         return len(self.latencies_ms)
 
+    def samples_ms(self) -> list[float]:
+        """The latency samples of the percentiles, sorted: the completed connections' and the
+        slow in-flight ones' ages (module docstring)."""
+        return sorted(self.latencies_ms + self.censored_ms)
+
     def p99_ms(self) -> float | None:
         """p99 latency, unrounded (what the batched/strict target compares with 200 ms)."""
-        return percentile(sorted(self.latencies_ms), 99)
+        return percentile(self.samples_ms(), 99)
+
+    def account_in_flight(self, ages_ms: list[float]) -> None:
+        """Fold in the connections in flight at the close (module docstring)."""
+        self.in_flight_ms = sorted(ages_ms)
+        window_ms = self.duration_s * 1000
+        # (A run that completed nothing is invalid already, and its window may be empty.)
+        stalled = [a for a in ages_ms if a >= window_ms] if self.connections else []
+        if stalled:
+            self.errors += len(stalled)
+            if len(self.error_samples) < 5:
+                self.error_samples.append(
+                    f"stalled: {len(stalled)} connection(s) in flight for the whole "
+                    f"{self.duration_s:.2f} s window"
+                )
+        p99 = percentile(sorted(self.latencies_ms), 99)
+        self.censored_ms = [a for a in ages_ms if a < window_ms and (p99 is None or a > p99)]
 
     def to_json(self) -> dict[str, Any]:
-        lat = sorted(self.latencies_ms)
+        lat = self.samples_ms()
 
         def pct(p: int) -> float | None:
             v = percentile(lat, p)
@@ -176,7 +211,9 @@ class Result:
             # The samples p50/p99 are taken over (the connections completed in the window).
             "latency_n": len(lat),
             "percentile_method": PERCENTILE_METHOD,
-            "mean_ms": _finite(statistics.fmean(lat), 2) if lat else None,
+            "mean_ms": (
+                _finite(statistics.fmean(self.latencies_ms), 2) if self.latencies_ms else None
+            ),
             "errors": self.errors,
             "connections": self.connections,
             "concurrency": self.concurrency,
@@ -187,6 +224,11 @@ class Result:
             "server_cpu_s": _finite(self.server_cpu_s, 3),
             "generator_cpu_s": _finite(self.generator_cpu_s, 3),
             "connections_per_server_cpu_s": None if per_cpu is None else round(per_cpu, 1),
+            "in_flight_at_close": len(self.in_flight_ms),
+            "oldest_in_flight_ms": (
+                _finite(self.in_flight_ms[-1], 2) if self.in_flight_ms else None
+            ),
+            "attester": "software (SIMULATED: no TEE)",
             "error_samples": self.error_samples[:5],
         }
 
@@ -350,7 +392,7 @@ async def _load(
 
     The window opens at ``t_open`` (``window_opens`` is called then, by a timer or by the first
     connection completing after it) and closes at ``t_close`` — or earlier, when the cap
-    (MAX_CONNECTIONS started) stopped every client: then when the last one stopped, and
+    (MAX_CONNECTIONS started) stops the clients: then when the first of them stops, and
     ``result.capped`` is set. ``window_closes`` is called at that moment, before the connections
     still open are cancelled (they are not counted), and ``result.duration_s`` is set to the span
     between the two calls as measured: counts, duration and CPU readings cover one span."""
@@ -365,6 +407,8 @@ async def _load(
     running = concurrency
     opened_at: float | None = None
     closed_at: float | None = None
+    in_flight: dict[int, float] = {}  # connection number -> its start
+    ages_at_close: list[float] = []
 
     def open_window() -> None:
         nonlocal opened_at
@@ -378,6 +422,7 @@ async def _load(
             return
         open_window()  # the cap reached in the warm-up: an empty window
         closed_at = time.monotonic()
+        ages_at_close.extend((closed_at - t0) * 1000 for t0 in in_flight.values())
         result.capped = capped
         if window_closes is not None:
             window_closes()
@@ -386,7 +431,8 @@ async def _load(
         nonlocal count, running
         while closed_at is None and time.monotonic() < t_close and count < MAX_CONNECTIONS:
             count += 1
-            t0 = time.monotonic()
+            n = count
+            t0 = in_flight[n] = time.monotonic()
             try:
                 # asyncio.timeout, not wait_for: 3.11's wait_for runs the coroutine as one more
                 # task per connection, which the generator's core would pay for.
@@ -395,6 +441,8 @@ async def _load(
                 ok, exc = True, None
             except ERRORS as e:  # anything else is a bug and ends the run
                 ok, exc = False, e
+            finally:
+                del in_flight[n]
             t1 = time.monotonic()
             if t1 >= t_open:
                 open_window()
@@ -449,6 +497,7 @@ async def _load(
             raise RuntimeError("a load-generator worker failed") from t.exception()
     assert opened_at is not None and closed_at is not None
     result.duration_s = closed_at - opened_at
+    result.account_in_flight(ages_at_close)
 
 
 def _cell(x: object) -> str:
@@ -486,10 +535,22 @@ def render(results: list[Result]) -> str:
 def _footnotes(rounds: Sequence[Sequence[Result]]) -> list[str]:
     runs = [r for results in rounds for r in results]
     notes = [
-        f"p50/p99: nearest-rank over the n connections completed in the window; "
+        "Attester: the SIMULATED software attester (no TEE), quote latency "
+        + ", ".join(sorted({f"{r.simulated_quote_ms} ms" for r in runs}))
+        + ", one quote at a time.",
+        f"p50/p99: nearest-rank over the n connections completed in the window and, as lower "
+        f"bounds, those still in flight at its close that were slower than the completed p99; "
         f"window: the measured span (--duration, shorter when capped at {MAX_CONNECTIONS:,} "
-        "connections)."
+        "connections).",
     ]
+    in_flight = [r for r in runs if r.in_flight_ms]
+    if in_flight:
+        oldest = max(r.in_flight_ms[-1] for r in in_flight)
+        notes.append(
+            f"In flight at the close (not completed, not in the rate): up to "
+            f"{max(len(r.in_flight_ms) for r in in_flight)} per run, the oldest {oldest:.0f} ms; "
+            "one in flight for the whole window is counted as an error (stalled)."
+        )
     if any(r.capped for r in runs):
         notes.append(
             f"Capped: every client stopped at {MAX_CONNECTIONS:,} connections before --duration "

@@ -310,3 +310,47 @@ def test_exit_status_says_whether_the_measurement_is_valid(
     assert ("not a valid measurement" in err) == (code == 1)
     if connections == 0:
         assert "tier off: no connection completed" in err
+
+
+async def test_connections_stuck_in_flight_do_not_vanish(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Four of sixteen clients hang on their first connection (a lost batch member, a stuck
+    # quote): without accounting for them the run read "0 errors, p99 8 ms" and met its target.
+    # Stalled for the whole window they are errors; slow ones count in the percentiles.
+    calls = 0
+
+    async def request(opener: Any, req: bytes) -> int:
+        nonlocal calls
+        calls += 1
+        if calls <= 4:
+            await asyncio.sleep(3600)
+        await asyncio.sleep(0.005)
+        return 13
+
+    result, _ = await _run_load(monkeypatch, request, clients=16, warmup=0.3, duration=1.0)
+    doc = result.to_json()
+    assert result.errors == 4 and attest.invalid_runs([[result]])
+    assert any(s.startswith("stalled: 4 connection(s)") for s in result.error_samples)
+    assert doc["in_flight_at_close"] >= 4 and doc["oldest_in_flight_ms"] >= 1300
+    assert doc["attester"].startswith("software (SIMULATED")
+    assert "SIMULATED" in attest.render([result])
+
+
+async def test_slow_connections_in_flight_count_in_the_percentiles(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One client's connection starts inside the window and is still running at its close, far
+    # slower than the rest: its age so far is a latency sample (a lower bound), not a rate one.
+    calls = 0
+
+    async def request(opener: Any, req: bytes) -> int:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(3600 if calls == 40 else 0.002)
+        return 13
+
+    result, _ = await _run_load(monkeypatch, request, clients=1, warmup=0.0, duration=0.5)
+    assert result.errors == 0  # not in flight for the whole window: slow, not stalled
+    assert len(result.censored_ms) == 1 and result.censored_ms[0] > 100
+    assert result.connections == len(result.latencies_ms) == 39
+    assert result.to_json()["latency_n"] == 40
+    assert result.samples_ms()[-1] == result.censored_ms[0]
