@@ -76,6 +76,8 @@ finally:
 """
 MAX_CONNECTIONS = 100_000
 MAX_SECONDS_PER_RUN = 300.0
+# One connection (handshake, exchange, request) may take this long before the run fails.
+CONNECTION_TIMEOUT = 30.0
 
 
 async def one_run(
@@ -91,11 +93,18 @@ async def one_run(
         return [argv[0], "-c", _PROFILED_SERVE, str(prof_path), *argv[3:]]
 
     wrap = profiled if profile == "server" and prof_path is not None else None
-    async with bench_server(tier, 40, concurrency, wrap_argv=wrap) as (proc, settings, _):
+    async with bench_server(tier, 40, concurrency, wrap_argv=wrap) as (proc, settings, pinned):
+        if not pinned:
+            print(f"{tier}: NOT pinned (server and client share the CPUs)", file=sys.stderr)
         opener = plain_opener(settings) if tier == "off" else attested_opener(settings)
         request = request_bytes("/small", close=True)
+
+        async def one() -> None:
+            async with asyncio.timeout(CONNECTION_TIMEOUT):  # every connection is bounded
+                await request_close(opener, request)
+
         for _ in range(WARMUP_CONNECTIONS):
-            await request_close(opener, request)
+            await one()
         started = 0
         deadline = time.monotonic() + MAX_SECONDS_PER_RUN
 
@@ -103,7 +112,7 @@ async def one_run(
             nonlocal started
             while started < connections and time.monotonic() < deadline:
                 started += 1
-                await request_close(opener, request)
+                await one()
 
         prof = cProfile.Profile(time.thread_time) if profile == "client" else None
         s0, c0 = cpu_seconds(proc.pid), time.process_time()
@@ -156,6 +165,7 @@ def exchange_cost(connections: int) -> None:
                     stls, keys.chain_der, keys.identity.private_key, profile, keys.spki
                 )
                 (ev,) = at.receive(request)
+                assert isinstance(ev, xs.AttestationRequested) and ev.binding is not None
                 cmw = await engine.evidence_for(ev.binding, keys.identity.private_key)
                 return at.authenticator(cmw)
 
@@ -165,6 +175,7 @@ def exchange_cost(connections: int) -> None:
 
             def finish(rp: xs.RelyingPartySession, auth: bytes) -> None:
                 (val,) = rp.receive(auth)
+                assert isinstance(val, xs.AuthenticatorValidated)
                 (a,) = appraise_cmw(
                     val.cmw,
                     val.binding,
@@ -226,14 +237,22 @@ def own_time(path: Path) -> dict[tuple[str, int, str], tuple[int, float]]:
 
 
 def print_difference(
-    a_name: str, a: Path, b_name: str, b: Path, connections: int, top: int
+    a_name: str, a: Path, a_connections: int, b_name: str, b: Path, b_connections: int, top: int
 ) -> None:
+    """Per connection, each profile divided by its own number of connections (a run stopped by
+    its deadline has fewer)."""
     fa, fb = own_time(a), own_time(b)
     rows = []
     for key in fa.keys() | fb.keys():
         na, ta = fa.get(key, (0, 0.0))
         nb, tb = fb.get(key, (0, 0.0))
-        rows.append(((ta - tb) / connections * 1e6, (na - nb) / connections, key))
+        rows.append(
+            (
+                (ta / a_connections - tb / b_connections) * 1e6,
+                na / a_connections - nb / b_connections,
+                key,
+            )
+        )
     rows.sort(reverse=True)
     extra_us = sum(r[0] for r in rows)
     extra_calls = sum(r[1] for r in rows)
@@ -312,8 +331,10 @@ def main() -> int:
         if args.profile:
             a, b = tiers
             # The server's profile covers the whole process: the warm-up connections too.
-            n = measured[a] + (WARMUP_CONNECTIONS if args.profile == "server" else 0)
-            print_difference(a, paths[a], b, paths[b], n, args.top)
+            warm = WARMUP_CONNECTIONS if args.profile == "server" else 0
+            print_difference(
+                a, paths[a], measured[a] + warm, b, paths[b], measured[b] + warm, args.top
+            )
     return 0
 
 
