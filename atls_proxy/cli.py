@@ -326,7 +326,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_bench_suite(args: argparse.Namespace) -> int:
     """``atls-proxy bench [all|handshake|small|bulk|idle] [--quick]``: the suite with baselines."""
     from atls_proxy.bench.report import render_markdown, write_png
-    from atls_proxy.bench.workloads import WORKLOADS, SuiteOptions, quick_options, run_suite
+    from atls_proxy.bench.workloads import (
+        WORKLOADS,
+        SuiteOptions,
+        quick_options,
+        run_suite,
+        runs_with_errors,
+    )
 
     workload = args.workload or "all"
     given: dict[str, Any] = {
@@ -369,6 +375,11 @@ def cmd_bench_suite(args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=2))
     else:
         print(render_markdown(doc))
+    errors = runs_with_errors(doc)
+    if errors:
+        # As for `bench attest`: the figures are printed, but they are not a valid measurement.
+        print("atls-proxy: bench: not a valid measurement: " + "; ".join(errors), file=sys.stderr)
+        return 1
     return 0
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from atls_proxy.bench.common import (
     PROXY_CPU,
     Child,
+    can_pin,
     children_cpu_seconds,
     free_port,
     pin_pid,
@@ -90,6 +91,12 @@ def parse_wrk(stdout: str) -> WrkResult:
         p99_ms=ms("p99_us"),
         mean_ms=ms("mean_us"),
     )
+
+
+def wrk_successes(res: WrkResult) -> int:
+    """Requests answered with success: wrk counts every response in ``requests``, the
+    non-2xx/3xx ones too (also in its ``status_errors``)."""
+    return res.requests - res.error_detail.get("status_errors", 0)
 
 
 def write_wrk_script(directory: Path) -> Path:
@@ -186,7 +193,7 @@ async def start_haproxy(
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
     )
-    child = Child("haproxy", proc, port)
+    child = Child("haproxy", proc, port, PROXY_CPU if can_pin() else None)
     try:
         pin_pid(proc.pid, PROXY_CPU)
         await wait_port(port, proc, "haproxy")

@@ -110,6 +110,27 @@ def pin_pid(pid: int, cpu: int) -> None:
             os.sched_setaffinity(pid, {cpu})
 
 
+def not_pinned(children: Sequence[Child]) -> list[str]:
+    """The children still running that do not run on the one CPU they were pinned to, and this
+    process when it does not run on GENERATOR_CPU (pinning failures are otherwise silent)."""
+    if not can_pin():
+        return []
+    out: list[str] = []
+    with contextlib.suppress(OSError):
+        if os.sched_getaffinity(0) != {GENERATOR_CPU}:
+            out.append(f"the generator (not on CPU {GENERATOR_CPU} only)")
+    for c in children:
+        if c.cpu is None or c.proc.poll() is not None:
+            continue
+        try:
+            ok = os.sched_getaffinity(c.pid) == {c.cpu}
+        except OSError:
+            continue
+        if not ok:
+            out.append(f"{c.name} (not on CPU {c.cpu} only)")
+    return out
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of ``pid`` in seconds (0.0 when the process is gone)."""
     try:
@@ -264,12 +285,15 @@ def software_versions(haproxy: str | None, wrk: str | None) -> dict[str, object]
 class Child:
     """A child process we started, with the loopback port it listens on."""
 
-    __slots__ = ("name", "port", "proc")
+    __slots__ = ("cpu", "name", "port", "proc")
 
-    def __init__(self, name: str, proc: subprocess.Popen[bytes], port: int) -> None:
+    def __init__(
+        self, name: str, proc: subprocess.Popen[bytes], port: int, cpu: int | None = None
+    ) -> None:
         self.name = name
         self.proc = proc
         self.port = port
+        self.cpu = cpu  # the CPU it was pinned to (None: not pinned)
 
     @property
     def pid(self) -> int:

@@ -129,11 +129,23 @@ def _header(doc: dict[str, Any]) -> list[str]:
     ]
 
 
-def _ratio_cell(per_cpu: dict[str, float], e2e: dict[str, float], name: str) -> str:
+def _ratio_cell(
+    per_cpu: dict[str, float], e2e: dict[str, float], name: str, flagged: bool = False
+) -> str:
     if name not in per_cpu:
         return "—"
     r = f"{per_cpu[name]:.2f}×"
-    return f"{r} ({e2e[name]:.2f}×)" if name in e2e else r
+    cell = f"{r} ({e2e[name]:.2f}×)" if name in e2e else r
+    return cell + " !" if flagged else cell
+
+
+def _with_errors(w: dict[str, Any]) -> set[str]:
+    """The peers of a workload whose runs had errors."""
+    return {
+        name
+        for name, peer in w.get("peers", {}).items()
+        if any(r.get("errors") for r in peer.get("runs", []))
+    }
 
 
 def render_markdown(doc: dict[str, Any]) -> str:
@@ -142,8 +154,10 @@ def render_markdown(doc: dict[str, Any]) -> str:
     idle = doc.get("idle")
     lines += [
         "",
-        "Ratios, subject ÷ baseline, per server CPU-second (end to end in parentheses); "
-        "idle: RSS per connection, subject ÷ baseline (above 1 = more memory):",
+        "Ratios, subject ÷ baseline, per server CPU-second (end to end in parentheses; attest's "
+        "÷ off, ÷ haproxy and ÷ direct use the handshake workload's wrk runs, so per CPU-second "
+        "only); ! = the subject or that baseline had errors, not a clean measurement; idle: RSS "
+        "per connection, subject ÷ baseline (above 1 = more memory):",
         "",
         "| workload | subject | subject per server CPU-s | "
         + " | ".join(f"÷ {b}" for b in BASELINES)
@@ -157,7 +171,11 @@ def render_markdown(doc: dict[str, Any]) -> str:
         subject = w["subject"]
         peer = w["peers"].get(subject, {})
         per_cpu = peer.get("summary", {}).get("per_cpu")
-        cells = [_ratio_cell(w["ratio_per_cpu"], w["ratio"], b) for b in BASELINES]
+        bad = _with_errors(w)
+        cells = [
+            _ratio_cell(w["ratio_per_cpu"], w["ratio"], b, subject in bad or b in bad)
+            for b in BASELINES
+        ]
         lines.append(
             f"| {name} | {subject} | {_spread(per_cpu, PER_CPU_UNITS[name])} | "
             + " | ".join(cells)

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from atls_proxy.bench.baselines import parse_wrk
+from atls_proxy.bench.baselines import parse_wrk, wrk_successes
 from atls_proxy.bench.report import render_markdown
+from atls_proxy.bench.workloads import runs_with_errors
 from atls_proxy.cli import build_parser
 from tests.support.procs import run_cli
 from tests.support.swtpm import REQUIRE_TOOLS_ENV, tools_required
@@ -55,6 +56,17 @@ def test_parse_wrk_done_line() -> None:
     assert (r.requests, r.errors, r.p50_ms, r.p99_ms, r.duration_s) == (10, 1, 1.5, 4.0, 1.0)
     with pytest.raises(ValueError):
         parse_wrk("wrk: connection refused\n")
+
+
+def test_wrk_answers_that_are_errors_are_not_work() -> None:
+    # wrk counts a 503 in "requests" and in "status_errors": throughput counts successes only.
+    out = (
+        'ATLS-BENCH {"requests": 100, "duration_us": 1000000, "bytes": 990, "connect_errors": 0, '
+        '"read_errors": 0, "write_errors": 0, "status_errors": 30, "timeouts": 0, '
+        '"p50_us": 1500, "p99_us": 4000, "mean_us": 1700.5, "max_us": 5000}\n'
+    )
+    r = parse_wrk(out)
+    assert r.errors == 30 and wrk_successes(r) == 70
 
 
 def test_bench_suite_tiny(tmp_path: Path) -> None:
@@ -104,6 +116,9 @@ def test_bench_suite_tiny(tmp_path: Path) -> None:
         # Every baseline that ran has a ratio unless its CPU reading was zero (too short a run).
         assert set(ratios) <= set(w["peers"]), (name, ratios)
         assert all(_positive(r) for r in w["ratio"].values())
+        if name == "attest":
+            # wrk peers measured in the handshake phase: compared per CPU-second only.
+            assert not {"off", "haproxy", "direct"} & set(w["ratio"]), w["ratio"]
         if not have_haproxy:
             assert "haproxy" not in w["peers"] and "haproxy" not in ratios
     if not have_haproxy:
@@ -159,3 +174,56 @@ def test_errors_cell_is_the_sum_over_the_runs() -> None:
     table = render_markdown(doc)
     assert "| errors (sum of all runs) |" in table, table
     assert table.splitlines()[-1].endswith("| 7 |"), table
+
+
+def test_ratios_of_runs_with_errors_are_marked_and_invalid() -> None:
+    # A subject or baseline with errors in any run: its ratios carry "!", and the suite lists
+    # it as not a valid measurement (the CLI exits 1), as `bench attest` does.
+    def peer(errors: int) -> dict[str, Any]:
+        return {
+            "generator": "g",
+            "runs": [{"errors": 0}, {"errors": errors}],
+            "summary": {"throughput": {"median": 1.0, "min": 1.0, "max": 1.0}},
+        }
+
+    doc: dict[str, Any] = {
+        "options": {"repeat": 2, "duration_s": 2},
+        "workloads": {
+            "small": {
+                "subject": "atls",
+                "peers": {"atls": peer(0), "off": peer(3), "direct": peer(0)},
+                "ratio_per_cpu": {"off": 0.5, "direct": 0.4},
+                "ratio": {"off": 0.6, "direct": 0.5},
+            },
+            "attest": {
+                "subject": "atls-cached",
+                "peers": {"atls-cached": peer(0), "off": dict(peer(9), shared_with="handshake")},
+                "ratio_per_cpu": {},
+                "ratio": {},
+            },
+        },
+    }
+    row = next(line for line in render_markdown(doc).splitlines() if line.startswith("| small"))
+    assert "0.50× (0.60×) !" in row and "0.40× (0.50×) |" in row, row
+    assert runs_with_errors(doc) == ["small off: 3 errors"]  # the shared copy is not recounted
+
+
+def test_a_child_off_its_cpu_is_reported() -> None:
+    # The suite used to record "pinned" from can_pin() alone: a pin that did not take was silent.
+    import os
+    import subprocess
+
+    from atls_proxy.bench.common import GENERATOR_CPU, PROXY_CPU, Child, can_pin, not_pinned
+
+    if not can_pin():
+        pytest.skip("needs CPUs 0 and 1")
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        child = Child("probe", proc, 0, PROXY_CPU)
+        os.sched_setaffinity(proc.pid, {GENERATOR_CPU})
+        assert "probe (not on CPU 0 only)" in not_pinned([child])
+        os.sched_setaffinity(proc.pid, {PROXY_CPU})
+        assert not [s for s in not_pinned([child]) if s.startswith("probe")]
+    finally:
+        proc.kill()
+        proc.wait()
