@@ -13,7 +13,7 @@ import json
 import tomllib
 from typing import Any
 
-__all__ = ["json_loads", "toml_loads"]
+__all__ = ["json_loads", "shown", "toml_loads"]
 
 
 def json_loads(data: bytes | str, **kwargs: Any) -> Any:
@@ -30,3 +30,10 @@ def toml_loads(text: str) -> dict[str, Any]:
         return tomllib.loads(text)
     except RecursionError:
         raise tomllib.TOMLDecodeError("TOML nested too deeply") from None
+
+
+def shown(value: object, limit: int = 40) -> str:
+    """``repr(value)`` for a message, cut to ``limit`` characters: a peer's value quoted in a
+    check's detail (which reaches logs and reports) must not bring kilobytes with it."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"

@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 
 from atls_proxy.errors import DecodeError, VerificationError
+from atls_proxy.untrusted import shown
 
 # Evidence arrives in the cmw_attestation extension, whose data is uint16-length-prefixed inside a
 # uint16-prefixed extension (expat-04 §3; digest open point O-13): nothing larger than 64 KiB can
@@ -256,7 +257,7 @@ def _check_protected(header: Any, unprotected: dict[Any, Any]) -> bytes | None:
     if alg is None:
         raise DecodeError("COSE_Sign1: the protected header has no alg (RFC 9052 §3.1)")
     if type(alg) is not int or alg != ALG_ES256:
-        raise DecodeError(f"COSE_Sign1: protected alg is {alg!r}, only ES256 (-7) is accepted")
+        raise DecodeError(f"COSE_Sign1: protected alg is {shown(alg)}, only ES256 (-7) is accepted")
     if HEADER_CRIT in header:
         crit = header[HEADER_CRIT]
         # RFC 9052 §3.1: crit is a non-empty array of labels that must all be present and understood.
@@ -264,11 +265,11 @@ def _check_protected(header: Any, unprotected: dict[Any, Any]) -> bytes | None:
             raise DecodeError("COSE_Sign1: crit must be a non-empty array")
         for label in crit:
             if type(label) not in (int, str):
-                raise DecodeError(f"COSE_Sign1: crit label {label!r} is not an int or text")
+                raise DecodeError(f"COSE_Sign1: crit label {shown(label)} is not an int or text")
             if label not in header:
-                raise DecodeError(f"COSE_Sign1: crit names absent header {label!r}")
+                raise DecodeError(f"COSE_Sign1: crit names absent header {shown(label)}")
             if label not in _UNDERSTOOD_LABELS:
-                raise DecodeError(f"COSE_Sign1: unknown critical header {label!r}")
+                raise DecodeError(f"COSE_Sign1: unknown critical header {shown(label)}")
     kid = header.get(HEADER_KID)
     if kid is not None and not isinstance(kid, bytes):
         raise DecodeError("COSE_Sign1: kid is not a byte string")

@@ -343,3 +343,10 @@ def test_mutated_messages_never_verify_with_other_content(data: bytes) -> None:
     # bucket changed); the signed payload must then be the original one.
     assert payload == PAYLOAD
     assert index == 0
+
+
+@pytest.mark.parametrize("header", [{1: "A" * 60_000}, {1: -7, 2: ["A" * 60_000]}])
+def test_a_huge_header_value_is_not_copied_into_the_error(header: dict[int, Any]) -> None:
+    with pytest.raises(DecodeError) as e:
+        decode_sign1(build(header))
+    assert len(str(e.value)) < 300 and "AAAA" in str(e.value), str(e.value)[:200]

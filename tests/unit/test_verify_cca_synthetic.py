@@ -727,3 +727,14 @@ def test_untyped_references_require_every_referenced_measurement() -> None:
     a = appraise(SynthToken(platform_overrides={2399: both}), policy)
     assert a.passed, a.first_failure
     assert a.trust_vector["hardware"] == 2
+
+
+@pytest.mark.parametrize("where", ["alg", "crit"])
+def test_a_huge_header_value_is_not_copied_into_the_detail(where: str) -> None:
+    # The value is refused, and quoted in the check's detail (logs, reports) cut short.
+    huge = "A" * 60_000
+    header = {1: huge} if where == "alg" else {1: -35, 2: [huge]}
+    message = cbor2.dumps(cbor2.CBORTag(18, [cbor2.dumps(header), {}, b"x", b"\0" * 96]))
+    with pytest.raises(DecodeError) as e:
+        parse_sign1(message, "platform token")
+    assert len(str(e.value)) < 400 and "AAAA" in str(e.value), str(e.value)[:200]

@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from atls_proxy.errors import DecodeError
+from atls_proxy.untrusted import shown
 from atls_proxy.verify.cose import COSE_SIGN1_TAG, decode_cbor
 
 # Evidence travels in a CMW inside cmw_attestation (uint16 lengths, expat-04 §3): 64 KiB is the
@@ -300,7 +301,7 @@ def parse_sign1(data: bytes, what: str) -> CoseSign1:
     alg_id = header.get(HEADER_ALG)
     if type(alg_id) is not int or alg_id not in COSE_ALGS:
         names = ", ".join(f"{a.name} ({i})" for i, a in COSE_ALGS.items())
-        raise DecodeError(f"{what}: protected alg {alg_id!r} is not one of {names}")
+        raise DecodeError(f"{what}: protected alg {shown(alg_id)} is not one of {names}")
     if HEADER_ALG in unprotected or HEADER_CRIT in unprotected:
         raise DecodeError(f"{what}: alg and crit must be protected (RFC 9052 §3.1)")
     if set(header) & set(unprotected):
@@ -314,9 +315,9 @@ def parse_sign1(data: bytes, what: str) -> CoseSign1:
             # label is unhashable (the membership tests would raise TypeError) and True / 1.0
             # compare equal to the label 1 (alg) without being it.
             if type(label) not in (int, str):
-                raise DecodeError(f"{what}: crit label {label!r} is not an int or text")
+                raise DecodeError(f"{what}: crit label {shown(label)} is not an int or text")
             if label not in header or label not in _UNDERSTOOD_LABELS:
-                raise DecodeError(f"{what}: critical header {label!r} not understood")
+                raise DecodeError(f"{what}: critical header {shown(label)} not understood")
     alg = COSE_ALGS[alg_id]
     if len(signature) != 2 * alg.coordinate_size:
         raise DecodeError(
