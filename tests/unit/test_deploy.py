@@ -21,6 +21,7 @@ A missing tool (systemd-analyze, kubernetes-validate) skips its tests, except wh
 from __future__ import annotations
 
 import configparser
+import contextlib
 import copy
 import ctypes
 import json
@@ -47,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 SYSTEMD = DEPLOY / "systemd"
 K8S = DEPLOY / "kubernetes"
+K8S_BASE = K8S / "base"
 CONTAINERFILE = DEPLOY / "container" / "Containerfile"
 INSTALLED_BINARY = "/opt/atls-proxy/bin/atls-proxy"  # ExecStart= of the shipped units
 K8S_VERSION = "1.30"  # native sidecars (1.29) and the preStop sleep action (beta, on, 1.30)
@@ -471,7 +473,7 @@ def k8s_validate(doc: dict[str, Any]) -> None:
 
 
 def manifest_files() -> list[Path]:
-    return sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+    return sorted(p for p in K8S_BASE.glob("*.yaml") if p.name != "kustomization.yaml")
 
 
 def load_docs(path: Path) -> list[dict[str, Any]]:
@@ -508,13 +510,32 @@ def test_strict_validation_rejects_unknown_fields() -> None:
 
 
 def test_kustomization_lists_every_manifest() -> None:
-    kust = yaml_module().safe_load((K8S / "kustomization.yaml").read_text())
+    kust = yaml_module().safe_load((K8S_BASE / "kustomization.yaml").read_text())
     assert kust["kind"] == "Kustomization"
     assert sorted(kust["resources"]) == sorted(p.name for p in manifest_files())
-    overlay = yaml_module().safe_load(
-        (K8S / "overlays/tee-configfs-tsm/kustomization.yaml").read_text()
-    )
-    assert overlay["resources"] == ["../.."]
+    assert yaml_module().safe_load((K8S / "kustomization.yaml").read_text())["resources"] == [
+        "base"
+    ]
+    assert [p.name for p in K8S.glob("*.yaml")] == ["kustomization.yaml"]  # the rest: base/
+    overlay_dir = K8S / "overlays/tee-configfs-tsm"
+    overlay = yaml_module().safe_load((overlay_dir / "kustomization.yaml").read_text())
+    (base,) = overlay["resources"]
+    # kustomize refuses an overlay inside the folder it builds on (a cycle): it was ../.. once.
+    resolved = (overlay_dir / base).resolve()
+    assert resolved == K8S_BASE.resolve() and not overlay_dir.resolve().is_relative_to(resolved)
+
+
+def test_kustomize_builds_the_base_and_the_overlay() -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed (the structural test above still runs)")
+    for target in (K8S, K8S / "overlays/tee-configfs-tsm"):
+        res = subprocess.run(
+            [kubectl, "kustomize", str(target)], capture_output=True, text=True, timeout=60
+        )
+        assert res.returncode == 0, (target, res.stderr)
+        kinds = [d["kind"] for d in yaml_module().safe_load_all(res.stdout) if d]
+        assert kinds.count("Deployment") == 2, (target, kinds)
 
 
 def _pointer(path: str) -> list[str]:
@@ -801,3 +822,49 @@ def test_the_image_does_not_expose_connects_plaintext_port() -> None:
     assert exposed == {"8443", "9901"}, exposed
     listen = configmap_config("web-client")["client"]["listen"]
     assert listen.startswith("127.0.0.1:"), listen
+
+
+@pytest.mark.skipif(
+    shutil.which("unshare") is None or os.geteuid() != 0,
+    reason="needs unshare and root (a PID namespace)",
+)
+@pytest.mark.parametrize("deployment", ["web", "web-client"])
+def test_the_example_workload_stops_on_sigterm_as_pid_1(deployment: str, tmp_path: Path) -> None:
+    # In its container the workload is PID 1, and the kernel delivers no SIGTERM to a PID 1
+    # without a handler: the pod would wait for the grace period's SIGKILL, and the sidecar's
+    # drain would be cut short (docs/OPERATIONS.md, termination order). Run it as PID 1 of a new
+    # PID namespace and send SIGTERM.
+    (c,) = pod_specs()[deployment]["containers"]
+    argv = [str(a) for a in c.get("command", []) + c.get("args", [])]
+    port = 0
+    if deployment == "web":
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        argv = [sys.executable if a == "python3" else str(port) if a == "8080" else a for a in argv]
+        argv = [str(tmp_path) if a == "/srv/www" else a for a in argv]
+    proc = subprocess.Popen(
+        ["unshare", "--pid", "--fork", *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        deadline = time.monotonic() + 10
+        while not children.read_text().split() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        (pid1,) = map(int, children.read_text().split())
+        if port:  # serving: its handler is installed
+            while time.monotonic() < deadline:
+                with socket.socket() as s, contextlib.suppress(OSError):
+                    s.connect(("127.0.0.1", port))
+                    break
+                time.sleep(0.05)
+        else:
+            time.sleep(0.5)  # the shell has read its trap
+        os.kill(pid1, signal.SIGTERM)
+        assert proc.wait(timeout=5) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
