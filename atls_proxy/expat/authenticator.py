@@ -69,6 +69,7 @@ from atls_proxy.expat.messages import (
     split_handshake_messages,
 )
 from atls_proxy.expat.schemes import SigningKey
+from atls_proxy.expat.spki import canonical_key_problem
 from atls_proxy.expat.wire import opaque
 
 Exporter = Callable[[bytes, int, bytes], bytes]
@@ -341,8 +342,12 @@ Leaf = tuple[x509.Certificate, CertificatePublicKeyTypes, bytes]
 @keep_short(16 * 1024, maxsize=64)
 def parse_leaf(der: bytes) -> Leaf:
     """The certificate in ``der``, its public key and DER SPKI; raises what ``cryptography``
-    raises for a certificate or key it cannot use."""
+    raises for a certificate or key it cannot use, and ValueError for a key this profile cannot
+    bind evidence to (expat/spki.py)."""
     leaf = x509.load_der_x509_certificate(der)
+    problem = canonical_key_problem(leaf, der)
+    if problem is not None:
+        raise ValueError(f"unsupported end-entity key: {problem}")
     key = leaf.public_key()
     return leaf, key, key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
 

@@ -89,7 +89,8 @@ def schemes_for_key(
     """The TLS 1.3 schemes a key can sign with, most preferred first.
 
     rsa_pss_pss_* need an RSASSA-PSS SPKI, which ``cryptography`` keys do not carry; RSA keys here
-    are rsaEncryption keys and use rsa_pss_rsae_* (RFC 8446 §4.2.3).
+    are rsaEncryption keys and use rsa_pss_rsae_* (RFC 8446 §4.2.3): certificates with an
+    RSASSA-PSS key are refused before a key reaches this (expat/spki.py).
     """
     cls = type(key)
     if cls in _EC_CLASSES:  # the per-signature path: no ABC isinstance checks

@@ -26,6 +26,7 @@ from OpenSSL import SSL
 
 from atls_proxy.errors import ConfigError
 from atls_proxy.expat.schemes import SIGNING_KEY_TYPES, SigningKey
+from atls_proxy.expat.spki import canonical_key_problem
 
 # A certificate or key file larger than this is not a certificate or key.
 MAX_PEM_FILE = 1024 * 1024
@@ -74,6 +75,12 @@ def load_server_identity(cert_path: Path, key_path: Path) -> ServerIdentity:
         raise ConfigError(
             "server.private_key", f"{key_path}: unsupported key type {type(key).__name__}"
         )
+    try:
+        problem = canonical_key_problem(chain[0])
+    except ValueError as exc:
+        problem = f"its DER does not parse: {exc}"
+    if problem is not None:
+        raise ConfigError("server.certificate", f"{cert_path}: unsupported certificate: {problem}")
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
     der = serialization.Encoding.DER
     if key.public_key().public_bytes(der, spki) != chain[0].public_key().public_bytes(der, spki):
