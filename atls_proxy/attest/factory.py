@@ -28,6 +28,8 @@ from atls_proxy.attest.software import SoftwareAttester
 from atls_proxy.attest.tpm import TpmAttester
 from atls_proxy.errors import AttestationUnavailable, ConfigError
 from atls_proxy.ops.config import AttesterConfig, ConfigfsTsmAttesterConfig, TpmAttesterConfig
+from atls_proxy.ops.files import read_capped
+from atls_proxy.tls.context import MAX_PEM_FILE
 
 
 def build_attester(cfg: AttesterConfig, *, tsm_ops: TsmOps | None = None) -> Attester:
@@ -51,7 +53,10 @@ def _software(cfg: AttesterConfig) -> Attester:
     if sw is None:
         raise ConfigError("attester.software", "missing [attester.software] table")
     try:
-        key = serialization.load_pem_private_key(sw.platform_key.read_bytes(), password=None)
+        pem = read_capped(sw.platform_key, MAX_PEM_FILE)
+        if len(pem) > MAX_PEM_FILE:
+            raise ValueError(f"larger than {MAX_PEM_FILE} bytes: not a key file")
+        key = serialization.load_pem_private_key(pem, password=None)
     except (OSError, ValueError, TypeError) as exc:
         raise ConfigError("attester.software.platform_key", f"{sw.platform_key}: {exc}") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from atls_proxy.errors import ConfigError, DecodeError
+from atls_proxy.ops.files import read_capped
 from atls_proxy.untrusted import json_loads
 from atls_proxy.verify.cca.trust import (
     MAX_KEY_FILE_SIZE,
@@ -60,8 +61,7 @@ _REALM_KEYS = (
 
 def _read(path: Path, limit: int) -> bytes:
     try:
-        with path.open("rb") as f:
-            data = f.read(limit + 1)
+        data = read_capped(path, limit)
     except OSError as exc:
         raise ConfigError(str(path), f"cannot read: {exc.strerror or exc}") from exc
     if len(data) > limit:

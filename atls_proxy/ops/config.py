@@ -51,6 +51,7 @@ from atls_proxy.attest.software import (
 from atls_proxy.errors import ConfigError
 from atls_proxy.expat.binding import DEFAULT_EXPORTER_LABEL
 from atls_proxy.expat.profile import DEFAULT_EXTENSION_TYPE
+from atls_proxy.ops.files import read_capped
 from atls_proxy.untrusted import toml_loads
 
 # A configuration file larger than this is a mistake (a key or a log pointed at by accident).
@@ -440,8 +441,7 @@ def _read_toml(path: str | Path) -> tuple[dict[str, Any], Path]:
     """Parse the file; return the document and the folder relative paths resolve against."""
     p = Path(path)
     try:
-        with p.open("rb") as fh:
-            raw = fh.read(MAX_CONFIG_FILE + 1)
+        raw = read_capped(p, MAX_CONFIG_FILE)
     except OSError as exc:
         raise ConfigError("config", f"cannot read {p}: {exc.strerror or exc}") from None
     if len(raw) > MAX_CONFIG_FILE:

@@ -13,6 +13,7 @@ from types import ModuleType
 from typing import Any
 
 from atls_proxy.errors import ConfigError
+from atls_proxy.ops.files import read_capped
 from atls_proxy.verify.base import Verifier
 from atls_proxy.verify.policy import HARDWARE_FORMATS, Policy
 from atls_proxy.verify.result import Appraisal
@@ -71,11 +72,11 @@ def verifiers_for_policy(policy: Policy, policy_file: Path) -> list[Verifier]:
 def read_evidence(path: Path) -> bytes:
     """Evidence bytes from a file; a file holding only hex digits (and whitespace) is decoded."""
     try:
-        if path.stat().st_size > MAX_EVIDENCE_FILE:
-            raise ConfigError("evidence", f"{path} is larger than {MAX_EVIDENCE_FILE} bytes")
-        data = path.read_bytes()
+        data = read_capped(path, MAX_EVIDENCE_FILE)
     except OSError as exc:
         raise ConfigError("evidence", f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_EVIDENCE_FILE:
+        raise ConfigError("evidence", f"{path} is larger than {MAX_EVIDENCE_FILE} bytes")
     # Whitespace anywhere (``xxd -p`` writes 60 digits a line) is not part of the hex digits.
     digits = b"".join(data.split())
     if digits and len(digits) % 2 == 0 and all(chr(c) in string.hexdigits for c in digits):

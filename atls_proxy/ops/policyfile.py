@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from atls_proxy.errors import ConfigError
+from atls_proxy.ops.files import read_capped
 from atls_proxy.untrusted import toml_loads
 from atls_proxy.verify.policy import MAX_KEY_FILE_SIZE, Policy, parse_policy
 
@@ -14,9 +15,9 @@ MAX_POLICY_FILE_SIZE = 1024 * 1024
 
 
 def _read_bounded(path: Path, limit: int) -> bytes:
-    """Read at most ``limit + 1`` bytes, so the caller can tell an oversized file. OSError passes."""
-    with path.open("rb") as f:
-        return f.read(limit + 1)
+    """Read at most ``limit + 1`` bytes of a regular file, so the caller can tell an oversized
+    file (ops/files.py: a FIFO or a device named in a policy must not hang). OSError passes."""
+    return read_capped(path, limit)
 
 
 def load_policy(path: str | Path) -> Policy:
@@ -89,9 +90,16 @@ def trust_files(path: str | Path) -> list[Path]:
         for folder in (collateral, certs):
             if not folder:
                 continue
+            # The top level only, as the loaders read it (ops/*_files.py), and never more
+            # entries than the cap: a folder such as /usr must not stall every interval.
+            entries: list[Path] = []
             try:
-                entries = sorted(p for p in (base / folder).rglob("*") if p.is_file())
+                for p in (base / folder).iterdir():
+                    entries.append(p)
+                    if len(entries) > MAX_WATCHED_TRUST_FILES:
+                        break
             except OSError:
                 continue
-            out += entries[: max(0, MAX_WATCHED_TRUST_FILES - len(out))]
+            files = sorted(p for p in entries if p.is_file())
+            out += files[: max(0, MAX_WATCHED_TRUST_FILES - len(out))]
     return out

@@ -63,6 +63,7 @@ from atls_proxy.expat.tiers import Tier
 from atls_proxy.ops import systemd
 from atls_proxy.ops.admin import AdminServer
 from atls_proxy.ops.config import Address, ClientConfig, OpsConfig, ServerConfig
+from atls_proxy.ops.files import read_capped
 from atls_proxy.ops.metrics import Metrics
 from atls_proxy.proxy.listener import Listener
 
@@ -140,13 +141,18 @@ def _socket_address(sock: socket.socket) -> Address:
     return Address("tcp", str(host), int(port))
 
 
+# file_revision reads at most this much of each watched file (the largest trust files, CRLs, are
+# a few MiB): a revision is a change detector, not a checksum of gigabytes.
+MAX_REVISION_READ = 16 * 1024 * 1024
+
+
 def file_revision(paths: Iterable[Path]) -> str:
     """A short digest of the watched files' contents (the ``/status`` config revision)."""
     h = hashlib.sha256()
     for p in paths:
         h.update(str(p).encode() + b"\0")
         try:
-            h.update(p.read_bytes())
+            h.update(read_capped(p, MAX_REVISION_READ))
         except OSError as exc:
             h.update(f"<{exc.strerror}>".encode())
     return h.hexdigest()[:16]
@@ -487,13 +493,14 @@ class Runtime:
         without a new change (a TEE that recovers)."""
         interval = self.ops.reload_interval  # restart-only: fixed for this process
         max_ticks = max(1, int(RETRY_BACKOFF_MAX // interval))
-        last = _stat_fingerprint(self._watched())
+        # Listing the files reads the policy (and lists trust folders): off the event loop.
+        last = await asyncio.to_thread(lambda: _stat_fingerprint(self._watched()))
         unloaded = False  # a change seen here is not loaded yet (its reload failed or waits)
         attempts = 0  # failed reloads of that change
         wait = 0  # intervals left before the next retry
         while True:
             await asyncio.sleep(interval)
-            now = _stat_fingerprint(self._watched())
+            now = await asyncio.to_thread(lambda: _stat_fingerprint(self._watched()))
             if now != last:
                 last, unloaded, attempts, wait = now, True, 0, 0
             elif not unloaded or self._reload_lock.locked():

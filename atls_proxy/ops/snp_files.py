@@ -31,6 +31,7 @@ from importlib import resources
 from pathlib import Path
 
 from atls_proxy.errors import ConfigError, DecodeError
+from atls_proxy.ops.files import read_capped
 from atls_proxy.verify.snp.trust import MAX_CRL_SIZE, SnpTrust, build_snp_trust
 
 # Certificate files hold one certificate or a short chain: 64 KiB is far above any real one and
@@ -52,8 +53,7 @@ CRL_SUFFIXES = (".crl",)
 
 def _read(path: Path, limit: int) -> bytes:
     try:
-        with path.open("rb") as f:
-            data = f.read(limit + 1)
+        data = read_capped(path, limit)
     except OSError as exc:
         raise ConfigError(str(path), f"cannot read: {exc.strerror or exc}") from exc
     if len(data) > limit:

@@ -32,6 +32,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from atls_proxy.errors import ConfigError, DecodeError
+from atls_proxy.ops.files import read_capped
 from atls_proxy.verify.tdx.collateral import (
     MAX_COLLATERAL_JSON_SIZE,
     MAX_CRL_SIZE,
@@ -61,8 +62,7 @@ T = TypeVar("T")
 
 def _read(path: Path, limit: int) -> bytes:
     try:
-        with path.open("rb") as f:
-            data = f.read(limit + 1)
+        data = read_capped(path, limit)
     except OSError as exc:
         raise ConfigError(str(path), f"cannot read: {exc.strerror or exc}") from exc
     if len(data) > limit:

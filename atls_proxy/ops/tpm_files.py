@@ -27,6 +27,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from atls_proxy.errors import ConfigError, DecodeError
+from atls_proxy.ops.files import read_capped
 from atls_proxy.verify.tpm.azure import MAX_HCL_REPORT_SIZE, parse_hcl_report
 from atls_proxy.verify.tpm.evidence import MAX_JSON_SIZE, decode_evidence, evidence_from_json
 from atls_proxy.verify.tpm.trust import (
@@ -45,8 +46,7 @@ KEY_SUFFIXES = (".pem", ".pub", ".der", ".json", ".jwk")
 
 def _read(path: Path, limit: int) -> bytes:
     try:
-        with path.open("rb") as f:
-            data = f.read(limit + 1)
+        data = read_capped(path, limit)
     except OSError as exc:
         raise ConfigError(str(path), f"cannot read: {exc.strerror or exc}") from exc
     if len(data) > limit:

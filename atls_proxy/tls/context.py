@@ -27,6 +27,7 @@ from OpenSSL import SSL
 from atls_proxy.errors import ConfigError
 from atls_proxy.expat.schemes import SIGNING_KEY_TYPES, SigningKey
 from atls_proxy.expat.spki import canonical_key_problem
+from atls_proxy.ops.files import read_capped
 
 # A certificate or key file larger than this is not a certificate or key.
 MAX_PEM_FILE = 1024 * 1024
@@ -46,11 +47,12 @@ class ServerIdentity:
 
 def _read(path: Path, key: str) -> bytes:
     try:
-        if path.stat().st_size > MAX_PEM_FILE:
-            raise ConfigError(key, f"{path} is larger than {MAX_PEM_FILE} bytes")
-        return path.read_bytes()
+        data = read_capped(path, MAX_PEM_FILE)
     except OSError as exc:
         raise ConfigError(key, f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_PEM_FILE:
+        raise ConfigError(key, f"{path} is larger than {MAX_PEM_FILE} bytes")
+    return data
 
 
 def load_certificates(path: Path, key: str) -> list[x509.Certificate]:
