@@ -91,6 +91,20 @@ def build_client_settings(cfg: ClientConfig) -> ClientSettings:
         log.warning(
             "verify_pki = false: the server's PKI identity is NOT checked (insecure; attestation alone)"
         )
+    # What a policy accepts that weakens the verdict is said at every load, not only in the file.
+    if policy.software is not None and policy.software.allow_simulated:
+        log.warning(
+            "policy %s accepts SIMULATED software evidence (software.allow_simulated = true): it "
+            "has no hardware root of trust and proves nothing about the server; development only",
+            cfg.policy,
+        )
+    if Tier.CACHED in policy.freshness.tiers:
+        log.warning(
+            "policy %s accepts the cached tier: its per-connection binding is the server's TLS "
+            "key's signature alone, so whoever holds that key can present the genuine server's "
+            "evidence (docs/SECURITY.md)",
+            cfg.policy,
+        )
     if cfg.server.kind != "tcp":
         raise ConfigError("client.server", "the server is reached over TCP (HOST:PORT)")
     return ClientSettings(

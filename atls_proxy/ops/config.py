@@ -397,6 +397,16 @@ _CLIENT_KEYS = (
     *_OPS_KEYS,
 )
 _EXPAT_KEYS = ("exporter_label", "extension_type", "request_header_in_transcript")
+# RFC 8446 §4.2's table: the extensions a CertificateRequest (CR) or a CertificateEntry (CT) may
+# carry. cmw_attestation on one of them would collide (13 is in every request this client sends).
+_RESERVED_EXTENSIONS = {
+    5: "status_request",
+    13: "signature_algorithms",
+    18: "signed_certificate_timestamp",
+    47: "certificate_authorities",
+    48: "oid_filters",
+    50: "signature_algorithms_cert",
+}
 _ATTESTER_KEYS = ("kind", "software", "tier", "epoch_seconds", "quote_timeout", "max_waiters")
 _SOFTWARE_KEYS = ("platform_key", "measurements", "simulated_quote_ms")
 # The hardware attesters' tables beside [attester.software] (documented in docs/ATTESTERS.md and
@@ -606,9 +616,17 @@ def _expat(root: _Table) -> ExpatConfig:
             t.key("exporter_label"),
             f"expected 1..{MAX_EXPORTER_LABEL} printable ASCII characters, got {label!r}",
         )
+    ext = t.integer("extension_type", d.extension_type, 0, 0xFFFF)
+    assert ext is not None
+    if ext in _RESERVED_EXTENSIONS:
+        raise ConfigError(
+            t.key("extension_type"),
+            f"{ext} is {_RESERVED_EXTENSIONS[ext]}, which authenticator requests and certificate "
+            "entries already carry (RFC 8446 §4.2): cmw_attestation needs a code point of its own",
+        )
     return ExpatConfig(
         exporter_label=label.encode("ascii"),
-        extension_type=t.integer("extension_type", d.extension_type, 0, 0xFFFF),
+        extension_type=ext,
         request_header_in_transcript=t.boolean(
             "request_header_in_transcript", d.request_header_in_transcript
         ),

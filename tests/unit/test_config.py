@@ -426,6 +426,10 @@ SERVER_RULES: list[tuple[str, str, str | None, str]] = [
     ("expat", "extension_type", "0x1_0000", "expat.extension_type"),
     ("expat", "extension_type", "true", "expat.extension_type"),
     ("expat", "extension_type", '"0xFF00"', "expat.extension_type"),
+    # code points authenticator requests and certificate entries already use (RFC 8446 §4.2)
+    ("expat", "extension_type", "13", "expat.extension_type"),
+    ("expat", "extension_type", "18", "expat.extension_type"),
+    ("expat", "extension_type", "50", "expat.extension_type"),
     ("expat", "request_header_in_transcript", "1", "expat.request_header_in_transcript"),
     ("expat", "request_header_in_transcript", '"true"', "expat.request_header_in_transcript"),
     # [attester]
@@ -1222,3 +1226,27 @@ def test_serve_tpm_example_lists_every_key_with_a_comment(tmp_path: Path) -> Non
     assert s.attester.tpm == c.TpmAttesterConfig(
         **{**doc["attester"]["tpm"], "pcrs": (0, 1, 2, 3, 4, 5, 6, 7)}
     )
+
+
+def test_connect_says_what_its_policy_accepts_that_weakens_the_verdict(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The dev policy accepts simulated evidence and the cached tier: both are said at each
+    # load, as serve says it runs a SIMULATED attester; a policy without them says nothing.
+    from atls_proxy.app import build_client_settings
+
+    dev_init(tmp_path)
+    with caplog.at_level("WARNING", logger="atls_proxy"):
+        build_client_settings(c.load_client_config(tmp_path / "connect.toml"))
+    assert "accepts SIMULATED software evidence" in caplog.text, caplog.text
+    assert "accepts the cached tier" in caplog.text, caplog.text
+    policy = tmp_path / "policy.toml"
+    text = policy.read_text()
+    assert '"cached"' in text
+    policy.write_text(
+        text.replace(', "cached"', "").replace("allow_simulated = true", "allow_simulated = false")
+    )
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="atls_proxy"):
+        build_client_settings(c.load_client_config(tmp_path / "connect.toml"))
+    assert "accepts" not in caplog.text, caplog.text
