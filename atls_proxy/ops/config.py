@@ -31,6 +31,7 @@ from __future__ import annotations
 import datetime
 import difflib
 import ipaddress
+import logging
 import math
 import os
 import re
@@ -53,6 +54,8 @@ from atls_proxy.expat.binding import DEFAULT_EXPORTER_LABEL
 from atls_proxy.expat.profile import DEFAULT_EXTENSION_TYPE
 from atls_proxy.ops.files import read_capped
 from atls_proxy.untrusted import toml_loads
+
+log = logging.getLogger(__name__)
 
 # A configuration file larger than this is a mistake (a key or a log pointed at by accident).
 MAX_CONFIG_FILE = 1024 * 1024
@@ -566,8 +569,11 @@ class _Table:
             )
         return float(v)
 
-    def file(self, name: str, *, required: str = "") -> Path | None:
-        """A path relative to the config file's folder that must be a readable regular file."""
+    def file(self, name: str, *, required: str = "", secret: bool = False) -> Path | None:
+        """A path relative to the config file's folder that must be a readable regular file;
+        a ``secret`` (a private key) readable by every user or writable by others is warned
+        about (the TLS key is also the cached tier's AIK: whoever reads it can impersonate the
+        server)."""
         v = self.string(name, required=required)
         if v is None:
             return None
@@ -588,6 +594,14 @@ class _Table:
             raise ConfigError(key, f"not a regular file: {p}")
         if not os.access(p, os.R_OK):
             raise ConfigError(key, f"file not readable by this process: {p}")
+        if secret and st.st_mode & 0o026:
+            log.warning(
+                "%s: the private key %s has mode %04o: %s; make it 0600 (or 0640 for a group)",
+                key,
+                p,
+                stat.S_IMODE(st.st_mode),
+                "writable by others" if st.st_mode & 0o022 else "readable by every user",
+            )
         return p
 
 
@@ -821,7 +835,9 @@ def _attester(root: _Table) -> AttesterConfig:
             "platform_key and [attester.software.measurements]",
         )
     sw = t.table("software", _SOFTWARE_KEYS)
-    key = sw.file("platform_key", required="the PEM private key of the simulated platform")
+    key = sw.file(
+        "platform_key", required="the PEM private key of the simulated platform", secret=True
+    )
     assert key is not None
     meas = sw.table("measurements", None)
     if len(meas.data) > MAX_MEASUREMENTS:
@@ -901,7 +917,7 @@ def load_server_config(
             "really intended",
         )
     cert = s.file("certificate", required="the PEM certificate chain of the TLS listener")
-    key = s.file("private_key", required="the PEM private key of the certificate")
+    key = s.file("private_key", required="the PEM private key of the certificate", secret=True)
     assert cert is not None and key is not None
     return ServerConfig(
         listen=listen_addr,

@@ -1250,3 +1250,24 @@ def test_connect_says_what_its_policy_accepts_that_weakens_the_verdict(
     with caplog.at_level("WARNING", logger="atls_proxy"):
         build_client_settings(c.load_client_config(tmp_path / "connect.toml"))
     assert "accepts" not in caplog.text, caplog.text
+
+
+@pytest.mark.parametrize(
+    "mode,said",
+    [(0o600, None), (0o640, None), (0o644, "readable by every user"), (0o660, "writable")],
+)
+def test_a_private_key_open_to_others_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: int, said: str | None
+) -> None:
+    # The TLS key is also the cached tier's AIK: whoever can read it can impersonate the server.
+    dev_init(tmp_path)
+    for name in ("server-key.pem", "platform-key.pem"):
+        (tmp_path / name).chmod(mode)
+    with caplog.at_level("WARNING", logger="atls_proxy.ops.config"):
+        c.load_server_config(tmp_path / "serve.toml")
+    warned = [r.getMessage() for r in caplog.records if "private key" in r.getMessage()]
+    if said is None:
+        assert warned == [], warned
+    else:
+        assert len(warned) == 2 and all(said in w for w in warned), warned
+        assert any(w.startswith("server.private_key") for w in warned), warned
