@@ -90,7 +90,9 @@ def load_cca_trust(collateral_dir: Path | None, certs_dir: Path | None = None) -
     """
     folders = [Path(d) for d in (certs_dir, collateral_dir) if d is not None]
     if not folders:
-        raise ConfigError("cca.certs", "a folder with the trusted CPAK public keys is required")
+        raise ConfigError(
+            "trust.cca.certs", "a folder with the trusted CPAK public keys is required"
+        )
     keys: list[TrustedCpak] = []
     for folder in folders:
         for path in _listing(folder):

@@ -128,7 +128,7 @@ def load_tdx_trust(
     """
     if collateral_dir is None:
         raise ConfigError(
-            "tdx.collateral",
+            "trust.tdx.collateral",
             "a collateral folder is required (TCB Info, QE Identity, PCK CRL, root CA CRL)",
         )
     collateral = _listing(Path(collateral_dir), "collateral")

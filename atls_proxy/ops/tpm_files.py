@@ -97,7 +97,7 @@ def load_tpm_trust(collateral_dir: Path | None, certs_dir: Path | None = None) -
     """
     folders = [Path(d) for d in (certs_dir, collateral_dir) if d is not None]
     if not folders:
-        raise ConfigError("tpm.certs", "a folder with the trusted AK public keys is required")
+        raise ConfigError("trust.tpm.certs", "a folder with the trusted AK public keys is required")
     aks: list[TrustedAk] = []
     for folder in folders:
         for path in _listing(folder):

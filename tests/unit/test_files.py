@@ -63,3 +63,21 @@ def test_check_config_on_a_fifo_exits_2_instead_of_hanging(tmp_path: Path, where
     res = run_cli("check-config", str(target), timeout=30)  # TimeoutExpired if it hangs
     assert res.returncode == 2, res.stderr
     assert "not a regular file" in res.stderr, res.stderr
+
+
+def test_a_missing_trust_folder_names_the_policy_key_to_set() -> None:
+    # The key an operator must add is trust.<format>.<folder>: a bare "tdx.collateral" led to
+    # an "unknown key" when followed literally.
+    from atls_proxy.errors import ConfigError
+    from atls_proxy.ops.cca_files import load_cca_trust
+    from atls_proxy.ops.tdx_files import load_tdx_trust
+    from atls_proxy.ops.tpm_files import load_tpm_trust
+
+    for load, key in (
+        (load_tdx_trust, "trust.tdx.collateral"),
+        (load_cca_trust, "trust.cca.certs"),
+        (load_tpm_trust, "trust.tpm.certs"),
+    ):
+        with pytest.raises(ConfigError) as e:
+            load(None)
+        assert e.value.key == key, (load, e.value.key)
