@@ -152,7 +152,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     elif kind == "client":
         build_client_settings(load_client_config(args.file))
     else:
-        load_policy(args.file)
+        # What connect does with it: the policy, then its hardware sections' trust material.
+        from atls_proxy.ops.evidence import verifiers_for_policy
+
+        verifiers_for_policy(load_policy(args.file), Path(args.file))
     print(f"{args.file}: OK ({kind} configuration)")
     return 0
 

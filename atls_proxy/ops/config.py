@@ -1030,16 +1030,20 @@ def load_config(
 
 
 def detect_config_kind(path: str | Path) -> Literal["server", "client", "policy"]:
-    """What a file is, by its top-level tables: [server], [client], or [policy]/[software]."""
+    """What a file is, by its top-level tables: [server], [client], or a policy's ([policy],
+    [software], [freshness], [trust] or a hardware format's section)."""
+    from atls_proxy.verify.policy import POLICY_SECTIONS
+
     data, _ = _read_toml(path)
     if "server" in data:
         return "server"
     if "client" in data:
         return "client"
-    if "software" in data or "policy" in data:
+    if any(k in data for k in POLICY_SECTIONS):
         return "policy"
     raise ConfigError(
         "config",
-        f"{path} has no [server], [client], [policy] or [software] table; "
-        "cannot tell what kind of file it is",
+        f"{path} has no [server], [client] or policy table ("
+        + ", ".join(f"[{k}]" for k in POLICY_SECTIONS)
+        + "); cannot tell what kind of file it is",
     )

@@ -66,6 +66,8 @@ _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 # Hardware evidence formats: each has a package atls_proxy.verify.<fmt> with parse_<fmt>_policy().
 HARDWARE_FORMATS = ("tdx", "snp", "cca", "tpm")
 _TOP_LEVEL_KEYS = ("policy", "software", "freshness", "trust", *HARDWARE_FORMATS)
+# The tables that make a TOML file a policy (ops/config.py: detect_config_kind).
+POLICY_SECTIONS = _TOP_LEVEL_KEYS
 _TRUST_KEYS = ("collateral", "certs")
 _FRESHNESS_KEYS = ("tiers", "max_epoch_age")
 # The cached tier's evidence is as old as its epoch; five minutes unless the policy says otherwise.

@@ -81,3 +81,17 @@ def test_a_missing_trust_folder_names_the_policy_key_to_set() -> None:
         with pytest.raises(ConfigError) as e:
             load(None)
         assert e.value.key == key, (load, e.value.key)
+
+
+def test_check_config_on_a_policy_loads_what_connect_loads(tmp_path: Path) -> None:
+    # A policy with only a hardware section is a policy (it was "cannot tell what kind of file
+    # it is"), and its trust folders are loaded as connect loads them (it said OK, and connect
+    # then exited 2).
+    tdx_only = tmp_path / "tdx-policy.toml"
+    tdx_only.write_text("[tdx]\n")
+    res = run_cli("check-config", str(tdx_only), timeout=60)
+    assert res.returncode == 2 and "trust.tdx.collateral" in res.stderr, res.stderr
+    dev = tmp_path / "dev"
+    dev_init(dev)
+    res = run_cli("check-config", str(dev / "policy.toml"), timeout=60)
+    assert res.returncode == 0 and "OK (policy configuration)" in res.stdout, res.stderr
