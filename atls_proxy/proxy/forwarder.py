@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from atls_proxy.proxy.client import AttestationFailed, ClientSettings, open_attested
 from atls_proxy.proxy.conn import Conn
 from atls_proxy.proxy.listener import Listener, Outcome, log_closed, log_event, monotonic_ms
-from atls_proxy.proxy.pump import IdleTimeout, pump
+from atls_proxy.proxy.pump import IdleTimeout, PumpStats, pump
 from atls_proxy.tls.engine import TLSError
 
 if TYPE_CHECKING:
@@ -80,6 +80,8 @@ class ClientForwarder(Listener):
                     duration_ms=monotonic_ms(t0),
                 )
                 if check in _PRE_ATTESTATION:
+                    if check == "tcp.connect" and m is not None:
+                        m.backend_connect_error()  # the server is this side's backend
                     return Outcome(_PRE_ATTESTATION[check])
                 if m is not None:
                     m.attestation_requested()
@@ -98,21 +100,29 @@ class ClientForwarder(Listener):
                 simulated=conn.report.simulated,
                 setup_ms=monotonic_ms(t0),
             )
+            # Seen from the client side, the "backend" is the attested server.
+            moved = PumpStats()  # counted into by the pump, read however it ends
             try:
-                stats = await pump(conn.stream, local, settings.timeouts.idle)
+                await pump(conn.stream, local, settings.timeouts.idle, stats=moved)
                 log_closed(
                     log,
                     t0,
                     "attested",
                     server=target,
-                    to_client=stats.tls_to_plain,
-                    to_backend=stats.plain_to_tls,
+                    to_client=moved.tls_to_plain,
+                    to_backend=moved.plain_to_tls,
                 )
-                # Seen from the client side, the "backend" is the attested server.
-                return Outcome("completed", stats.plain_to_tls, stats.tls_to_plain)
+                return Outcome("completed", moved.plain_to_tls, moved.tls_to_plain)
             except IdleTimeout:
-                log_closed(log, t0, "idle-timeout", server=target)
-                return Outcome("idle_timeout")
+                log_closed(
+                    log,
+                    t0,
+                    "idle-timeout",
+                    server=target,
+                    to_client=moved.tls_to_plain,
+                    to_backend=moved.plain_to_tls,
+                )
+                return Outcome("idle_timeout", moved.plain_to_tls, moved.tls_to_plain)
             except (TLSError, ConnectionError, OSError) as exc:
                 # A cut or failed stream: the local program gets a reset, not a clean end (a
                 # truncated TLS stream passed on as EOF would undo TLS's truncation protection),
@@ -127,9 +137,11 @@ class ClientForwarder(Listener):
                     server=target,
                     result="broken",
                     reason=str(exc),
+                    to_client=moved.tls_to_plain,
+                    to_backend=moved.plain_to_tls,
                     duration_ms=monotonic_ms(t0),
                 )
-                return Outcome("peer_reset")
+                return Outcome("peer_reset", moved.plain_to_tls, moved.tls_to_plain)
             except BaseException:  # cancelled (a forced stop), or a bug: cut, not ended
                 local.reset()
                 conn.stream.reset()

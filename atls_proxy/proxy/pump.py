@@ -77,12 +77,14 @@ class _Pump:
         plain: asyncio.WriteTransport,
         tls_transport: asyncio.Transport,
         done: asyncio.Future[PumpStats],
+        stats: PumpStats,
     ) -> None:
         self.engine = tls.engine
         self.plain = plain
         self.tls = tls_transport
         self.done = done
-        self.stats = PumpStats(last_activity=time.monotonic())
+        self.stats = stats
+        stats.last_activity = time.monotonic()
         self.tls_in_done = False  # the TLS peer sent close_notify
         # Write buffers over their high-water mark (pause_writing, until resume_writing).
         self.tls_full = False
@@ -257,10 +259,16 @@ def _resume(transport: Any) -> None:
 
 
 async def pump(
-    tls: TLSStream, plain: Conn, idle_timeout: float, initial_to_plain: bytes = b""
+    tls: TLSStream,
+    plain: Conn,
+    idle_timeout: float,
+    initial_to_plain: bytes = b"",
+    stats: PumpStats | None = None,
 ) -> PumpStats:
     """Move bytes between ``tls`` (a TLSStream over a ``Conn``) and ``plain`` until both
-    directions ended; ``initial_to_plain``: plaintext already read from ``tls``."""
+    directions ended; ``initial_to_plain``: plaintext already read from ``tls``. ``stats``, when
+    given, is the object counted into: the caller still has the bytes moved when the pump ends
+    in an exception (an idle timeout, a reset)."""
     tls_conn = tls.reader
     if not isinstance(tls_conn, Conn):
         raise TypeError("the pump takes over a TLSStream built on a proxy.conn.Conn")
@@ -268,7 +276,7 @@ async def pump(
     done: asyncio.Future[PumpStats] = loop.create_future()
     tls_tr: Any = tls_conn.transport
     plain_tr: Any = plain.transport
-    p = _Pump(tls, plain_tr, tls_tr, done)
+    p = _Pump(tls, plain_tr, tls_tr, done, stats if stats is not None else PumpStats())
 
     # A side lost before the pump starts (say a local client that reset while the attestation
     # ran) fails it before a byte moves: its request is not forwarded as if it had half-closed.

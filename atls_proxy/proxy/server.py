@@ -49,7 +49,7 @@ from atls_proxy.proxy.listener import (
     monotonic_ms,
     peer_name,
 )
-from atls_proxy.proxy.pump import IdleTimeout, pump
+from atls_proxy.proxy.pump import IdleTimeout, PumpStats, pump
 from atls_proxy.proxy.stream import TLSStream
 from atls_proxy.tls.context import ServerIdentity
 from atls_proxy.tls.engine import TLSEngine, TLSError
@@ -168,6 +168,7 @@ class AttestedServer(Listener):
         # One TLS context / identity per connection: a reload swaps them for later connections.
         keys, config, profile = self.keys, self.config, self.profile
         tls = TLSStream(conn, conn, TLSEngine(keys.ssl_context, server_side=True))
+        moved = PumpStats()  # counted into by the pump, read however the connection ends
         timeouts = config.timeouts
         stage = "tls.handshake"
         try:
@@ -213,7 +214,7 @@ class AttestedServer(Listener):
             backend.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
             stage = "forward"
             try:
-                stats = await pump(tls, backend, timeouts.idle, initial_to_plain=initial)
+                await pump(tls, backend, timeouts.idle, initial_to_plain=initial, stats=moved)
             except IdleTimeout:
                 raise
             except BaseException:
@@ -229,10 +230,10 @@ class AttestedServer(Listener):
                 t0,
                 "unattested" if plain else "attested",
                 peer=peer,
-                to_backend=stats.tls_to_plain,
-                to_client=stats.plain_to_tls,
+                to_backend=moved.tls_to_plain,
+                to_client=moved.plain_to_tls,
             )
-            return Outcome("completed", stats.tls_to_plain, stats.plain_to_tls)
+            return Outcome("completed", moved.tls_to_plain, moved.plain_to_tls)
         except Refused as exc:
             return self._fail(peer, exc.check, str(exc), t0, stage)
         except (ProtocolError, VerificationError) as exc:
@@ -242,18 +243,46 @@ class AttestedServer(Listener):
         except TimeoutError:
             return self._fail(peer, stage, f"timed out in {stage}", t0, stage)
         except IdleTimeout:
-            log_closed(log, t0, "idle-timeout", peer=peer)
-            return Outcome("idle_timeout")
-        except TLSError as exc:
-            return self._fail(
-                peer, stage if stage != "forward" else "tls.record", str(exc), t0, stage
+            log_closed(
+                log,
+                t0,
+                "idle-timeout",
+                peer=peer,
+                to_backend=moved.tls_to_plain,
+                to_client=moved.plain_to_tls,
             )
+            return Outcome("idle_timeout", moved.tls_to_plain, moved.plain_to_tls)
+        except TLSError as exc:
+            if stage == "forward":
+                return self._broken(peer, "tls.record", str(exc), t0, moved)
+            return self._fail(peer, stage, str(exc), t0, stage)
         except (ConnectionError, OSError) as exc:
+            if stage == "forward":
+                return self._broken(peer, stage, f"{type(exc).__name__}: {exc}", t0, moved)
             return self._fail(peer, stage, f"{type(exc).__name__}: {exc}", t0, stage)
         except AttestationUnavailable as exc:
             return self._fail(peer, "attester.evidence", str(exc), t0, stage)
         finally:
             await tls.close()
+
+    def _broken(self, peer: str, check: str, message: str, t0: float, moved: PumpStats) -> Outcome:
+        """A forwarded connection that ended in a reset or a TLS error (a peer going away, or a
+        truncation): the attested connection was served, so it is not a failure of the
+        server's, and the bytes it moved still count (docs/METRICS.md)."""
+        log_event(
+            log,
+            logging.WARNING,
+            "connection",
+            "connection broken",
+            peer=peer,
+            result="broken",
+            check=check,
+            reason=message,
+            to_backend=moved.tls_to_plain,
+            to_client=moved.plain_to_tls,
+            duration_ms=monotonic_ms(t0),
+        )
+        return Outcome("peer_reset", moved.tls_to_plain, moved.plain_to_tls)
 
     def _fail(self, peer: str, check: str, message: str, t0: float, stage: str) -> Outcome:
         self.stats.failed += 1
@@ -283,7 +312,7 @@ class AttestedServer(Listener):
             if m is not None:
                 m.backend_connect_error()
             return Outcome("backend_unavailable")
-        return Outcome("peer_reset" if check == "forward" else "error")
+        return Outcome("error")
 
     async def _attest(
         self, tls: TLSStream, sess: xs.AttesterSession, keys: ServerKeys, config: ServerConfig

@@ -4,6 +4,7 @@ connection floods. None may crash the server, leak a traceback or disturb other 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -42,6 +43,46 @@ def test_backend_down(stack: Stack, ps: Procs) -> None:
     time.sleep(0.2)
     assert "check=backend.connect" in srv.output() and "Traceback" not in srv.output()
     _attest_ok(stack, port)  # attestation itself does not need the backend
+
+
+def test_connect_counts_an_unreachable_server_as_a_backend_error(stack: Stack, ps: Procs) -> None:
+    # For connect the attested server is its backend: a server it cannot reach is a backend
+    # connection error (closed as backend_unavailable, and now counted in
+    # backend_connect_errors_total as serve counts its own).
+    import urllib.request
+
+    from tests.integration.test_operations import metric
+    from tests.support.procs import wait_port
+
+    admin, cport, dead = free_port(), free_port(), free_port()
+    proc = ps.cli(
+        "connect-dead",
+        "connect",
+        "--config",
+        str(stack.dev / "connect.toml"),
+        "--listen",
+        f"127.0.0.1:{cport}",
+        "--server",
+        f"127.0.0.1:{dead}",
+        "--admin",
+        f"127.0.0.1:{admin}",
+    )
+    wait_port(cport, proc)
+    for _ in range(2):
+        with socket.create_connection(("127.0.0.1", cport), timeout=15) as c:
+            c.settimeout(15)
+            with contextlib.suppress(ConnectionResetError):  # a reset or an EOF: both refusals
+                assert c.recv(100) == b""
+    deadline = time.monotonic() + 10
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        errors = metric(text, "atls_proxy_backend_connect_errors_total")
+        closed = metric(text, "atls_proxy_connections_closed_total", reason="backend_unavailable")
+        if closed >= 3 or time.monotonic() > deadline:  # the readiness probe's, and ours
+            break
+        time.sleep(0.1)
+    assert closed >= 3 and errors == closed, (errors, closed)
 
 
 def test_backend_resets_mid_stream(stack: Stack, ps: Procs) -> None:

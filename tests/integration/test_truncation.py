@@ -10,17 +10,19 @@ peer on the far side sees: a reset, not an EOF.
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import struct
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import dev_init, start_client, start_server
-from tests.support.procs import Procs
+from tests.integration.conftest import dev_init, serve_variant, start_client, start_server
+from tests.support.procs import Procs, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -116,12 +118,18 @@ def servers() -> Iterator[list[_Server]]:
 
 
 def _stack(
-    ps: Procs, dev: Path, servers: list[_Server], backend: _Server, cut: tuple[str, int] | None
+    ps: Procs,
+    dev: Path,
+    servers: list[_Server],
+    backend: _Server,
+    cut: tuple[str, int] | None,
+    *serve_args: str,
+    config: str = "serve.toml",
 ) -> int:
     """serve in front of ``backend``, connect in front of serve (through a cutting relay when
     ``cut``); the port of connect's local listener."""
     servers.append(backend)
-    _, sport = start_server(ps, dev / "serve.toml", backend.port)
+    _, sport = start_server(ps, dev / config, backend.port, *serve_args)
     if cut is not None:
         relay = Relay(sport, cut)
         servers.append(relay)
@@ -130,19 +138,66 @@ def _stack(
     return cport
 
 
+def _metrics(admin: int) -> dict[str, float]:
+    """The server's /metrics samples, "name{labels}" -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def _settled(admin: int) -> dict[str, float]:
+    """The metrics once no connection is open (the readiness probes' have ended)."""
+    deadline = time.monotonic() + 10
+    while (m := _metrics(admin)).get("atls_proxy_connections_active", 0) > 0:
+        assert time.monotonic() < deadline, m
+        time.sleep(0.05)
+    return m
+
+
+def _delta(admin: int, before: dict[str, float], until: str) -> dict[str, float]:
+    """The change of every sample since ``before``, once ``until`` went up by one."""
+    deadline = time.monotonic() + 10
+    while True:
+        m = _metrics(admin)
+        d = {k: v - before.get(k, 0.0) for k, v in m.items()}
+        if d.get(until, 0) >= 1:
+            return d
+        assert time.monotonic() < deadline, d
+        time.sleep(0.1)
+
+
+def _status(admin: int) -> dict[str, int]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/status", timeout=10) as r:
+        return dict(json.loads(r.read())["connections"])
+
+
 def test_a_download_cut_on_the_wire_reaches_the_local_program_as_a_reset(
     ps: Procs, dev: Path, servers: list[_Server]
 ) -> None:
     def big(conn: socket.socket) -> None:
-        conn.recv(100)
-        conn.sendall(b"x" * MB)
+        if conn.recv(100):  # (connect's readiness probe asks nothing and gets nothing)
+            conn.sendall(b"x" * MB)
         conn.close()
 
-    cport = _stack(ps, dev, servers, _Server(big), ("down", 200_000))
+    admin = free_port()
+    cport = _stack(
+        ps, dev, servers, _Server(big), ("down", 200_000), "--admin", f"127.0.0.1:{admin}"
+    )
+    before, failed = _settled(admin), _status(admin)["failed"]  # the start-up probes' connections
     with socket.create_connection(("127.0.0.1", cport)) as local:
         local.sendall(b"GET\n")
         n, end = _drain(local)
     assert end == "reset" and n < MB, (n, end)
+    # serve counts it as a connection that broke, with the bytes it moved; not as its failure.
+    m = _delta(admin, before, 'atls_proxy_connections_closed_total{reason="peer_reset"}')
+    assert m['atls_proxy_forwarded_bytes_total{direction="to_client"}'] >= 200_000, m
+    assert m['atls_proxy_forwarded_bytes_total{direction="to_backend"}'] == 4, m
+    assert _status(admin)["failed"] == failed
 
 
 def test_an_upload_cut_on_the_wire_reaches_the_backend_as_a_reset(
@@ -179,6 +234,41 @@ def test_a_backend_reset_reaches_the_local_program_as_a_reset(
         local.sendall(b"GET\n")
         n, end = _drain(local)
     assert end == "reset", (n, end)
+
+
+def test_an_idle_timeout_still_counts_the_bytes_moved(
+    ps: Procs, dev: Path, servers: list[_Server]
+) -> None:
+    # A long-lived connection usually ends this way: its bytes were dropped from
+    # forwarded_bytes_total, which said "added once per connection when it closes".
+    def chatty_then_silent(conn: socket.socket) -> None:
+        if not conn.recv(100):  # connect's readiness probe: nothing asked, nothing sent
+            conn.close()
+            return
+        conn.sendall(b"w" * 50_000)
+        time.sleep(5)
+        conn.close()
+
+    admin = free_port()
+    variant = serve_variant(dev, "idle", "idle_timeout = 1.0")
+    cport = _stack(
+        ps,
+        dev,
+        servers,
+        _Server(chatty_then_silent),
+        None,
+        "--admin",
+        f"127.0.0.1:{admin}",
+        config=variant.name,
+    )
+    before = _settled(admin)  # the start-up probes' connections
+    with socket.create_connection(("127.0.0.1", cport)) as local:
+        local.sendall(b"GET\n")
+        n, _ = _drain(local)
+    assert n == 50_000
+    m = _delta(admin, before, 'atls_proxy_connections_closed_total{reason="idle_timeout"}')
+    assert m['atls_proxy_forwarded_bytes_total{direction="to_client"}'] == 50_000, m
+    assert m['atls_proxy_forwarded_bytes_total{direction="to_backend"}'] == 4, m
 
 
 def test_a_complete_exchange_still_ends_cleanly(
