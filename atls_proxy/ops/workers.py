@@ -17,7 +17,8 @@ supervisor does no proxying. It
 * serves the admin endpoints: ``/readyz`` is 200 when every worker is ready and no drain is under
   way; ``/status`` lists the workers (pid, ready, restarts, last exit code);
 * stops (and exits 2) when a worker exits with 2 — a bad configuration, such as a listen address
-  it cannot bind: every restart would fail the same way;
+  it cannot bind — before the pool was first all ready: every restart would fail the same way
+  (later, a worker that rereads a file being edited is restarted like any other);
 * restarts a worker that exits otherwise while not stopping, with a back-off (1 s doubling to 30 s; reset
   after a worker has run for 60 s), marks its metrics dead and folds its counter and histogram
   files into one archive file per type (``merge_dead_worker_files``), so the metrics folder holds
@@ -324,7 +325,11 @@ class Supervisor:
             log.info("worker %d (pid %d) exited with %d", w.index, pid, code)
             self._check_done()
             return
-        if code == EXIT_CONFIG:
+        if code == EXIT_CONFIG and not self._all_ready_sent:
+            # At start (the pool never was all ready) a configuration error is the operator's
+            # to fix: restarting would fail the same way. Later, a worker restarted while its
+            # file is being edited may read it broken: that one is retried with back-off while
+            # the others keep serving (a reload keeps their state the same way).
             log.error(
                 "worker %d (pid %d) exited with %d (bad configuration; its log says why): "
                 "stopping, a restart would fail the same way",

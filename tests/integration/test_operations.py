@@ -652,6 +652,36 @@ def test_workers_stop_with_exit_2_when_the_port_cannot_be_bound(
     assert list(short_tmpdir.iterdir()) == []  # its temporary folder is gone
 
 
+def test_a_worker_that_restarts_into_a_broken_file_is_retried_not_fatal(
+    tmp_path: Path, ps: Procs, slow_backend: int, short_tmpdir: Path
+) -> None:
+    """Exit 2 stops the pool only at start: a worker that dies later and rereads a file being
+    edited is retried with back-off while the other keeps serving, and comes back once the file
+    is fixed (the pool used to be drained, and systemd's RestartPreventExitStatus=2 kept it
+    down)."""
+    import os
+
+    from tests.support.procs import log_messages
+
+    dev, server, _sport, admin = _serve_workers(tmp_path, ps, slow_backend)
+    cfg = dev / "serve.toml"
+    good = cfg.read_text()
+    cfg.write_text("[server\n")  # mid-edit
+    victim = int(str(_workers(admin)[0]["pid"]))
+    os.kill(victim, signal.SIGKILL)
+    wait_until(
+        lambda: any(" exited with 2 " in m for m in log_messages(server.output())),
+        timeout=20,
+        what="the restarted worker refusing the broken file",
+    )
+    assert server.popen.poll() is None, server.output()  # the supervisor still runs
+    assert _workers(admin)[1]["ready"] is True  # the other worker still serves
+    cfg.write_text(good)
+    wait_until(lambda: get(admin, "/readyz")[0] == 200, timeout=40, what="both ready again")
+    server.popen.send_signal(signal.SIGTERM)
+    assert server.popen.wait(30) == 0, server.output()  # both workers ended cleanly at last
+
+
 def test_workers_sighup_spares_a_starting_worker(
     tmp_path: Path, ps: Procs, slow_backend: int, short_tmpdir: Path
 ) -> None:
