@@ -528,13 +528,14 @@ class EvidenceEngine:
     async def _new_epoch(self, hash_name: str, aik_hash: bytes) -> _Epoch:
         # Whole seconds (the epoch record's unit): start rounded down, the lifetime up, so an
         # epoch is never shorter than configured.
-        # ``expires`` from the unrounded time: an epoch lives at least epoch_seconds from now.
-        now = self._clock()
-        start = int(now)
+        # Whole seconds (the epoch record's unit): start rounded down, the lifetime rounded up,
+        # so the record never says less than configured — and never more than a second more,
+        # which a client's max_epoch_age (counted from start) would refuse at the end. From the
+        # quote, an epoch may live up to a second less; the refresh window (ops/config.py) has
+        # that second.
+        start = int(self._clock())
         epoch = Epoch(
-            start,
-            max(start + 1, math.ceil(now + self._epoch_seconds)),
-            os.urandom(EPOCH_NONCE_LENGTH),
+            start, start + max(1, math.ceil(self._epoch_seconds)), os.urandom(EPOCH_NONCE_LENGTH)
         )
         encoded = epoch.encode()
         digest = epoch_digest(hash_name, encoded)

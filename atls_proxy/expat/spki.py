@@ -18,6 +18,7 @@ TBSCertificate's seventh field, after the optional [0] version), with every leng
 from __future__ import annotations
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 # RFC 4055 §1.2: id-RSASSA-PSS.
@@ -76,11 +77,18 @@ def canonical_key_problem(cert: x509.Certificate, der: bytes | None = None) -> s
             "the rsa_pss_rsae_* schemes (RFC 8446 §4.2.3)"
         )
     own = certificate_spki(der if der is not None else cert.public_bytes(Encoding.DER))
-    encoded = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-    if own != encoded:
+    key = cert.public_key()
+    if own != key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo):
+        how = (
+            "its rsaEncryption parameters must be NULL (RFC 3279 §2.3.1)"
+            if isinstance(key, rsa.RSAPublicKey)
+            else "its EC point must be uncompressed"
+            if isinstance(key, ec.EllipticCurvePublicKey)
+            else "it must be in the key type's canonical DER"
+        )
         return (
-            "its SubjectPublicKeyInfo is not in the canonical DER encoding (e.g. a compressed EC "
-            "point): evidence is bound to the key's canonical SPKI, which would differ from the "
-            "certificate's own bytes; reissue it with an uncompressed point"
+            "its SubjectPublicKeyInfo is not in the canonical DER encoding: evidence is bound "
+            f"to the key's canonical SPKI, which would differ from the certificate's own bytes; "
+            f"reissue it ({how})"
         )
     return None

@@ -30,6 +30,8 @@ without close_notify, which is a truncation), or when neither direction moved fo
 A failure is an exception; the callers then *abort* both connections (a reset, no close_notify),
 so that neither peer mistakes a cut stream for a finished one (the truncation TLS protects
 against, passed on as a clean end). A side already lost when the pump starts fails it at once.
+A unix-socket backend cannot be told: AF_UNIX has no reset, so there the abort reads as an EOF;
+a backend that relies on EOF to delimit its data should be reached over loopback TCP.
 
 No per-chunk logging, no per-chunk metric labels: the counters are plain ints summed per connection.
 """

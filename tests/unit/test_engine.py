@@ -31,7 +31,7 @@ from atls_proxy.expat.tiers import (
     epoch_digest,
 )
 from atls_proxy.verify.appraise import appraise_cmw
-from atls_proxy.verify.policy import Freshness, SoftwarePolicy
+from atls_proxy.verify.policy import DEFAULT_MAX_EPOCH_AGE, Freshness, SoftwarePolicy
 from atls_proxy.verify.result import Appraisal
 from atls_proxy.verify.software import SoftwareVerifier
 from tests.support.freshness import ALL_TIERS
@@ -446,9 +446,11 @@ async def test_an_epoch_is_never_shorter_than_configured() -> None:
     )
     await eng.start()
     (ep,) = (e for (h, _), e in eng._epochs.items() if h == "sha256")
-    # At least epoch_seconds from the moment it was quoted (counting from the rounded-down
-    # start gave it 1.1 s here), and in whole seconds.
-    assert ep.expires - now[0] >= 1.5 and (ep.start, ep.expires) == (1_000_000, 1_000_003)
+    # The record says at least epoch_seconds, in whole seconds, and no more than a second more
+    # (ending later than start + epoch_seconds rounded up would outlive a client's max_epoch_age,
+    # which counts from start).
+    assert (ep.start, ep.expires) == (1_000_000, 1_000_002)
+    assert 1.5 <= ep.expires - ep.start < 1.5 + 1
 
 
 async def test_after_the_clock_steps_back_a_new_epoch_is_quoted() -> None:
@@ -850,4 +852,18 @@ async def test_start_and_reload_quote_even_right_after_a_failed_refresh(
     await eng.prepare_key(AIK)  # not refused by the pause
     assert eng.epoch_current()
     assert await eng.evidence_for(binding())
+    await eng.close()
+
+
+async def test_an_epoch_is_not_served_past_the_default_client_age() -> None:
+    # 300 s epochs against the default max_epoch_age of 300 s: the record must end at start +
+    # 300, or the server would serve, for up to a second, evidence default clients refuse.
+    now = [2_000_000.9]
+    eng = EvidenceEngine(
+        Recording(), Tier.CACHED, aik_key=AIK, epoch_seconds=300, clock=lambda: now[0]
+    )
+    await eng.start()
+    (ep,) = (e for (h, _), e in eng._epochs.items() if h == "sha256")
+    assert (ep.start, ep.expires) == (2_000_000, 2_000_300)
+    assert ep.expires - ep.start <= DEFAULT_MAX_EPOCH_AGE
     await eng.close()
