@@ -354,3 +354,22 @@ async def test_slow_connections_in_flight_count_in_the_percentiles(
     assert result.connections == len(result.latencies_ms) == 39
     assert result.to_json()["latency_n"] == 40
     assert result.samples_ms()[-1] == result.censored_ms[0]
+
+
+async def test_connections_merely_slower_than_a_short_window_are_not_stalled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Like strict's clients waiting for their quote: one client's connection is in flight for
+    # the whole (short) window, yet not even twice as slow as the ones that complete in it —
+    # slow, not stalled: no error, and it counts in the percentiles at its age.
+    kinds: dict[int, float] = {}
+
+    async def request(opener: Any, req: bytes) -> int:
+        me = id(asyncio.current_task())
+        await asyncio.sleep(kinds.setdefault(me, 0.3 if not kinds else 0.15))
+        return 13
+
+    result, _ = await _run_load(monkeypatch, request, clients=2, warmup=0.31, duration=0.2)
+    assert result.connections > 0 and result.errors == 0, result.error_samples
+    assert result.in_flight_ms and result.in_flight_ms[-1] >= result.duration_s * 1000
+    assert result.censored_ms  # the slow one, at its age
