@@ -81,6 +81,9 @@ RETRY_BACKOFF_MAX = 300.0
 class Service(Protocol):
     listener: Listener
     role: str
+    # The command-line overrides of the configuration (config.flag_overrides): a flag's value
+    # or None; errors about an overridden key name the flag.
+    overrides: dict[str, str | None]
 
     async def start(
         self, sock: socket.socket | None, reuse_port: bool
@@ -380,7 +383,13 @@ class Runtime:
             metrics=self.metrics.exposition,
             sock=inherited[0] if inherited else None,
         )
-        await self.admin.start()  # it logs where it listens
+        try:
+            await self.admin.start()  # it logs where it listens
+        except ConfigError as exc:
+            # The address came from the flag, not the file: name what the operator typed.
+            if exc.key == "admin.listen" and self.service.overrides.get("admin"):
+                raise ConfigError("--admin", exc.message) from None
+            raise
 
     def _listen_text(self) -> str:
         return ", ".join(f"{h}:{p}" for h, p in self.addresses)
@@ -624,7 +633,8 @@ class ServerService:
         self.metrics.epoch_age_source(self.server.engine.epoch_age)
         # An OSError is the listener's: the engine reports its failures as AttestationUnavailable.
         started = self.server.start(sock=sock, reuse_port=reuse_port)
-        return await _listen(started, sock, "server.listen", self.cfg.listen)
+        key = "--listen" if self.overrides.get("listen") else "server.listen"
+        return await _listen(started, sock, key, self.cfg.listen)
 
     def _build(self) -> tuple[ServerConfig, Any, Any, list[str]]:
         from atls_proxy.app import profile_from, warn_insecure_server
@@ -722,7 +732,8 @@ class ClientService:
             "plaintext access through the attested connection; keep it on 127.0.0.1",
         )
         started = self.fwd.start(sock=sock, reuse_port=reuse_port)
-        return await _listen(started, sock, "client.listen", self.cfg.listen)
+        key = "--listen" if self.overrides.get("listen") else "client.listen"
+        return await _listen(started, sock, key, self.cfg.listen)
 
     def _build(self) -> tuple[ClientConfig, Any, list[str]]:
         from atls_proxy.app import build_client_settings

@@ -11,6 +11,7 @@ import contextlib
 import datetime
 import hashlib
 import json
+import re
 import signal
 import socket
 import ssl
@@ -240,29 +241,44 @@ def test_admin_endpoints_and_counters_move(tmp_path: Path, ps: Procs) -> None:
 
 
 @pytest.mark.parametrize(
-    ("flag", "key"), [("--listen", "server.listen"), ("--admin", "admin.listen")]
+    ("where", "key"),
+    [
+        ("--listen", "--listen"),
+        ("--admin", "--admin"),
+        ("server.listen", "server.listen"),
+        ("admin.listen", "admin.listen"),
+    ],
 )
-def test_an_address_in_use_is_a_configuration_error(tmp_path: Path, flag: str, key: str) -> None:
-    """exit 2 naming the key and the address, not a traceback and exit 1 (which
-    Restart=on-failure would restart in a loop)."""
+def test_an_address_in_use_is_a_configuration_error(tmp_path: Path, where: str, key: str) -> None:
+    """exit 2 naming what set the address (the flag, or the file's key) and the address, not a
+    traceback and exit 1 (which Restart=on-failure would restart in a loop)."""
     dev = dev_init(tmp_path / "dev")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        addresses = {"--listen": f"127.0.0.1:{free_port()}", flag: f"127.0.0.1:{port}"}
-        argv = [a for pair in addresses.items() for a in pair]
+        argv: list[str] = []
+        config = dev / "serve.toml"
+        if where.startswith("--"):
+            addresses = {"--listen": f"127.0.0.1:{free_port()}", where: f"127.0.0.1:{port}"}
+            argv = [a for pair in addresses.items() for a in pair]
+        else:
+            table = where.split(".")[0]
+            text = config.read_text()
+            if table == "server":
+                # (the first listen key of the file is [server]'s)
+                text = re.sub(r'(?m)^listen = ".*"$', f'listen = "127.0.0.1:{port}"', text, count=1)
+            else:
+                argv = ["--listen", f"127.0.0.1:{free_port()}"]
+                text = re.sub(r"(?m)^\[admin\]\n(listen = .*\n)?", "", text)
+                text += f'\n[admin]\nlisten = "127.0.0.1:{port}"\n'
+            config = dev / "serve-taken.toml"
+            config.write_text(text)
         res = run_cli(
-            "serve",
-            "--config",
-            str(dev / "serve.toml"),
-            "--backend",
-            "127.0.0.1:9",
-            *argv,
-            timeout=30,
+            "serve", "--config", str(config), "--backend", "127.0.0.1:9", *argv, timeout=30
         )
     assert res.returncode == 2, res.stderr
-    assert f"configuration error: {key}" in res.stderr
+    assert f"configuration error: {key}" in res.stderr, res.stderr
     assert f"127.0.0.1:{port}" in res.stderr and "Traceback" not in res.stderr
 
 
