@@ -168,7 +168,9 @@ async def test_listen_turns_a_bind_failure_into_a_configuration_error() -> None:
         await rt._listen(refused(), cast(Any, object()), "client.listen", addr)
 
 
-async def test_client_service_names_client_listen_when_the_port_is_taken(dev: Path) -> None:
+@pytest.mark.parametrize("from_flag", [True, False])
+async def test_client_service_names_what_set_a_taken_port(dev: Path, from_flag: bool) -> None:
+    # The file's key, or the flag that overrode it (docs/OPERATIONS.md, exit codes).
     import socket
 
     taken = socket.create_server(("127.0.0.1", 0))
@@ -176,13 +178,16 @@ async def test_client_service_names_client_listen_when_the_port_is_taken(dev: Pa
         port = taken.getsockname()[1]
         overrides: dict[str, str | None] = {"listen": f"127.0.0.1:{port}"}
         cfg = c.load_client_config(dev / "connect.toml", **overrides)
+        if not from_flag:
+            overrides = {}
         service = rt.ClientService(cfg, overrides, Metrics())
         with pytest.raises(ConfigError) as err:
             await service.start(None, reuse_port=False)
         await service.close()
     finally:
         taken.close()
-    assert err.value.key == "client.listen" and f"127.0.0.1:{port}" in err.value.message
+    assert err.value.key == ("--listen" if from_flag else "client.listen")
+    assert f"127.0.0.1:{port}" in err.value.message
 
 
 @pytest.mark.parametrize(
