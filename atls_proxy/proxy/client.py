@@ -119,6 +119,11 @@ async def _run(stream: TLSStream, s: ClientSettings, report: AttestationReport) 
         raise AttestationFailed(report) from None
     if s.metrics is not None:
         s.metrics.handshake(True, time.monotonic() - t0)
+    if engine.session_reused():
+        # The contexts disable resumption; a resumed session would carry another handshake's
+        # authentication into this connection's exporter-bound evidence: never accepted.
+        report.checks.append(Check("tls.handshake", False, "the TLS session was resumed"))
+        raise AttestationFailed(report)
     report.checks.append(
         Check(
             "tls.handshake",
@@ -137,6 +142,13 @@ async def _run(stream: TLSStream, s: ClientSettings, report: AttestationReport) 
         report.checks.append(Check("tls.certificate", False, f"certificate unusable: {exc}"))
         raise AttestationFailed(report) from None
     if s.verify_pki:
+        # What the report claims is what this handshake did, not what the settings say (an
+        # embedder's ssl_context might not verify).
+        if not engine.chain_verified():
+            report.checks.append(
+                Check("tls.chain", False, "the TLS context did not verify the server's chain")
+            )
+            raise AttestationFailed(report)
         report.checks.append(
             Check("tls.chain", True, "certificate chain verified to the configured CA")
         )

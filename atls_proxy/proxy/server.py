@@ -176,6 +176,8 @@ class AttestedServer(Listener):
             # wraps the coroutine in a task).
             async with asyncio.timeout(timeouts.handshake):
                 await tls.handshake()
+            if tls.engine.session_reused():  # disabled in the context; never accepted
+                raise Refused("tls.handshake", "the TLS session was resumed")
             if m is not None:
                 m.handshake(True, time.monotonic() - t0)
             stage = "expat.exchange"

@@ -274,6 +274,14 @@ class TLSEngine:
     def session_reused(self) -> bool:
         return bool(_lib.SSL_session_reused(self._conn._ssl))
 
+    def chain_verified(self) -> bool:
+        """Whether OpenSSL verified the peer's chain in this handshake (X509_V_OK with a
+        verifying context): what a report may claim as "chain verified"."""
+        ssl = self._conn._ssl
+        return bool(_lib.SSL_get_verify_mode(ssl) & _lib.SSL_VERIFY_PEER) and (
+            _lib.SSL_get_verify_result(ssl) == _lib.X509_V_OK
+        )
+
 
 def _describe(exc: Exception) -> str:
     args = exc.args[0] if exc.args else None
@@ -292,7 +300,8 @@ def _describe(exc: Exception) -> str:
 def _sni(server_name: str) -> bytes | None:
     """The SNI host_name for ``server_name``; None for IP literals, which are not sent
     (RFC 6066 §3). A client names the same few servers on every connection: computed once."""
-    return None if _is_ip_literal(server_name) else server_name.encode("idna")
+    # Without a trailing dot: RFC 6066 §3 (a fully qualified "name." is the same host).
+    return None if _is_ip_literal(server_name) else server_name.rstrip(".").encode("idna")
 
 
 def _is_ip_literal(name: str) -> bool:

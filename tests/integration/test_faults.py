@@ -263,3 +263,19 @@ def test_backend_slow_to_read(stack: Stack, ps: Procs) -> None:
         conn.close()
     lst.close()
     assert "Traceback" not in srv.output() + cli.output()
+
+
+async def test_the_report_claims_a_chain_check_only_when_one_ran(stack: Stack) -> None:
+    # An embedder's settings that say verify_pki but carry a context that does not verify: the
+    # client refuses (tls.chain) instead of reporting "chain verified".
+    from atls_proxy.tls.context import client_context
+
+    settings = build_client_settings(
+        load_client_config(stack.dev / "connect.toml", server=f"127.0.0.1:{stack.server_port}")
+    )
+    assert (await open_attested(settings, keep_open=False)).report.passed
+    lax = replace(settings, ssl_context=client_context(None, verify_pki=False))
+    with pytest.raises(AttestationFailed) as e:
+        await open_attested(lax, keep_open=False)
+    failure = e.value.report.first_failure
+    assert failure is not None and failure.name == "tls.chain", failure

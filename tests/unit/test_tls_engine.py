@@ -5,6 +5,7 @@ tampering, output larger than one scratch buffer, exporter values."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -123,3 +124,37 @@ def test_a_failed_exporter_call_leaves_no_openssl_error_for_the_next_connection(
     with pytest.raises(TLSError):
         client.export(b"x" * 300, 32, None)  # longer than OpenSSL accepts for a label
     assert lib.ERR_peek_error() == 0  # else another connection's failure would be named by it
+
+
+def test_sni_is_sent_without_a_trailing_dot() -> None:
+    # RFC 6066 §3: the host name in SNI has no trailing dot ("name." is the same host).
+    from atls_proxy.tls.engine import _sni
+
+    assert _sni("example.com.") == b"example.com" == _sni("example.com")
+    assert _sni("127.0.0.1") is None and _sni("[::1]") is None
+
+
+def test_chain_verified_says_what_the_handshake_did(tmp_path: Path) -> None:
+    # The client's report claims "chain verified" from this, not from its settings: a context
+    # that does not verify (verify_pki = false, or an embedder's own) reads False.
+    from atls_proxy.ops.devinit import dev_init
+    from atls_proxy.tls.context import client_context, load_server_identity, server_context
+
+    dev_init(tmp_path)
+    ident = load_server_identity(tmp_path / "server.pem", tmp_path / "server-key.pem")
+    for ctx, verified in (
+        (client_context(tmp_path / "ca.pem", verify_pki=True), True),
+        (client_context(None, verify_pki=False), False),
+    ):
+        server = TLSEngine(server_context(ident), server_side=True)
+        client = TLSEngine(ctx, server_side=False, server_name="localhost")
+        for _ in range(8):
+            client.handshake()
+            server.feed(client.outgoing())
+            server.handshake()
+            client.feed(server.outgoing())
+            if client.handshake() and server.handshake_complete:
+                break
+        assert client.handshake_complete
+        assert client.chain_verified() is verified
+        assert client.session_reused() is False and server.session_reused() is False
