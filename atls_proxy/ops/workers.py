@@ -522,7 +522,13 @@ class Supervisor:
                     sock=inherited_admin[0] if inherited_admin else None,
                 )
             if self.admin is not None:
-                await self.admin.start()  # it logs where it listens
+                try:
+                    await self.admin.start()  # it logs where it listens
+                except ConfigError as exc:
+                    # As a single process says it (ops/runtime.py): the flag, when it set it.
+                    if exc.key == "admin.listen" and getattr(self.args, "admin", None):
+                        raise ConfigError("--admin", exc.message) from None
+                    raise
             for w in self.workers:
                 if self.stopping:
                     break

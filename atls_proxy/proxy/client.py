@@ -117,13 +117,15 @@ async def _run(stream: TLSStream, s: ClientSettings, report: AttestationReport) 
         if s.metrics is not None:
             s.metrics.handshake(False, time.monotonic() - t0)
         raise AttestationFailed(report) from None
-    if s.metrics is not None:
-        s.metrics.handshake(True, time.monotonic() - t0)
     if engine.session_reused():
         # The contexts disable resumption; a resumed session would carry another handshake's
         # authentication into this connection's exporter-bound evidence: never accepted.
         report.checks.append(Check("tls.handshake", False, "the TLS session was resumed"))
+        if s.metrics is not None:
+            s.metrics.handshake(False, time.monotonic() - t0)
         raise AttestationFailed(report)
+    if s.metrics is not None:
+        s.metrics.handshake(True, time.monotonic() - t0)
     report.checks.append(
         Check(
             "tls.handshake",

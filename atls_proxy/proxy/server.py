@@ -242,7 +242,9 @@ class AttestedServer(Listener):
             return self._fail(peer, exc.check, str(exc), t0, stage)
         except DecodeError as exc:
             return self._fail(peer, "expat.decode", str(exc), t0, stage)
-        except TimeoutError:
+        except TimeoutError as exc:
+            if stage == "forward":  # ETIMEDOUT from the kernel (a peer's host gone): a break
+                return self._broken(peer, stage, f"{type(exc).__name__}: {exc}", t0, moved)
             return self._fail(peer, stage, f"timed out in {stage}", t0, stage)
         except IdleTimeout:
             log_closed(

@@ -279,3 +279,68 @@ async def test_the_report_claims_a_chain_check_only_when_one_ran(stack: Stack) -
         await open_attested(lax, keep_open=False)
     failure = e.value.report.first_failure
     assert failure is not None and failure.name == "tls.chain", failure
+
+
+async def test_a_forwarded_connection_that_times_out_in_the_kernel_is_a_break(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ETIMEDOUT (a peer's host gone; TCP gave up) is a TimeoutError in Python: on a forwarded
+    # connection it is a break like a reset — peer_reset with the bytes moved, not one of
+    # serve's failures (it was "timed out in forward", reason=error, no bytes).
+    import errno
+
+    import atls_proxy.proxy.server as server_module
+    from atls_proxy.ops.metrics import Metrics
+
+    async def backend(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            await r.readuntil(b"\n")
+            w.write(b"x" * 100_000)
+            await w.drain()
+            await asyncio.sleep(5)
+        w.close()
+
+    real_pump = server_module.pump
+
+    async def pump_then_etimedout(tls, plain, idle, *a, **kw):  # type: ignore[no-untyped-def]
+        task = asyncio.ensure_future(real_pump(tls, plain, idle, *a, **kw))
+        stats = kw["stats"]
+        for _ in range(200):
+            if stats.tls_to_plain and stats.plain_to_tls:
+                break
+            await asyncio.sleep(0.01)
+        plain.transport._force_close(OSError(errno.ETIMEDOUT, "Connection timed out"))
+        return await task
+
+    monkeypatch.setattr(server_module, "pump", pump_then_etimedout)
+    be = await asyncio.start_server(backend, "127.0.0.1", 0)
+    bport = be.sockets[0].getsockname()[1]
+    scfg = replace(
+        load_server_config(stack.dev / "serve.toml", backend=f"127.0.0.1:{bport}"),
+        listen=Address("tcp", "127.0.0.1", 0),
+    )
+    server = build_server(scfg, metrics := Metrics())
+    (_, port), *_ = await server.start()
+    try:
+        settings = build_client_settings(
+            load_client_config(stack.dev / "connect.toml", server=f"127.0.0.1:{port}")
+        )
+        conn = await open_attested(settings)
+        await conn.stream.write(b"GET\n")
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(8):
+                while await conn.stream.read():
+                    pass
+        await conn.stream.close()
+        await asyncio.sleep(0.3)
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in metrics.registry.collect()
+            for s in fam.samples
+        }
+        assert server.stats.failed == 0, server.stats
+        assert samples[("atls_proxy_connections_closed_total", (("reason", "peer_reset"),))] == 1
+        assert samples[("atls_proxy_forwarded_bytes_total", (("direction", "to_backend"),))] == 4
+    finally:
+        await server.close()
+        be.close()

@@ -245,6 +245,7 @@ def test_admin_endpoints_and_counters_move(tmp_path: Path, ps: Procs) -> None:
     [
         ("--listen", "--listen"),
         ("--admin", "--admin"),
+        ("--admin --workers", "--admin"),  # the supervisor serves the admin endpoints
         ("server.listen", "server.listen"),
         ("admin.listen", "admin.listen"),
     ],
@@ -260,8 +261,11 @@ def test_an_address_in_use_is_a_configuration_error(tmp_path: Path, where: str, 
         argv: list[str] = []
         config = dev / "serve.toml"
         if where.startswith("--"):
-            addresses = {"--listen": f"127.0.0.1:{free_port()}", where: f"127.0.0.1:{port}"}
+            flag, *more = where.split()
+            addresses = {"--listen": f"127.0.0.1:{free_port()}", flag: f"127.0.0.1:{port}"}
             argv = [a for pair in addresses.items() for a in pair]
+            if more:
+                argv += [*more, "2"]
         else:
             table = where.split(".")[0]
             text = config.read_text()
