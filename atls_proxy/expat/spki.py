@@ -12,7 +12,8 @@ certificates are refused — by ``serve`` at start (a configuration error) and b
 party (``ea.certificate``) — so that the SPKI bound is always the certificate's own.
 
 ``certificate_spki`` reads the SPKI bytes out of the certificate's DER (RFC 5280 §4.1:
-TBSCertificate's seventh field, after the optional [0] version), with every length checked.
+TBSCertificate's seventh field, after the optional [0] version) with the project's strict DER
+reader (``atls_proxy.der``).
 """
 
 from __future__ import annotations
@@ -21,62 +22,32 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from atls_proxy import der
+
 # RFC 4055 §1.2: id-RSASSA-PSS.
 OID_RSASSA_PSS = "1.2.840.113549.1.1.10"
 
 
-def _tlv(data: bytes, at: int, end: int) -> tuple[int, int, int]:
-    """(tag, value start, value end) of the DER element at ``at``; ValueError if it overruns
-    ``end`` or uses a form DER does not allow (multi-byte tag, indefinite or non-minimal length)."""
-    if at + 2 > end:
-        raise ValueError("truncated DER element")
-    tag, first = data[at], data[at + 1]
-    if tag & 0x1F == 0x1F:
-        raise ValueError("multi-byte DER tag")
-    start = at + 2
-    if first < 0x80:
-        length = first
-    else:
-        n = first & 0x7F
-        if n == 0 or n > 4 or start + n > end:
-            raise ValueError("bad DER length")
-        length = int.from_bytes(data[start : start + n], "big")
-        if length < 0x80 or data[start] == 0:
-            raise ValueError("non-minimal DER length")
-        start += n
-    if start + length > end:
-        raise ValueError("DER element overruns its container")
-    return tag, start, start + length
-
-
-def certificate_spki(der: bytes) -> bytes:
-    """The SubjectPublicKeyInfo element of an X.509 certificate, as its DER carries it."""
-    tag, cert_start, cert_end = _tlv(der, 0, len(der))
-    if tag != 0x30:
-        raise ValueError("a certificate is a SEQUENCE")
-    tag, tbs_start, tbs_end = _tlv(der, cert_start, cert_end)
-    if tag != 0x30:
-        raise ValueError("a TBSCertificate is a SEQUENCE")
-    at = tbs_start
-    tag, _, end = _tlv(der, at, tbs_end)
-    if tag == 0xA0:  # [0] EXPLICIT version
-        at = end
+def certificate_spki(data: bytes) -> bytes:
+    """The SubjectPublicKeyInfo element of an X.509 certificate, as its DER carries it;
+    ``DecodeError`` (a ValueError) for anything but one well-formed certificate."""
+    what = "certificate"
+    cert = der.sequence(der.parse_single(data, der.TAG_SEQUENCE, what), what)
+    tbs = der.sequence(cert.read(der.TAG_SEQUENCE), f"{what}: TBSCertificate")
+    tbs.read_optional(der.TAG_CONTEXT)  # [0] EXPLICIT version
     for _ in range(5):  # serialNumber, signature, issuer, validity, subject
-        _, _, at = _tlv(der, at, tbs_end)
-    tag, _, end = _tlv(der, at, tbs_end)
-    if tag != 0x30:
-        raise ValueError("a SubjectPublicKeyInfo is a SEQUENCE")
-    return der[at:end]
+        tbs.read()
+    return tbs.read(der.TAG_SEQUENCE).raw
 
 
-def canonical_key_problem(cert: x509.Certificate, der: bytes | None = None) -> str | None:
+def canonical_key_problem(cert: x509.Certificate, cert_der: bytes | None = None) -> str | None:
     """Why this profile cannot bind evidence to ``cert``'s key (module docstring), or None."""
     if cert.public_key_algorithm_oid.dotted_string == OID_RSASSA_PSS:
         return (
             "an id-RSASSA-PSS key (RFC 4055): only rsaEncryption RSA keys are supported, with "
             "the rsa_pss_rsae_* schemes (RFC 8446 §4.2.3)"
         )
-    own = certificate_spki(der if der is not None else cert.public_bytes(Encoding.DER))
+    own = certificate_spki(cert_der if cert_der is not None else cert.public_bytes(Encoding.DER))
     key = cert.public_key()
     if own != key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo):
         how = (

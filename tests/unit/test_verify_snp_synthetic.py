@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
+from atls_proxy import der
 from atls_proxy.errors import ConfigError, DecodeError
 from atls_proxy.ops.snp_files import load_snp_trust, shipped_anchors
 from atls_proxy.verify.result import Appraisal
@@ -37,7 +38,6 @@ from atls_proxy.verify.snp import (
     SnpVerifier,
     appraise_snp,
     build_snp_trust,
-    der,
     parse_snp_policy,
 )
 from atls_proxy.verify.snp.certs import AmdCert, parse_amd_certificates

@@ -36,8 +36,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
+from atls_proxy import der
 from atls_proxy.errors import DecodeError
-from atls_proxy.verify.snp import der
 
 # An RSA-4096 ARK is ~1.6 KB of DER and a VCEK ~1.3 KB; 16 KiB is an order of magnitude above
 # any AMD certificate and bounds the parsing of a wrong file.

@@ -1,4 +1,5 @@
-"""A minimal, strict DER reader (ITU-T X.690 §8 and §10), just enough for AMD certificates.
+"""A minimal, strict DER reader (ITU-T X.690 §8 and §10): AMD certificates (verify/snp/certs.py)
+and the SubjectPublicKeyInfo bytes of a certificate (expat/spki.py).
 
 Why our own: AMD's VCEK and VLEK certificates carry serial number 0, which RFC 5280 §4.1.2.2
 forbids. ``cryptography`` 44-50 parse them with a ``CryptographyDeprecationWarning`` and announce
