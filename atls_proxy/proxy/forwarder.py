@@ -10,9 +10,7 @@ from typing import TYPE_CHECKING
 
 from atls_proxy.proxy.client import AttestationFailed, ClientSettings, open_attested
 from atls_proxy.proxy.conn import Conn
-from atls_proxy.proxy.listener import Listener, Outcome, log_closed, log_event, monotonic_ms
-from atls_proxy.proxy.pump import IdleTimeout, PumpStats, pump
-from atls_proxy.tls.engine import TLSError
+from atls_proxy.proxy.listener import Listener, Outcome, forward, log_event, monotonic_ms
 
 if TYPE_CHECKING:
     from atls_proxy.ops.metrics import Metrics
@@ -101,51 +99,17 @@ class ClientForwarder(Listener):
                 setup_ms=monotonic_ms(t0),
             )
             # Seen from the client side, the "backend" is the attested server.
-            moved = PumpStats()  # counted into by the pump, read however it ends
             try:
-                await pump(conn.stream, local, settings.timeouts.idle, stats=moved)
-                log_closed(
+                return await forward(
                     log,
                     t0,
-                    "attested",
+                    conn.stream,
+                    local,
+                    settings.timeouts.idle,
+                    result="attested",
+                    plain_is_backend=False,
                     server=target,
-                    to_client=moved.tls_to_plain,
-                    to_backend=moved.plain_to_tls,
                 )
-                return Outcome("completed", moved.plain_to_tls, moved.tls_to_plain)
-            except IdleTimeout:
-                log_closed(
-                    log,
-                    t0,
-                    "idle-timeout",
-                    server=target,
-                    to_client=moved.tls_to_plain,
-                    to_backend=moved.plain_to_tls,
-                )
-                return Outcome("idle_timeout", moved.plain_to_tls, moved.tls_to_plain)
-            except (TLSError, ConnectionError, OSError) as exc:
-                # A cut or failed stream: the local program gets a reset, not a clean end (a
-                # truncated TLS stream passed on as EOF would undo TLS's truncation protection),
-                # and the server gets no close_notify — proxy/pump.py.
-                local.reset()
-                conn.stream.reset()
-                log_event(
-                    log,
-                    logging.WARNING,
-                    "connection",
-                    "connection broken",
-                    server=target,
-                    result="broken",
-                    reason=str(exc),
-                    to_client=moved.tls_to_plain,
-                    to_backend=moved.plain_to_tls,
-                    duration_ms=monotonic_ms(t0),
-                )
-                return Outcome("peer_reset", moved.plain_to_tls, moved.tls_to_plain)
-            except BaseException:  # cancelled (a forced stop), or a bug: cut, not ended
-                local.reset()
-                conn.stream.reset()
-                raise
             finally:
                 await conn.stream.close()
         finally:

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from atls_proxy.proxy.conn import Conn
+from atls_proxy.proxy.pump import IdleTimeout, PumpStats, pump
+from atls_proxy.proxy.stream import TLSStream
+from atls_proxy.tls.engine import TLSError
 
 if TYPE_CHECKING:
     from atls_proxy.ops.metrics import Metrics
@@ -186,24 +189,89 @@ def log_event(logger: logging.Logger, level: int, event: str, what: str, **field
     logger.log(level, "%s %s", what, text, extra={"event": event, **fields})
 
 
-def log_closed(
-    logger: logging.Logger, t0: float, result: str, level: int = logging.INFO, **fields: object
-) -> None:
-    """The one "connection closed" event of a connection that got past attestation (or was
-    served unattested): ``result`` and ``fields``, plus the duration since ``t0``."""
-    log_event(
-        logger,
-        level,
-        "connection",
-        "connection closed",
-        **fields,
-        result=result,
-        duration_ms=monotonic_ms(t0),
-    )
-
-
 def peer_name(conn: Conn) -> str:
     info = conn.get_extra_info("peername")
     if isinstance(info, tuple) and len(info) >= 2:
         return f"{info[0]}:{info[1]}"
     return str(info or "unix")
+
+
+async def forward(
+    logger: logging.Logger,
+    t0: float,
+    tls: TLSStream,
+    plain: Conn,
+    idle_timeout: float,
+    *,
+    result: str,
+    plain_is_backend: bool,
+    initial_to_plain: bytes = b"",
+    **fields: object,
+) -> Outcome:
+    """Pump an attested (or unattested) connection to its end and say how it ended: the one
+    place that turns the pump's endings into outcomes, log lines and resets, for ``serve``
+    (the plain side is its backend) and ``connect`` (the plain side is the local program, and
+    the TLS peer its backend).
+
+    completed   both directions ended: "connection closed", ``result``;
+    idle        neither moved for ``idle_timeout``: "connection closed", idle-timeout (clean close
+                by the caller, as for completed);
+    broken      a TLS error or a socket error on either side (a reset, an EOF without
+                close_notify, ETIMEDOUT): both connections are reset, so neither peer reads a
+                cut stream as finished (proxy/pump.py), and it is logged "connection broken";
+    otherwise   (cancelled, a bug) both are reset and the exception goes on.
+
+    The bytes moved count in every case the pump started (``PumpStats`` owned here)."""
+    moved = PumpStats()
+
+    def outcome(reason: str) -> Outcome:
+        to_plain, to_tls = moved.tls_to_plain, moved.plain_to_tls
+        return (
+            Outcome(reason, to_plain, to_tls)
+            if plain_is_backend
+            else Outcome(reason, to_tls, to_plain)
+        )
+
+    def sizes() -> dict[str, int]:
+        o = outcome("")
+        return {"to_backend": o.to_backend, "to_client": o.to_client}
+
+    def closed(how: str) -> None:  # the "connection closed" event, with the bytes moved
+        log_event(
+            logger,
+            logging.INFO,
+            "connection",
+            "connection closed",
+            **fields,
+            **sizes(),
+            result=how,
+            duration_ms=monotonic_ms(t0),
+        )
+
+    try:
+        await pump(tls, plain, idle_timeout, initial_to_plain=initial_to_plain, stats=moved)
+    except IdleTimeout:
+        closed("idle-timeout")
+        return outcome("idle_timeout")
+    except (TLSError, OSError) as exc:  # OSError: resets, and ETIMEDOUT (a TimeoutError)
+        plain.reset()
+        tls.reset()
+        log_event(
+            logger,
+            logging.WARNING,
+            "connection",
+            "connection broken",
+            **fields,
+            result="broken",
+            check="tls.record" if isinstance(exc, TLSError) else "forward",
+            reason=str(exc) if isinstance(exc, TLSError) else f"{type(exc).__name__}: {exc}",
+            **sizes(),
+            duration_ms=monotonic_ms(t0),
+        )
+        return outcome("peer_reset")
+    except BaseException:
+        plain.reset()
+        tls.reset()
+        raise
+    closed(result)
+    return outcome("completed")

@@ -44,12 +44,11 @@ from atls_proxy.proxy.listener import (
     WRITE_HIGH_WATER,
     Listener,
     Outcome,
-    log_closed,
+    forward,
     log_event,
     monotonic_ms,
     peer_name,
 )
-from atls_proxy.proxy.pump import IdleTimeout, PumpStats, pump
 from atls_proxy.proxy.stream import TLSStream
 from atls_proxy.tls.context import ServerIdentity
 from atls_proxy.tls.engine import TLSEngine, TLSError
@@ -168,7 +167,6 @@ class AttestedServer(Listener):
         # One TLS context / identity per connection: a reload swaps them for later connections.
         keys, config, profile = self.keys, self.config, self.profile
         tls = TLSStream(conn, conn, TLSEngine(keys.ssl_context, server_side=True))
-        moved = PumpStats()  # counted into by the pump, read however the connection ends
         timeouts = config.timeouts
         stage = "tls.handshake"
         try:
@@ -216,77 +214,35 @@ class AttestedServer(Listener):
             backend.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
             stage = "forward"
             try:
-                await pump(tls, backend, timeouts.idle, initial_to_plain=initial, stats=moved)
-            except IdleTimeout:
-                raise
-            except BaseException:
-                # A cut or failed stream on either side: neither peer may see a clean end (no
-                # close_notify to the client, no FIN to the backend) — proxy/pump.py.
-                backend.reset()
-                tls.reset()
-                raise
+                return await forward(
+                    log,
+                    t0,
+                    tls,
+                    backend,
+                    timeouts.idle,
+                    result="unattested" if plain else "attested",
+                    plain_is_backend=True,
+                    initial_to_plain=initial,
+                    peer=peer,
+                )
             finally:
                 backend.close()  # buffered bytes still go out; nothing waits for that
-            log_closed(
-                log,
-                t0,
-                "unattested" if plain else "attested",
-                peer=peer,
-                to_backend=moved.tls_to_plain,
-                to_client=moved.plain_to_tls,
-            )
-            return Outcome("completed", moved.tls_to_plain, moved.plain_to_tls)
         except Refused as exc:
             return self._fail(peer, exc.check, str(exc), t0, stage)
         except (ProtocolError, VerificationError) as exc:
             return self._fail(peer, exc.check, str(exc), t0, stage)
         except DecodeError as exc:
             return self._fail(peer, "expat.decode", str(exc), t0, stage)
-        except TimeoutError as exc:
-            if stage == "forward":  # ETIMEDOUT from the kernel (a peer's host gone): a break
-                return self._broken(peer, stage, f"{type(exc).__name__}: {exc}", t0, moved)
+        except TimeoutError:
             return self._fail(peer, stage, f"timed out in {stage}", t0, stage)
-        except IdleTimeout:
-            log_closed(
-                log,
-                t0,
-                "idle-timeout",
-                peer=peer,
-                to_backend=moved.tls_to_plain,
-                to_client=moved.plain_to_tls,
-            )
-            return Outcome("idle_timeout", moved.tls_to_plain, moved.plain_to_tls)
         except TLSError as exc:
-            if stage == "forward":
-                return self._broken(peer, "tls.record", str(exc), t0, moved)
             return self._fail(peer, stage, str(exc), t0, stage)
         except (ConnectionError, OSError) as exc:
-            if stage == "forward":
-                return self._broken(peer, stage, f"{type(exc).__name__}: {exc}", t0, moved)
             return self._fail(peer, stage, f"{type(exc).__name__}: {exc}", t0, stage)
         except AttestationUnavailable as exc:
             return self._fail(peer, "attester.evidence", str(exc), t0, stage)
         finally:
             await tls.close()
-
-    def _broken(self, peer: str, check: str, message: str, t0: float, moved: PumpStats) -> Outcome:
-        """A forwarded connection that ended in a reset or a TLS error (a peer going away, or a
-        truncation): the attested connection was served, so it is not a failure of the
-        server's, and the bytes it moved still count (docs/METRICS.md)."""
-        log_event(
-            log,
-            logging.WARNING,
-            "connection",
-            "connection broken",
-            peer=peer,
-            result="broken",
-            check=check,
-            reason=message,
-            to_backend=moved.tls_to_plain,
-            to_client=moved.plain_to_tls,
-            duration_ms=monotonic_ms(t0),
-        )
-        return Outcome("peer_reset", moved.tls_to_plain, moved.plain_to_tls)
 
     def _fail(self, peer: str, check: str, message: str, t0: float, stage: str) -> Outcome:
         self.stats.failed += 1

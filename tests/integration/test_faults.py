@@ -289,7 +289,7 @@ async def test_a_forwarded_connection_that_times_out_in_the_kernel_is_a_break(
     # serve's failures (it was "timed out in forward", reason=error, no bytes).
     import errno
 
-    import atls_proxy.proxy.server as server_module
+    import atls_proxy.proxy.listener as listener_module
     from atls_proxy.ops.metrics import Metrics
 
     async def backend(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -300,7 +300,7 @@ async def test_a_forwarded_connection_that_times_out_in_the_kernel_is_a_break(
             await asyncio.sleep(5)
         w.close()
 
-    real_pump = server_module.pump
+    real_pump = listener_module.pump
 
     async def pump_then_etimedout(tls, plain, idle, *a, **kw):  # type: ignore[no-untyped-def]
         task = asyncio.ensure_future(real_pump(tls, plain, idle, *a, **kw))
@@ -312,7 +312,7 @@ async def test_a_forwarded_connection_that_times_out_in_the_kernel_is_a_break(
         plain.transport._force_close(OSError(errno.ETIMEDOUT, "Connection timed out"))
         return await task
 
-    monkeypatch.setattr(server_module, "pump", pump_then_etimedout)
+    monkeypatch.setattr(listener_module, "pump", pump_then_etimedout)  # forward() calls it
     be = await asyncio.start_server(backend, "127.0.0.1", 0)
     bport = be.sockets[0].getsockname()[1]
     scfg = replace(
