@@ -138,8 +138,8 @@ def exchange_cost(connections: int) -> None:
     from atls_proxy.app import build_server
     from atls_proxy.expat import session as xs
     from atls_proxy.ops.config import load_server_config
+    from atls_proxy.proxy.client import appraise
     from atls_proxy.tls.engine import TLSEngine
-    from atls_proxy.verify.appraise import appraise_cmw
 
     async def run() -> tuple[float, float]:
         with tempfile.TemporaryDirectory(prefix="atls-cost-") as tmp:
@@ -176,16 +176,7 @@ def exchange_cost(connections: int) -> None:
             def finish(rp: xs.RelyingPartySession, auth: bytes) -> None:
                 (val,) = rp.receive(auth)
                 assert isinstance(val, xs.AuthenticatorValidated)
-                (a,) = appraise_cmw(
-                    val.cmw,
-                    val.binding,
-                    s.verifiers,
-                    time.time(),
-                    aik_public_key=val.signer,
-                    freshness=s.freshness,
-                    cache=s.appraisal_cache,
-                    cmw_signed_by_aik=True,
-                )
+                (a,) = appraise(val, s)  # the client's own call
                 assert a.passed, a.first_failure
                 rp.accept()
 

@@ -39,7 +39,7 @@ from atls_proxy.tls.engine import TLSEngine, TLSError
 from atls_proxy.verify.appraise import AppraisalCache, appraise_cmw
 from atls_proxy.verify.base import Verifier
 from atls_proxy.verify.policy import Freshness
-from atls_proxy.verify.result import AttestationReport, Check
+from atls_proxy.verify.result import Appraisal, AttestationReport, Check
 
 if TYPE_CHECKING:
     from atls_proxy.ops.metrics import Metrics
@@ -208,16 +208,7 @@ async def _run(stream: TLSStream, s: ClientSettings, report: AttestationReport) 
         raise AttestationFailed(report) from None
     report.checks.extend(validated.checks)
     t_appraise = time.monotonic()
-    report.appraisals = appraise_cmw(
-        validated.cmw,
-        validated.binding,
-        s.verifiers,
-        time.time(),
-        aik_public_key=validated.signer,
-        freshness=s.freshness,
-        cache=s.appraisal_cache,
-        cmw_signed_by_aik=True,
-    )
+    report.appraisals = appraise(validated, s)
     if s.metrics is not None:
         s.metrics.appraisal(time.monotonic() - t_appraise)
     if not report.passed:
@@ -262,6 +253,21 @@ async def _exchange(stream: TLSStream, sess: xs.RelyingPartySession) -> xs.Authe
                 return ev
             if isinstance(ev, xs.PeerError):
                 raise VerificationError(SERVER_ERROR, f"server error {ev.code}: {ev.reason}")
+
+
+def appraise(validated: xs.AuthenticatorValidated, s: ClientSettings) -> list[Appraisal]:
+    """The appraisal of a validated authenticator's CMW under ``s``'s verifiers, freshness and
+    appraisal cache: what the client does per connection (``benchmarks/tier_cost.py`` times it)."""
+    return appraise_cmw(
+        validated.cmw,
+        validated.binding,
+        s.verifiers,
+        time.time(),
+        aik_public_key=validated.signer,
+        freshness=s.freshness,
+        cache=s.appraisal_cache,
+        cmw_signed_by_aik=True,  # the CertificateVerify covered it (session.py)
+    )
 
 
 SERVER_ERROR = "expat.server-error"
