@@ -522,13 +522,9 @@ def test_client_side_reload_swaps_policy(tmp_path: Path, ps: Procs, slow_backend
 # --- workers ------------------------------------------------------------------------------------
 
 
-def _serve_workers(tmp_path: Path, ps: Procs, backend_port: int) -> tuple[Path, Proc, int, int]:
-    """``serve --workers 2 --admin``: (dev folder, server, server port, admin port), both workers
-    ready."""
-    dev = dev_init(tmp_path / "dev")
-    admin = free_port()
-    sport = free_port()
-    server = ps.cli(
+def _start_workers(ps: Procs, dev: Path, sport: int, backend_port: int, *extra: str) -> Proc:
+    """``serve --workers 2`` on ``sport`` in front of ``backend_port``, not waited for."""
+    return ps.cli(
         "serve-workers",
         "serve",
         "--config",
@@ -537,11 +533,19 @@ def _serve_workers(tmp_path: Path, ps: Procs, backend_port: int) -> tuple[Path, 
         f"127.0.0.1:{sport}",
         "--backend",
         f"127.0.0.1:{backend_port}",
-        "--admin",
-        f"127.0.0.1:{admin}",
+        *extra,
         "--workers",
         "2",
     )
+
+
+def _serve_workers(tmp_path: Path, ps: Procs, backend_port: int) -> tuple[Path, Proc, int, int]:
+    """``serve --workers 2 --admin``: (dev folder, server, server port, admin port), both workers
+    ready."""
+    dev = dev_init(tmp_path / "dev")
+    admin = free_port()
+    sport = free_port()
+    server = _start_workers(ps, dev, sport, backend_port, "--admin", f"127.0.0.1:{admin}")
     wait_port(admin, server)
     wait_until(lambda: get(admin, "/readyz")[0] == 200, timeout=30, what="2 workers ready")
     return dev, server, sport, admin
@@ -649,18 +653,7 @@ def test_workers_stop_with_exit_2_when_the_port_cannot_be_bound(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        server = ps.cli(
-            "serve-workers",
-            "serve",
-            "--config",
-            str(dev / "serve.toml"),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--backend",
-            f"127.0.0.1:{slow_backend}",
-            "--workers",
-            "2",
-        )
+        server = _start_workers(ps, dev, port, slow_backend)
         try:
             code = server.popen.wait(30)
         except subprocess.TimeoutExpired:

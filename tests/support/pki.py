@@ -8,6 +8,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
 
 from atls_proxy.expat.schemes import SigningKey
 from atls_proxy.tls.context import ServerIdentity, client_context, server_context
@@ -62,14 +63,19 @@ def identity(kind: str = "p256") -> ServerIdentity:
     return ServerIdentity((self_signed(key),), key)
 
 
-def tls_pair(ident: ServerIdentity, ciphersuite: str | None = None) -> tuple[TLSEngine, TLSEngine]:
-    """A client and a server engine with a completed TLS 1.3 handshake, joined in memory."""
+def tls_pair(
+    ident: ServerIdentity, ciphersuite: str | None = None, client_ctx: SSL.Context | None = None
+) -> tuple[TLSEngine, TLSEngine]:
+    """A client and a server engine with a completed TLS 1.3 handshake, joined in memory; the
+    client's context is ``client_ctx``, or one that does not verify the server's chain."""
     sctx = server_context(ident)
     if ciphersuite:
         sctx.set_tls13_ciphersuites(ciphersuite.encode())
     server = TLSEngine(sctx, server_side=True)
     client = TLSEngine(
-        client_context(None, verify_pki=False), server_side=False, server_name="localhost"
+        client_ctx or client_context(None, verify_pki=False),
+        server_side=False,
+        server_name="localhost",
     )
     for _ in range(8):
         client.handshake()

@@ -138,7 +138,7 @@ def test_chain_verified_says_what_the_handshake_did(tmp_path: Path) -> None:
     # The client's report claims "chain verified" from this, not from its settings: a context
     # that does not verify (verify_pki = false, or an embedder's own) reads False.
     from atls_proxy.ops.devinit import dev_init
-    from atls_proxy.tls.context import client_context, load_server_identity, server_context
+    from atls_proxy.tls.context import client_context, load_server_identity
 
     dev_init(tmp_path)
     ident = load_server_identity(tmp_path / "server.pem", tmp_path / "server-key.pem")
@@ -146,15 +146,7 @@ def test_chain_verified_says_what_the_handshake_did(tmp_path: Path) -> None:
         (client_context(tmp_path / "ca.pem", verify_pki=True), True),
         (client_context(None, verify_pki=False), False),
     ):
-        server = TLSEngine(server_context(ident), server_side=True)
-        client = TLSEngine(ctx, server_side=False, server_name="localhost")
-        for _ in range(8):
-            client.handshake()
-            server.feed(client.outgoing())
-            server.handshake()
-            client.feed(server.outgoing())
-            if client.handshake() and server.handshake_complete:
-                break
+        client, server = tls_pair(ident, client_ctx=ctx)
         assert client.handshake_complete
         assert client.chain_verified() is verified
         assert client.session_reused() is False and server.session_reused() is False
