@@ -31,10 +31,22 @@ REQUEST_TYPES = frozenset({CERTIFICATE_REQUEST, CLIENT_CERTIFICATE_REQUEST})
 
 # RFC 8446 §4.2 extension code points used by the authenticator request.
 EXT_SERVER_NAME = 0x0000
+EXT_STATUS_REQUEST = 0x0005
 EXT_SIGNATURE_ALGORITHMS = 0x000D
+EXT_SIGNED_CERTIFICATE_TIMESTAMP = 0x0012
 EXT_CERTIFICATE_AUTHORITIES = 0x002F
 EXT_OID_FILTERS = 0x0030
 EXT_SIGNATURE_ALGORITHMS_CERT = 0x0032
+# RFC 8446 §4.2's table: the extensions a CertificateRequest or a CertificateEntry may carry;
+# a cmw_attestation code point must be none of them (ops/config.py).
+REQUEST_AND_ENTRY_EXTENSIONS = {
+    EXT_STATUS_REQUEST: "status_request",
+    EXT_SIGNATURE_ALGORITHMS: "signature_algorithms",
+    EXT_SIGNED_CERTIFICATE_TIMESTAMP: "signed_certificate_timestamp",
+    EXT_CERTIFICATE_AUTHORITIES: "certificate_authorities",
+    EXT_OID_FILTERS: "oid_filters",
+    EXT_SIGNATURE_ALGORITHMS_CERT: "signature_algorithms_cert",
+}
 
 # certificate_request_context<0..2^8-1> (RFC 8446 §4.3.2).
 MAX_CONTEXT = 255

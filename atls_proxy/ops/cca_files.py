@@ -21,11 +21,12 @@ veraison/rust-ccatoken ``src/store/data-model.cddl``, summarised in docs/VERIFIE
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
 from atls_proxy.errors import ConfigError, DecodeError
-from atls_proxy.ops.files import read_capped
+from atls_proxy.ops.files import read_trust_file
 from atls_proxy.untrusted import json_loads
 from atls_proxy.verify.cca.trust import (
     MAX_KEY_FILE_SIZE,
@@ -59,14 +60,7 @@ _REALM_KEYS = (
 )
 
 
-def _read(path: Path, limit: int) -> bytes:
-    try:
-        data = read_capped(path, limit)
-    except OSError as exc:
-        raise ConfigError(str(path), f"cannot read: {exc.strerror or exc}") from exc
-    if len(data) > limit:
-        raise ConfigError(str(path), f"larger than {limit} bytes: not a CPAK key file")
-    return data
+_read = functools.partial(read_trust_file, what="not a CPAK key file")
 
 
 def _listing(folder: Path) -> list[Path]:

@@ -51,6 +51,7 @@ from atls_proxy.attest.software import (
 )
 from atls_proxy.errors import ConfigError
 from atls_proxy.expat.binding import DEFAULT_EXPORTER_LABEL
+from atls_proxy.expat.messages import REQUEST_AND_ENTRY_EXTENSIONS
 from atls_proxy.expat.profile import DEFAULT_EXTENSION_TYPE
 from atls_proxy.ops.files import read_capped
 from atls_proxy.untrusted import toml_loads
@@ -400,16 +401,6 @@ _CLIENT_KEYS = (
     *_OPS_KEYS,
 )
 _EXPAT_KEYS = ("exporter_label", "extension_type", "request_header_in_transcript")
-# RFC 8446 §4.2's table: the extensions a CertificateRequest (CR) or a CertificateEntry (CT) may
-# carry. cmw_attestation on one of them would collide (13 is in every request this client sends).
-_RESERVED_EXTENSIONS = {
-    5: "status_request",
-    13: "signature_algorithms",
-    18: "signed_certificate_timestamp",
-    47: "certificate_authorities",
-    48: "oid_filters",
-    50: "signature_algorithms_cert",
-}
 _ATTESTER_KEYS = ("kind", "software", "tier", "epoch_seconds", "quote_timeout", "max_waiters")
 _SOFTWARE_KEYS = ("platform_key", "measurements", "simulated_quote_ms")
 # The hardware attesters' tables beside [attester.software] (documented in docs/ATTESTERS.md and
@@ -632,10 +623,10 @@ def _expat(root: _Table) -> ExpatConfig:
         )
     ext = t.integer("extension_type", d.extension_type, 0, 0xFFFF)
     assert ext is not None
-    if ext in _RESERVED_EXTENSIONS:
+    if ext in REQUEST_AND_ENTRY_EXTENSIONS:
         raise ConfigError(
             t.key("extension_type"),
-            f"{ext} is {_RESERVED_EXTENSIONS[ext]}, which authenticator requests and certificate "
+            f"{ext} is {REQUEST_AND_ENTRY_EXTENSIONS[ext]}, which authenticator requests and certificate "
             "entries already carry (RFC 8446 §4.2): cmw_attestation needs a code point of its own",
         )
     return ExpatConfig(

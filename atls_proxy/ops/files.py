@@ -16,6 +16,8 @@ import os
 import stat
 from pathlib import Path
 
+from atls_proxy.errors import ConfigError
+
 
 def read_capped(path: str | Path, limit: int) -> bytes:
     """Up to ``limit + 1`` bytes of the regular file at ``path``; ``OSError`` otherwise (its
@@ -35,3 +37,16 @@ def read_capped(path: str | Path, limit: int) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def read_trust_file(path: Path, limit: int, what: str = "") -> bytes:
+    """``read_capped`` for the files in a policy's trust folders (ops/*_files.py): a
+    ``ConfigError`` naming the file when it cannot be read or is larger than ``limit`` (``what``
+    says what it is then not)."""
+    try:
+        data = read_capped(path, limit)
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read: {exc.strerror or exc}") from exc
+    if len(data) > limit:
+        raise ConfigError(str(path), f"larger than {limit} bytes" + (f": {what}" if what else ""))
+    return data

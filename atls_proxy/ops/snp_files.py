@@ -26,12 +26,13 @@ its own certificate table (``application/vnd.atls-proxy.snp-report+certs``). Eve
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 
 from atls_proxy.errors import ConfigError, DecodeError
-from atls_proxy.ops.files import read_capped
+from atls_proxy.ops.files import read_trust_file
 from atls_proxy.verify.snp.trust import MAX_CRL_SIZE, SnpTrust, build_snp_trust
 
 # Certificate files hold one certificate or a short chain: 64 KiB is far above any real one and
@@ -51,14 +52,7 @@ CERT_SUFFIXES = (".pem", ".der", ".crt", ".cer")
 CRL_SUFFIXES = (".crl",)
 
 
-def _read(path: Path, limit: int) -> bytes:
-    try:
-        data = read_capped(path, limit)
-    except OSError as exc:
-        raise ConfigError(str(path), f"cannot read: {exc.strerror or exc}") from exc
-    if len(data) > limit:
-        raise ConfigError(str(path), f"larger than {limit} bytes: not an AMD certificate or CRL")
-    return data
+_read = functools.partial(read_trust_file, what="not an AMD certificate or CRL")
 
 
 def _listing(folder: Path, what: str) -> list[Path]:

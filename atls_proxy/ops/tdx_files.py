@@ -23,6 +23,7 @@ Any other file is ignored. Every problem raises ``ConfigError`` whose key is the
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -32,7 +33,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from atls_proxy.errors import ConfigError, DecodeError
-from atls_proxy.ops.files import read_capped
+from atls_proxy.ops.files import read_trust_file
 from atls_proxy.verify.tdx.collateral import (
     MAX_COLLATERAL_JSON_SIZE,
     MAX_CRL_SIZE,
@@ -60,14 +61,7 @@ _CRL_SUFFIXES = (".der", ".pem", ".crl")
 T = TypeVar("T")
 
 
-def _read(path: Path, limit: int) -> bytes:
-    try:
-        data = read_capped(path, limit)
-    except OSError as exc:
-        raise ConfigError(str(path), f"cannot read: {exc.strerror or exc}") from exc
-    if len(data) > limit:
-        raise ConfigError(str(path), f"larger than {limit} bytes: not TDX collateral")
-    return data
+_read = functools.partial(read_trust_file, what="not TDX collateral")
 
 
 def _parse(path: Path, limit: int, parse: Callable[[bytes, str], T]) -> T:

@@ -27,7 +27,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from atls_proxy.errors import ConfigError, DecodeError
-from atls_proxy.ops.files import read_capped
+from atls_proxy.ops.files import read_trust_file
 from atls_proxy.verify.tpm.azure import MAX_HCL_REPORT_SIZE, parse_hcl_report
 from atls_proxy.verify.tpm.evidence import MAX_JSON_SIZE, decode_evidence, evidence_from_json
 from atls_proxy.verify.tpm.trust import (
@@ -44,14 +44,7 @@ MAX_FOLDER_ENTRIES = 1024
 KEY_SUFFIXES = (".pem", ".pub", ".der", ".json", ".jwk")
 
 
-def _read(path: Path, limit: int) -> bytes:
-    try:
-        data = read_capped(path, limit)
-    except OSError as exc:
-        raise ConfigError(str(path), f"cannot read: {exc.strerror or exc}") from exc
-    if len(data) > limit:
-        raise ConfigError(str(path), f"larger than {limit} bytes")
-    return data
+_read = read_trust_file
 
 
 def _is_hcl(path: Path) -> bool:
