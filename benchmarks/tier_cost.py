@@ -7,6 +7,7 @@ Usage (from the checkout, machine otherwise idle)::
     python3 benchmarks/tier_cost.py --tier cached --tier off --connections 3000 --rounds 5
     python3 benchmarks/tier_cost.py --profile server --top 40 # cProfile of serve, cached - off
     python3 benchmarks/tier_cost.py --profile client --top 40 # cProfile of the client side
+    python3 benchmarks/tier_cost.py --profile timed           # C calls in serve, in place
     python3 benchmarks/tier_cost.py --exchange                # the cached exchange, no sockets
 
 What it runs is what ``atls-proxy bench attest`` runs, at a low and fixed concurrency instead of
@@ -27,6 +28,14 @@ extra calls. The profiler inflates Python function time far more than time spent
 the kernel), so read its figures as a map of where the difference is, and the unprofiled runs for
 how large it is.
 
+``--profile timed`` runs ``serve`` without the profiler but with thread-CPU clocks around a
+few functions (``TIMED``): the signatures, the exporters, the TLS engine's I/O steps and the
+socket write — the work in C (OpenSSL, the kernel) that the tier's extra cannot do without — and
+the Expat session's two entry points (inclusive). It prints them per connection for both tiers
+and sets the C part of the difference against the 0.25 × the second tier's cost that ``cached``
+≥ 0.8× ``off`` allows: in place, with the caches other connections leave behind, these cost more
+than ``--exchange``'s tight loop says.
+
 ``--exchange`` measures the cached tier's exchange alone, with no sockets and no event loop
 between the steps: one in-memory TLS 1.3 connection (the real server identity and contexts of
 ``dev-init``), then per connection the server's part (a fresh ``AttesterSession`` receiving the
@@ -42,6 +51,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import json
 import pstats
 import statistics
 import sys
@@ -74,6 +84,47 @@ except SystemExit:
 finally:
     prof.dump_stats(out)
 """
+# ``python -c`` program for ``--profile timed``: serve with thread-CPU accumulators around the
+# functions TIMED names (module, qualified name); writes {name: [ns, calls]} as JSON to argv[1]
+# at exit.
+_TIMED_SERVE = """
+import atexit, importlib, json, sys, time
+acc = {}
+def timed(modname, qual):
+    mod = importlib.import_module(modname)
+    owner, _, attr = qual.rpartition(".")
+    obj = getattr(mod, owner) if owner else mod
+    orig, rec = getattr(obj, attr), acc.setdefault(qual, [0, 0])
+    clock = time.thread_time_ns
+    def wrapper(*a, **k):
+        t = clock()
+        try:
+            return orig(*a, **k)
+        finally:
+            rec[0] += clock() - t
+            rec[1] += 1
+    setattr(obj, attr, wrapper)  # callers reach these through the module or the class
+for modname, qual in json.loads(sys.argv[2]):
+    timed(modname, qual)
+out, sys.argv = sys.argv[1], ["atls-proxy", *sys.argv[3:]]
+atexit.register(lambda: open(out, "w").write(json.dumps(acc)))
+from atls_proxy.cli import main
+main()
+"""
+# (module, qualified name, group). "c": a call into OpenSSL or the kernel behind a thin wrapper;
+# "session": the Expat session's entry points, inclusive of the "c" calls they make.
+TIMED = (
+    ("atls_proxy.expat.schemes", "sign", "c"),
+    ("atls_proxy.tls.engine", "TLSEngine.export", "c"),
+    ("atls_proxy.tls.engine", "TLSEngine.handshake", "c"),
+    ("atls_proxy.tls.engine", "TLSEngine.read", "c"),
+    ("atls_proxy.tls.engine", "TLSEngine.write", "c"),
+    ("atls_proxy.tls.engine", "TLSEngine.feed", "c"),
+    ("atls_proxy.tls.engine", "TLSEngine.outgoing", "c"),
+    ("atls_proxy.proxy.conn", "Conn.write", "c"),
+    ("atls_proxy.expat.session", "AttesterSession.receive", "session"),
+    ("atls_proxy.expat.session", "AttesterSession.authenticator", "session"),
+)
 MAX_CONNECTIONS = 100_000
 MAX_SECONDS_PER_RUN = 300.0
 # One connection (handshake, exchange, request) may take this long before the run fails.
@@ -92,7 +143,13 @@ async def one_run(
         # cleanly on SIGTERM.
         return [argv[0], "-c", _PROFILED_SERVE, str(prof_path), *argv[3:]]
 
-    wrap = profiled if profile == "server" and prof_path is not None else None
+    def timed(argv: list[str]) -> list[str]:
+        names = json.dumps([[m, q] for m, q, _ in TIMED])
+        return [argv[0], "-c", _TIMED_SERVE, str(prof_path), names, *argv[3:]]
+
+    wrap = None
+    if prof_path is not None and profile in ("server", "timed"):
+        wrap = profiled if profile == "server" else timed
     async with bench_server(tier, 40, concurrency, wrap_argv=wrap) as (proc, settings, pinned):
         if not pinned:
             print(f"{tier}: NOT pinned (server and client share the CPUs)", file=sys.stderr)
@@ -256,13 +313,43 @@ def print_difference(
         print(f"{us:9.1f} {calls:10.2f}  {where}:{line} {name}")
 
 
+def print_timed(
+    a_name: str,
+    a: Path,
+    a_connections: int,
+    b_name: str,
+    b: Path,
+    b_connections: int,
+    b_server_ms: float,
+) -> None:
+    """``--profile timed``: µs of thread CPU per connection in each TIMED function, both tiers."""
+    fa, fb = json.loads(a.read_text()), json.loads(b.read_text())
+    print(f"\nthread CPU per connection in serve, µs (calls per connection), {a_name} vs {b_name}:")
+    c_extra = 0.0
+    for _mod, qual, group in TIMED:
+        (ta, na), (tb, nb) = fa.get(qual, (0, 0)), fb.get(qual, (0, 0))
+        ua, ub = ta / a_connections / 1e3, tb / b_connections / 1e3
+        if group == "c":
+            c_extra += ua - ub
+        print(
+            f"  {qual:32} {ua:7.1f} ({na / a_connections:.2f})  {ub:7.1f} "
+            f"({nb / b_connections:.2f})  {ua - ub:+7.1f}" + ("" if group == "c" else "  inclusive")
+        )
+    allowed = 0.25 * b_server_ms * 1e3
+    print(
+        f"  C calls ({a_name} - {b_name}): {c_extra:+.1f} µs per connection; {a_name} ≥ 0.8× "
+        f"{b_name} allows {allowed:.0f} µs extra in all ({b_name}: {b_server_ms:.3f} ms/conn, "
+        "timed run)"
+    )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tier", action="append", choices=TIERS, help="default: cached, off")
     ap.add_argument("--connections", type=int, default=2000, help="per run (default 2000)")
     ap.add_argument("--concurrency", type=int, default=4, help="default 4")
     ap.add_argument("--rounds", type=int, default=3, help="default 3 (1 with --profile)")
-    ap.add_argument("--profile", choices=("server", "client"))
+    ap.add_argument("--profile", choices=("server", "client", "timed"))
     ap.add_argument("--top", type=int, default=40, help="rows of the profile difference")
     ap.add_argument("--exchange", action="store_true", help="the cached exchange, no sockets")
     args = ap.parse_args()
@@ -301,9 +388,8 @@ def main() -> int:
                     f"client+backend {client_ms:.3f} ms/conn",
                     flush=True,
                 )
-        print(
-            "\nmedian ms of CPU per connection" + (" (under the profiler)" if args.profile else "")
-        )
+        under = " (under the profiler)" if args.profile in ("server", "client") else ""
+        print("\nmedian ms of CPU per connection" + under)
         for t in tiers:
             s = statistics.median(f[0] for f in figures[t])
             c = statistics.median(f[1] for f in figures[t])
@@ -319,7 +405,18 @@ def main() -> int:
                 + "; client+backend "
                 + ", ".join(f"{x:.2f}" for x in ratios_c)
             )
-        if args.profile:
+        if args.profile == "timed":
+            a, b = tiers
+            print_timed(
+                a,
+                paths[a],
+                measured[a] + WARMUP_CONNECTIONS,
+                b,
+                paths[b],
+                measured[b] + WARMUP_CONNECTIONS,
+                figures[b][0][0],
+            )
+        elif args.profile:
             a, b = tiers
             # The server's profile covers the whole process: the warm-up connections too.
             warm = WARMUP_CONNECTIONS if args.profile == "server" else 0

@@ -73,7 +73,9 @@ def test_bench_attest_bad_flags_are_usage_errors(flag: str, value: str) -> None:
     assert res.returncode == 2 and flag in res.stderr, res.stderr
 
 
-@pytest.mark.parametrize("mode", [(), ("--profile", "server", "--top", "5"), ("--exchange",)])
+@pytest.mark.parametrize(
+    "mode", [(), ("--profile", "server", "--top", "5"), ("--profile", "timed"), ("--exchange",)]
+)
 def test_tier_cost_script_runs(mode: tuple[str, ...]) -> None:
     """benchmarks/tier_cost.py (the measurement behind docs/PERFORMANCE.md's breakdown) keeps
     working: CPU per connection of both sides per tier, and with --profile the difference."""
@@ -92,6 +94,12 @@ def test_tier_cost_script_runs(mode: tuple[str, ...]) -> None:
         return
     for tier in ("cached", "off"):
         assert re.search(rf"round 1 {tier} +server [0-9.]+ ms/conn", res.stdout), res.stdout
+    if mode == ("--profile", "timed"):
+        # two signatures and three exporters per cached connection, none with attestation off
+        assert re.search(r"sign +[0-9.]+ \(2\.00\) +0\.0 \(0\.00\)", res.stdout), res.stdout
+        assert re.search(r"TLSEngine\.export +[0-9.]+ \(3\.00\) +0\.0 \(0\.00\)", res.stdout)
+        assert re.search(r"C calls \(cached - off\): \+[0-9.]+ µs per connection", res.stdout)
+        return
     if mode:
         assert "cached - off per connection" in res.stdout, res.stdout
         # the two ECDSA signatures of the cached tier are among the differences it finds
