@@ -8,12 +8,14 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import threading
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from OpenSSL import SSL
 
 from atls_proxy.app import build_client_settings, build_server
 from atls_proxy.attest.base import Evidence
@@ -22,6 +24,7 @@ from atls_proxy.expat import framing as f
 from atls_proxy.expat.binding import Binding
 from atls_proxy.ops.config import Address, Timeouts, load_client_config, load_server_config
 from atls_proxy.proxy.client import AttestationFailed, open_attested
+from atls_proxy.proxy.server import ServerKeys
 from tests.integration.conftest import Stack, serve_variant, start_client, start_server
 from tests.support.procs import Procs, free_port, run_cli, status_counters
 
@@ -344,3 +347,54 @@ async def test_a_forwarded_connection_that_times_out_in_the_kernel_is_a_break(
     finally:
         await server.close()
         be.close()
+
+
+def _resume_twice(port: int) -> tuple[bool, bool, bytes]:
+    """A stdlib TLS 1.3 client that stores the first connection's ticket and offers it on the
+    second: (first had a ticket, second resumed, what the second read)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    addr = ("127.0.0.1", port)
+    with ctx.wrap_socket(socket.create_connection(addr, timeout=5)) as first:
+        first.sendall(b"plain\n")  # refused as a plain client; the ticket came before that
+        with contextlib.suppress(OSError):
+            while first.recv(4096):
+                pass
+        session = first.session
+    with ctx.wrap_socket(socket.create_connection(addr, timeout=5), session=session) as second:
+        resumed = second.session_reused
+        second.sendall(b"plain\n")
+        got = b""
+        with contextlib.suppress(OSError):
+            while chunk := second.recv(4096):
+                got += chunk
+    return session is not None and session.has_ticket, resumed, got
+
+
+async def test_a_resumed_tls_session_is_refused(stack: Stack) -> None:
+    """Defence in depth behind the contexts' disabled resumption: a server whose context does
+    issue tickets still refuses the connection that resumes with one (a resumed session has no
+    fresh certificate authentication of its own, RFC 8446 §2.2), before the Expat exchange."""
+    scfg = load_server_config(stack.dev / "serve.toml", backend=f"127.0.0.1:{stack.backend_port}")
+    server = build_server(replace(scfg, listen=Address("tcp", "127.0.0.1", 0)))
+    # tls/context.py's server context with what disables resumption left out
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
+    ctx.use_certificate(server.identity.chain[0])
+    ctx.use_privatekey(server.identity.private_key)
+    ctx.set_session_id(b"atls-resumption-test")
+    server.keys = ServerKeys.build(server.identity, ctx)
+    (_, port), *_ = await server.start()
+    task = asyncio.ensure_future(server.serve_forever())
+    try:
+        had_ticket, resumed, got = await asyncio.to_thread(_resume_twice, port)
+        assert had_ticket and resumed, "the test context did not let the client resume"
+        assert got == b""
+        # the first connection is refused as a plain client, the resumed one at the handshake
+        assert server.stats.by_check == {"expat.preamble": 1, "tls.handshake": 1}
+        assert server.stats.attested == server.stats.unattested == 0
+    finally:
+        task.cancel()
+        await server.close()
