@@ -42,6 +42,7 @@ from atls_proxy.verify.snp import (
 )
 from atls_proxy.verify.snp.certs import AmdCert, parse_amd_certificates
 from atls_proxy.verify.snp.report import POLICY_DEBUG, POLICY_MIGRATE_MA, POLICY_SINGLE_SOCKET
+from atls_proxy.verify.snp.verifier import MAX_EVIDENCE_CERTS
 from tests.support.der import tlv
 
 NOW = datetime(2025, 6, 1, tzinfo=UTC)
@@ -849,6 +850,76 @@ def test_report_with_certificate_table(little_endian: bool) -> None:
     # A garbage VCEK entry is a format failure, not a crash.
     junk = cbor2.dumps({1: MILAN.report(), 2: _cert_table([(VCEK_GUID, b"\x30\x03abc")])})
     assert failed(appraise(MILAN, junk, trust=no_veks)) == "snp.report.format"
+
+
+def _broken_asks(n: int) -> list[bytes]:
+    """``n`` distinct copies of MILAN's ASK with one signature byte changed each: the ASK's
+    name, so each is a candidate issuer of the VCEK, and a signature that does not verify."""
+    good = MILAN.ask.public_bytes(Encoding.DER)
+    return [good[: -1 - i] + bytes([good[-1 - i] ^ 1]) + good[len(good) - i :] for i in range(n)]
+
+
+def _pem(ders: Sequence[bytes]) -> bytes:
+    import base64
+
+    return b"".join(
+        b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(d) + b"-----END CERTIFICATE-----\n"
+        for d in ders
+    )
+
+
+def test_repeated_certificates_in_the_table_are_read_and_checked_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """31 entries pointing at one PEM blob of 16 copies of a bad ASK: 496 candidates before
+    the folder's good ASK, each RSA-verified (~80× a plain appraisal). Each distinct blob is
+    parsed once and each distinct certificate checked once."""
+    from atls_proxy.verify.snp import verifier as snp_verifier
+
+    parsed: list[int] = []
+    checked: list[bytes] = []
+    real_parse, real_check = snp_verifier.parse_amd_certificates, snp_verifier.signature_problem
+
+    def parse(blob: bytes) -> list[AmdCert]:
+        parsed.append(len(blob))
+        return real_parse(blob)
+
+    def check(cert: AmdCert, issuer: Any) -> str:
+        checked.append(cert.der)
+        return real_check(cert, issuer)
+
+    monkeypatch.setattr(snp_verifier, "parse_amd_certificates", parse)
+    monkeypatch.setattr(snp_verifier, "signature_problem", check)
+    vek = MILAN.vek.public_bytes(Encoding.DER)
+    bad_ask = _broken_asks(1)[0]
+    blob = _pem([bad_ask] * 16)
+    # every ASK entry points at the same bytes
+    entries = [(VCEK_GUID.bytes_le, 24 * 33, len(vek))] + [
+        (ASK_GUID.bytes_le, 24 * 33 + len(vek), len(blob))
+    ] * 31
+    table = b"".join(g + struct.pack("<II", o, n) for g, o, n in entries) + bytes(24) + vek + blob
+    trust = build_snp_trust([], [("test anchors", MILAN.chain_pem())])
+    a = appraise(MILAN, cbor2.dumps({1: MILAN.report(), 2: table}), trust=trust)
+    assert a.passed, a.first_failure
+    # the folder's ASK, after the carried copy failed its signature
+    assert "from test anchors" in by_name(a, "snp.chain.ask").detail
+    assert parsed == [len(vek), len(blob)]
+    assert checked.count(bad_ask) == 1
+
+
+def test_more_distinct_certificates_than_a_chain_needs_are_refused() -> None:
+    vek = MILAN.vek.public_bytes(Encoding.DER)
+    trust = build_snp_trust([], [("test anchors", MILAN.chain_pem())])
+    for asks, passes in ((MAX_EVIDENCE_CERTS - 1, True), (MAX_EVIDENCE_CERTS, False)):
+        table = _cert_table([(VCEK_GUID, vek), (ASK_GUID, _pem(_broken_asks(asks)))])
+        a = appraise(MILAN, cbor2.dumps({1: MILAN.report(), 2: table}), trust=trust)
+        if passes:
+            assert a.passed, a.first_failure
+        else:
+            assert failed(a) == "snp.report.format"
+            assert f"more than {MAX_EVIDENCE_CERTS} distinct certificates" in (
+                by_name(a, "snp.report.format").detail
+            )
 
 
 def test_verifier_class_uses_binding_and_clock() -> None:

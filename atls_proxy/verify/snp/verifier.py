@@ -107,6 +107,10 @@ MEDIA_TYPE = "application/vnd.atls-proxy.snp-report"
 # 2: auxblob} (atls_proxy.attest.configfs).
 CERTS_MEDIA_TYPE = "application/vnd.atls-proxy.snp-report+certs"
 
+# Distinct certificates one evidence may carry: the VCEK or VLEK, its ASK or ASVK and the ARK are
+# three; a little room for a platform that adds another.
+MAX_EVIDENCE_CERTS = 8
+
 TV_INSTANCE_IDENTITY = "instance-identity"
 TV_HARDWARE = "hardware"
 TV_CONFIGURATION = "configuration"
@@ -315,13 +319,29 @@ class _Appraiser:
         return ev
 
     def evidence_certs(self, ev: rpt.SnpEvidence) -> None:
+        # Entries may point at the same bytes and blobs may repeat a certificate: each is parsed
+        # and kept once, and more distinct certificates than a chain needs are refused, so one
+        # evidence cannot make an appraisal parse and RSA-verify hundreds of copies.
+        blobs: set[bytes] = set()
+        kept: set[bytes] = set()
         for label, blob in ev.certificates:
+            if blob in blobs:
+                continue
+            blobs.add(blob)
             where = f"evidence {label} entry"
             try:
                 certs = parse_amd_certificates(blob)
             except DecodeError as exc:
                 raise DecodeError(f"{where}: {exc}") from exc
             for cert in certs:
+                if cert.der in kept:
+                    continue
+                kept.add(cert.der)
+                if len(kept) > MAX_EVIDENCE_CERTS:
+                    raise DecodeError(
+                        f"the evidence carries more than {MAX_EVIDENCE_CERTS} distinct "
+                        "certificates (a VCEK or VLEK chain has three)"
+                    )
                 try:
                     role, product = classify(cert)
                     if role in (ROLE_VCEK, ROLE_VLEK):
