@@ -456,8 +456,10 @@ def test_pck_crl_signed_by_wrong_key_stops() -> None:
     assert a.checks[-1].name == "tdx.collateral.pck-crl"
 
 
-def test_debug_td() -> None:
-    s = Synth(td_attributes=b"\x01" + bytes(7))
+@pytest.mark.parametrize("tud", [0x01, 0x02, 0x80])
+def test_debug_td(tud: int) -> None:
+    # DEBUG (bit 0), and the TUD group's reserved bits 7:1: a TD "under debug" either way
+    s = Synth(td_attributes=bytes([tud]) + bytes(7))
     a = run(s)
     assert failed(a) == ["tdx.debug"] and a.trust_vector["configuration"] == 96
     a = run(s, policy=TdxPolicy(allow_debug=True))

@@ -7,7 +7,7 @@ Layout (all keys optional; the defaults are the safe ones)::
     out_of_date_grace_until = 2026-03-31T00:00:00Z  # optional: until then OutOfDate counts as
                                                   # UpToDate (OutOfDateConfigurationNeeded as
                                                   # ConfigurationNeeded) before the list applies
-    allow_debug = false                           # TD_ATTRIBUTES.DEBUG (bit 0) forbidden
+    allow_debug = false                           # TD_ATTRIBUTES TUD bits 7:0 (DEBUG) forbidden
 
     [tdx.registers]                               # each listed register must equal one value
     mrtd = ["<96 hex>", "<96 hex>"]

@@ -35,7 +35,8 @@ Verification Library, QuoteVerifier.cpp 4.1.2.4.x):
    ``tdx.tcb.level`` — a platform TCB level (and module TCB level) matches (4.1.2.4.17);
    ``tdx.tcb.status`` — the combined status (``tcb.combine``), with its advisory IDs, is one the
    policy accepts (after the optional OutOfDate grace date).
-7. ``tdx.debug`` — TD_ATTRIBUTES bit 0 (DEBUG) is clear unless the policy allows debug TDs.
+7. ``tdx.debug`` — TD_ATTRIBUTES bits 7:0 (the TUD group: DEBUG and the flags reserved beside it)
+   are clear unless the policy allows debug TDs.
 8. ``tdx.register.<name>`` — each register the policy lists equals one of its values; then one
    passed check per register the policy does not list ("not constrained by policy").
 9. ``tdx.report-data`` — REPORTDATA equals ``expected_report_data`` (the Expat binding).
@@ -100,8 +101,11 @@ PCK_CHAIN_LENGTH = 3
 # QVL 4.1.2.4.4: the PCK leaf's CN contains this phrase.
 PCK_LEAF_CN_PHRASE = "SGX PCK Certificate"
 PCK_CA_NAMES = ("Intel SGX PCK Platform CA", "Intel SGX PCK Processor CA")
-# TDX Module 1.5 ABI, TDREPORT_STRUCT.TDINFO.ATTRIBUTES: bit 0 is DEBUG.
+# TDX Module 1.5 ABI, TDREPORT_STRUCT.TDINFO.ATTRIBUTES: bits 7:0 are the TUD ("TD under debug")
+# group — bit 0 is DEBUG, bits 7:1 are reserved for further TUD flags — and a TD with any TUD bit
+# set is not trustworthy. All eight are read as debug (fail closed on a future flag).
 TD_ATTRIBUTES_DEBUG = 0x01
+TD_ATTRIBUTES_TUD = 0xFF
 
 TV_INSTANCE_IDENTITY = "instance-identity"
 TV_HARDWARE = "hardware"
@@ -608,8 +612,15 @@ class _Appraiser:
 
     def debug(self, quote: TdxQuote) -> None:
         attrs = quote.body.td_attributes
-        is_debug = bool(attrs[0] & TD_ATTRIBUTES_DEBUG)
-        observed = f"TD_ATTRIBUTES {attrs.hex()} (DEBUG {'set' if is_debug else 'clear'})"
+        tud = attrs[0] & TD_ATTRIBUTES_TUD
+        is_debug = tud != 0
+        if not is_debug:
+            state = "clear"
+        elif tud == TD_ATTRIBUTES_DEBUG:
+            state = "set"
+        else:
+            state = f"TUD bits {tud:#04x}"
+        observed = f"TD_ATTRIBUTES {attrs.hex()} (DEBUG {state})"
         if not is_debug:
             self.add("tdx.debug", True, "production TD", observed=observed, expected="DEBUG clear")
             self.tv[TV_CONFIGURATION] = int(Tier.AFFIRMING)
