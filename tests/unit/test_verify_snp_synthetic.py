@@ -376,6 +376,9 @@ def test_vmpl_min_tcb_firmware_guest_svn() -> None:
     assert failed(turin) == "snp.tcb.minimum"
     fw = appraise(MILAN, MILAN.report(), policy=SnpPolicy(min_firmware=(1, 56)))
     assert failed(fw) == "snp.firmware"
+    # the detail names the version the minimum was compared with (CURRENT, also the observed)
+    current = by_name(fw, "snp.firmware")
+    assert current.detail.startswith(f"current {current.observed} (committed ")
     assert failed(appraise(MILAN, MILAN.report(), policy=SnpPolicy(min_guest_svn=8))) == (
         "snp.guest-svn"
     )

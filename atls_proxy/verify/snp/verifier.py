@@ -915,7 +915,8 @@ class _Appraiser:
         self.add(
             "snp.firmware",
             ok,
-            f"committed {cmaj}.{cmin}.{cbuild}"
+            # the minimum applies to CURRENT (observed); COMMITTED, the rollback floor, is shown
+            f"current {major}.{minor}.{build} (committed {cmaj}.{cmin}.{cbuild})"
             + ("; not constrained by policy" if minimum is None else "")
             + ("" if ok else "; below the policy's minimum firmware"),
             observed=f"{major}.{minor}.{build}",
