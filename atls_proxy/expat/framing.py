@@ -36,6 +36,10 @@ HEADER_LEN = 4
 MAX_FRAME_PAYLOAD = 256 * 1024
 # ERROR reasons are for logs; a line of text is enough.
 MAX_REASON = 1024
+# A request is a context of at most 255 bytes and a few extensions (RFC 9261 §4): this client's is
+# 68 bytes. 16 KiB leaves room for a certificate_authorities list, and keeps what a client that
+# never finishes its request can make the server hold to 16 KiB a connection, not 256.
+MAX_REQUEST_PAYLOAD = 16 * 1024
 
 
 class FrameType(enum.IntEnum):
@@ -43,6 +47,15 @@ class FrameType(enum.IntEnum):
     AUTHENTICATOR = 0x02
     ACCEPT = 0x03
     ERROR = 0x04
+
+
+# The largest payload each frame type may announce; a larger length fails at its header.
+_MAX_PAYLOAD = {
+    FrameType.AUTH_REQUEST: MAX_REQUEST_PAYLOAD,
+    FrameType.AUTHENTICATOR: MAX_FRAME_PAYLOAD,
+    FrameType.ACCEPT: 0,
+    FrameType.ERROR: 2 + MAX_REASON,
+}
 
 
 class ErrorCode(enum.IntEnum):
@@ -157,9 +170,11 @@ class FrameDecoder:
             length = int.from_bytes(self._buf[1:4], "big")
             if ftype not in FrameType._value2member_map_:
                 raise ProtocolError(f"unknown frame type 0x{ftype:02x}", check="expat.frame")
-            if length > MAX_FRAME_PAYLOAD:
+            limit = _MAX_PAYLOAD[FrameType(ftype)]
+            if length > limit:
                 raise ProtocolError(
-                    f"frame length {length} exceeds {MAX_FRAME_PAYLOAD}", check="expat.frame"
+                    f"{FrameType(ftype).name} frame length {length} exceeds {limit}",
+                    check="expat.frame",
                 )
             if len(self._buf) < HEADER_LEN + length:
                 break

@@ -80,6 +80,26 @@ def test_bad_streams(data: bytes, check: str) -> None:
         d.feed(f.encode_frame(f.FrameType.ACCEPT))
 
 
+@pytest.mark.parametrize(
+    ("ftype", "limit"),
+    [
+        (f.FrameType.AUTH_REQUEST, f.MAX_REQUEST_PAYLOAD),
+        (f.FrameType.AUTHENTICATOR, f.MAX_FRAME_PAYLOAD),
+        (f.FrameType.ACCEPT, 0),
+        (f.FrameType.ERROR, 2 + f.MAX_REASON),
+    ],
+)
+def test_each_frame_type_has_its_own_length_cap(ftype: f.FrameType, limit: int) -> None:
+    """A length over the type's cap fails at the header, before the payload is waited for: a
+    client cannot make the server hold 256 KiB of a request that never completes."""
+    at_limit = f.FrameDecoder().feed(f.PREAMBLE + f.encode_frame(ftype, bytes(limit)))
+    assert at_limit == [f.Frame(ftype, bytes(limit))]
+    over = f.FrameDecoder()
+    with pytest.raises(ProtocolError) as e:
+        over.feed(f.PREAMBLE + bytes([ftype]) + (limit + 1).to_bytes(3, "big"))
+    assert e.value.check == "expat.frame" and f"exceeds {limit}" in str(e.value)
+
+
 def test_error_payload_bounds() -> None:
     with pytest.raises(ProtocolError):
         f.decode_error(b"\x00")
