@@ -297,15 +297,19 @@ class AttestedServer(Listener):
             first = False
             if not data:
                 raise Refused("expat.exchange", f"client closed the stream in state {sess.state}")
+            answered = sess.state == "result"
             try:
                 events = sess.receive(data)
             except (ProtocolError, DecodeError) as exc:
-                code = (
-                    error_code_for(exc.check, exc.alert)
-                    if isinstance(exc, ProtocolError)
-                    else ErrorCode.MALFORMED
-                )
-                _send_error(tls, sess, code, str(exc))
+                # An ERROR only before the authenticator, as on the timeout above: after it, a
+                # client that believes it sent ACCEPT would hand the frame to its application.
+                if not answered:
+                    code = (
+                        error_code_for(exc.check, exc.alert)
+                        if isinstance(exc, ProtocolError)
+                        else ErrorCode.MALFORMED
+                    )
+                    _send_error(tls, sess, code, str(exc))
                 raise
             for ev in events:
                 if isinstance(ev, xs.PlainClient):

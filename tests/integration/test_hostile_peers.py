@@ -118,6 +118,32 @@ def test_reused_context(stack: Stack) -> None:
     _assert_logged(stack, "expat.frame")
 
 
+@pytest.mark.parametrize(
+    "after",
+    [
+        f.encode_frame(f.FrameType.ACCEPT)[:1] + b"\x00\x00\x01!",  # ACCEPT with a payload
+        f.encode_frame(f.FrameType.AUTH_REQUEST, _request()),  # a second request
+    ],
+    ids=["malformed-accept", "second-request"],
+)
+def test_no_error_frame_after_the_authenticator(stack: Stack, after: bytes) -> None:
+    """After the authenticator the server sends no shim bytes, whatever the client does wrong:
+    a client that believes it sent ACCEPT would hand them to its application (docs/PROTOCOL.md
+    §4). It closes, and logs the check."""
+    with _tls_client(stack.server_port, stack.dev / "ca.pem") as s:
+        s.sendall(f.PREAMBLE + f.encode_frame(f.FrameType.AUTH_REQUEST, _request()))
+        s.settimeout(10)
+        head, got = len(f.PREAMBLE) + 4, b""
+        while len(got) < head or len(got) < head + int.from_bytes(got[head - 3 : head], "big"):
+            chunk = s.recv(65536)
+            assert chunk, got[:32]
+            got += chunk
+        assert got.startswith(f.PREAMBLE + bytes([f.FrameType.AUTHENTICATOR]))
+        s.sendall(after)
+        assert _read_all(s) == b""
+    _assert_logged(stack, "expat.frame")
+
+
 def test_truncated_frame_then_close(stack: Stack) -> None:
     with _tls_client(stack.server_port, stack.dev / "ca.pem") as s:
         s.sendall(f.PREAMBLE + b"\x01\x00\x01\x00" + b"x" * 10)
