@@ -317,10 +317,14 @@ class RelyingPartySession(_Base):
         tls: TLSInfo,
         profile: ExpatProfile,
         context: bytes,
-        peer_certificate: bytes | None,
+        peer_certificate: bytes,
         offered_schemes: Sequence[int] = DEFAULT_OFFERED,
     ) -> None:
+        """``peer_certificate``: the DER certificate the TLS handshake authenticated; the
+        authenticator must carry that very certificate (``ea.identity``, always checked)."""
         super().__init__()
+        if not peer_certificate:
+            raise ValueError("the relying party needs the TLS server certificate (ea.identity)")
         if len(context) < 16:
             raise ValueError(
                 "use at least 16 random bytes of certificate_request_context (32 recommended)"
@@ -426,17 +430,14 @@ class RelyingPartySession(_Base):
             Check("ea.finished", True, "Finished MAC matches the transcript"),
         ]
         leaf_der = result.certificate.entries[0].cert_data
-        if self._peer_certificate is not None:
-            if leaf_der != self._peer_certificate:
-                raise VerificationError(
-                    "ea.identity",
-                    "the authenticator's certificate is not the TLS server certificate",
-                )
-            self.checks.append(
-                Check(
-                    "ea.identity", True, "authenticator certificate is the TLS server certificate"
-                )
+        if leaf_der != self._peer_certificate:
+            raise VerificationError(
+                "ea.identity",
+                "the authenticator's certificate is not the TLS server certificate",
             )
+        self.checks.append(
+            Check("ea.identity", True, "authenticator certificate is the TLS server certificate")
+        )
         ext = next(
             (
                 e

@@ -319,8 +319,14 @@ def test_api_misuse_raises() -> None:
         at.authenticator(CMW)
     with pytest.raises(RuntimeError):
         rp.accept()
-    with pytest.raises(ValueError):
-        xs.RelyingPartySession(xs.TLSInfo(lambda *a: b"", "sha256"), PROFILE, b"short", None)
+    tls = xs.TLSInfo(lambda *a: b"", "sha256")
+    with pytest.raises(ValueError, match="16 random bytes"):
+        xs.RelyingPartySession(tls, PROFILE, b"short", b"certificate")
+    # no TLS certificate to hold the authenticator's to: refused, not an unchecked identity
+    with pytest.raises(ValueError, match=r"ea\.identity"):
+        xs.RelyingPartySession(tls, PROFILE, os.urandom(32), b"")
+    with pytest.raises(ValueError, match=r"ea\.identity"):
+        xs.RelyingPartySession(tls, PROFILE, os.urandom(32), None)  # type: ignore[arg-type]
 
 
 def test_cmw_altered_in_flight_fails_certificate_verify(ident: ServerIdentity) -> None:
