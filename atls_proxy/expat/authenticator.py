@@ -56,6 +56,7 @@ from atls_proxy.expat.messages import (
     CERTIFICATE_VERIFY,
     EXT_SIGNATURE_ALGORITHMS,
     FINISHED,
+    REQUEST_ONLY_EXTENSIONS,
     AuthenticatorRequest,
     Certificate,
     CertificateEntry,
@@ -282,6 +283,14 @@ def validate(
     offered_types = {e.ext_type for e in request.extensions}
     for i, entry in enumerate(cert.entries):
         for ext in entry.extensions:
+            if ext.ext_type in REQUEST_ONLY_EXTENSIONS:
+                # RFC 8446 §4.2: a known extension in a message it is not specified for
+                raise ProtocolError(
+                    f"CertificateEntry {i} carries 0x{ext.ext_type:04x}, an extension of the "
+                    "request only (RFC 8446 §4.2)",
+                    ProtocolError.ILLEGAL_PARAMETER,
+                    check="ea.extensions",
+                )
             if ext.ext_type not in offered_types:
                 raise ProtocolError(
                     f"CertificateEntry {i} carries extension 0x{ext.ext_type:04x} that was not offered",

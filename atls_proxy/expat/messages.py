@@ -47,6 +47,16 @@ REQUEST_AND_ENTRY_EXTENSIONS = {
     EXT_OID_FILTERS: "oid_filters",
     EXT_SIGNATURE_ALGORITHMS_CERT: "signature_algorithms_cert",
 }
+# Of those, the ones RFC 8446 §4.2 allows in a CertificateRequest only (no "CT" in its table):
+# never in a CertificateEntry.
+REQUEST_ONLY_EXTENSIONS = frozenset(
+    {
+        EXT_SIGNATURE_ALGORITHMS,
+        EXT_CERTIFICATE_AUTHORITIES,
+        EXT_OID_FILTERS,
+        EXT_SIGNATURE_ALGORITHMS_CERT,
+    }
+)
 
 # certificate_request_context<0..2^8-1> (RFC 8446 §4.3.2).
 MAX_CONTEXT = 255

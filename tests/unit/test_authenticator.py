@@ -196,6 +196,26 @@ def test_unoffered_extension_is_unsupported_extension(idents: dict[str, object])
     assert e.value.alert == ProtocolError.UNSUPPORTED_EXTENSION
 
 
+@pytest.mark.parametrize("entry", [0, 1])
+def test_request_only_extension_in_an_entry_is_illegal(
+    idents: dict[str, object], entry: int
+) -> None:
+    """signature_algorithms was offered (every request carries it) but RFC 8446 §4.2 specifies
+    it for the request only: in any CertificateEntry it is illegal_parameter, not accepted."""
+    ident, req, req_bytes, k_att, k_rp = _exchange(ea.Role.SERVER, "p256", idents)
+    sig_algs = next(e for e in req.extensions if e.ext_type == m.EXT_SIGNATURE_ALGORITHMS)
+    other = self_signed(make_key("p256"), "intermediate").public_bytes(Encoding.DER)
+    entries = [m.CertificateEntry(ident.chain_der[0]), m.CertificateEntry(other)]
+    entries[entry] = m.CertificateEntry(entries[entry].cert_data, (sig_algs,))
+    cert = m.Certificate(req.context, tuple(entries)).encode()  # type: ignore[attr-defined]
+    content = b"\x20" * 64 + b"Exported Authenticator\x00" + k_att.transcript_hash(req_bytes, cert)
+    cv = m.CertificateVerify(0x0403, schemes.sign(ident.private_key, 0x0403, content)).encode()  # type: ignore[attr-defined]
+    fin = m.Finished(k_att.finished(req_bytes, cert, cv)).encode()
+    with pytest.raises(ProtocolError) as e:
+        ea.validate(k_rp, req, req_bytes, cert + cv + fin)
+    assert e.value.alert == ProtocolError.ILLEGAL_PARAMETER and e.value.check == "ea.extensions"
+
+
 def test_cmw_outside_entry0_rejected(idents: dict[str, object]) -> None:
     ident, req, req_bytes, k_att, k_rp = _exchange(ea.Role.SERVER, "p256", idents)
     other = self_signed(make_key("p256"), "intermediate").public_bytes(Encoding.DER)
