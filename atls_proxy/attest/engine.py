@@ -526,8 +526,6 @@ class EvidenceEngine:
         return task
 
     async def _new_epoch(self, hash_name: str, aik_hash: bytes) -> _Epoch:
-        # Whole seconds (the epoch record's unit): start rounded down, the lifetime up, so an
-        # epoch is never shorter than configured.
         # Whole seconds (the epoch record's unit): start rounded down, the lifetime rounded up,
         # so the record never says less than configured — and never more than a second more,
         # which a client's max_epoch_age (counted from start) would refuse at the end. From the
