@@ -184,6 +184,9 @@ class EvidenceEngine:
         # cached tier: the last failed refresh per key, (monotonic time, reason); cleared by a
         # successful one. Connections do not start another within KEEP_WARM_RETRY of it.
         self._refresh_failed: dict[tuple[str, bytes], tuple[float, str]] = {}
+        # Epochs of keys a reload replaced: served to the connections accepted before it until
+        # they expire, never refreshed (no quote for a key no new connection uses).
+        self._retired: set[tuple[str, bytes]] = set()
         self._keeper: asyncio.Task[None] | None = None  # start(keep_warm=True)
 
     # -- public ------------------------------------------------------------------------------
@@ -228,11 +231,19 @@ class EvidenceEngine:
             await self._current_epoch(hash_name, aik_key, admit=False)
         self._aik = aik_key
         self._aik_scheme = schemes.schemes_for_key(aik_key)[0]
-        # Epochs of keys no connection can use any more are dropped (a reload replaced them).
-        keep = {(h, _aik_hash(h, aik_key)) for h in EPOCH_HASHES}
-        for k in [k for k in self._epochs if k not in keep]:
-            del self._epochs[k]
-        for k in [k for k in self._refresh_failed if k not in keep]:
+        # Other keys' epochs are retired: kept for the connections accepted before the reload
+        # until they expire (then dropped here, at the next reload, or when one asks), never
+        # refreshed.
+        current = {(h, _aik_hash(h, aik_key)) for h in EPOCH_HASHES}
+        now = self._clock()
+        self._retired = {k for k in (*self._epochs, *self._retired) if k not in current}
+        for k in list(self._retired):
+            ep = self._epochs.get(k)
+            if ep is None or not ep.start <= now < ep.expires:
+                self._epochs.pop(k, None)
+                if k not in self._refreshing:
+                    self._retired.discard(k)
+        for k in [k for k in self._refresh_failed if k not in current]:
             del self._refresh_failed[k]
 
     async def close(self) -> None:
@@ -410,6 +421,16 @@ class EvidenceEngine:
         key = (hash_name, _aik_hash(hash_name, aik_key))
         now = self._clock()
         ep = self._epochs.get(key)
+        if key in self._retired and key not in self._refreshing:
+            # A connection accepted before a reload replaced its key: the key's last epoch while
+            # it lasts, no new quote for it. (A refresh under way when the reload came is
+            # awaited below: its epoch is the last one.)
+            if ep is not None and ep.start <= now < ep.expires:
+                return ep
+            raise AttestationUnavailable(
+                "a reload replaced the server key of this connection and that key's last "
+                "evidence epoch has expired"
+            )
         # An epoch that starts after now means the clock was stepped back since it was quoted:
         # relying parties would see it as issued in the future (appraise.py: EPOCH_CLOCK_SKEW),
         # and its refresh point would be as far away as the step; quote a new one instead.

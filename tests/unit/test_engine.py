@@ -867,3 +867,41 @@ async def test_an_epoch_is_not_served_past_the_default_client_age() -> None:
     assert (ep.start, ep.expires) == (2_000_000, 2_000_300)
     assert ep.expires - ep.start <= DEFAULT_MAX_EPOCH_AGE
     await eng.close()
+
+
+async def test_a_replaced_key_keeps_its_last_epoch_and_is_never_quoted_again() -> None:
+    """A connection accepted before a reload presents the old certificate: it is served the old
+    key's epoch while that lasts — no quote for a key no new connection uses — and refused after
+    it (an epoch is never served stale)."""
+    now = [3_000_000.0]
+    att = Recording()
+    eng = EvidenceEngine(att, Tier.CACHED, aik_key=AIK, epoch_seconds=100, clock=lambda: now[0])
+    await eng.start()
+    assert att.calls == 2  # one epoch per suite hash
+    new = ec.generate_private_key(ec.SECP256R1())
+    await eng.prepare_key(new)  # the reload
+    assert att.calls == 4
+    b = binding()
+    cmw = await eng.evidence_for(b, AIK)  # accepted before the reload, the old certificate
+    assert att.calls == 4
+    a = appraise(cmw, b, now=now[0])
+    assert a.passed, a.first_failure
+    now[0] += 99.5  # past the old epoch's refresh point: still no quote for the old key
+    await eng.evidence_for(binding(), AIK)
+    await asyncio.sleep(0)
+    assert att.calls == 4
+    now[0] += 1  # expired
+    with pytest.raises(AttestationUnavailable, match="a reload replaced the server key"):
+        await eng.evidence_for(binding(), AIK)
+    await asyncio.sleep(0)
+    assert att.calls == 4
+    # the new key is refreshed as usual, and the next reload drops the expired old epochs
+    assert await eng.evidence_for(Binding("sha256", os.urandom(32), _spki_hash(new)), new)
+    await eng.prepare_key(new)
+    assert {aik for _, aik in eng._epochs} == {_spki_hash(new, h) for h in ("sha256", "sha384")}
+    await eng.close()
+
+
+def _spki_hash(key: ec.EllipticCurvePrivateKey, hash_name: str = "sha256") -> bytes:
+    spki = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.new(hash_name, spki).digest()
