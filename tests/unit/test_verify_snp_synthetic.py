@@ -591,12 +591,26 @@ def test_require_crl_refuses_a_crl_of_unknown_scope_and_a_stale_one(
 
 def test_a_forged_crl_for_the_other_list_still_stops() -> None:
     # Its IDP would exclude it, but an unsigned IDP is not believed: every CRL from the ARK
-    # must verify.
+    # must verify — in every appraisal (a failed verification is not remembered).
     other = rsa.generate_private_key(65537, 1024)
     crls = [("b.crl", amd_crl(idp=MILAN_VLEK.crl_url, key=other))]
-    assert failed(appraise(MILAN, MILAN.report(), trust=MILAN.trust(crls=crls))) == (
-        "snp.collateral.crl"
-    )
+    trust = MILAN.trust(crls=crls)
+    for _ in range(2):
+        assert failed(appraise(MILAN, MILAN.report(), trust=trust)) == "snp.collateral.crl"
+    assert trust.crls[0].verified_by == set()
+
+
+def test_a_crl_signature_is_verified_once_per_ark() -> None:
+    trust = MILAN.trust(crls=[("a.crl", amd_crl(idp=MILAN.crl_url))])
+    policy = SnpPolicy(require_crl=True)
+    (crl,) = trust.crls
+    assert appraise(MILAN, MILAN.report(), policy, trust).passed
+    assert crl.verified_by == {MILAN.ark.public_bytes(Encoding.DER)}
+    # what is remembered is what the next appraisal trusts (shown with a forged one below)
+    forged = MILAN.trust(crls=[("a.crl", amd_crl(idp=MILAN.crl_url, key=MILAN.ask_key))])
+    assert failed(appraise(MILAN, MILAN.report(), policy, forged)) == "snp.collateral.crl"
+    forged.crls[0].verified_by.add(MILAN.ark.public_bytes(Encoding.DER))
+    assert appraise(MILAN, MILAN.report(), policy, forged).passed
 
 
 def test_intermediate_distribution_points_are_read_once_at_load(
@@ -923,6 +937,47 @@ def test_more_distinct_certificates_than_a_chain_needs_are_refused() -> None:
             assert f"more than {MAX_EVIDENCE_CERTS} distinct certificates" in (
                 by_name(a, "snp.report.format").detail
             )
+
+
+def test_chain_signatures_that_verified_are_not_verified_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ARK, ASK and VCEK are the same in every appraisal of a platform: each RSA verification
+    that passed is remembered by the exact bytes of certificate and issuer; a failed one, or any
+    other bytes, is verified again."""
+    from atls_proxy.verify.snp import certs as snp_certs
+
+    monkeypatch.setattr(snp_certs, "_VERIFIED", snp_certs.OrderedDict())
+    done: list[str] = []
+    real = snp_certs._signature_problem
+
+    def verify(cert: AmdCert, issuer: AmdCert) -> str:
+        done.append(cert.subject_cn)
+        return real(cert, issuer)
+
+    monkeypatch.setattr(snp_certs, "_signature_problem", verify)
+    trust, report = MILAN.trust(), MILAN.report()
+    first = appraise(MILAN, report, trust=trust)
+    assert first.passed, first.first_failure
+    assert sorted(done) == sorted(["ARK-Milan", "SEV-Milan", "SEV-VCEK"]), done
+    done.clear()
+    again = appraise(MILAN, report, trust=trust)
+    assert done == [] and again.checks == first.checks
+    # a carried ASK with a broken signature: verified (and refused) every time
+    vek = MILAN.vek.public_bytes(Encoding.DER)
+    table = _cert_table([(VCEK_GUID, vek), (ASK_GUID, _broken_asks(1)[0])])
+    for _ in range(2):
+        done.clear()
+        a = appraise(MILAN, cbor2.dumps({1: report, 2: table}), trust=trust)
+        assert a.passed and done == ["SEV-Milan"], done  # then the folder's ASK, remembered
+    # bounded: with room for two, a chain of three is verified in part again
+    monkeypatch.setattr(snp_certs, "VERIFIED_KEPT", 2)
+    snp_certs._VERIFIED.clear()
+    appraise(MILAN, report, trust=trust)
+    assert len(snp_certs._VERIFIED) == 2
+    done.clear()
+    assert appraise(MILAN, report, trust=trust).passed
+    assert done and len(snp_certs._VERIFIED) == 2
 
 
 def test_verifier_class_uses_binding_and_clock() -> None:

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import binascii
 import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -375,8 +377,32 @@ def _pss_salt_length(alg: bytes) -> int:
     return salt
 
 
+# Signatures that verified, by (certificate DER, issuer DER): a pure function of those bytes, and
+# every appraisal of one platform presents the same ARK, ASK and VCEK, so each RSA-4096
+# verification is done once, not per appraisal. Bounded; failures are not kept (evidence that
+# differs each time is verified each time, never held).
+_VERIFIED: OrderedDict[tuple[bytes, bytes], None] = OrderedDict()
+VERIFIED_KEPT = 64
+_VERIFIED_LOCK = threading.Lock()  # appraisals may run in worker threads
+
+
 def signature_problem(cert: AmdCert, issuer: AmdCert) -> str:
     """Why ``issuer``'s key does not verify ``cert``'s RSASSA-PSS signature ("" if it does)."""
+    key = (cert.der, issuer.der)
+    with _VERIFIED_LOCK:
+        if key in _VERIFIED:
+            _VERIFIED.move_to_end(key)
+            return ""
+    problem = _signature_problem(cert, issuer)
+    if not problem:
+        with _VERIFIED_LOCK:
+            _VERIFIED[key] = None
+            if len(_VERIFIED) > VERIFIED_KEPT:
+                _VERIFIED.popitem(last=False)
+    return problem
+
+
+def _signature_problem(cert: AmdCert, issuer: AmdCert) -> str:
     try:
         salt = _pss_salt_length(cert.signature_algorithm)
         key = issuer.public_key()

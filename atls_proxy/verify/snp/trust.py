@@ -163,6 +163,9 @@ class AmdCrl:
     # ROLE_VCEK or ROLE_VLEK when the file name says "vcek" or "vlek" (the KDS path it came
     # from); None otherwise.
     declared_kind: str | None = None
+    # DER of the ARKs whose key verified this CRL's signature: the CRL is loaded once and
+    # consulted by every appraisal, which checks its signature once per ARK, not each time.
+    verified_by: set[bytes] = field(default_factory=set, compare=False, repr=False)
 
 
 def crl_kind_from_name(source: str) -> str | None:

@@ -583,10 +583,14 @@ class _Appraiser:
         except DecodeError:
             key = None
         for crl in from_ark:
-            try:
-                signed = isinstance(key, rsa.RSAPublicKey) and crl.crl.is_signature_valid(key)
-            except (TypeError, ValueError):
-                signed = False
+            signed = ark.der in crl.verified_by
+            if not signed:
+                try:
+                    signed = isinstance(key, rsa.RSAPublicKey) and crl.crl.is_signature_valid(key)
+                except (TypeError, ValueError):
+                    signed = False
+                if signed:
+                    crl.verified_by.add(ark.der)
             if not signed:
                 self.stop(
                     "snp.collateral.crl",
