@@ -100,6 +100,9 @@ REFRESH_AHEAD = 0.2
 # waits are computed from the wall clock, which can jump (a VM resumed, an NTP step) while the
 # event loop's monotonic sleep does not see it.
 KEEP_WARM_RETRY = 5.0
+# Keys a reload replaced that the engine remembers, to refuse (not re-quote) late connections on
+# them: two suite hashes per key, so the last 16 reloads.
+RETIRED_KEPT = 32
 # The cached tier keeps one epoch per suite hash: a connection's cipher suite picks one.
 EPOCH_HASHES = ("sha256", "sha384")
 
@@ -184,9 +187,11 @@ class EvidenceEngine:
         # cached tier: the last failed refresh per key, (monotonic time, reason); cleared by a
         # successful one. Connections do not start another within KEEP_WARM_RETRY of it.
         self._refresh_failed: dict[tuple[str, bytes], tuple[float, str]] = {}
-        # Epochs of keys a reload replaced: served to the connections accepted before it until
-        # they expire, never refreshed (no quote for a key no new connection uses).
-        self._retired: set[tuple[str, bytes]] = set()
+        # Keys a reload replaced (an ordered set, the latest last, at most RETIRED_KEPT): their
+        # epochs are served to the connections accepted before the reload until they expire,
+        # never refreshed; after that such a connection is refused — no quote for a key no new
+        # connection uses. A reload back to one of them quotes it again.
+        self._retired: dict[tuple[str, bytes], None] = {}
         self._keeper: asyncio.Task[None] | None = None  # start(keep_warm=True)
 
     # -- public ------------------------------------------------------------------------------
@@ -227,22 +232,26 @@ class EvidenceEngine:
         if self.tier is not Tier.CACHED or aik_key is None:
             return
         for hash_name in EPOCH_HASHES:
-            # Not a connection: a start or reload is not refused when the queue is full.
+            # Not a connection: a start or reload is not refused when the queue is full, and
+            # quotes a key even if an earlier reload retired it.
             await self._current_epoch(hash_name, aik_key, admit=False)
         self._aik = aik_key
         self._aik_scheme = schemes.schemes_for_key(aik_key)[0]
-        # Other keys' epochs are retired: kept for the connections accepted before the reload
-        # until they expire (then dropped here, at the next reload, or when one asks), never
-        # refreshed.
         current = {(h, _aik_hash(h, aik_key)) for h in EPOCH_HASHES}
+        for k in current:
+            self._retired.pop(k, None)
+        # Every other key seen so far is retired (an epoch or a quote under way for it).
+        for k in (*self._epochs, *self._refreshing):
+            if k not in current:
+                self._retired.pop(k, None)
+                self._retired[k] = None  # the latest last
+        while len(self._retired) > RETIRED_KEPT:
+            self._retired.pop(next(iter(self._retired)))
         now = self._clock()
-        self._retired = {k for k in (*self._epochs, *self._retired) if k not in current}
-        for k in list(self._retired):
-            ep = self._epochs.get(k)
-            if ep is None or not ep.start <= now < ep.expires:
-                self._epochs.pop(k, None)
-                if k not in self._refreshing:
-                    self._retired.discard(k)
+        for k in [k for k, ep in self._epochs.items() if k not in current]:
+            ep = self._epochs[k]
+            if k not in self._retired or not ep.start <= now < ep.expires:
+                del self._epochs[k]  # expired, or its key forgotten: nobody is served it
         for k in [k for k in self._refresh_failed if k not in current]:
             del self._refresh_failed[k]
 
@@ -421,7 +430,7 @@ class EvidenceEngine:
         key = (hash_name, _aik_hash(hash_name, aik_key))
         now = self._clock()
         ep = self._epochs.get(key)
-        if key in self._retired and key not in self._refreshing:
+        if admit and key in self._retired and key not in self._refreshing:
             # A connection accepted before a reload replaced its key: the key's last epoch while
             # it lasts, no new quote for it. (A refresh under way when the reload came is
             # awaited below: its epoch is the last one.)

@@ -905,3 +905,37 @@ async def test_a_replaced_key_keeps_its_last_epoch_and_is_never_quoted_again() -
 def _spki_hash(key: ec.EllipticCurvePrivateKey, hash_name: str = "sha256") -> bytes:
     spki = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     return hashlib.new(hash_name, spki).digest()
+
+
+async def test_a_reload_back_to_a_retired_key_quotes_it_again() -> None:
+    now = [3_000_000.0]
+    att = Recording()
+    a, b = AIK, ec.generate_private_key(ec.SECP256R1())
+    eng = EvidenceEngine(att, Tier.CACHED, aik_key=a, epoch_seconds=100, clock=lambda: now[0])
+    await eng.start()
+    await eng.prepare_key(b)
+    now[0] += 150  # a's epochs have expired
+    await eng.prepare_key(a)  # the operator rolls back
+    assert att.calls == 6
+    assert await eng.evidence_for(binding(), a)  # a is current again, served
+    assert att.calls == 6
+    await eng.close()
+
+
+async def test_a_retired_key_stays_refused_after_later_reloads() -> None:
+    """Its expired epoch is dropped at the next reload, but the key is remembered: a late
+    connection on it is refused, not served a new quote for it."""
+    now = [3_000_000.0]
+    att = Recording()
+    new = ec.generate_private_key(ec.SECP256R1())
+    eng = EvidenceEngine(att, Tier.CACHED, aik_key=AIK, epoch_seconds=100, clock=lambda: now[0])
+    await eng.start()
+    await eng.prepare_key(new)
+    now[0] += 150
+    await eng.prepare_key(new)  # a second reload (same certificate) once AIK's epoch expired
+    quotes = att.calls
+    with pytest.raises(AttestationUnavailable, match="a reload replaced the server key"):
+        await eng.evidence_for(binding(), AIK)
+    await asyncio.sleep(0)
+    assert att.calls == quotes
+    await eng.close()
