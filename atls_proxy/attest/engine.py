@@ -383,6 +383,9 @@ class EvidenceEngine:
                 # close(): the members taken out of the queue get an answer too, not silence.
                 _fail([f for _, f in batch], "evidence engine closed")
                 raise
+            except Exception as exc:  # a bug (attester output, a hook): answered, the loop goes on
+                log.error("batched evidence failed: %s: %s", type(exc).__name__, exc)
+                _fail([f for _, f in batch], f"evidence engine error: {type(exc).__name__}")
 
     async def _quote_group(
         self, hash_name: str, aik_hash: bytes, members: list[tuple[Binding, asyncio.Future[bytes]]]

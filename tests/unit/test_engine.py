@@ -939,3 +939,31 @@ async def test_a_retired_key_stays_refused_after_later_reloads() -> None:
     await asyncio.sleep(0)
     assert att.calls == quotes
     await eng.close()
+
+
+class _NotEvidence(Recording):
+    """Returns something that is not Evidence once (an attester bug), then works."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bad = True
+
+    async def attest(self, b: Binding) -> Evidence:
+        if self.bad:
+            self.bad = False
+            return None  # type: ignore[return-value]
+        return await super().attest(b)
+
+
+async def test_a_batch_that_fails_unexpectedly_is_answered_and_batching_goes_on() -> None:
+    eng = EvidenceEngine(_NotEvidence(), Tier.BATCHED)
+    first = await asyncio.wait_for(
+        asyncio.gather(*(eng.evidence_for(binding()) for _ in range(3)), return_exceptions=True),
+        5,
+    )
+    assert all(isinstance(r, AttestationUnavailable) for r in first), first
+    assert "evidence engine error" in str(first[0])
+    b = binding()
+    a = appraise(await asyncio.wait_for(eng.evidence_for(b), 5), b)
+    assert a.passed, a.first_failure
+    await eng.close()
