@@ -282,7 +282,7 @@ def _describe(exc: BaseException, action: str, tcti: str) -> str:
     if not isinstance(exc, pytss.TSS2_Exception):
         return f"tpm: {action} via {tcti!r} failed: {type(exc).__name__}: {exc}"
     rc = int(exc.rc)
-    error = int(exc.error)
+    error = _tpm_error(exc)
     hint = ""
     if rc & _TSS2_RC_LAYER_MASK == _TSS2_TCTI_RC_LAYER:
         hint = "is the TPM reachable (swtpm running, /dev/tpmrm0 present and accessible)?"
@@ -306,9 +306,20 @@ def _describe(exc: BaseException, action: str, tcti: str) -> str:
     return f"tpm: {action} via {tcti!r} failed: {detail}" + (f"; {hint}" if hint else "")
 
 
+def _tpm_error(exc: Any) -> int | None:
+    """The TPM's response code in a ``TSS2_Exception`` (handle, parameter and session stripped),
+    whether the TPM answered directly or through a resource manager (tabrmd: layer 11); None
+    for an error of another layer (TCTI, ESAPI, ...). pytss's ``error`` keeps the layer bits of a
+    format-0 code, so they are masked here: 0xB0922 is the TPM's RETRY passed on by tabrmd."""
+    rc = int(exc.rc)
+    if rc & _TSS2_RC_LAYER_MASK not in (_TSS2_TPM_RC_LAYER, _TSS2_RESMGR_TPM_RC_LAYER):
+        return None
+    return int(exc.error) & 0xFFFF
+
+
 def _is_busy(exc: BaseException) -> bool:
     pytss = _pytss()
-    return isinstance(exc, pytss.TSS2_Exception) and int(exc.error) in (
+    return isinstance(exc, pytss.TSS2_Exception) and _tpm_error(exc) in (
         _RC_RETRY,
         _RC_YIELDED,
         _RC_TESTING,

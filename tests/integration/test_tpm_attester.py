@@ -713,3 +713,24 @@ def test_serve_with_the_tpm_attester_end_to_end(
     res = run_cli("attest", f"127.0.0.1:{port}", "--config", str(dev / "connect.toml"))
     assert res.returncode == 1 and "tpm.firmware" in res.stdout
     assert "Traceback" not in srv.output()
+
+
+@pytest.mark.parametrize(
+    ("rc", "busy"),
+    [
+        (0x922, True),  # TPM_RC_RETRY from the TPM
+        (0xB0922, True),  # the same, passed on by a resource manager (tabrmd: layer 11)
+        (0xB0908, True),  # TPM_RC_YIELDED through tabrmd
+        (0x70922, False),  # another layer's code that happens to end in 0x922 is not the TPM's
+        (0x904, False),  # TPM_RC_MEMORY: not a "try again"
+    ],
+)
+def test_tpm_warnings_through_a_resource_manager_are_recognised(rc: int, busy: bool) -> None:
+    exc = tpm_module._pytss().TSS2_Exception(rc)
+    assert tpm_module._is_busy(exc) is busy
+
+
+def test_tpm_error_hints_through_a_resource_manager() -> None:
+    p = tpm_module._pytss()
+    for rc in (0x902, 0xB0902):  # TPM_RC_OBJECT_MEMORY, direct and through tabrmd
+        assert "no free object slot" in tpm_module._describe(p.TSS2_Exception(rc), "quote", "t")
