@@ -496,7 +496,7 @@ class _TpmSession:
         except AttestationUnavailable:
             self.close()
             raise
-        except (p.TSS2_Exception, RuntimeError, ValueError, TypeError) as exc:
+        except Exception as exc:  # TSS errors, and anything unexpected: nothing half-open stays
             self.close()
             raise AttestationUnavailable(_describe(exc, self._action, self.tcti)) from None
         if not self._atexit:
@@ -672,7 +672,7 @@ class _TpmSession:
                 logger.info("tpm: PCRs changed during a quote (attempt %d), quoting again", races)
         except AttestationUnavailable:
             raise  # a PCR race or a failed self-check (_check marks the session when it must)
-        except (p.TSS2_Exception, RuntimeError, ValueError, TypeError) as exc:
+        except Exception as exc:  # unexpected ones too: _session_lost marks those broken
             if _session_lost(exc):
                 self.broken = True  # the next call closes and reopens it
             raise AttestationUnavailable(_describe(exc, self._action, self.tcti)) from None

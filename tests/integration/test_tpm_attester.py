@@ -734,3 +734,48 @@ def test_tpm_error_hints_through_a_resource_manager() -> None:
     p = tpm_module._pytss()
     for rc in (0x902, 0xB0902):  # TPM_RC_OBJECT_MEMORY, direct and through tabrmd
         assert "no free object slot" in tpm_module._describe(p.TSS2_Exception(rc), "quote", "t")
+
+
+async def test_an_unexpected_exception_fails_one_quote_and_the_session_is_reopened(
+    tpm: Swtpm, trust: TpmTrust, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a TSS error: the session's state is unknown, so the quote fails with the TPM's
+    message form and the next one reopens the session (module docstring, Failures)."""
+    real = tpm_module._TpmSession._attempt
+    raised: list[int] = []
+
+    def attempt(self: Any, ak: Any, qualifying: bytes) -> Any:
+        if not raised:
+            raised.append(1)
+            raise KeyError("boom")
+        return real(self, ak, qualifying)
+
+    monkeypatch.setattr(tpm_module._TpmSession, "_attempt", attempt)
+    a = TpmAttester(tpm.tcti)
+    try:
+        a.open()
+        opens = a.stats.opens
+        with pytest.raises(AttestationUnavailable, match="KeyError"):
+            await a.attest(binding())
+        b = binding()
+        ev = await a.attest(b)
+        assert verifier(trust).appraise(MEDIA_TYPE, ev.data, b, time.time()).passed
+        assert a.stats.opens == opens + 1
+    finally:
+        a.close()
+
+
+def test_an_unexpected_exception_while_opening_leaves_nothing_open(
+    tpm: Swtpm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail(self: Any) -> None:
+        raise KeyError("boom")
+
+    monkeypatch.setattr(tpm_module._TpmSession, "_check_capabilities", fail)
+    a = TpmAttester(tpm.tcti)
+    try:
+        with pytest.raises(AttestationUnavailable, match="KeyError"):
+            a.open()
+        assert a._session._esapi is None and a._session.ak is None
+    finally:
+        a.close()
