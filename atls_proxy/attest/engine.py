@@ -12,7 +12,10 @@ three tiers chosen per listener; every tier still binds the evidence to *this* c
 ``batched``  requests that arrive while a quote is in flight wait for the next one. The engine
              builds a Merkle tree over the waiting binders (expat/merkle.py) and quotes the root
              with the AIK hash; each connection gets the quote plus its inclusion proof. One quote
-             in flight at any time; latency at most about two quote times. CMW: a collection
+             in flight at any time; latency about two quote times when every connection has
+             the same suite hash and AIK (one tree per (hash, AIK) pair: a round with SHA-256 and
+             SHA-384 suites, or with two keys around a reload, quotes one tree after the other,
+             so a request may wait up to one quote per group more). CMW: a collection
              ``{"evidence": quote record, "merkle": proof record}``.
 
 ``cached``   the TEE quotes the AIK once per epoch, over ``epoch_digest`` (below); per connection
