@@ -350,8 +350,17 @@ class Runtime:
         only one not named ``admin`` whatever its name (systemd names a socket after its unit,
         e.g. ``atls-proxy.socket``, unless ``FileDescriptorName=`` says otherwise)."""
         for name in ("attested", "unknown"):
-            if self.inherited.get(name):
-                return self.inherited[name][0]
+            socks = self.inherited.get(name)
+            if socks and len(socks) > 1:
+                # Which one? Serving the first would leave the others listening, never served
+                # (and an admin socket passed without names would become the TLS listener).
+                raise ConfigError(
+                    "LISTEN_FDNAMES",
+                    f"{len(socks)} inherited sockets named {name!r}: name the attested listener's "
+                    "socket 'attested' and the admin socket 'admin' (FileDescriptorName=)",
+                )
+            if socks:
+                return socks[0]
         others = [(n, s) for n, socks in self.inherited.items() if n != "admin" for s in socks]
         if len(others) == 1:
             name, sock = others[0]

@@ -280,6 +280,21 @@ def test_several_unnamed_sockets_are_a_configuration_error(tmp_path: Path) -> No
             s.close()
 
 
+@pytest.mark.parametrize("name", ["unknown", "attested"])
+def test_several_sockets_of_the_one_name_are_a_configuration_error(
+    tmp_path: Path, name: str
+) -> None:
+    # Without $LISTEN_FDNAMES every socket is "unknown": serving the first (perhaps the admin
+    # port) left the other listening and never served.
+    rt, socks = _with_sockets(tmp_path, [name, name])
+    try:
+        with pytest.raises(ConfigError, match=rf"2 inherited sockets named '{name}'"):
+            rt._attested_socket()
+    finally:
+        for s in socks:
+            s.close()
+
+
 async def test_readyz_says_when_the_cached_tiers_epoch_is_not_current() -> None:
     # Not only "never quoted": an epoch that expired (the TEE failed past its refresh) too.
     from cryptography.hazmat.primitives.asymmetric import ec
