@@ -565,14 +565,20 @@ class Supervisor:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(sig)
-        codes = [w.exit_code() for w in self.workers]
         if self.config_failed:
             return EXIT_CONFIG
-        if any(c == 4 for c in codes) or self.signals > 1:
-            return 4
-        if any(c == 3 for c in codes):
-            return 3
-        return 0 if all(c == 0 for c in codes) else 1
+        return pool_exit_code([w.exit_code() for w in self.workers], forced=self.signals > 1)
+
+
+def pool_exit_code(codes: list[int | None], *, forced: bool) -> int:
+    """The supervisor's exit code from its workers' last ones: the worst, ranked 0 < 3 (a drain
+    cut connections) < 1 (a worker died, was killed or failed) < 4 (a forced stop). A killed
+    worker is never hidden behind another's 3, which ``SuccessExitStatus=3`` reports as clean."""
+    if forced or any(c == 4 for c in codes):
+        return 4
+    if any(c not in (0, 3) for c in codes):
+        return 1
+    return 3 if any(c == 3 for c in codes) else 0
 
 
 def supervise(args: argparse.Namespace, role: str, cfg: Any) -> int:

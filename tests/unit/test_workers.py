@@ -321,3 +321,21 @@ def test_the_supervisors_warning_looks_at_an_inherited_admin_socket(
         supervisor.inherited["admin"] = [sock]
         text = _warnings_of(supervisor, monkeypatch, caplog)
     assert ("is reachable from other hosts" in text) is warned, text
+
+
+@pytest.mark.parametrize(
+    ("codes", "forced", "expected"),
+    [
+        ([0, 0], False, 0),
+        ([0, 3], False, 3),
+        ([3, -signal.SIGKILL], False, 1),  # a killed worker is not a drain timeout
+        ([3, 1], False, 1),
+        ([0, None], False, 1),  # never exited: killed at the deadline or never started
+        ([1, 4], False, 4),
+        ([0, 0], True, 4),  # a second stop signal
+    ],
+)
+def test_the_pool_exit_code_is_the_worst(
+    codes: list[int | None], forced: bool, expected: int
+) -> None:
+    assert wk.pool_exit_code(codes, forced=forced) == expected
