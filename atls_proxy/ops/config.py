@@ -10,8 +10,10 @@ for command-line overrides.
 Rules, in the order they are checked:
 
 * the file is readable, at most 1 MiB, UTF-8 and TOML (the message carries TOML's line/column);
-* unknown keys, at any level, are errors, with the closest known key suggested; they are reported
-  before anything else so a typo never shows up as a confusing "required" error;
+* unknown keys, at any level, are errors, with the closest known key suggested; a table's unknown
+  keys are reported before any of its values is checked, so a typo never shows up as a confusing
+  "required" error in its own table (tables are checked one after another: an error in
+  ``[server]`` is reported before a typo in ``[log]``);
 * values have the right TOML type (``true`` is not an integer; ``1`` is not a boolean);
 * addresses are ``HOST:PORT``, ``[IPv6]:PORT`` or (where allowed) ``unix:/absolute/path``;
 * the backend is loopback or a unix socket unless ``server.allow_remote_backend = true``;
