@@ -82,10 +82,19 @@ def build_server(cfg: ServerConfig, metrics: Metrics | None = None) -> AttestedS
 
 def build_client_settings(cfg: ClientConfig) -> ClientSettings:
     policy = load_policy(cfg.policy)
-    verifiers = verifiers_for(policy) + verifiers_for_policy(policy, cfg.policy)
+    hardware = verifiers_for_policy(policy, cfg.policy)
+    verifiers = verifiers_for(policy) + hardware
     if not verifiers:
         raise ConfigError(
             "client.policy", f"{cfg.policy} enables no verifier: every server would be rejected"
+        )
+    if not hardware and policy.software is not None and not policy.software.allow_simulated:
+        # Not an error: it is how an operator stops accepting simulated evidence (a reload
+        # that refused it would keep the policy that still accepts it).
+        log.warning(
+            "policy %s enables only the software verifier, without software.allow_simulated = "
+            "true: it accepts no evidence, so every server is rejected",
+            cfg.policy,
         )
     if not cfg.verify_pki:
         log.warning(

@@ -1249,7 +1249,9 @@ def test_connect_says_what_its_policy_accepts_that_weakens_the_verdict(
     caplog.clear()
     with caplog.at_level("WARNING", logger="atls_proxy"):
         build_client_settings(c.load_client_config(tmp_path / "connect.toml"))
-    assert "accepts" not in caplog.text, caplog.text
+    assert "accepts SIMULATED" not in caplog.text and "cached" not in caplog.text, caplog.text
+    # ... but that policy (software only, simulated refused) accepts nothing, and says so
+    assert "accepts no evidence, so every server is rejected" in caplog.text, caplog.text
 
 
 @pytest.mark.parametrize(
