@@ -238,7 +238,7 @@ class Conn(asyncio.Protocol):
         tr = self.transport
         tr.close()
         if tr.get_write_buffer_size():
-            asyncio.get_running_loop().call_later(CLOSE_LINGER, _linger, tr, _unsent(tr))
+            asyncio.get_running_loop().call_later(CLOSE_LINGER, _linger, tr, unsent_bytes(tr))
 
     async def wait_closed(self) -> None:
         """Until the transport reported the connection lost (after ``close()``: flushed)."""
@@ -252,7 +252,7 @@ class Conn(asyncio.Protocol):
         return self.transport.get_extra_info(name, default)
 
 
-def _unsent(transport: Any) -> int:
+def unsent_bytes(transport: Any) -> int:
     """Bytes not yet taken by the peer: the transport's buffer and the kernel's send queue."""
     n: int = transport.get_write_buffer_size()
     sock = transport.get_extra_info("socket")
@@ -267,7 +267,8 @@ def reset_transport(transport: Any) -> None:
     """``transport.abort()`` with SO_LINGER 0 first, so that the kernel sends RST, not FIN."""
     sock = transport.get_extra_info("socket")
     if sock is not None:
-        with contextlib.suppress(OSError):
+        # ValueError: uvloop's socket object of a transport whose descriptor is already closed
+        with contextlib.suppress(OSError, ValueError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
     transport.abort()
 
@@ -280,7 +281,7 @@ def _linger(transport: Any, before: int) -> None:
     try:
         if not transport.get_write_buffer_size():
             return  # flushed: the transport closes (or has closed) by itself
-        now = _unsent(transport)
+        now = unsent_bytes(transport)
     except Exception:  # the transport is gone already (some loops refuse calls on closed handles)
         return
     if now < before:
@@ -292,7 +293,8 @@ def _linger(transport: Any, before: int) -> None:
             now,
             CLOSE_LINGER,
         )
-        transport.abort()
+        # RST, not FIN: the peer must not read the bytes it never took as the stream's end.
+        reset_transport(transport)
 
 
 async def open_conn(host: str, port: int) -> Conn:

@@ -214,8 +214,9 @@ async def forward(
     the TLS peer its backend).
 
     completed   both directions ended: "connection closed", ``result``;
-    idle        neither moved for ``idle_timeout``: "connection closed", idle-timeout (clean close
-                by the caller, as for completed);
+    idle        no byte moved for ``idle_timeout``: "connection closed", idle-timeout; both
+                connections are reset — the proxy cut the stream, and neither peer may read that
+                as its end (a close_notify or a FIN would be);
     broken      a TLS error or a socket error on either side (a reset, an EOF without
                 close_notify, ETIMEDOUT): both connections are reset, so neither peer reads a
                 cut stream as finished (proxy/pump.py), and it is logged "connection broken";
@@ -251,6 +252,8 @@ async def forward(
     try:
         await pump(tls, plain, idle_timeout, initial_to_plain=initial_to_plain, stats=moved)
     except IdleTimeout:
+        plain.reset()
+        tls.reset()
         closed("idle-timeout")
         return outcome("idle_timeout")
     except (TLSError, OSError) as exc:  # OSError: resets, and ETIMEDOUT (a TimeoutError)

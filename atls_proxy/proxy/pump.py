@@ -43,7 +43,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from atls_proxy.proxy.conn import Conn
+from atls_proxy.proxy.conn import Conn, unsent_bytes
 from atls_proxy.proxy.stream import TLSStream
 from atls_proxy.tls.engine import TLSError
 
@@ -324,15 +324,28 @@ async def pump(
 
     timer: asyncio.TimerHandle | None = None
 
+    def unsent() -> int:
+        return unsent_bytes(tls_tr) + unsent_bytes(plain_tr)
+
+    last_unsent = unsent()
+
     def check_idle() -> None:
-        nonlocal timer
+        # Bytes a slow reader takes from what we queued count as activity too: "idle" is no byte
+        # moving in either direction, not only no new byte read. What is still unsent (our
+        # buffers and the kernel's unacknowledged bytes) is looked at every half idle_timeout at
+        # least; less than last time means the peer took some.
+        nonlocal timer, last_unsent
+        now_unsent = unsent()
+        if now_unsent < last_unsent:
+            p.stats.last_activity = time.monotonic()
+        last_unsent = now_unsent
         remaining = p.stats.last_activity + idle_timeout - time.monotonic()
         if remaining > 0:
-            timer = loop.call_later(remaining, check_idle)
+            timer = loop.call_later(min(remaining, idle_timeout / 2), check_idle)
         else:
             p.fail(IdleTimeout())
 
-    timer = loop.call_later(idle_timeout, check_idle)
+    timer = loop.call_later(idle_timeout / 2, check_idle)
     try:
         return await done
     finally:

@@ -242,6 +242,11 @@ class AttestedServer(Listener):
         except AttestationUnavailable as exc:
             return self._fail(peer, "attester.evidence", str(exc), t0, stage)
         finally:
+            if stage == "backend.connect":
+                # The client has sent ACCEPT (or, unattested, its first bytes) and reads the
+                # answer as application data: a close_notify would be a complete, empty one.
+                # The bytes it sent went nowhere: the stream is cut, so it is reset.
+                tls.reset()
             await tls.close()
 
     def _fail(self, peer: str, check: str, message: str, t0: float, stage: str) -> Outcome:

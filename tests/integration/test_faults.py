@@ -25,6 +25,7 @@ from atls_proxy.expat.binding import Binding
 from atls_proxy.ops.config import Address, Timeouts, load_client_config, load_server_config
 from atls_proxy.proxy.client import AttestationFailed, open_attested
 from atls_proxy.proxy.server import ServerKeys
+from atls_proxy.tls.engine import TLSError
 from tests.integration.conftest import Stack, serve_variant, start_client, start_server
 from tests.support.procs import Procs, free_port, run_cli, status_counters
 
@@ -42,7 +43,9 @@ def test_backend_down(stack: Stack, ps: Procs) -> None:
     _, cport = start_client(ps, stack.dev / "connect.toml", port)
     with socket.create_connection(("127.0.0.1", cport), timeout=15) as c:
         c.sendall(b"GET / HTTP/1.0\r\n\r\n")
-        assert c.recv(100) == b""
+        # the request went nowhere: a reset, not an empty answer that looks complete
+        with pytest.raises(ConnectionResetError):
+            c.recv(100)
     time.sleep(0.2)
     assert "check=backend.connect" in srv.output() and "Traceback" not in srv.output()
     _attest_ok(stack, port)  # attestation itself does not need the backend
@@ -395,6 +398,29 @@ async def test_a_resumed_tls_session_is_refused(stack: Stack) -> None:
         # the first connection is refused as a plain client, the resumed one at the handshake
         assert server.stats.by_check == {"expat.preamble": 1, "tls.handshake": 1}
         assert server.stats.attested == server.stats.unattested == 0
+    finally:
+        task.cancel()
+        await server.close()
+
+
+async def test_backend_unavailable_after_accept_resets_the_client(stack: Stack) -> None:
+    """The client sent ACCEPT and its request; the backend cannot be reached. A close_notify
+    would read as a complete, empty answer (connect passed it on as a clean end, counted
+    "completed"): the server resets the connection instead."""
+    scfg = load_server_config(stack.dev / "serve.toml", backend=f"127.0.0.1:{free_port()}")
+    server = build_server(replace(scfg, listen=Address("tcp", "127.0.0.1", 0)))
+    (_, port), *_ = await server.start()
+    task = asyncio.ensure_future(server.serve_forever())
+    try:
+        settings = build_client_settings(
+            load_client_config(stack.dev / "connect.toml", server=f"127.0.0.1:{port}")
+        )
+        conn = await open_attested(settings)
+        await conn.stream.write(b"GET / HTTP/1.0\r\n\r\n")
+        with pytest.raises((TLSError, ConnectionResetError)):  # a reset, not an empty answer
+            await asyncio.wait_for(conn.stream.read(), 10)
+        await conn.stream.close()
+        assert server.stats.by_check.get("backend.connect") == 1
     finally:
         task.cancel()
         await server.close()

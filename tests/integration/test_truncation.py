@@ -265,8 +265,8 @@ def test_an_idle_timeout_still_counts_the_bytes_moved(
     before = _settled(admin)  # the start-up probes' connections
     with socket.create_connection(("127.0.0.1", cport)) as local:
         local.sendall(b"GET\n")
-        n, _ = _drain(local)
-    assert n == 50_000
+        n, end = _drain(local)
+    assert n == 50_000 and end == "reset"  # the proxy cut it: not an end of stream
     m = _delta(admin, before, 'atls_proxy_connections_closed_total{reason="idle_timeout"}')
     assert m['atls_proxy_forwarded_bytes_total{direction="to_client"}'] == 50_000, m
     assert m['atls_proxy_forwarded_bytes_total{direction="to_backend"}'] == 4, m

@@ -262,3 +262,45 @@ async def test_a_cancelled_drain_leaves_no_unretrieved_exception() -> None:
     with pytest.raises(ConnectionError):
         await c.drain()
     # (A drain still waiting when the connection is lost raises: the backpressure test above.)
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_a_closed_connection_given_up_on_ends_in_a_reset_not_an_eof(
+    loop_kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bytes a peer never took are dropped when the linger gives up: it must read that as a
+    cut stream (RST), never as a complete one (FIN), whatever it reads later."""
+    import socket
+
+    monkeypatch.setattr(conn_module, "CLOSE_LINGER", 0.3)
+
+    async def main() -> tuple[int, str]:
+        loop = asyncio.get_running_loop()
+        accepted: asyncio.Future[Conn] = loop.create_future()
+        server = await loop.create_server(lambda: Conn(accepted.set_result), "127.0.0.1", 0)
+        peer = socket.socket()
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        peer.connect(server.sockets[0].getsockname()[:2])
+        try:
+            c = await accepted
+            c.write(b"r" * (8 << 20))
+            c.close()
+            await asyncio.wait_for(c.wait_closed(), 5)  # given up on after the linger
+            peer.settimeout(5)
+            got = 0
+            try:
+                while chunk := peer.recv(1 << 20):
+                    got += len(chunk)
+            except ConnectionResetError:
+                return got, "reset"
+            return got, "eof"
+        finally:
+            peer.close()
+            server.close()
+
+    if loop_kind == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        got, end = uvloop.run(main())
+    else:
+        got, end = asyncio.run(main())
+    assert got < 8 << 20 and end == "reset", (got, end)

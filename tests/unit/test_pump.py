@@ -316,3 +316,55 @@ async def test_full_duplex_a_peer_that_uploads_before_it_reads_is_still_read() -
             t.cancel()
         srv.close()
         bsrv.close()
+
+
+async def test_a_slow_but_steady_reader_is_not_idle() -> None:
+    """idle_timeout is no byte moving either way. A client that keeps taking a download, more
+    slowly than the proxy's buffers swing between their marks in idle_timeout, is not idle: the
+    pump counted only new bytes read (from the backend, when its buffer drained below the low
+    mark), and cut such a download."""
+    loop = asyncio.get_running_loop()
+
+    async def backend(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await r.readuntil(b"\n")
+        with contextlib.suppress(Exception):
+            for _ in range(128):  # 8 MiB, far more than the client reads
+                w.write(b"x" * 65536)
+                await w.drain()
+        w.close()
+
+    bsrv = await asyncio.start_server(backend, "127.0.0.1", 0)
+    bport = bsrv.sockets[0].getsockname()[1]
+    pumps: list[asyncio.Task[object]] = []
+
+    async def handle(conn: Conn) -> None:
+        tls = TLSStream(conn, conn, TLSEngine(server_context(IDENT), server_side=True))
+        await tls.handshake()
+        plain = await open_conn("127.0.0.1", bport)
+        await pump(tls, plain, idle_timeout=1.0)
+
+    srv = await loop.create_server(
+        lambda: Conn(lambda c: pumps.append(loop.create_task(handle(c)))), "127.0.0.1", 0
+    )
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # little kernel buffering
+    sock.connect(("127.0.0.1", srv.sockets[0].getsockname()[1]))
+    sock.setblocking(False)
+    try:
+        client = await _handshake(sock, client_context(None, verify_pki=False))
+        client.write(b"GET\n")
+        await loop.sock_sendall(sock, client.outgoing())
+        got, t0 = 0, time.monotonic()
+        while time.monotonic() - t0 < 3.5:  # ~80 KB/s: ~2.4 s per 192 KiB
+            client.feed(await asyncio.wait_for(loop.sock_recv(sock, 8192), 5))
+            while (chunk := client.read()) is not None and chunk:
+                got += len(chunk)
+            assert not pumps[0].done(), pumps[0]
+            await asyncio.sleep(0.1)
+        assert got > 100_000
+    finally:
+        sock.close()
+        for t in pumps:
+            t.cancel()
+        srv.close()
+        bsrv.close()
