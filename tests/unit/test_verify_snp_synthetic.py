@@ -885,42 +885,44 @@ def _pem(ders: Sequence[bytes]) -> bytes:
     )
 
 
+@pytest.mark.parametrize("shift", [0, 1], ids=["same-bytes", "shifted-views"])
 def test_repeated_certificates_in_the_table_are_read_and_checked_once(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, shift: int
 ) -> None:
-    """31 entries pointing at one PEM blob of 16 copies of a bad ASK: 496 candidates before
-    the folder's good ASK, each RSA-verified (~80× a plain appraisal). Each distinct blob is
-    parsed once and each distinct certificate checked once."""
+    """31 entries pointing at one PEM blob of 16 copies of a bad ASK — at the same offset, or
+    each a byte later (text around PEM blocks is ignored, so every view holds the same 16):
+    496 candidates before the folder's good ASK, each parsed and RSA-verified (~80× a plain
+    appraisal). Each distinct certificate is parsed once and checked once."""
     from atls_proxy.verify.snp import verifier as snp_verifier
 
-    parsed: list[int] = []
+    parsed: list[bytes] = []
     checked: list[bytes] = []
-    real_parse, real_check = snp_verifier.parse_amd_certificates, snp_verifier.signature_problem
+    real_parse, real_check = snp_verifier.parse_amd_certificate, snp_verifier.signature_problem
 
-    def parse(blob: bytes) -> list[AmdCert]:
-        parsed.append(len(blob))
-        return real_parse(blob)
+    def parse(der_bytes: bytes) -> AmdCert:
+        parsed.append(der_bytes)
+        return real_parse(der_bytes)
 
     def check(cert: AmdCert, issuer: Any) -> str:
         checked.append(cert.der)
         return real_check(cert, issuer)
 
-    monkeypatch.setattr(snp_verifier, "parse_amd_certificates", parse)
+    monkeypatch.setattr(snp_verifier, "parse_amd_certificate", parse)
     monkeypatch.setattr(snp_verifier, "signature_problem", check)
     vek = MILAN.vek.public_bytes(Encoding.DER)
     bad_ask = _broken_asks(1)[0]
-    blob = _pem([bad_ask] * 16)
-    # every ASK entry points at the same bytes
+    blob = b"-" * 31 + _pem([bad_ask] * 16)  # room for 31 shifted views of the same blocks
+    start = 24 * 33 + len(vek)
     entries = [(VCEK_GUID.bytes_le, 24 * 33, len(vek))] + [
-        (ASK_GUID.bytes_le, 24 * 33 + len(vek), len(blob))
-    ] * 31
+        (ASK_GUID.bytes_le, start + i * shift, len(blob) - i * shift) for i in range(31)
+    ]
     table = b"".join(g + struct.pack("<II", o, n) for g, o, n in entries) + bytes(24) + vek + blob
     trust = build_snp_trust([], [("test anchors", MILAN.chain_pem())])
     a = appraise(MILAN, cbor2.dumps({1: MILAN.report(), 2: table}), trust=trust)
     assert a.passed, a.first_failure
     # the folder's ASK, after the carried copy failed its signature
     assert "from test anchors" in by_name(a, "snp.chain.ask").detail
-    assert parsed == [len(vek), len(blob)]
+    assert parsed == [vek, bad_ask]
     assert checked.count(bad_ask) == 1
 
 

@@ -77,8 +77,9 @@ from atls_proxy.verify.snp import report as rpt
 from atls_proxy.verify.snp.certs import (
     AmdCert,
     ecdsa_p384_key,
-    parse_amd_certificates,
+    parse_amd_certificate,
     signature_problem,
+    split_certificates,
 )
 from atls_proxy.verify.snp.policy import REGISTER_NAMES, TCB_COMPONENTS, SnpPolicy
 from atls_proxy.verify.snp.trust import (
@@ -319,30 +320,28 @@ class _Appraiser:
         return ev
 
     def evidence_certs(self, ev: rpt.SnpEvidence) -> None:
-        # Entries may point at the same bytes and blobs may repeat a certificate: each is parsed
-        # and kept once, and more distinct certificates than a chain needs are refused, so one
-        # evidence cannot make an appraisal parse and RSA-verify hundreds of copies.
-        blobs: set[bytes] = set()
+        # Entries may point at the same bytes, or at shifted views of them, and blobs may repeat
+        # a certificate: each distinct certificate (by its DER) is parsed and kept once, and
+        # more distinct ones than a chain needs are refused — one evidence cannot make an
+        # appraisal parse and RSA-verify hundreds of copies.
         kept: set[bytes] = set()
         for label, blob in ev.certificates:
-            if blob in blobs:
-                continue
-            blobs.add(blob)
             where = f"evidence {label} entry"
             try:
-                certs = parse_amd_certificates(blob)
+                ders = split_certificates(blob)  # base64 at most; no DER walked yet
             except DecodeError as exc:
                 raise DecodeError(f"{where}: {exc}") from exc
-            for cert in certs:
-                if cert.der in kept:
-                    continue
-                kept.add(cert.der)
+            for der_bytes in ders:
+                if der_bytes in kept:
+                    continue  # the same certificate again: read and checked once
+                kept.add(der_bytes)
                 if len(kept) > MAX_EVIDENCE_CERTS:
                     raise DecodeError(
                         f"the evidence carries more than {MAX_EVIDENCE_CERTS} distinct "
                         "certificates (a VCEK or VLEK chain has three)"
                     )
                 try:
+                    cert = parse_amd_certificate(der_bytes)
                     role, product = classify(cert)
                     if role in (ROLE_VCEK, ROLE_VLEK):
                         self.ev_veks.append(make_vek(cert, where))
