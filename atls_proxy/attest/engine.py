@@ -320,7 +320,8 @@ class EvidenceEngine:
         async with self._gate:
             t0 = time.monotonic()
             try:
-                ev = await asyncio.wait_for(self.attester.attest(binding), self._timeout)
+                # object: what an attester returns is checked below, whatever its annotation
+                ev: object = await asyncio.wait_for(self.attester.attest(binding), self._timeout)
             except TimeoutError:
                 self._quote_failed(t0)
                 raise AttestationUnavailable(
@@ -334,6 +335,11 @@ class EvidenceEngine:
                 raise AttestationUnavailable(
                     f"attester failed: {type(exc).__name__}: {exc}"
                 ) from None
+            if not isinstance(ev, Evidence):  # the same for what it returns, in every tier
+                self._quote_failed(t0)
+                raise AttestationUnavailable(
+                    f"attester {self.attester.name} returned {type(ev).__name__}, not Evidence"
+                )
             dt = time.monotonic() - t0
             self.stats.consecutive_failures = 0
             if self.hooks is not None:
@@ -386,8 +392,8 @@ class EvidenceEngine:
                 # close(): the members taken out of the queue get an answer too, not silence.
                 _fail([f for _, f in batch], "evidence engine closed")
                 raise
-            except Exception as exc:  # a bug (attester output, a hook): answered, the loop goes on
-                log.error("batched evidence failed: %s: %s", type(exc).__name__, exc)
+            except Exception as exc:  # a bug (a hook, say): answered, and the loop goes on
+                log.error("batched evidence failed: %s: %s", type(exc).__name__, exc, exc_info=True)
                 _fail([f for _, f in batch], f"evidence engine error: {type(exc).__name__}")
 
     async def _quote_group(

@@ -955,15 +955,81 @@ class _NotEvidence(Recording):
         return await super().attest(b)
 
 
+@pytest.mark.parametrize("tier", [Tier.STRICT, Tier.BATCHED, Tier.CACHED])
+async def test_an_attester_that_returns_no_evidence_fails_that_quote(tier: Tier) -> None:
+    eng = EvidenceEngine(_NotEvidence(), tier, aik_key=AIK)
+    first = eng.start() if tier is Tier.CACHED else eng.evidence_for(binding())
+    with pytest.raises(AttestationUnavailable, match="returned NoneType, not Evidence"):
+        await asyncio.wait_for(first, 5)
+    if tier is Tier.CACHED:
+        await eng.start()  # a start quotes again at once (connections would wait out a back-off)
+    b = binding()
+    a = appraise(await asyncio.wait_for(eng.evidence_for(b), 5), b)
+    assert a.passed, a.first_failure
+    await eng.close()
+
+
+class _HookFailsOnce:
+    """Engine hooks whose batch() raises once (a bug outside the TEE)."""
+
+    def __init__(self) -> None:
+        self.failed = False
+
+    def batch(self, n: int) -> None:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("hook bug")
+
+    def quote(self, attester: str, seconds: float, ok: bool) -> None:
+        pass
+
+    def queue_depth(self, n: int) -> None:
+        pass
+
+
 async def test_a_batch_that_fails_unexpectedly_is_answered_and_batching_goes_on() -> None:
-    eng = EvidenceEngine(_NotEvidence(), Tier.BATCHED)
+    eng = EvidenceEngine(Recording(), Tier.BATCHED, hooks=_HookFailsOnce())  # type: ignore[arg-type]
     first = await asyncio.wait_for(
         asyncio.gather(*(eng.evidence_for(binding()) for _ in range(3)), return_exceptions=True),
         5,
     )
     assert all(isinstance(r, AttestationUnavailable) for r in first), first
-    assert "evidence engine error" in str(first[0])
+    assert "evidence engine error: RuntimeError" in str(first[0])
     b = binding()
     a = appraise(await asyncio.wait_for(eng.evidence_for(b), 5), b)
     assert a.passed, a.first_failure
+    await eng.close()
+
+
+async def test_a_retired_keys_refresh_under_way_at_the_reload_is_awaited_not_refused() -> None:
+    """A refresh of the old key that the reload found under way is that key's last epoch: a late
+    connection whose old epoch has expired waits for it (and no further quote is made)."""
+    now = [3_000_000.0]
+    att = Recording(0.1)
+    new = ec.generate_private_key(ec.SECP256R1())
+    eng = EvidenceEngine(att, Tier.CACHED, aik_key=AIK, epoch_seconds=100, clock=lambda: now[0])
+    await eng.start()  # AIK's epochs [0, 100)
+    now[0] += 85  # past their refresh point
+    reload = asyncio.ensure_future(eng.prepare_key(new))
+    while att.calls < 4:  # the reload's second quote is under way
+        await asyncio.sleep(0.01)
+    await eng.evidence_for(binding(), AIK)  # served, and starts AIK's refresh behind the reload
+    await reload  # AIK retired, its refresh still to run
+    now[0] += 16  # AIK's first epoch has expired
+    b = binding()
+    cmw = await asyncio.wait_for(eng.evidence_for(b, AIK), 5)
+    a = appraise(cmw, b, now=now[0])
+    assert a.passed, a.first_failure
+    assert att.calls == 5
+    await eng.close()
+
+
+async def test_the_retired_keys_remembered_are_bounded() -> None:
+    att = Recording()
+    eng = EvidenceEngine(att, Tier.CACHED, aik_key=AIK, epoch_seconds=100)
+    await eng.start()
+    for _ in range(engine_module.RETIRED_KEPT):  # a reload a day for a month, say
+        await eng.prepare_key(ec.generate_private_key(ec.SECP256R1()))
+    assert len(eng._retired) == engine_module.RETIRED_KEPT
+    assert len(eng._epochs) <= engine_module.RETIRED_KEPT + 2
     await eng.close()
