@@ -350,17 +350,10 @@ class Runtime:
         only one not named ``admin`` whatever its name (systemd names a socket after its unit,
         e.g. ``atls-proxy.socket``, unless ``FileDescriptorName=`` says otherwise)."""
         for name in ("attested", "unknown"):
-            socks = self.inherited.get(name)
-            if socks and len(socks) > 1:
-                # Which one? Serving the first would leave the others listening, never served
-                # (and an admin socket passed without names would become the TLS listener).
-                raise ConfigError(
-                    "LISTEN_FDNAMES",
-                    f"{len(socks)} inherited sockets named {name!r}: name the attested listener's "
-                    "socket 'attested' and the admin socket 'admin' (FileDescriptorName=)",
-                )
-            if socks:
-                return socks[0]
+            # (two unnamed: an admin socket passed without names must not become the TLS one)
+            sock = systemd.only_socket(self.inherited.get(name), name)
+            if sock is not None:
+                return sock
         others = [(n, s) for n, socks in self.inherited.items() if n != "admin" for s in socks]
         if len(others) == 1:
             name, sock = others[0]
@@ -390,7 +383,7 @@ class Runtime:
             ready=self.ready,
             status=self.status,
             metrics=self.metrics.exposition,
-            sock=inherited[0] if inherited else None,
+            sock=systemd.only_socket(inherited, "admin"),
         )
         try:
             await self.admin.start()  # it logs where it listens

@@ -215,6 +215,20 @@ def listen_fds(unset_env: bool = True) -> dict[str, list[socket.socket]]:
             _unset(os.environ)
 
 
+def only_socket(sockets: list[socket.socket] | None, name: str) -> socket.socket | None:
+    """The one inherited socket of a name, or None; two or more are a configuration error —
+    serving the first would leave the others listening, never served."""
+    if not sockets:
+        return None
+    if len(sockets) > 1:
+        raise ConfigError(
+            "LISTEN_FDNAMES",
+            f"{len(sockets)} inherited sockets named {name!r}: name the attested listener's "
+            "socket 'attested' and the admin socket 'admin' (FileDescriptorName=)",
+        )
+    return sockets[0]
+
+
 def _unset(env: MutableMapping[str, str]) -> None:
     for key in LISTEN_ENV:
         env.pop(key, None)

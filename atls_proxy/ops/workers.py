@@ -32,7 +32,8 @@ supervisor does no proxying. It
   restarted), or ``drain_timeout`` (the longer of the start and the current file's value: workers
   reload it) + ``STOP_MARGIN`` seconds after the stop signal, killing the workers still running
   then; and exits 2 after a worker's configuration error, else with the worst worker exit code
-  (0 < 3 < 4; anything else, such as a worker that had died or had to be killed, is 1).
+  (``pool_exit_code``: 0 < 3 < 1 < 4, where anything but 0, 3 and 4 — a worker that had died or
+  had to be killed — counts as 1).
 """
 
 from __future__ import annotations
@@ -519,7 +520,7 @@ class Supervisor:
                     ready=self.ready,
                     status=self.status,
                     metrics=self._metrics,
-                    sock=inherited_admin[0] if inherited_admin else None,
+                    sock=systemd.only_socket(inherited_admin, "admin"),
                 )
             if self.admin is not None:
                 try:

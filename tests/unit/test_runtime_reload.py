@@ -368,3 +368,13 @@ async def test_the_admin_warning_looks_at_an_inherited_socket(
     finally:
         sock.close()
     assert ("reachable from other hosts" in caplog.text) is warned, caplog.text
+
+
+async def test_two_inherited_admin_sockets_are_a_configuration_error(tmp_path: Path) -> None:
+    rt, socks = _with_sockets(tmp_path, ["attested", "admin", "admin"])
+    try:
+        with pytest.raises(ConfigError, match="2 inherited sockets named 'admin'"):
+            await rt._start_admin()
+    finally:
+        for s in socks:
+            s.close()

@@ -276,3 +276,16 @@ def test_listen_fds_not_for_us_in_this_process(monkeypatch: pytest.MonkeyPatch) 
     assert "LISTEN_FDS" not in os.environ
     assert "LISTEN_PID" not in os.environ
     assert "LISTEN_FDNAMES" not in os.environ
+
+
+def test_only_socket_refuses_two_of_one_name() -> None:
+    a, b = socket.socket(), socket.socket()
+    try:
+        assert systemd.only_socket(None, "admin") is None
+        assert systemd.only_socket([], "admin") is None
+        assert systemd.only_socket([a], "admin") is a
+        with pytest.raises(ConfigError, match="2 inherited sockets named 'admin'"):
+            systemd.only_socket([a, b], "admin")
+    finally:
+        a.close()
+        b.close()
