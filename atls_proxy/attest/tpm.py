@@ -306,15 +306,15 @@ def _describe(exc: BaseException, action: str, tcti: str) -> str:
     return f"tpm: {action} via {tcti!r} failed: {detail}" + (f"; {hint}" if hint else "")
 
 
-def _tpm_error(exc: Any) -> int | None:
+def _tpm_error(exc: BaseException) -> int | None:
     """The TPM's response code in a ``TSS2_Exception`` (handle, parameter and session stripped),
     whether the TPM answered directly or through a resource manager (tabrmd: layer 11); None
     for an error of another layer (TCTI, ESAPI, ...). pytss's ``error`` keeps the layer bits of a
     format-0 code, so they are masked here: 0xB0922 is the TPM's RETRY passed on by tabrmd."""
-    rc = int(exc.rc)
+    rc = int(exc.rc)  # type: ignore[attr-defined]  # a TSS2_Exception (pytss is untyped)
     if rc & _TSS2_RC_LAYER_MASK not in (_TSS2_TPM_RC_LAYER, _TSS2_RESMGR_TPM_RC_LAYER):
         return None
-    return int(exc.error) & 0xFFFF
+    return int(exc.error) & 0xFFFF  # type: ignore[attr-defined]
 
 
 def _is_busy(exc: BaseException) -> bool:

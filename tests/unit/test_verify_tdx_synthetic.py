@@ -456,12 +456,21 @@ def test_pck_crl_signed_by_wrong_key_stops() -> None:
     assert a.checks[-1].name == "tdx.collateral.pck-crl"
 
 
-@pytest.mark.parametrize("tud", [0x01, 0x02, 0x80])
-def test_debug_td(tud: int) -> None:
+@pytest.mark.parametrize(
+    ("tud", "said"),
+    [
+        (0x01, "(DEBUG set)"),
+        (0x02, "(DEBUG clear, reserved TUD bits 0x02)"),
+        (0x81, "(DEBUG set, reserved TUD bits 0x80)"),
+    ],
+)
+def test_debug_td(tud: int, said: str) -> None:
     # DEBUG (bit 0), and the TUD group's reserved bits 7:1: a TD "under debug" either way
     s = Synth(td_attributes=bytes([tud]) + bytes(7))
     a = run(s)
     assert failed(a) == ["tdx.debug"] and a.trust_vector["configuration"] == 96
+    check = next(c for c in a.checks if c.name == "tdx.debug")
+    assert check.observed is not None and check.observed.endswith(said), check.observed
     a = run(s, policy=TdxPolicy(allow_debug=True))
     assert a.passed and a.trust_vector["configuration"] == 32
 

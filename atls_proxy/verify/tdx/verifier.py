@@ -614,21 +614,21 @@ class _Appraiser:
         attrs = quote.body.td_attributes
         tud = attrs[0] & TD_ATTRIBUTES_TUD
         is_debug = tud != 0
+        debug_bit = "set" if tud & TD_ATTRIBUTES_DEBUG else "clear"
+        reserved = tud & ~TD_ATTRIBUTES_DEBUG
+        observed = f"TD_ATTRIBUTES {attrs.hex()} (DEBUG {debug_bit}" + (
+            f", reserved TUD bits {reserved:#04x})" if reserved else ")"
+        )
+        expected = "TUD bits 7:0 clear (DEBUG and the reserved TUD flags)"
         if not is_debug:
-            state = "clear"
-        elif tud == TD_ATTRIBUTES_DEBUG:
-            state = "set"
-        else:
-            state = f"TUD bits {tud:#04x}"
-        observed = f"TD_ATTRIBUTES {attrs.hex()} (DEBUG {state})"
-        if not is_debug:
-            self.add("tdx.debug", True, "production TD", observed=observed, expected="DEBUG clear")
+            self.add("tdx.debug", True, "production TD", observed=observed, expected=expected)
             self.tv[TV_CONFIGURATION] = int(Tier.AFFIRMING)
         elif self.policy.allow_debug:
             self.add(
                 "tdx.debug",
                 True,
-                "DEBUG TD accepted: the policy sets allow_debug = true (the host can read its memory)",
+                "TD under debug accepted: the policy sets allow_debug = true (the host can read its "
+                "memory)",
                 observed=observed,
                 expected="allow_debug = true",
             )
@@ -637,9 +637,10 @@ class _Appraiser:
             self.add(
                 "tdx.debug",
                 False,
-                "DEBUG TD: the host can read and change its memory; the policy forbids debug TDs",
+                "TD under debug (a TUD bit is set): the host can read and change its memory; the "
+                "policy forbids debug TDs",
                 observed=observed,
-                expected="DEBUG clear",
+                expected=expected,
             )
             self.tv[TV_CONFIGURATION] = int(Tier.CONTRAINDICATED)
 
