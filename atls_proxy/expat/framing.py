@@ -36,10 +36,11 @@ HEADER_LEN = 4
 MAX_FRAME_PAYLOAD = 256 * 1024
 # ERROR reasons are for logs; a line of text is enough.
 MAX_REASON = 1024
-# A request is a context of at most 255 bytes and a few extensions (RFC 9261 §4): this client's is
-# 68 bytes. 16 KiB leaves room for a certificate_authorities list, and keeps what a client that
-# never finishes its request can make the server hold to 16 KiB a connection, not 256.
-MAX_REQUEST_PAYLOAD = 16 * 1024
+# The largest valid request (RFC 9261 §4: a handshake header, a context of at most 255 bytes and
+# at most 65535 bytes of extensions): 65797 bytes. This client's is 68; a peer's may carry a long
+# certificate_authorities list. What a client that never finishes its request can make the
+# server hold is a quarter of the authenticator's cap.
+MAX_REQUEST_PAYLOAD = 4 + 1 + 255 + 2 + 0xFFFF
 
 
 class FrameType(enum.IntEnum):

@@ -124,3 +124,21 @@ def test_error_codes_for_protocol_violations() -> None:
     assert f.error_code_for("expat.frame", P.UNEXPECTED_MESSAGE) is f.ErrorCode.UNEXPECTED_FRAME
     assert f.error_code_for("expat.frame", P.DECODE_ERROR) is f.ErrorCode.MALFORMED  # unknown type
     assert f.error_code_for("ea.request", P.UNEXPECTED_MESSAGE) is f.ErrorCode.MALFORMED
+
+
+def test_the_largest_valid_request_fits_its_cap() -> None:
+    """RFC 9261 §4: a 255-byte context and 65535 bytes of extensions (a long
+    certificate_authorities list, say) is a valid request; the frame cap must not refuse it."""
+    from atls_proxy.expat import authenticator as ea
+    from atls_proxy.expat import messages as m
+
+    sig = ea.build_request(m.CLIENT_CERTIFICATE_REQUEST, b"c").extensions[0]
+    filler = 0xFFFF - 4 - len(sig.data) - 4  # the rest of the extensions block, one extension
+    req = m.AuthenticatorRequest(
+        m.CLIENT_CERTIFICATE_REQUEST,
+        bytes(255),
+        (sig, m.Extension(m.EXT_CERTIFICATE_AUTHORITIES, bytes(filler))),
+    ).encode()
+    assert len(req) == f.MAX_REQUEST_PAYLOAD
+    (frame,) = f.FrameDecoder().feed(f.PREAMBLE + f.encode_frame(f.FrameType.AUTH_REQUEST, req))
+    assert ea.request_from_bytes(frame.payload).context == bytes(255)
