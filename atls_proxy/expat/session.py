@@ -182,6 +182,9 @@ class AttesterSession(_Base):
         # Whether the authenticator carried evidence: a relying party's ACCEPT without it is not
         # an attested connection.
         self.evidence_sent = False
+        # Whether an authenticator (with or without evidence, or a refusal) was produced: from
+        # then on the relying party may read any byte as application data once it accepts.
+        self.answered = False
 
     @property
     def state(self) -> str:
@@ -287,6 +290,7 @@ class AttesterSession(_Base):
             self._profile.request_header_in_transcript,
         )
         self.evidence_sent = cmw is not None
+        self.answered = True
         self._state = _State.RESULT
         return self._out(framing.encode_frame(FrameType.AUTHENTICATOR, auth))
 
@@ -301,6 +305,7 @@ class AttesterSession(_Base):
             self._request.context,
             self._profile.request_header_in_transcript,
         )
+        self.answered = True
         self._state = _State.RESULT
         return self._out(framing.encode_frame(FrameType.AUTHENTICATOR, auth))
 

@@ -169,6 +169,7 @@ class AttestedServer(Listener):
         tls = TLSStream(conn, conn, TLSEngine(keys.ssl_context, server_side=True))
         timeouts = config.timeouts
         stage = "tls.handshake"
+        sess: xs.AttesterSession | None = None
         try:
             # asyncio.timeout, not wait_for: no extra task and loop hop per step (3.11 wait_for
             # wraps the coroutine in a task).
@@ -242,10 +243,13 @@ class AttestedServer(Listener):
         except AttestationUnavailable as exc:
             return self._fail(peer, "attester.evidence", str(exc), t0, stage)
         finally:
-            if stage == "backend.connect":
-                # The client has sent ACCEPT (or, unattested, its first bytes) and reads the
-                # answer as application data: a close_notify would be a complete, empty one.
-                # The bytes it sent went nowhere: the stream is cut, so it is reset.
+            if stage == "backend.connect" or (
+                stage == "expat.exchange" and sess is not None and sess.answered
+            ):
+                # The client has sent ACCEPT (or, unattested, its first bytes) — or, once it has
+                # the authenticator, may have, with its ACCEPT in flight — and reads what follows
+                # as application data: a close_notify would be a complete, empty answer. The
+                # stream is cut, so it is reset.
                 tls.reset()
             await tls.close()
 

@@ -34,11 +34,15 @@ PROFILE = ExpatProfile()
 # --- hostile clients against `atls-proxy serve` ------------------------------------------------
 
 
-def _tls_client(port: int, ca: Path) -> ssl.SSLSocket:
+def _tls_client(port: int, ca: Path, *, ragged_eof_is_error: bool = False) -> ssl.SSLSocket:
+    """``ragged_eof_is_error``: an end without close_notify raises instead of reading b"" (so a
+    test can tell a cut stream from a clean end)."""
     ctx = ssl.create_default_context(cafile=str(ca))
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     raw = socket.create_connection(("127.0.0.1", port), timeout=10)
-    return ctx.wrap_socket(raw, server_hostname="localhost")
+    return ctx.wrap_socket(
+        raw, server_hostname="localhost", suppress_ragged_eofs=not ragged_eof_is_error
+    )
 
 
 def _request(
@@ -129,8 +133,9 @@ def test_reused_context(stack: Stack) -> None:
 def test_no_error_frame_after_the_authenticator(stack: Stack, after: bytes) -> None:
     """After the authenticator the server sends no shim bytes, whatever the client does wrong:
     a client that believes it sent ACCEPT would hand them to its application (docs/PROTOCOL.md
-    §4). It closes, and logs the check."""
-    with _tls_client(stack.server_port, stack.dev / "ca.pem") as s:
+    §4) — nor a close_notify, which that client would read as a complete, empty answer. It
+    resets the connection, and logs the check."""
+    with _tls_client(stack.server_port, stack.dev / "ca.pem", ragged_eof_is_error=True) as s:
         s.sendall(f.PREAMBLE + f.encode_frame(f.FrameType.AUTH_REQUEST, _request()))
         s.settimeout(10)
         head, got = len(f.PREAMBLE) + 4, b""
@@ -140,7 +145,8 @@ def test_no_error_frame_after_the_authenticator(stack: Stack, after: bytes) -> N
             got += chunk
         assert got.startswith(f.PREAMBLE + bytes([f.FrameType.AUTHENTICATOR]))
         s.sendall(after)
-        assert _read_all(s) == b""
+        with pytest.raises((ConnectionResetError, ssl.SSLError)):  # a cut, not close_notify
+            s.recv(65536)
     _assert_logged(stack, "expat.frame")
 
 
