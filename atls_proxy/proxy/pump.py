@@ -25,9 +25,11 @@ After the peer's close_notify nothing it sends matters (RFC 8446 §6.1: data rec
 closure alert MUST be ignored): the TLS side stops being read and any bytes already in flight are
 dropped unread, so a peer cannot grow the engine's input buffer by streaming after its close.
 The pump ends when both directions ended, when either side fails (reset; a TLS error; a TLS EOF
-without close_notify, which is a truncation), or when neither direction moved for
-``idle_timeout`` seconds (one timer per connection, re-armed from the last activity, not per read).
-A failure is an exception; the callers then *abort* both connections (a reset, no close_notify),
+without close_notify, which is a truncation), or when no byte moved either way for
+``idle_timeout`` seconds: none read, and none of what was queued taken by the peer (one timer per
+connection, looking every half ``idle_timeout`` at what is still unsent, so the cut comes 1 to
+1.5 × ``idle_timeout`` after the last byte moved). A failure — an idle timeout too — is an
+exception; the callers then *abort* both connections (a reset, no close_notify),
 so that neither peer mistakes a cut stream for a finished one (the truncation TLS protects
 against, passed on as a clean end). A side already lost when the pump starts fails it at once.
 A unix-socket backend cannot be told: AF_UNIX has no reset, so there the abort reads as an EOF;

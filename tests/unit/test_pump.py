@@ -318,11 +318,15 @@ async def test_full_duplex_a_peer_that_uploads_before_it_reads_is_still_read() -
         bsrv.close()
 
 
-async def test_a_slow_but_steady_reader_is_not_idle() -> None:
+@pytest.mark.parametrize("reader", ["steady", "stops"])
+async def test_a_slow_but_steady_reader_is_not_idle(reader: str) -> None:
     """idle_timeout is no byte moving either way. A client that keeps taking a download, more
     slowly than the proxy's buffers swing between their marks in idle_timeout, is not idle: the
     pump counted only new bytes read (from the backend, when its buffer drained below the low
-    mark), and cut such a download."""
+    mark), and cut such a download. One that stops reading is still cut, within 1.5 ×
+    idle_timeout of its last read (what is unsent is looked at every half idle_timeout)."""
+    from atls_proxy.proxy.pump import IdleTimeout
+
     loop = asyncio.get_running_loop()
 
     async def backend(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -355,13 +359,19 @@ async def test_a_slow_but_steady_reader_is_not_idle() -> None:
         client.write(b"GET\n")
         await loop.sock_sendall(sock, client.outgoing())
         got, t0 = 0, time.monotonic()
-        while time.monotonic() - t0 < 3.5:  # ~80 KB/s: ~2.4 s per 192 KiB
+        reading = 3.5 if reader == "steady" else 0.5
+        while time.monotonic() - t0 < reading:  # ~80 KB/s: ~2.4 s per 192 KiB
             client.feed(await asyncio.wait_for(loop.sock_recv(sock, 8192), 5))
             while (chunk := client.read()) is not None and chunk:
                 got += len(chunk)
             assert not pumps[0].done(), pumps[0]
             await asyncio.sleep(0.1)
-        assert got > 100_000
+        assert got > 10_000
+        if reader == "stops":
+            stopped = time.monotonic()
+            with pytest.raises(IdleTimeout):
+                await asyncio.wait_for(pumps[0], 5)
+            assert time.monotonic() - stopped < 1.5 + 1.0  # 1.5 × idle_timeout, and slack
     finally:
         sock.close()
         for t in pumps:
