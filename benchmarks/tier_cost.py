@@ -414,7 +414,7 @@ def main() -> int:
                 b,
                 paths[b],
                 measured[b] + WARMUP_CONNECTIONS,
-                figures[b][0][0],
+                statistics.median(f[0] for f in figures[b]),
             )
         elif args.profile:
             a, b = tiers
