@@ -214,6 +214,7 @@ def exchange_cost(connections: int) -> None:
                 client.feed(server.outgoing())
             server.feed(client.outgoing())
             leaf = client.peer_certificate_der()
+            assert leaf is not None
             stls = xs.TLSInfo(server.export, server.hash_name)
             ctls = xs.TLSInfo(client.export, client.hash_name)
 
