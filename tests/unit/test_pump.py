@@ -226,7 +226,10 @@ async def test_a_peer_that_floods_key_updates_and_never_reads_is_not_read(reader
         # bounded by that mark plus the answers to one read (uvloop reads up to 256 KiB at once),
         # where it used to take every answer (~1.3 MB here).
         _low, high = tr.get_write_buffer_limits()
-        assert writer.updates == 200 * 256  # all sent: they wait in the kernel's buffers
+        # Sent (they wait in the kernel's buffers): all 51,200 as a rule; on a loaded machine the
+        # kernel may hold fewer within the 4 s. Enough that their answers (26 bytes each) would
+        # pass the bound below by far if the pump kept reading them.
+        assert writer.updates >= 25_000, writer.updates
         limit = max(high, before[0]) + 262144
         assert tr.get_write_buffer_size() <= limit, (tr.get_write_buffer_size(), high, before)
         assert not pumps[0].done()  # a flow-controlled connection, not an error
