@@ -96,6 +96,17 @@ def build_client_settings(cfg: ClientConfig) -> ClientSettings:
             "true: it accepts no evidence, so every server is rejected",
             cfg.policy,
         )
+    for fmt, section in policy.hardware.items():
+        if not getattr(section, "constrains_workload", True):
+            log.warning(
+                "policy %s: [%s] names no reference value of the workload, so it accepts whatever "
+                "runs on genuine %s hardware; list the measurements you expect "
+                "(docs/VERIFIERS-%s.md)",
+                cfg.policy,
+                fmt,
+                fmt.upper(),
+                fmt.upper(),
+            )
     if not cfg.verify_pki:
         log.warning(
             "verify_pki = false: the server's PKI identity is NOT checked (insecure; attestation alone)"

@@ -1273,3 +1273,29 @@ def test_a_private_key_open_to_others_is_warned_about(
     else:
         assert len(warned) == 2 and all(said in w for w in warned), warned
         assert any(w.startswith("server.private_key") for w in warned), warned
+
+
+def test_a_hardware_section_that_names_no_workload_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # [tdx] without [tdx.registers] accepts any TD on genuine hardware: said at every load.
+    from dataclasses import replace as dc_replace
+
+    from atls_proxy import app
+    from atls_proxy.verify.tdx.policy import TdxPolicy
+
+    dev_init(tmp_path)
+    real = app.load_policy
+    section = [TdxPolicy()]
+    monkeypatch.setattr(
+        app, "load_policy", lambda path: dc_replace(real(path), hardware={"tdx": section[0]})
+    )
+    monkeypatch.setattr(app, "verifiers_for_policy", lambda policy, path: [])
+    with caplog.at_level("WARNING", logger="atls_proxy"):
+        app.build_client_settings(c.load_client_config(tmp_path / "connect.toml"))
+    assert "[tdx] names no reference value of the workload" in caplog.text, caplog.text
+    caplog.clear()
+    section[0] = TdxPolicy(registers={"mrtd": frozenset({bytes(48)})})
+    with caplog.at_level("WARNING", logger="atls_proxy"):
+        app.build_client_settings(c.load_client_config(tmp_path / "connect.toml"))
+    assert "names no reference value" not in caplog.text, caplog.text

@@ -177,6 +177,12 @@ class CcaPolicy:
         object.__setattr__(self, "platforms", platforms)
         object.__setattr__(self, "realms", realms)
 
+    @property
+    def constrains_workload(self) -> bool:
+        """Whether the policy names any reference value of the workload (realm records): without one
+        it accepts whatever runs on genuine hardware (the client warns at load)."""
+        return bool(self.realms)
+
 
 def _hex(value: object, key: str, sizes: tuple[int, ...] | None, max_size: int = 0) -> bytes:
     if not isinstance(value, str) or not value or not _HEX_RE.fullmatch(value):

@@ -127,6 +127,12 @@ class SnpPolicy:
             MappingProxyType({n: frozenset(v) for n, v in self.registers.items()}),
         )
 
+    @property
+    def constrains_workload(self) -> bool:
+        """Whether the policy names any reference value of the workload (registers): without one
+        it accepts whatever runs on genuine hardware (the client warns at load)."""
+        return bool(self.registers)
+
 
 def _bool(table: Mapping[str, Any], name: str, prefix: str, default: bool) -> bool:
     value = table.get(name, default)

@@ -77,6 +77,12 @@ class TdxPolicy:
             MappingProxyType({n: frozenset(v) for n, v in self.registers.items()}),
         )
 
+    @property
+    def constrains_workload(self) -> bool:
+        """Whether the policy names any reference value of the workload (registers): without one
+        it accepts whatever runs on genuine hardware (the client warns at load)."""
+        return bool(self.registers)
+
 
 def _grace(value: object, key: str) -> datetime:
     if isinstance(value, datetime):

@@ -65,6 +65,12 @@ class TpmPolicy:
             MappingProxyType({i: frozenset(v) for i, v in sorted(self.pcrs.items())}),
         )
 
+    @property
+    def constrains_workload(self) -> bool:
+        """Whether the policy names any reference value of the workload (PCRs): without one
+        it accepts whatever runs on genuine hardware (the client warns at load)."""
+        return bool(self.pcrs)
+
 
 def parse_tpm_policy(
     table: Mapping[str, Any], prefix: str, read_file: Callable[[str], bytes]
