@@ -24,8 +24,8 @@ flight when it closed.
 
 Connections still in flight at the close are not dropped silently (a stuck connection would
 otherwise vanish from every figure): ``in_flight_at_close`` and ``oldest_in_flight_ms`` report
-them; one in flight for the whole window and more than twice as long as the slowest completed
-connection is an error ("stalled": not merely slow); and one in flight for longer than the
+them; one in flight more than twice as long as the slowest completed connection, wherever it
+started, is an error ("stalled": not merely slow); and one in flight for longer than the
 completed connections' p99 (and not stalled) counts in the percentiles with its age so far, a
 lower bound of its latency. Neither counts as a completed connection in the rate.
 
@@ -156,6 +156,9 @@ class Result:
     capped: bool = False
     # The server ran on PROXY_CPU only and this process on GENERATOR_CPU only.
     pinned: bool = False
+    # Connections that failed before the window opened: not in the rate, but a run whose warm-up
+    # failed is not a valid measurement (invalid_runs).
+    warmup_errors: int = 0
     # Ages (ms) at the close of the connections still in flight then (module docstring).
     in_flight_ms: list[float] = field(default_factory=list)
     # Of those, the ones slower than the completed connections' p99: percentile samples too.
@@ -179,17 +182,20 @@ class Result:
         """Fold in the connections in flight at the close (module docstring)."""
         self.in_flight_ms = sorted(ages_ms)
         window_ms = self.duration_s * 1000
-        # Stalled: in flight for the whole window *and* more than twice as long as any
-        # connection that completed — not merely slow (strict's 64 clients wait ~2.6 s each, more
-        # than a short window). (A run that completed nothing is invalid already.)
+        # Stalled: in flight more than twice as long as any connection that completed in the
+        # window — wherever it started (one that hung inside the window stalls the rate as much
+        # as one that hung before it). Merely slow ones are not: strict's 64 clients wait ~2.6 s
+        # each, longer than a short window, and so do the ones that complete. (A run that
+        # completed nothing is invalid already.)
         slowest = max(self.latencies_ms, default=0.0)
-        stalled = [a for a in ages_ms if a >= window_ms and a > 2 * slowest] if slowest else []
+        stalled = [a for a in ages_ms if a > 2 * slowest] if slowest else []
         if stalled:
             self.errors += len(stalled)
             if len(self.error_samples) < 5:
+                whole = sum(1 for a in stalled if a >= window_ms)
                 self.error_samples.append(
-                    f"stalled: {len(stalled)} connection(s) in flight for the whole "
-                    f"{self.duration_s:.2f} s window, over twice the slowest completed one"
+                    f"stalled: {len(stalled)} connection(s) in flight over twice as long as the "
+                    f"slowest completed one ({whole} for the whole {self.duration_s:.2f} s window)"
                 )
         p99 = percentile(sorted(self.latencies_ms), 99)
         stuck = set(stalled)
@@ -224,6 +230,7 @@ class Result:
             "duration_s": _finite(self.duration_s, 3),
             "capped": self.capped,
             "pinned": self.pinned,
+            "warmup_errors": self.warmup_errors,
             "simulated_quote_ms": self.simulated_quote_ms,
             "server_cpu_s": _finite(self.server_cpu_s, 3),
             "generator_cpu_s": _finite(self.generator_cpu_s, 3),
@@ -245,8 +252,15 @@ def _rate(r: Result) -> float:
     return r.connections / d if math.isfinite(d) and d > 0 else 0.0
 
 
+def pin_ok(r: Result) -> bool:
+    """Pinned — or pinning is impossible here (fewer than two usable CPUs), which the report
+    says. An unpinned run where it was possible measured both sides on shared CPUs."""
+    return r.pinned or not can_pin()
+
+
 def invalid_runs(rounds: Sequence[Sequence[Result]]) -> list[str]:
-    """Why the measurement is not valid: every run that completed no connection or had errors."""
+    """Why the measurement is not valid: every run that completed no connection, had errors
+    (in the window or in its warm-up), or was not pinned where it could have been."""
     out: list[str] = []
     for i, results in enumerate(rounds, 1):
         where = f"round {i}, " if len(rounds) > 1 else ""
@@ -255,6 +269,10 @@ def invalid_runs(rounds: Sequence[Sequence[Result]]) -> list[str]:
                 out.append(f"{where}tier {r.tier}: no connection completed in the window")
             if r.errors:
                 out.append(f"{where}tier {r.tier}: {r.errors} errors")
+            if r.warmup_errors:
+                out.append(f"{where}tier {r.tier}: {r.warmup_errors} errors in the warm-up")
+            if not pin_ok(r):
+                out.append(f"{where}tier {r.tier}: not pinned (server and generator shared CPUs)")
     return out
 
 
@@ -454,6 +472,10 @@ async def _load(
                 open_window()
             if t1 >= t_close:
                 close_window(capped=False)  # before the closer's timer ran
+            if opened_at is None and not ok:
+                result.warmup_errors += 1
+                if len(result.error_samples) < 5:
+                    result.error_samples.append(f"warm-up: {type(exc).__name__}: {exc}")
             if opened_at is None or closed_at is not None:
                 continue
             if ok:
@@ -555,8 +577,8 @@ def _footnotes(rounds: Sequence[Sequence[Result]]) -> list[str]:
         notes.append(
             f"In flight at the close (not completed, not in the rate): up to "
             f"{max(len(r.in_flight_ms) for r in in_flight)} per run, the oldest {oldest:.0f} ms; "
-            "one in flight for the whole window and over twice the slowest completed one is "
-            "counted as an error (stalled)."
+            "one in flight over twice as long as the slowest completed one is counted as an "
+            "error (stalled)."
         )
     if any(r.capped for r in runs):
         notes.append(
@@ -644,6 +666,11 @@ def _ratio_round(target: Target, a: Result | None, b: Result | None) -> dict[str
         and ratio >= target.threshold
         and (target.max_p99_ms is None or (p99 is not None and p99 < target.max_p99_ms))
         and errors == [0, 0]
+        and a is not None
+        and b is not None
+        and not (a.warmup_errors or b.warmup_errors)
+        and pin_ok(a)
+        and pin_ok(b)
     )
     return {"ratio": ratio, "per_cpu": per_cpu, "p99": p99, "errors": errors, "met": met}
 
@@ -713,6 +740,8 @@ def _bound_round(bound: TeeBound, r: Result | None) -> dict[str, Any]:
         and _rate(r) <= bound.max_rate(r.duration_s)
         and r.connections > 0
         and errors == 0
+        and not r.warmup_errors
+        and pin_ok(r)
     )
     return {"rate": rate, "errors": errors, "met": met}
 

@@ -23,7 +23,7 @@ def _r(
     p99: float = 100.0,
     errors: int = 0,
 ) -> Result:
-    r = Result(tier, 64, 5.0, 40, server_cpu_s=server_cpu_s)
+    r = Result(tier, 64, 5.0, 40, server_cpu_s=server_cpu_s, pinned=True)
     r.latencies_ms = [p99] * connections  # one latency per connection completed
     r.errors = errors
     return r
@@ -88,6 +88,33 @@ def test_a_round_with_errors_does_not_meet_the_target() -> None:
     assert "| 1 | 25 | 150 | 2000, 0 | no |" in render_rounds(rounds[:2], s)
     c = summarize(rounds[2:])["ratios"]["cached/off"]
     assert c["per_round"] == [0.9] and c["rounds_meeting_target"] == 0
+
+
+@pytest.mark.parametrize("fault", ["unpinned", "warm-up errors"])
+def test_an_unpinned_run_or_a_failed_warm_up_is_not_a_measurement(
+    fault: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the CPUs could be split, a run that did not pin measured both sides on shared
+    CPUs; a warm-up whose connections failed says the service was not serving. Neither meets a
+    target, and both make the run invalid (exit 1)."""
+    monkeypatch.setattr(attest, "can_pin", lambda: True)
+    bad = _r("off", 1000)
+    if fault == "unpinned":
+        bad.pinned = False
+    else:
+        bad.warmup_errors = 60
+    rounds = [[_r("strict", 40), _r("cached", 900), bad]]
+    s = summarize(rounds)
+    assert s["ratios"]["cached/off"]["rounds_meeting_target"] == 0
+    expected = "not pinned" if fault == "unpinned" else "60 errors in the warm-up"
+    assert any(expected in why for why in attest.invalid_runs(rounds)), attest.invalid_runs(rounds)
+    good = [[_r("strict", 40), _r("cached", 900), _r("off", 1000)]]
+    assert summarize(good)["ratios"]["cached/off"]["rounds_meeting_target"] == 1
+    assert attest.invalid_runs(good) == []
+    # Where pinning is impossible (one CPU), an unpinned run is what there is: said, not invalid.
+    monkeypatch.setattr(attest, "can_pin", lambda: False)
+    if fault == "unpinned":
+        assert attest.invalid_runs(rounds) == []
 
 
 def test_the_ratio_is_compared_unrounded() -> None:
@@ -183,7 +210,7 @@ def test_capped_and_pinned_are_in_the_json_and_the_table() -> None:
 
 
 def _strict(connections: int, quote_ms: int = 40, duration: float = 5.0, errors: int = 0) -> Result:
-    r = Result("strict", 64, duration, quote_ms, errors=errors)
+    r = Result("strict", 64, duration, quote_ms, errors=errors, pinned=True)
     r.latencies_ms = [2600.0] * connections
     return r
 
