@@ -120,8 +120,8 @@ def _header(doc: dict[str, Any]) -> list[str]:
         f"Machine: {m.get('cpu_model')}, {m.get('cores')} cores, kernel {m.get('kernel')}; {pin}.",
         f"Software: {tools}.",
         f"Each figure: median of {o.get('repeat')} runs of {o.get('duration_s')} s "
-        f"[min–max]; {o.get('connections')} connections; simulated quote "
-        f"{o.get('simulated_quote_ms')} ms.",
+        f"[min–max]; {o.get('connections')} connections. Attester: the SIMULATED software "
+        f"attester (no TEE) with a simulated quote of {o.get('simulated_quote_ms')} ms.",
         "Generators: atls peers by the asyncio generator (open_attested, in the bench process); "
         "off-asyncio by the same generator and TLS client without Expat (attestation off); "
         "off, haproxy and direct by wrk. Per server CPU-s: work divided by the CPU seconds of "

@@ -105,7 +105,7 @@ UNITS = {
 PATHS = {"attest": "/small", "handshake": "/small", "small": "/small", "bulk": "/bulk"}
 BODY = {"/small": len(SMALL_BODY), "/bulk": BULK_SIZE}
 PEER_LABELS = {
-    "atls": "atls-proxy, attested (tier {tier})",
+    "atls": "atls-proxy, attested (tier {tier}; SIMULATED software attester, no TEE)",
     "off": "atls-proxy, attestation off (plain TLS, serve-unattested)",
     "off-asyncio": "atls-proxy, attestation off, driven like the attested peers",
     "haproxy": "HAProxy, TLS 1.3 termination, mode tcp, nbthread 1",

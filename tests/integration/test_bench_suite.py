@@ -154,6 +154,7 @@ def test_bench_skipped_baseline_is_said_and_absent() -> None:
     table = render_markdown(doc)  # what the command prints without --json
     assert "haproxy: disabled with --no-haproxy" in table, table
     assert "| idle (10 conn) | atls |" in table, table
+    assert "Attester: the SIMULATED software attester (no TEE)" in table, table
 
 
 def test_errors_cell_is_the_sum_over_the_runs() -> None:
