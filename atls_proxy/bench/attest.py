@@ -218,9 +218,11 @@ class Result:
             "connections_per_s": round(_rate(self), 1),
             "p50_ms": pct(50),
             "p99_ms": pct(99),
-            # The samples p50/p99 are taken over (the connections completed in the window).
+            # The samples p50/p99 are taken over: the connections completed in the window and
+            # the slow in-flight ones at their age (latency_n_in_flight of them).
             "latency_n": len(lat),
             "percentile_method": PERCENTILE_METHOD,
+            # Of the completed connections only (an in-flight age is a lower bound, no latency).
             "mean_ms": (
                 _finite(statistics.fmean(self.latencies_ms), 2) if self.latencies_ms else None
             ),
