@@ -567,12 +567,30 @@ def test_tee_overlay_result_validates() -> None:
     overlay = yaml_module().safe_load(
         (K8S / "overlays/tee-configfs-tsm/kustomization.yaml").read_text()
     )
+    # Namespace, the web Deployment and the server's serve.toml: all three are patched.
+    assert {p["target"]["kind"] for p in overlay["patches"]} == {
+        "Namespace",
+        "Deployment",
+        "ConfigMap",
+    }
     objs = base_objects()
     for patch in overlay["patches"]:
         t = patch["target"]
         obj = find(objs, t["kind"], t["name"])
         patched = json_patch(obj, yaml_module().safe_load(patch["patch"]))
         k8s_validate(patched)
+        if t["kind"] == "ConfigMap":
+            # The hardware attester instead of the SIMULATED one, everything else as the base's.
+            tee = tomllib.loads(patched["data"]["serve.toml"])
+            base = tomllib.loads(obj["data"]["serve.toml"])
+            assert tee["attester"] == {
+                "kind": "configfs-tsm",
+                "tier": base["attester"]["tier"],
+                "configfs_tsm": {"root": "/run/tsm/report"},
+            }
+            assert {k: v for k, v in tee.items() if k != "attester"} == {
+                k: v for k, v in base.items() if k != "attester"
+            }
         if t["kind"] == "Deployment":
             spec = patched["spec"]["template"]["spec"]
             sidecar, app = spec["initContainers"][0], spec["containers"][0]
