@@ -69,6 +69,9 @@ class ClientSettings:
     timeouts: Timeouts
     freshness: Freshness = field(default_factory=Freshness)
     # Reuses appraisals of the cached tier's epoch evidence across connections (verify/appraise.py).
+    # Its entries are verdicts of *these* verifiers and freshness rules: settings made from these
+    # with other verifiers or freshness (dataclasses.replace) need a new AppraisalCache(), or a
+    # verdict of the old policy is reused under the new one until it expires.
     appraisal_cache: AppraisalCache = field(default_factory=AppraisalCache)
     # Handshake and appraisal durations go here when set (``atls-proxy connect --admin``).
     metrics: Metrics | None = None
