@@ -286,8 +286,9 @@ def _given(args: argparse.Namespace, dest: str) -> bool:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """``bench attest``: exit 0 with a valid measurement, 1 when a run completed no connection
-    or had errors (printed all the same, the reasons on stderr), 2 for a flag out of range."""
+    """``bench attest``: exit 0 with a valid measurement, 1 when a run completed no connection,
+    had errors (in its window or its warm-up) or was not pinned where it could be (printed all
+    the same, the reasons on stderr), 2 for a flag out of range."""
     from atls_proxy.bench import print_results, run_attest_bench
     from atls_proxy.bench.attest import invalid_runs, option_errors, print_rounds
 
@@ -505,8 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="attested connections per second and latency per freshness tier",
         description="Attested connections per second, p50/p99 latency (nearest-rank) and server "
         "CPU per --tier, against a local `atls-proxy serve` with the software attester. Exit "
-        "status: 0 a valid measurement; 1 a run completed no connection or had errors (the "
-        "figures are printed all the same, the reasons on stderr); 2 a flag out of range.",
+        "status: 0 a valid measurement; 1 a run completed no connection, had errors (in its "
+        "window or its warm-up) or was not pinned where two CPUs could be split (the figures "
+        "are printed all the same, the reasons on stderr); 2 a flag out of range.",
     )
     # Their own dests: the suite's flags of the same names on bare `bench` keep their values, so
     # one given before `attest` is told apart (cmd_bench refuses it) instead of overwritten.

@@ -39,7 +39,7 @@ MAX_REASON = 1024
 # The largest valid request (RFC 9261 §4: a handshake header, a context of at most 255 bytes and
 # at most 65535 bytes of extensions): 65797 bytes. This client's is 68; a peer's may carry a long
 # certificate_authorities list. What a client that never finishes its request can make the
-# server hold is a quarter of the authenticator's cap.
+# server hold is about a quarter of the authenticator's cap.
 MAX_REQUEST_PAYLOAD = 4 + 1 + 255 + 2 + 0xFFFF
 
 
