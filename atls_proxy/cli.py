@@ -163,7 +163,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_dev_init(args: argparse.Namespace) -> int:
     from atls_proxy.ops.devinit import dev_init
 
-    written = dev_init(args.dir, force=args.force)
+    written = dev_init(args.dir, force=args.force, server_names=args.server_name or ())
     for p in written:
         print(p)
     d = Path(args.dir)
@@ -623,6 +623,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     i.add_argument("dir")
     i.add_argument("--force", action="store_true", help="overwrite existing files")
+    i.add_argument(
+        "--server-name",
+        action="append",
+        metavar="NAME",
+        help="a DNS name or IP address the server certificate also holds, beside localhost, "
+        "127.0.0.1 and ::1 (repeatable; e.g. a cluster Service's name)",
+    )
     i.set_defaults(func=cmd_dev_init)
     return p
 

@@ -5,7 +5,8 @@ Writes, into ``DIR``:
 * ``ca.pem`` / ``ca-key.pem``: a fresh P-256 development CA (CN carries 8 random hex digits, so the
   CAs of two runs differ and do not trust each other's certificates);
 * ``server.pem`` / ``server-key.pem``: a P-256 server certificate for ``localhost``,
-  ``127.0.0.1`` and ``::1`` signed by that CA (the file holds the leaf only; the CA is the anchor);
+  ``127.0.0.1`` and ``::1`` — and the names given with ``--server-name`` — signed by that CA
+  (the file holds the leaf only; the CA is the anchor);
 * ``platform-key.pem`` / ``platform.pem``: the SIMULATED platform key of the software attester
   (PKCS#8 private key) and its SubjectPublicKeyInfo;
 * ``policy.toml``: a development appraisal policy trusting that platform key and the simulated
@@ -22,7 +23,9 @@ import datetime
 import hashlib
 import ipaddress
 import os
+import re
 import secrets
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -102,17 +105,44 @@ def _ca(now: datetime.datetime) -> tuple[x509.Certificate, ec.EllipticCurvePriva
     return cert, key
 
 
+# A DNS name of letters, digits and hyphens per label (RFC 1123 §2.1), no wildcard, no trailing
+# dot: what a client's server_name is matched against (tls/context.py).
+_DNS_NAME = re.compile(
+    r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
+)
+
+
+def san_entry(name: str) -> x509.GeneralName:
+    """``--server-name``: an IP address, or a DNS name (lower-cased); ConfigError otherwise."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        pass
+    host = name.lower()
+    if not _DNS_NAME.fullmatch(host):
+        raise ConfigError(
+            "--server-name", f"{name!r} is neither an IP address nor a DNS name (a-z, 0-9, -, .)"
+        )
+    return x509.DNSName(host)
+
+
 def _leaf(
-    ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, now: datetime.datetime
+    ca: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    now: datetime.datetime,
+    extra_names: Sequence[str] = (),
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
-    san = x509.SubjectAlternativeName(
-        [
-            x509.DNSName("localhost"),
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-            x509.IPAddress(ipaddress.ip_address("::1")),
-        ]
-    )
+    names: list[x509.GeneralName] = [
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.IPAddress(ipaddress.ip_address("::1")),
+    ]
+    for extra in extra_names:
+        entry = san_entry(extra)
+        if entry not in names:
+            names.append(entry)
+    san = x509.SubjectAlternativeName(names)
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
@@ -260,13 +290,21 @@ def _write(path: Path, data: bytes, mode: int, force: bool) -> None:
 
 
 def dev_init(
-    directory: str | Path, *, force: bool = False, now: datetime.datetime | None = None
+    directory: str | Path,
+    *,
+    force: bool = False,
+    now: datetime.datetime | None = None,
+    server_names: Sequence[str] = (),
 ) -> list[Path]:
     """Write fresh development material into ``directory`` and return the paths written.
 
     Refuses (``ConfigError("dev-init", ...)``) to overwrite any of the files unless ``force``;
     nothing is written when one exists. ``now`` pins the certificates' validity (naive = UTC).
+    ``server_names``: DNS names or IP addresses the server certificate also holds, beside
+    localhost, 127.0.0.1 and ::1 (a Service's name in a cluster, say).
     """
+    for name in server_names:
+        san_entry(name)  # a bad name is refused before anything is written
     d = Path(directory)
     try:
         created = not d.exists()
@@ -288,7 +326,7 @@ def dev_init(
     elif now.tzinfo is None:
         now = now.replace(tzinfo=datetime.UTC)
     ca, ca_key = _ca(now)
-    leaf, leaf_key = _leaf(ca, ca_key, now)
+    leaf, leaf_key = _leaf(ca, ca_key, now, server_names)
     platform = ec.generate_private_key(ec.SECP256R1())
     pem = serialization.Encoding.PEM
     contents: dict[str, tuple[bytes, int]] = {

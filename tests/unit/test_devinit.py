@@ -341,3 +341,31 @@ def test_policy_documents_the_instance_pin(dev: Path) -> None:
     policy = load_policy(dev / "pinned.toml")
     assert policy.software is not None
     assert policy.software.instances == frozenset({bytes.fromhex(ueid)})
+
+
+def test_server_names_join_the_certificate(tmp_path: Path) -> None:
+    # A cluster Service's name (docs/OPERATIONS.md, Kubernetes walkthrough) and an address.
+    dev_init(
+        tmp_path,
+        now=NOW,
+        server_names=["Web.atls-example.svc.cluster.local", "10.0.0.7", "localhost"],
+    )
+    ca, leaf = cert(tmp_path / "ca.pem"), cert(tmp_path / "server.pem")
+    when = NOW + datetime.timedelta(days=1)
+    for name in (
+        x509.DNSName("web.atls-example.svc.cluster.local"),
+        x509.IPAddress(ipaddress.ip_address("10.0.0.7")),
+        x509.DNSName("localhost"),
+    ):
+        verifier = PolicyBuilder().store(Store([ca])).time(when).build_server_verifier(name)
+        assert verifier.verify(leaf, []) == [leaf, ca]
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert len(san) == 5  # localhost given twice is held once
+
+
+@pytest.mark.parametrize("bad", ["*.example.com", "a_b.example", "example.com.", "", "-x.example"])
+def test_a_bad_server_name_is_refused_before_anything_is_written(tmp_path: Path, bad: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        dev_init(tmp_path / "d", server_names=[bad])
+    assert e.value.key == "--server-name"
+    assert not (tmp_path / "d").exists()
