@@ -4,38 +4,21 @@ refused by the server at start and by the relying party."""
 
 from __future__ import annotations
 
-import datetime
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from cryptography.x509.oid import NameOID
 
 from atls_proxy.errors import ConfigError
 from atls_proxy.expat.authenticator import parse_leaf
 from atls_proxy.expat.spki import canonical_key_problem, certificate_spki
 from atls_proxy.tls.context import load_server_identity
-
-NAME = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "spki.test")])
-
-
-def _cert(key) -> x509.Certificate:  # type: ignore[no-untyped-def]
-    now = datetime.datetime.now(datetime.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(NAME)
-        .issuer_name(NAME)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256())
-    )
+from tests.support.pki import self_signed
 
 
 @pytest.mark.parametrize(
@@ -49,7 +32,7 @@ def _cert(key) -> x509.Certificate:  # type: ignore[no-untyped-def]
     ids=["p256", "p384", "rsa", "ed25519"],
 )
 def test_the_usual_keys_are_their_own_canonical_spki(key) -> None:  # type: ignore[no-untyped-def]
-    cert = _cert(key)
+    cert = self_signed(key)
     der = cert.public_bytes(Encoding.DER)
     own = certificate_spki(der)
     assert own == key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
@@ -58,7 +41,7 @@ def test_the_usual_keys_are_their_own_canonical_spki(key) -> None:  # type: igno
 
 
 def test_truncated_or_malformed_der_is_a_value_error() -> None:
-    der = _cert(ec.generate_private_key(ec.SECP256R1())).public_bytes(Encoding.DER)
+    der = self_signed(ec.generate_private_key(ec.SECP256R1())).public_bytes(Encoding.DER)
     for bad in (der[:10], der[: len(der) // 2], b"\x31" + der[1:], b"\x30\x80" + der[2:], b""):
         with pytest.raises(ValueError):
             certificate_spki(bad)
@@ -115,7 +98,7 @@ def test_a_key_that_re_encodes_differently_is_refused(  # type: ignore[no-untype
 
 def test_the_server_still_loads_an_ordinary_certificate(tmp_path: Path) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
-    (tmp_path / "c.pem").write_bytes(_cert(key).public_bytes(Encoding.PEM))
+    (tmp_path / "c.pem").write_bytes(self_signed(key).public_bytes(Encoding.PEM))
     (tmp_path / "k.pem").write_bytes(
         key.private_bytes(
             Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
