@@ -232,7 +232,11 @@ def test_a_change_time_alone_changes_the_fingerprint(tmp_path: Path) -> None:
 # --- socket activation: which inherited socket is the attested listener -------------------------
 
 
-def _with_sockets(tmp_path: Path, names: list[str]) -> tuple[Runtime, list[socket.socket]]:
+@contextlib.contextmanager
+def _with_sockets(
+    tmp_path: Path, names: list[str]
+) -> Iterator[tuple[Runtime, list[socket.socket]]]:
+    """A Runtime that inherited sockets of ``names``; they are closed after the block."""
     socks = [socket.socket() for _ in names]
     inherited: dict[str, list[socket.socket]] = {}
     for name, s in zip(names, socks, strict=True):
@@ -244,7 +248,11 @@ def _with_sockets(tmp_path: Path, names: list[str]) -> tuple[Runtime, list[socke
         config_path=tmp_path / "serve.toml",
         inherited=inherited,
     )
-    return rt, socks
+    try:
+        yield rt, socks
+    finally:
+        for s in socks:
+            s.close()
 
 
 @pytest.mark.parametrize(
@@ -261,23 +269,17 @@ def _with_sockets(tmp_path: Path, names: list[str]) -> tuple[Runtime, list[socke
     ],
 )
 def test_the_attested_socket(tmp_path: Path, names: list[str], chosen: int | None) -> None:
-    rt, socks = _with_sockets(tmp_path, names)
-    try:
+    with _with_sockets(tmp_path, names) as (rt, socks):
         got = rt._attested_socket()
         assert got is (None if chosen is None else socks[chosen])
-    finally:
-        for s in socks:
-            s.close()
 
 
 def test_several_unnamed_sockets_are_a_configuration_error(tmp_path: Path) -> None:
-    rt, socks = _with_sockets(tmp_path, ["a.socket", "b.socket", "admin"])
-    try:
-        with pytest.raises(ConfigError, match=r"a\.socket, b\.socket.*FileDescriptorName"):
-            rt._attested_socket()
-    finally:
-        for s in socks:
-            s.close()
+    with (
+        _with_sockets(tmp_path, ["a.socket", "b.socket", "admin"]) as (rt, _),
+        pytest.raises(ConfigError, match=r"a\.socket, b\.socket.*FileDescriptorName"),
+    ):
+        rt._attested_socket()
 
 
 @pytest.mark.parametrize("name", ["unknown", "attested"])
@@ -286,13 +288,11 @@ def test_several_sockets_of_the_one_name_are_a_configuration_error(
 ) -> None:
     # Without $LISTEN_FDNAMES every socket is "unknown": serving the first (perhaps the admin
     # port) left the other listening and never served.
-    rt, socks = _with_sockets(tmp_path, [name, name])
-    try:
-        with pytest.raises(ConfigError, match=rf"2 inherited sockets named '{name}'"):
-            rt._attested_socket()
-    finally:
-        for s in socks:
-            s.close()
+    with (
+        _with_sockets(tmp_path, [name, name]) as (rt, _),
+        pytest.raises(ConfigError, match=rf"2 inherited sockets named '{name}'"),
+    ):
+        rt._attested_socket()
 
 
 async def test_readyz_says_when_the_cached_tiers_epoch_is_not_current() -> None:
@@ -371,10 +371,8 @@ async def test_the_admin_warning_looks_at_an_inherited_socket(
 
 
 async def test_two_inherited_admin_sockets_are_a_configuration_error(tmp_path: Path) -> None:
-    rt, socks = _with_sockets(tmp_path, ["attested", "admin", "admin"])
-    try:
-        with pytest.raises(ConfigError, match="2 inherited sockets named 'admin'"):
-            await rt._start_admin()
-    finally:
-        for s in socks:
-            s.close()
+    with (
+        _with_sockets(tmp_path, ["attested", "admin", "admin"]) as (rt, _),
+        pytest.raises(ConfigError, match="2 inherited sockets named 'admin'"),
+    ):
+        await rt._start_admin()
