@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import socket
 import time
+from collections.abc import Awaitable, Callable
 
 import pytest
 from cryptography.hazmat.primitives import hashes
@@ -50,6 +51,41 @@ class CountingEngine(TLSEngine):
         return data
 
 
+class _Servers:
+    """A backend (``backend``: an asyncio streams handler) and the proxy side: a listener that
+    runs ``handle(conn, backend_port)`` as a task per accepted ``Conn`` (``pumps``). ``close``
+    cancels the tasks and closes both listeners."""
+
+    def __init__(self) -> None:
+        self.pumps: list[asyncio.Task[object]] = []
+        self.port = 0
+        self._listeners: list[asyncio.AbstractServer] = []
+
+    @classmethod
+    async def start(
+        cls,
+        backend: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[object]],
+        handle: Callable[[Conn, int], Awaitable[None]],
+    ) -> _Servers:
+        loop = asyncio.get_running_loop()
+        s = cls()
+        bsrv = await asyncio.start_server(backend, "127.0.0.1", 0)
+        bport = bsrv.sockets[0].getsockname()[1]
+        srv = await loop.create_server(
+            lambda: Conn(lambda c: s.pumps.append(loop.create_task(handle(c, bport)))),
+            "127.0.0.1",
+            0,
+        )
+        s.port, s._listeners = srv.sockets[0].getsockname()[1], [srv, bsrv]
+        return s
+
+    def close(self) -> None:
+        for t in self.pumps:
+            t.cancel()
+        for listener in self._listeners:
+            listener.close()
+
+
 async def test_bytes_after_close_notify_are_ignored_not_buffered() -> None:
     loop = asyncio.get_running_loop()
     backend_writers: list[asyncio.StreamWriter] = []
@@ -61,12 +97,9 @@ async def test_bytes_after_close_notify_are_ignored_not_buffered() -> None:
             pass
         backend_eof.set()
 
-    bsrv = await asyncio.start_server(backend, "127.0.0.1", 0)
-    bport = bsrv.sockets[0].getsockname()[1]
     engines: list[CountingEngine] = []
-    pumps: list[asyncio.Task[object]] = []
 
-    async def handle(conn: Conn) -> None:
+    async def handle(conn: Conn, bport: int) -> None:
         engine = CountingEngine(server_context(IDENT), server_side=True)
         engines.append(engine)
         tls = TLSStream(conn, conn, engine)
@@ -74,10 +107,8 @@ async def test_bytes_after_close_notify_are_ignored_not_buffered() -> None:
         plain = await open_conn("127.0.0.1", bport)
         await pump(tls, plain, idle_timeout=30)
 
-    srv = await loop.create_server(
-        lambda: Conn(lambda c: pumps.append(loop.create_task(handle(c)))), "127.0.0.1", 0
-    )
-    sock = socket.create_connection(("127.0.0.1", srv.sockets[0].getsockname()[1]))
+    servers = await _Servers.start(backend, handle)
+    sock = socket.create_connection(("127.0.0.1", servers.port))
     sock.setblocking(False)
     try:
         client = await _handshake(sock, client_context(None, verify_pki=False))
@@ -102,13 +133,10 @@ async def test_bytes_after_close_notify_are_ignored_not_buffered() -> None:
             client.feed(await asyncio.wait_for(loop.sock_recv(sock, 65536), 5))
             while (chunk := client.read()) is not None and chunk:
                 got += chunk
-        await asyncio.wait_for(pumps[0], 5)
+        await asyncio.wait_for(servers.pumps[0], 5)
     finally:
         sock.close()
-        for t in pumps:
-            t.cancel()
-        srv.close()
-        bsrv.close()
+        servers.close()
 
 
 async def _handshake(sock: socket.socket, ctx: SSL.Context) -> TLSEngine:
@@ -167,13 +195,10 @@ async def test_a_peer_that_floods_key_updates_and_never_reads_is_not_read(reader
     # Each KeyUpdate(update_requested) makes OpenSSL queue one of its own; a peer that never reads
     # would grow the proxy's TLS write buffer without bound if the pump kept reading it.
     loop = asyncio.get_running_loop()
-    bsrv = await asyncio.start_server(lambda r, w: r.read(), "127.0.0.1", 0)
-    bport = bsrv.sockets[0].getsockname()[1]
     transports: list[asyncio.Transport] = []
-    pumps: list[asyncio.Task[object]] = []
     before = [0]  # the TLS write buffer when the pump took over
 
-    async def handle(conn: Conn) -> None:
+    async def handle(conn: Conn, bport: int) -> None:
         ctx = server_context(IDENT)
         ctx.set_tls13_ciphersuites(b"TLS_AES_128_GCM_SHA256")
         tls = TLSStream(conn, conn, TLSEngine(ctx, server_side=True))
@@ -193,12 +218,10 @@ async def test_a_peer_that_floods_key_updates_and_never_reads_is_not_read(reader
         while await tls.read():  # the Expat exchange's reads: no plaintext ever comes
             pass
 
-    srv = await loop.create_server(
-        lambda: Conn(lambda c: pumps.append(loop.create_task(handle(c)))), "127.0.0.1", 0
-    )
+    servers = await _Servers.start(lambda r, w: r.read(), handle)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a peer that reads nothing
-    sock.connect(("127.0.0.1", srv.sockets[0].getsockname()[1]))
+    sock.connect(("127.0.0.1", servers.port))
     sock.setblocking(False)
     secrets: list[bytes] = []
     cctx = client_context(None, verify_pki=False)
@@ -232,13 +255,10 @@ async def test_a_peer_that_floods_key_updates_and_never_reads_is_not_read(reader
         assert writer.updates >= 25_000, writer.updates
         limit = max(high, before[0]) + 262144
         assert tr.get_write_buffer_size() <= limit, (tr.get_write_buffer_size(), high, before)
-        assert not pumps[0].done()  # a flow-controlled connection, not an error
+        assert not servers.pumps[0].done()  # a flow-controlled connection, not an error
     finally:
         sock.close()
-        for t in pumps:
-            t.cancel()
-        srv.close()
-        bsrv.close()
+        servers.close()
 
 
 async def test_full_duplex_a_peer_that_uploads_before_it_reads_is_still_read() -> None:
@@ -250,7 +270,6 @@ async def test_full_duplex_a_peer_that_uploads_before_it_reads_is_still_read() -
 
     size = 8 << 20
     got_up = 0
-    loop = asyncio.get_running_loop()
 
     async def backend(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         nonlocal got_up
@@ -266,11 +285,7 @@ async def test_full_duplex_a_peer_that_uploads_before_it_reads_is_still_read() -
         await t
         w.close()
 
-    bsrv = await asyncio.start_server(backend, "127.0.0.1", 0)
-    bport = bsrv.sockets[0].getsockname()[1]
-    pumps: list[asyncio.Task[object]] = []
-
-    async def handle(conn: Conn) -> None:
+    async def handle(conn: Conn, bport: int) -> None:
         # A small kernel buffer: the answer fills the proxy's own TLS write buffer quickly.
         conn.transport.get_extra_info("socket").setsockopt(
             socket.SOL_SOCKET, socket.SO_SNDBUF, 16384
@@ -279,10 +294,8 @@ async def test_full_duplex_a_peer_that_uploads_before_it_reads_is_still_read() -
         await tls.handshake()
         await pump(tls, await open_conn("127.0.0.1", bport), idle_timeout=30)
 
-    srv = await loop.create_server(
-        lambda: Conn(lambda c: pumps.append(loop.create_task(handle(c)))), "127.0.0.1", 0
-    )
-    port = srv.sockets[0].getsockname()[1]
+    servers = await _Servers.start(backend, handle)
+    port = servers.port
     result: dict[str, object] = {}
 
     def client() -> None:  # writes everything, then reads: a legal full-duplex peer
@@ -315,10 +328,7 @@ async def test_full_duplex_a_peer_that_uploads_before_it_reads_is_still_read() -
         assert result == {"received": size} and got_up == size, (result, got_up)
     finally:
         thread.join(20)
-        for t in pumps:
-            t.cancel()
-        srv.close()
-        bsrv.close()
+        servers.close()
 
 
 @pytest.mark.parametrize("reader", ["steady", "stops"])
@@ -340,22 +350,16 @@ async def test_a_slow_but_steady_reader_is_not_idle(reader: str) -> None:
                 await w.drain()
         w.close()
 
-    bsrv = await asyncio.start_server(backend, "127.0.0.1", 0)
-    bport = bsrv.sockets[0].getsockname()[1]
-    pumps: list[asyncio.Task[object]] = []
-
-    async def handle(conn: Conn) -> None:
+    async def handle(conn: Conn, bport: int) -> None:
         tls = TLSStream(conn, conn, TLSEngine(server_context(IDENT), server_side=True))
         await tls.handshake()
         plain = await open_conn("127.0.0.1", bport)
         await pump(tls, plain, idle_timeout=1.0)
 
-    srv = await loop.create_server(
-        lambda: Conn(lambda c: pumps.append(loop.create_task(handle(c)))), "127.0.0.1", 0
-    )
+    servers = await _Servers.start(backend, handle)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # little kernel buffering
-    sock.connect(("127.0.0.1", srv.sockets[0].getsockname()[1]))
+    sock.connect(("127.0.0.1", servers.port))
     sock.setblocking(False)
     try:
         client = await _handshake(sock, client_context(None, verify_pki=False))
@@ -367,17 +371,14 @@ async def test_a_slow_but_steady_reader_is_not_idle(reader: str) -> None:
             client.feed(await asyncio.wait_for(loop.sock_recv(sock, 8192), 5))
             while (chunk := client.read()) is not None and chunk:
                 got += len(chunk)
-            assert not pumps[0].done(), pumps[0]
+            assert not servers.pumps[0].done(), servers.pumps[0]
             await asyncio.sleep(0.1)
         assert got > 10_000
         if reader == "stops":
             stopped = time.monotonic()
             with pytest.raises(IdleTimeout):
-                await asyncio.wait_for(pumps[0], 5)
+                await asyncio.wait_for(servers.pumps[0], 5)
             assert time.monotonic() - stopped < 1.5 + 1.0  # 1.5 × idle_timeout, and slack
     finally:
         sock.close()
-        for t in pumps:
-            t.cancel()
-        srv.close()
-        bsrv.close()
+        servers.close()
