@@ -41,6 +41,7 @@ No per-chunk logging, no per-chunk metric labels: the counters are plain ints su
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -326,10 +327,9 @@ async def pump(
 
     timer: asyncio.TimerHandle | None = None
 
-    def unsent() -> int:
-        return unsent_bytes(tls_tr) + unsent_bytes(plain_tr)
-
-    last_unsent = unsent()
+    # Nothing is measured per connection until the first look (half an idle_timeout in): that
+    # look counts as activity — never an early cut, at most half an idle_timeout late.
+    last_unsent = sys.maxsize
 
     def check_idle() -> None:
         # Bytes a slow reader takes from what we queued count as activity too: "idle" is no byte
@@ -337,7 +337,7 @@ async def pump(
         # buffers and the kernel's unacknowledged bytes) is looked at every half idle_timeout at
         # least; less than last time means the peer took some.
         nonlocal timer, last_unsent
-        now_unsent = unsent()
+        now_unsent = unsent_bytes(tls_tr) + unsent_bytes(plain_tr)
         if now_unsent < last_unsent:
             p.stats.last_activity = time.monotonic()
         last_unsent = now_unsent
