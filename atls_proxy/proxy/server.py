@@ -306,13 +306,12 @@ class AttestedServer(Listener):
             first = False
             if not data:
                 raise Refused("expat.exchange", f"client closed the stream in state {sess.state}")
-            answered = sess.state == "result"
             try:
                 events = sess.receive(data)
             except (ProtocolError, DecodeError) as exc:
                 # An ERROR only before the authenticator, as on the timeout above: after it, a
                 # client that believes it sent ACCEPT would hand the frame to its application.
-                if not answered:
+                if not sess.answered:
                     code = (
                         error_code_for(exc.check, exc.alert)
                         if isinstance(exc, ProtocolError)
