@@ -262,27 +262,29 @@ def _rate(r: Result) -> float:
     return r.connections / d if math.isfinite(d) and d > 0 else 0.0
 
 
-def pin_ok(r: Result) -> bool:
-    """Pinned — or pinning is impossible here (fewer than two usable CPUs), which the report
-    says. An unpinned run where it was possible measured both sides on shared CPUs."""
-    return r.pinned or not can_pin()
+def run_problems(r: Result) -> list[str]:
+    """Why one run is not a valid measurement (none: it is): it completed no connection, had
+    errors (in its window or its warm-up), or was not pinned where two CPUs could be split (an
+    unpinned run measured both sides on shared CPUs; with one CPU, unpinned is what there is,
+    and the report says so). No round with such a run meets a target."""
+    out: list[str] = []
+    if r.connections == 0:
+        out.append("no connection completed in the window")
+    if r.errors:
+        out.append(f"{r.errors} errors")
+    if r.warmup_errors:
+        out.append(f"{r.warmup_errors} errors in the warm-up")
+    if not r.pinned and can_pin():
+        out.append("not pinned (server and generator shared CPUs)")
+    return out
 
 
 def invalid_runs(rounds: Sequence[Sequence[Result]]) -> list[str]:
-    """Why the measurement is not valid: every run that completed no connection, had errors
-    (in the window or in its warm-up), or was not pinned where it could have been."""
+    """Why the measurement is not valid: ``run_problems`` of every run, with where it ran."""
     out: list[str] = []
     for i, results in enumerate(rounds, 1):
         where = f"round {i}, " if len(rounds) > 1 else ""
-        for r in results:
-            if r.connections == 0:
-                out.append(f"{where}tier {r.tier}: no connection completed in the window")
-            if r.errors:
-                out.append(f"{where}tier {r.tier}: {r.errors} errors")
-            if r.warmup_errors:
-                out.append(f"{where}tier {r.tier}: {r.warmup_errors} errors in the warm-up")
-            if not pin_ok(r):
-                out.append(f"{where}tier {r.tier}: not pinned (server and generator shared CPUs)")
+        out.extend(f"{where}tier {r.tier}: {why}" for r in results for why in run_problems(r))
     return out
 
 
@@ -675,12 +677,10 @@ def _ratio_round(target: Target, a: Result | None, b: Result | None) -> dict[str
         ratio is not None
         and ratio >= target.threshold
         and (target.max_p99_ms is None or (p99 is not None and p99 < target.max_p99_ms))
-        and errors == [0, 0]
         and a is not None
         and b is not None
-        and not (a.warmup_errors or b.warmup_errors)
-        and pin_ok(a)
-        and pin_ok(b)
+        and not run_problems(a)
+        and not run_problems(b)
     )
     return {"ratio": ratio, "per_cpu": per_cpu, "p99": p99, "errors": errors, "met": met}
 
@@ -748,10 +748,7 @@ def _bound_round(bound: TeeBound, r: Result | None) -> dict[str, Any]:
         r is not None
         and window
         and _rate(r) <= bound.max_rate(r.duration_s)
-        and r.connections > 0
-        and errors == 0
-        and not r.warmup_errors
-        and pin_ok(r)
+        and not run_problems(r)
     )
     return {"rate": rate, "errors": errors, "met": met}
 
