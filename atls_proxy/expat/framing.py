@@ -50,8 +50,9 @@ class FrameType(enum.IntEnum):
     ERROR = 0x04
 
 
-# The largest payload each frame type may announce; a larger length fails at its header.
-_MAX_PAYLOAD = {
+# The largest payload each frame type may announce; a larger length fails at its header. Keyed by
+# the type byte (an IntEnum member is equal to its value), so the decoder looks the byte up.
+_MAX_PAYLOAD: dict[int, int] = {
     FrameType.AUTH_REQUEST: MAX_REQUEST_PAYLOAD,
     FrameType.AUTHENTICATOR: MAX_FRAME_PAYLOAD,
     FrameType.ACCEPT: 0,
@@ -169,9 +170,9 @@ class FrameDecoder:
         while len(self._buf) >= HEADER_LEN:
             ftype = self._buf[0]
             length = int.from_bytes(self._buf[1:4], "big")
-            if ftype not in FrameType._value2member_map_:
+            limit = _MAX_PAYLOAD.get(ftype)
+            if limit is None:
                 raise ProtocolError(f"unknown frame type 0x{ftype:02x}", check="expat.frame")
-            limit = _MAX_PAYLOAD[FrameType(ftype)]
             if length > limit:
                 raise ProtocolError(
                     f"{FrameType(ftype).name} frame length {length} exceeds {limit}",
