@@ -383,7 +383,7 @@ def _pss_salt_length(alg: bytes) -> int:
 # differs each time is verified each time, never held).
 _VERIFIED: OrderedDict[tuple[bytes, bytes], None] = OrderedDict()
 VERIFIED_KEPT = 64
-_VERIFIED_LOCK = threading.Lock()  # appraisals may run in worker threads
+_VERIFIED_LOCK = threading.Lock()  # the Python API may appraise from several threads at once
 
 
 def signature_problem(cert: AmdCert, issuer: AmdCert) -> str:
