@@ -19,7 +19,7 @@ def _safe(text: object) -> str:
 
 
 def _line(c: Check) -> str:
-    mark = "PASS" if c.passed else "FAIL"
+    mark = "SKIP" if c.skipped else "PASS" if c.passed else "FAIL"
     out = f"  [{mark}] {_safe(c.name):<26} {_safe(c.detail)}"
     if c.observed is not None:
         out += f"\n         {'':<26} observed: {_safe(c.observed)}"
@@ -41,7 +41,13 @@ def render_text(report: AttestationReport) -> str:
     lines.append("")
     failure = report.first_failure
     if report.passed:
-        lines.append(f"Verdict: PASS, every check passed (status {report.tier.label})")
+        skipped = report.skipped
+        if skipped:
+            names = ", ".join(_safe(c.name) for c in skipped)
+            lines.append(f"Verdict: PASS, every check that ran passed (status {report.tier.label})")
+            lines.append(f"WARNING: not checked, by configuration: {names}.")
+        else:
+            lines.append(f"Verdict: PASS, every check passed (status {report.tier.label})")
         if report.simulated:
             lines.append(
                 "WARNING: the evidence is simulated (software attester); it proves nothing about hardware."

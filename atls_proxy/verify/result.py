@@ -54,18 +54,38 @@ def _worst(tiers: Iterable[Tier]) -> Tier:
     return max(tiers, key=lambda t: (t is not Tier.NONE, t))
 
 
+def _checks_tier(checks: Iterable[Check]) -> Tier:
+    """What a list of checks alone supports: contraindicated when one failed, warning when one
+    was skipped (a check that did not run affirms nothing), else affirming."""
+    skipped = False
+    for c in checks:
+        if not c.passed:
+            return Tier.CONTRAINDICATED
+        skipped = skipped or c.skipped
+    return Tier.WARNING if skipped else Tier.AFFIRMING
+
+
 @dataclass(frozen=True, slots=True)
 class Check:
-    """One named check. ``name`` is dotted and stable (it is used in logs and metric labels)."""
+    """One named check. ``name`` is dotted and stable (it is used in logs and metric labels).
+
+    ``skipped``: the check did not run because the configuration switched it off (the client's
+    ``verify_pki = false``). ``passed`` stays True — the verdict follows what the operator
+    configured — but the check is never presented as one that passed: the text report marks it
+    SKIP, its JSON carries ``"skipped": true``, and its submod's status is at best ``warning``.
+    """
 
     name: str
     passed: bool
     detail: str = ""
     observed: str | None = None
     expected: str | None = None
+    skipped: bool = False
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "passed": self.passed}
+        if self.skipped:
+            out["skipped"] = True
         if self.detail:
             out["detail"] = self.detail
         if self.observed is not None:
@@ -110,7 +130,7 @@ class Appraisal:
             return Tier.NONE
         if not self.passed:
             return Tier.CONTRAINDICATED
-        return _worst([Tier.AFFIRMING, *map(Tier.of_claim, self.trust_vector.values())])
+        return _worst([_checks_tier(self.checks), *map(Tier.of_claim, self.trust_vector.values())])
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -170,15 +190,20 @@ class AttestationReport:
         is ``passed``: the policy's checks."""
         if not self.passed:
             return Tier.CONTRAINDICATED
-        return _worst([Tier.AFFIRMING, *(a.tier for a in self.appraisals)])
+        return _worst([_checks_tier(self.checks), *(a.tier for a in self.appraisals)])
+
+    @property
+    def skipped(self) -> list[Check]:
+        """The checks the configuration switched off, connection-level and per appraisal."""
+        return [c for c in self.checks if c.skipped] + [
+            c for a in self.appraisals for c in a.checks if c.skipped
+        ]
 
     def to_json(self, verifier_build: str = "") -> dict[str, Any]:
         """EAR-shaped (draft-ietf-rats-ear): overall status, one submod per appraisal."""
         submods: dict[str, Any] = {
             "connection": {
-                "ear.status": (
-                    Tier.AFFIRMING if all(c.passed for c in self.checks) else Tier.CONTRAINDICATED
-                ).label,
+                "ear.status": _checks_tier(self.checks).label,
                 "atls.checks": [c.to_json() for c in self.checks],
             }
         }

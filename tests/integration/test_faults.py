@@ -287,6 +287,35 @@ async def test_the_report_claims_a_chain_check_only_when_one_ran(stack: Stack) -
     assert failure is not None and failure.name == "tls.chain", failure
 
 
+async def test_verify_pki_false_reports_the_pki_checks_as_skipped_not_passed(
+    stack: Stack,
+) -> None:
+    # verify_pki = false (the operator's choice, INSECURE): the connection is attested, but the
+    # report must not say the chain and the name were checked: SKIP in the text, "skipped" in
+    # the JSON, and the status at best "warning" — not "PASS, every check passed ... affirming".
+    from atls_proxy.report import render_text
+    from atls_proxy.tls.context import client_context
+
+    settings = build_client_settings(
+        load_client_config(stack.dev / "connect.toml", server=f"127.0.0.1:{stack.server_port}")
+    )
+    lax = replace(settings, ssl_context=client_context(None, verify_pki=False), verify_pki=False)
+    report = (await open_attested(lax, keep_open=False)).report
+    assert report.passed
+    assert [c.name for c in report.skipped] == ["tls.chain", "tls.hostname"]
+    doc = report.to_json()
+    conn = doc["submods"]["connection"]
+    assert conn["ear.status"] == "warning" and doc["ear.status"] != "affirming"
+    assert [c["name"] for c in conn["atls.checks"] if c.get("skipped")] == [
+        "tls.chain",
+        "tls.hostname",
+    ]
+    text = render_text(report)
+    assert "[SKIP] tls.chain" in text and "[SKIP] tls.hostname" in text
+    assert "every check passed" not in text
+    assert "WARNING: not checked, by configuration: tls.chain, tls.hostname." in text
+
+
 async def test_a_forwarded_connection_that_times_out_in_the_kernel_is_a_break(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:

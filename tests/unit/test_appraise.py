@@ -146,3 +146,28 @@ def test_the_cache_keeps_a_text_type_and_a_content_format_apart() -> None:
     assert AppraisalCache.key(rec_text, B) != AppraisalCache.key(rec_cf, B)
     assert AppraisalCache.key(rec_text, B) == AppraisalCache.key(CMWRecord("60", b"x", 4), B)
     assert AppraisalCache.key(CMWRecord("60", b"x"), B) != AppraisalCache.key(rec_text, B)
+
+
+def test_a_skipped_check_is_not_reported_as_passed() -> None:
+    # A check the configuration switched off (verify_pki = false) does not fail the report, but it
+    # affirms nothing: its submod is at best "warning", and the text says SKIP, not PASS.
+    r = AttestationReport("h:1", [Check("tls.handshake", True)])
+    r.appraisals = appraise_cmw(
+        encode_cmw(CMWRecord("application/x-echo", B.binder, 4)), B, [Echo()], 0
+    )
+    assert r.tier is Tier.AFFIRMING and r.skipped == []
+    r.checks.append(Check("tls.chain", True, "not verified", skipped=True))
+    doc = r.to_json()
+    assert r.passed and r.tier is Tier.WARNING and doc["ear.status"] == "warning"
+    assert doc["submods"]["connection"]["ear.status"] == "warning"
+    assert doc["submods"]["connection"]["atls.checks"][-1] == {
+        "name": "tls.chain",
+        "passed": True,
+        "skipped": True,
+        "detail": "not verified",
+    }
+    text = render_text(r)
+    assert "[SKIP] tls.chain" in text and "every check passed" not in text
+    assert Appraisal("x", [Check("c", True, skipped=True)]).tier is Tier.WARNING
+    r.checks.append(Check("tls.hostname", False))
+    assert r.tier is Tier.CONTRAINDICATED and "Verdict: FAIL at tls.hostname" in render_text(r)
