@@ -44,10 +44,12 @@ import logging
 import socket
 import struct
 import termios
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 log = logging.getLogger("atls_proxy.conn")
+
+T = TypeVar("T")
 
 # Read buffer limit: one TLS read chunk, as for the streams this replaces.
 READ_LIMIT = 65536
@@ -62,6 +64,7 @@ class Conn(asyncio.Protocol):
         "_buf",
         "_closed_waiter",
         "_drain_waiter",
+        "_ended_waiter",
         "_eof",
         "_exc",
         "_limit",
@@ -87,6 +90,7 @@ class Conn(asyncio.Protocol):
         self._read_waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._closed_waiter: asyncio.Future[None] | None = None  # only when someone waits
+        self._ended_waiter: asyncio.Future[None] | None = None  # likewise
         self.transport: Any = None  # uvloop's transports do not subclass asyncio's
 
     # -- protocol callbacks ------------------------------------------------------------------
@@ -110,6 +114,7 @@ class Conn(asyncio.Protocol):
     def eof_received(self) -> bool:
         self._eof = True
         self._wake_reader()
+        self._wake_ended()
         return True  # half-close: our direction stays open, as with asyncio's plain-TCP streams
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -126,6 +131,7 @@ class Conn(asyncio.Protocol):
         closed, self._closed_waiter = self._closed_waiter, None
         if closed is not None and not closed.done():
             closed.set_result(None)
+        self._wake_ended()
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -135,6 +141,11 @@ class Conn(asyncio.Protocol):
         waiter, self._drain_waiter = self._drain_waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def _wake_ended(self) -> None:
+        ended, self._ended_waiter = self._ended_waiter, None
+        if ended is not None and not ended.done():
+            ended.set_result(None)
 
     def _wake_reader(self) -> None:
         waiter, self._read_waiter = self._read_waiter, None
@@ -248,8 +259,42 @@ class Conn(asyncio.Protocol):
             self._closed_waiter = asyncio.get_running_loop().create_future()
         await asyncio.shield(self._closed_waiter)
 
+    async def wait_ended(self) -> None:
+        """Until the peer will send nothing more: its EOF (a half-close counts) or the loss of the
+        connection. Reads nothing: what arrived before stays buffered for ``read``."""
+        if self._eof:
+            return
+        if self._ended_waiter is None:
+            self._ended_waiter = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._ended_waiter)
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self.transport.get_extra_info(name, default)
+
+
+class Abandoned(Exception):
+    """``unless``: the event that abandons the work came first."""
+
+
+async def unless(work: Coroutine[Any, Any, T], ending: Coroutine[Any, Any, None]) -> T:
+    """``work``'s result — unless ``ending`` completes first: then ``work`` is cancelled, awaited
+    (its own clean-up runs) and ``Abandoned`` is raised. For waits that can be long (a queued TEE
+    quote, a whole attestation) on behalf of a peer that may have gone meanwhile; a wait that
+    ends the same moment as ``ending`` still returns its result."""
+    task = asyncio.ensure_future(work)
+    end = asyncio.ensure_future(ending)
+    try:
+        await asyncio.wait((task, end), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        end.cancel()
+        if not task.done():
+            task.cancel()
+            # What the cancelled work raises on its way out is not the caller's to see.
+            with contextlib.suppress(BaseException):
+                await task
+    if task.cancelled():
+        raise Abandoned
+    return task.result()
 
 
 def unsent_bytes(transport: Any) -> int:

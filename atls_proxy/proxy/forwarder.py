@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING
 
 from atls_proxy.proxy.client import AttestationFailed, ClientSettings, open_attested
-from atls_proxy.proxy.conn import Conn
+from atls_proxy.proxy.conn import Abandoned, Conn, unless
 from atls_proxy.proxy.listener import Listener, Outcome, forward, log_event, monotonic_ms
 
 if TYPE_CHECKING:
@@ -60,7 +60,24 @@ class ClientForwarder(Listener):
         m = self.metrics
         try:
             try:
-                conn = await open_attested(settings)
+                # Abandoned if the local connection is lost first — lost, not half-closed: a
+                # local client may send its request, shut its side down (EOF) and still wait
+                # for the answer. Attestation can take the TEE's time (strict: a queued quote);
+                # a client that gave up (a reset) should not keep a place in that queue, and
+                # its attested connection is closed at once (open_attested cleans up when
+                # cancelled) instead of being completed and forwarded into a dead socket.
+                conn = await unless(open_attested(settings), local.wait_closed())
+            except Abandoned:
+                log_event(
+                    log,
+                    logging.INFO,
+                    "connection",
+                    "local client went away during attestation",
+                    server=target,
+                    result="abandoned",
+                    duration_ms=monotonic_ms(t0),
+                )
+                return Outcome("peer_reset")
             except AttestationFailed as exc:
                 self.failed += 1
                 failure = exc.report.first_failure

@@ -38,8 +38,9 @@ from atls_proxy.errors import (
 from atls_proxy.expat import session as xs
 from atls_proxy.expat.framing import ErrorCode, error_code_for
 from atls_proxy.expat.profile import ExpatProfile
+from atls_proxy.expat.tiers import Tier
 from atls_proxy.ops.config import Address, ServerConfig
-from atls_proxy.proxy.conn import Conn, open_conn, open_unix_conn
+from atls_proxy.proxy.conn import Abandoned, Conn, open_conn, open_unix_conn, unless
 from atls_proxy.proxy.listener import (
     WRITE_HIGH_WATER,
     Listener,
@@ -190,7 +191,7 @@ class AttestedServer(Listener):
             )
             try:
                 async with asyncio.timeout(timeouts.attestation):
-                    outcome = await self._attest(tls, sess, keys, config)
+                    outcome = await self._attest(tls, conn, sess, keys, config)
             except TimeoutError:
                 # An Expat client still waiting for the authenticator learns why (docs/PROTOCOL.md
                 # §4). Not after it: until ACCEPT any byte is early data to the client, and one
@@ -284,7 +285,12 @@ class AttestedServer(Listener):
         return Outcome("error")
 
     async def _attest(
-        self, tls: TLSStream, sess: xs.AttesterSession, keys: ServerKeys, config: ServerConfig
+        self,
+        tls: TLSStream,
+        conn: Conn,
+        sess: xs.AttesterSession,
+        keys: ServerKeys,
+        config: ServerConfig,
     ) -> bytes | _Plain:
         """Run the Expat exchange; return application data that came with ACCEPT, or a plain client."""
         serve_plain = config.plain_clients == "serve-unattested"
@@ -332,7 +338,7 @@ class AttestedServer(Listener):
                     if self.metrics is not None:
                         self.metrics.attestation_requested()
                     try:
-                        answer = await self._answer(sess, ev, keys)
+                        answer = await self._answer(conn, sess, ev, keys)
                     except AttestationUnavailable:
                         _send_error(
                             tls, sess, ErrorCode.ATTESTATION_UNAVAILABLE, "evidence unavailable"
@@ -360,13 +366,27 @@ class AttestedServer(Listener):
                     )
 
     async def _answer(
-        self, sess: xs.AttesterSession, ev: xs.AttestationRequested, keys: ServerKeys
+        self, conn: Conn, sess: xs.AttesterSession, ev: xs.AttestationRequested, keys: ServerKeys
     ) -> bytes:
         if ev.binding is None:
             # The request did not offer cmw_attestation: a plain RFC 9261 authenticator (expat-04 §3.1).
             return sess.authenticator(None)
         t0 = time.monotonic()
-        cmw = await self.engine.evidence_for(ev.binding, keys.identity.private_key)
+        engine = self.engine
+        evidence = engine.evidence_for(ev.binding, keys.identity.private_key)
+        if engine.tier is Tier.CACHED:
+            # Signed here, or a wait for the epoch every connection shares: nothing to give back.
+            cmw = await evidence
+        else:
+            # A client that ends its side while it waits for a quote (strict: its own, queued
+            # behind others'; batched: a leaf in the next tree) can never send ACCEPT: it leaves
+            # the TEE's queue now rather than at the attestation timeout.
+            try:
+                cmw = await unless(evidence, conn.wait_ended())
+            except Abandoned:
+                raise Refused(
+                    "expat.exchange", "client closed the connection while its evidence was made"
+                ) from None
         if self.metrics is not None:
             self.metrics.evidence(
                 self.engine.attester.name, self.engine.tier.value, time.monotonic() - t0

@@ -26,7 +26,13 @@ from atls_proxy.ops.config import Address, Timeouts, load_client_config, load_se
 from atls_proxy.proxy.client import AttestationFailed, open_attested
 from atls_proxy.proxy.server import ServerKeys
 from atls_proxy.tls.engine import TLSError
-from tests.integration.conftest import Stack, serve_variant, start_client, start_server
+from tests.integration.conftest import (
+    Stack,
+    dev_init,
+    serve_variant,
+    start_client,
+    start_server,
+)
 from tests.support.procs import Procs, free_port, run_cli, status_counters
 
 pytestmark = pytest.mark.integration
@@ -450,6 +456,100 @@ async def test_backend_unavailable_after_accept_resets_the_client(stack: Stack) 
             await asyncio.wait_for(conn.stream.read(), 10)
         await conn.stream.close()
         assert server.stats.by_check.get("backend.connect") == 1
+    finally:
+        task.cancel()
+        await server.close()
+
+
+def test_connect_abandons_the_attestation_of_a_local_client_that_reset(
+    tmp_path: Path, ps: Procs
+) -> None:
+    # A local client that gives up (a reset) while `connect` attests for it, behind a strict
+    # server whose quote takes 2.5 s: `connect` closes the attested connection at once instead of
+    # finishing the attestation and forwarding into a dead socket.
+    from tests.support.procs import log_messages
+
+    dev = dev_init(tmp_path / "dev")
+    slow = dev / "serve-slow.toml"
+    slow.write_text(
+        (dev / "serve.toml")
+        .read_text()
+        .replace('kind = "software"\n', 'kind = "software"\ntier = "strict"\n', 1)
+        .replace(
+            'platform_key = "platform-key.pem"\n',
+            'platform_key = "platform-key.pem"\nsimulated_quote_ms = 2500\n',
+            1,
+        )
+    )
+    server, sport = start_server(ps, slow, 9)  # never forwarded to
+    client, cport = start_client(ps, dev / "connect.toml", sport)
+    local = socket.create_connection(("127.0.0.1", cport), timeout=5)
+    time.sleep(0.5)  # connect has the TLS handshake done and waits for the authenticator
+    local.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")  # RST on close
+    local.close()
+    reset_at = time.monotonic()
+    deadline = reset_at + 10
+    gone = "local client went away during attestation"
+    while not any(m.startswith(gone) for m in log_messages(client.output())):
+        assert time.monotonic() < deadline, client.output()
+        time.sleep(0.05)
+    # Noticed at the reset, not when the quote came back (2.5 s, after the one queued before it:
+    # start_client's probe connection is attested too).
+    assert time.monotonic() - reset_at < 1.5, client.output()
+    assert "Traceback" not in client.output() + server.output()
+
+
+class _SlowCounting:
+    """Delegates to the real attester after `delay` seconds; counts the quotes begun."""
+
+    def __init__(self, inner: object, delay: float) -> None:
+        self.inner = inner
+        self.name = getattr(inner, "name", "software")
+        self.delay = delay
+        self.quotes = 0
+
+    async def attest(self, binding: Binding) -> Evidence:
+        self.quotes += 1
+        await asyncio.sleep(self.delay)
+        return await self.inner.attest(binding)  # type: ignore[attr-defined, no-any-return]
+
+
+async def test_a_client_that_leaves_while_queued_for_a_strict_quote_costs_no_quote(
+    tmp_path: Path,
+) -> None:
+    # Strict: one quote per connection, one at a time. B's quote is under way; A, queued behind
+    # it, gives up (closes). A can never send ACCEPT, so the server drops it from the TEE's queue
+    # at once — not at its attestation timeout, after spending a quote nobody will read.
+    dev = dev_init(tmp_path / "dev")
+    cfg = dev / "serve-strict.toml"
+    cfg.write_text(
+        (dev / "serve.toml")
+        .read_text()
+        .replace('kind = "software"\n', 'kind = "software"\ntier = "strict"\n', 1)
+    )
+    scfg = load_server_config(cfg, backend="127.0.0.1:9")
+    scfg = replace(scfg, listen=Address("tcp", "127.0.0.1", 0))
+    server = build_server(scfg)
+    slow = _SlowCounting(server.engine.attester, 1.0)
+    server.engine.attester = slow  # type: ignore[assignment]
+    (_, port), *_ = await server.start()
+    task = asyncio.ensure_future(server.serve_forever())
+    try:
+        settings = build_client_settings(
+            load_client_config(dev / "connect.toml", server=f"127.0.0.1:{port}")
+        )
+        b = asyncio.ensure_future(open_attested(settings, keep_open=False))
+        await asyncio.sleep(0.3)
+        a = asyncio.ensure_future(open_attested(settings, keep_open=False))
+        await asyncio.sleep(0.3)
+        assert slow.quotes == 1  # B's; A waits for the TEE
+        a.cancel()  # A gives up: open_attested closes its connection
+        with contextlib.suppress(asyncio.CancelledError):
+            await a
+        assert (await b).report.passed
+        await asyncio.sleep(1.5)  # time for a second quote, had A's been made
+        assert slow.quotes == 1
+        assert server.stats.by_check.get("expat.exchange", 0) == 1, server.stats.by_check
     finally:
         task.cancel()
         await server.close()

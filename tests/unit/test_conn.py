@@ -304,3 +304,75 @@ def test_a_closed_connection_given_up_on_ends_in_a_reset_not_an_eof(
     else:
         got, end = asyncio.run(main())
     assert got < 8 << 20 and end == "reset", (got, end)
+
+
+async def test_unless_returns_the_work_or_abandons_it_cleanly() -> None:
+    from atls_proxy.proxy.conn import Abandoned, unless
+
+    async def value() -> int:
+        await asyncio.sleep(0)
+        return 7
+
+    async def never() -> None:
+        await asyncio.sleep(3600)
+
+    assert await unless(value(), never()) == 7
+
+    cleaned: list[str] = []
+
+    async def long_work() -> int:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            cleaned.append("work")  # its clean-up ran before unless returned
+        return 0
+
+    ended = asyncio.Event()
+    waiter = asyncio.ensure_future(unless(long_work(), ended.wait()))  # type: ignore[arg-type]
+    await asyncio.sleep(0.01)
+    ended.set()
+    with pytest.raises(Abandoned):
+        await waiter
+    assert cleaned == ["work"]
+
+    # The caller cancelled: the work is cancelled too, and the caller sees CancelledError.
+    cleaned.clear()
+    outer = asyncio.ensure_future(unless(long_work(), never()))
+    await asyncio.sleep(0.01)
+    outer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await outer
+    assert cleaned == ["work"]
+
+    async def failing() -> int:
+        raise ValueError("the work's own error")
+
+    with pytest.raises(ValueError, match="own error"):
+        await unless(failing(), never())
+
+
+async def test_wait_ended_sees_eof_and_loss_without_reading() -> None:
+    server_conns: list[Conn] = []
+    srv = await asyncio.get_running_loop().create_server(
+        lambda: _kept(server_conns), "127.0.0.1", 0
+    )
+    port = srv.sockets[0].getsockname()[1]
+    try:
+        c = await open_conn("127.0.0.1", port)
+        while not server_conns:
+            await asyncio.sleep(0.01)
+        s = server_conns[0]
+        c.write(b"before the end")
+        c.write_eof()
+        await asyncio.wait_for(s.wait_ended(), 5)
+        assert await s.read() == b"before the end"  # still there for read()
+        await s.wait_ended()  # already ended: returns at once
+        c.close()
+    finally:
+        srv.close()
+
+
+def _kept(into: list[Conn]) -> Conn:
+    conn = Conn()
+    into.append(conn)
+    return conn
