@@ -28,7 +28,8 @@ from pathlib import Path
 
 from atls_proxy.errors import ConfigError, DecodeError
 from atls_proxy.ops.files import read_trust_file
-from atls_proxy.verify.tpm.azure import MAX_HCL_REPORT_SIZE, parse_hcl_report
+from atls_proxy.verify.azure_hcl import MAX_HCL_REPORT_SIZE
+from atls_proxy.verify.tpm.azure import parse_hcl_report
 from atls_proxy.verify.tpm.evidence import MAX_JSON_SIZE, decode_evidence, evidence_from_json
 from atls_proxy.verify.tpm.trust import (
     MAX_KEY_FILE_SIZE,

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from atls_proxy.errors import ConfigError
 from atls_proxy.ops.snp_files import load_snp_trust
 from atls_proxy.ops.tpm_files import load_tpm_trust, read_tpm_evidence
+from atls_proxy.verify.azure_hcl import HCL_HEADER_SIZE, HW_REPORT_SIZE, IGVM_REQUEST_DATA_SIZE
 from atls_proxy.verify.result import Appraisal
 from atls_proxy.verify.snp import SnpPolicy, appraise_snp
 from atls_proxy.verify.tpm import (
@@ -43,7 +44,6 @@ from atls_proxy.verify.tpm import (
     parse_hcl_report,
     parse_quote,
 )
-from atls_proxy.verify.tpm.azure import HCL_HEADER_SIZE, HW_REPORT_SIZE, IGVM_REQUEST_DATA_SIZE
 
 VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors"
 pytestmark = pytest.mark.skipif(not VECTORS.is_dir(), reason="../shared/vectors absent")
@@ -256,7 +256,7 @@ def test_an_edited_and_rehashed_hcl_report_is_not_detected_the_operator_vouches_
     the other key trusted. Only the SNP signature over the hardware report, which the SNP verifier
     checks and ``load_tpm_trust`` does not, tells the edit apart."""
     src = vec(AZURE["snp"][1])
-    off = HCL_HEADER_SIZE + HW_REPORT_SIZE  # IGVM_REQUEST_DATA (verify/tpm/azure.py)
+    off = HCL_HEADER_SIZE + HW_REPORT_SIZE  # IGVM_REQUEST_DATA (verify/azure_hcl.py)
     size = int.from_bytes(src[off + 16 : off + 20], "little")
     claims = json.loads(src[off + IGVM_REQUEST_DATA_SIZE : off + IGVM_REQUEST_DATA_SIZE + size])
     other = rsa.generate_private_key(65537, 2048).public_key().public_numbers()
@@ -266,6 +266,7 @@ def test_an_edited_and_rehashed_hcl_report_is_not_detected_the_operator_vouches_
     forged = bytearray(src[: off + IGVM_REQUEST_DATA_SIZE]) + var
     forged[off : off + 4] = (IGVM_REQUEST_DATA_SIZE + len(var)).to_bytes(4, "little")
     forged[off + 16 : off + 20] = len(var).to_bytes(4, "little")
+    forged[8:12] = len(forged).to_bytes(4, "little")  # the header's report size
     hash_name = {1: "sha256", 2: "sha384", 3: "sha512"}[
         int.from_bytes(src[off + 12 : off + 16], "little")
     ]

@@ -24,6 +24,12 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from atls_proxy.errors import ConfigError, DecodeError
 from atls_proxy.expat.binding import Binding
 from atls_proxy.ops.tpm_files import load_tpm_trust
+from atls_proxy.verify.azure_hcl import (
+    HCL_HEADER_SIZE,
+    HCL_MAGIC,
+    HW_REPORT_SIZE,
+    MAX_VARIABLE_DATA_SIZE,
+)
 from atls_proxy.verify.result import Appraisal
 from atls_proxy.verify.tpm import (
     MEDIA_TYPE,
@@ -41,12 +47,6 @@ from atls_proxy.verify.tpm import (
     parse_signature,
     parse_tpm_policy,
     qualifying_data,
-)
-from atls_proxy.verify.tpm.azure import (
-    HCL_HEADER_SIZE,
-    HCL_MAGIC,
-    HW_REPORT_SIZE,
-    MAX_VARIABLE_DATA_SIZE,
 )
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -417,7 +417,9 @@ def synthetic_hcl_report(claims: bytes) -> bytes:
     """An HCL report shape around ``claims``: header, a zero hardware report, IGVM request data
     (data size, version, report type 2 = SNP, hash type 1 = SHA-256, variable data size)."""
     igvm = struct.pack("<5I", 20 + len(claims), 1, 2, 1, len(claims))
-    return HCL_MAGIC + bytes(HCL_HEADER_SIZE - 4) + bytes(HW_REPORT_SIZE) + igvm + claims
+    size = HCL_HEADER_SIZE + HW_REPORT_SIZE + len(igvm) + len(claims)
+    header = HCL_MAGIC + struct.pack("<4I", 1, size, 2, 0) + bytes(12)
+    return header + bytes(HW_REPORT_SIZE) + igvm + claims
 
 
 def test_deeply_nested_ak_file_json_is_a_decode_error(tmp_path: Path) -> None:

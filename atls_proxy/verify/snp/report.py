@@ -34,7 +34,9 @@ because a bare report starts with its version, 2..5, as a little-endian u32):
   0x20, then IGVM_REQUEST_DATA {data_size u32, version u32, report_type u32 (2 = SNP),
   report_data_hash_type u32 (1 SHA-256, 2 SHA-384, 3 SHA-512), variable_data_size u32,
   variable_data}; REPORT_DATA starts with the hash of variable_data (Microsoft azure-cvm-tooling,
-  ``az-cvm-vtpm`` crate, ``hcl`` module; layout checked against the vectors);
+  ``az-cvm-vtpm`` crate, ``hcl`` module; layout checked against the vectors). The layout and the
+  agreement of its sizes are ``verify/azure_hcl.py``'s, shared with the TPM trust's AK reader;
+  the bytes after the header's report size are ``trailing``;
 * ``report+certs`` — this project's attester's CBOR map ``{1: report, 2: auxblob}``, the auxblob
   being the GHCB certificate table (GHCB spec pub. 56421 §4.1.8.1: 24-byte entries {GUID,
   offset u32, length u32} ended by an all-zero entry; offsets from the table start).
@@ -50,6 +52,7 @@ from dataclasses import dataclass
 import cbor2
 
 from atls_proxy.errors import DecodeError
+from atls_proxy.verify.azure_hcl import HCL_MAGIC, parse_hcl_layout
 
 REPORT_SIZE = 0x4A0
 SIGNED_SIZE = 0x2A0
@@ -78,12 +81,6 @@ MAX_CBOR_DEPTH = 4
 # GHCB certificate tables hold 3 entries (VCEK, ASK, ARK) and maybe a few more; 32 bounds work.
 MAX_CERT_TABLE_ENTRIES = 32
 CERT_TABLE_ENTRY_SIZE = 24
-
-HCL_MAGIC = b"HCLA"
-HCL_HEADER_SIZE = 0x20
-HCL_REQUEST_HEADER_SIZE = 20
-HCL_REPORT_TYPE_SNP = 2
-HCL_HASH_TYPES = {1: "sha256", 2: "sha384", 3: "sha512"}
 
 CONTAINER_RAW = "raw"
 CONTAINER_AZURE_HCL = "azure-hcl"
@@ -291,27 +288,16 @@ class SnpEvidence:
 
 
 def _parse_hcl(data: bytes) -> SnpEvidence:
-    end_report = HCL_HEADER_SIZE + REPORT_SIZE
-    if len(data) < end_report + HCL_REQUEST_HEADER_SIZE:
-        raise DecodeError(f"Azure HCL report of {len(data)} bytes is truncated")
-    header_version, _size, request_type = struct.unpack_from("<III", data, 4)
-    report = parse_report(data[HCL_HEADER_SIZE:end_report])
-    data_size, _ver, report_type, hash_type, var_size = struct.unpack_from(
-        "<IIIII", data, end_report
-    )
-    if report_type != HCL_REPORT_TYPE_SNP:
-        raise DecodeError(f"Azure HCL report type {report_type} is not SEV-SNP (2)")
-    hash_name = HCL_HASH_TYPES.get(hash_type)
-    if hash_name is None:
-        raise DecodeError(f"Azure HCL report-data hash type {hash_type} is unknown")
-    start = end_report + HCL_REQUEST_HEADER_SIZE
-    if data_size != HCL_REQUEST_HEADER_SIZE + var_size or start + var_size > len(data):
-        raise DecodeError("Azure HCL variable data length is inconsistent")
+    layout = parse_hcl_layout(data)  # sizes checked there (verify/azure_hcl.py)
+    if layout.report_type != "snp":
+        raise DecodeError(f"Azure HCL report type is {layout.report_type.upper()}, not SEV-SNP")
     return SnpEvidence(
-        report=report,
+        report=parse_report(layout.hw_report[:REPORT_SIZE]),
         container=CONTAINER_AZURE_HCL,
-        trailing=data[start + var_size :],
-        hcl=HclData(header_version, request_type, hash_name, data[start : start + var_size]),
+        trailing=layout.trailing,
+        hcl=HclData(
+            layout.header_version, layout.request_type, layout.hash_name, layout.variable_data
+        ),
     )
 
 
