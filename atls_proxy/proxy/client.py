@@ -69,9 +69,8 @@ class ClientSettings:
     timeouts: Timeouts
     freshness: Freshness = field(default_factory=Freshness)
     # Reuses appraisals of the cached tier's epoch evidence across connections (verify/appraise.py).
-    # Its entries are verdicts of *these* verifiers and freshness rules: settings made from these
-    # with other verifiers or freshness (dataclasses.replace) need a new AppraisalCache(), or a
-    # verdict of the old policy is reused under the new one until it expires.
+    # Its entries are verdicts of the verifiers and freshness rules they were made under; used
+    # with others (settings copied with dataclasses.replace), it forgets them (AppraisalCache.scope).
     appraisal_cache: AppraisalCache = field(default_factory=AppraisalCache)
     # Handshake and appraisal durations go here when set (``atls-proxy connect --admin``).
     metrics: Metrics | None = None

@@ -63,6 +63,25 @@ class AppraisalCache:
 
     def __init__(self) -> None:
         self._entries: OrderedDict[bytes, tuple[float, list[Check], Appraisal]] = OrderedDict()
+        # The verifiers (by identity) and freshness rules the entries were made under.
+        self._verifiers: tuple[Verifier, ...] = ()
+        self._freshness: Freshness | None = None
+
+    def scope(self, verifiers: Sequence[Verifier], freshness: Freshness) -> None:
+        """A verdict is reused only under the verifiers and freshness rules that made it: used
+        with others (settings copied with another policy, a reload), the cache forgets what it
+        holds. Verifiers are compared by identity — they hold the policy, and a policy loaded
+        again is new objects — and kept referenced, so an identity cannot be reused."""
+        mine = self._verifiers
+        if (
+            freshness == self._freshness
+            and len(verifiers) == len(mine)
+            and all(a is b for a, b in zip(verifiers, mine, strict=True))
+        ):
+            return
+        self._entries.clear()
+        self._verifiers = tuple(verifiers)
+        self._freshness = freshness
 
     @staticmethod
     def key(rec: CMWRecord, effective: Binding) -> bytes:
@@ -119,6 +138,8 @@ def appraise_cmw(
     CMW outside the connection (logs, audits), which call this without the flag.
     """
     fresh = freshness or Freshness()
+    if cache is not None:
+        cache.scope(verifiers, fresh)
     try:
         cmw = decode_cmw(cmw_bytes)
     except DecodeError as exc:

@@ -171,3 +171,56 @@ def test_a_skipped_check_is_not_reported_as_passed() -> None:
     assert Appraisal("x", [Check("c", True, skipped=True)]).tier is Tier.WARNING
     r.checks.append(Check("tls.hostname", False))
     assert r.tier is Tier.CONTRAINDICATED and "Verdict: FAIL at tls.hostname" in render_text(r)
+
+
+class Deny(Echo):
+    """Another policy: refuses every evidence."""
+
+    def appraise(
+        self, media_type: str, evidence: bytes, expected: Binding, now: float
+    ) -> Appraisal:
+        return Appraisal("echo", [Check("evidence.policy", False, "refused by this policy")])
+
+
+class CountingEcho(Echo):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def appraise(
+        self, media_type: str, evidence: bytes, expected: Binding, now: float
+    ) -> Appraisal:
+        self.calls += 1
+        return super().appraise(media_type, evidence, expected, now)
+
+
+def test_a_cached_verdict_is_not_reused_under_other_verifiers_or_freshness() -> None:
+    # An embedder copies its settings with another policy (dataclasses.replace keeps the same
+    # AppraisalCache): the evidence the old policy passed must be appraised by the new one.
+    from atls_proxy.verify.policy import Freshness
+
+    b1, b2 = os.urandom(32), os.urandom(32)
+    root, proofs = merkle.build("sha256", [b1, b2])
+
+    def cmw(proof: merkle.InclusionProof) -> bytes:
+        return encode_cmw(
+            CMWCollection(
+                {
+                    "evidence": CMWRecord("application/x-echo", root, 4),
+                    "merkle": CMWRecord(merkle.MERKLE_PROOF_MEDIA_TYPE, proof.encode()),
+                }
+            )
+        )
+
+    now, cache, echo = time.time(), AppraisalCache(), CountingEcho()
+    first, second = Binding("sha256", b1, B.aik_hash), Binding("sha256", b2, B.aik_hash)
+    assert appraise_cmw(cmw(proofs[0]), first, [echo], now, cache=cache)[0].passed
+    assert appraise_cmw(cmw(proofs[1]), second, [echo], now, cache=cache)[0].passed
+    assert echo.calls == 1  # the same verifier: its verdict on the shared quote reused
+    (denied,) = appraise_cmw(cmw(proofs[1]), second, [Deny()], now, cache=cache)
+    assert denied.first_failure is not None
+    assert denied.first_failure.name == "evidence.policy"  # not the cached pass
+    assert appraise_cmw(cmw(proofs[0]), first, [echo], now, cache=cache)[0].passed
+    assert echo.calls == 2  # back to the first verifier: appraised again
+    other = Freshness(max_epoch_age=5)
+    assert appraise_cmw(cmw(proofs[0]), first, [echo], now, freshness=other, cache=cache)[0].passed
+    assert echo.calls == 3  # other freshness rules: appraised again
