@@ -130,11 +130,18 @@ def _header(doc: dict[str, Any]) -> list[str]:
 
 
 def _ratio_cell(
-    per_cpu: dict[str, float], e2e: dict[str, float], name: str, flagged: bool = False
+    per_cpu: dict[str, float],
+    e2e: dict[str, float],
+    name: str,
+    flagged: bool = False,
+    spreads: dict[str, dict[str, float]] | None = None,
 ) -> str:
     if name not in per_cpu:
         return "—"
     r = f"{per_cpu[name]:.2f}×"
+    sp = (spreads or {}).get(name)
+    if sp is not None and sp["min"] != sp["max"]:
+        r += f" [{sp['min']:.2f}–{sp['max']:.2f}]"
     cell = f"{r} ({e2e[name]:.2f}×)" if name in e2e else r
     return cell + " !" if flagged else cell
 
@@ -154,9 +161,10 @@ def render_markdown(doc: dict[str, Any]) -> str:
     idle = doc.get("idle")
     lines += [
         "",
-        "Ratios, subject ÷ baseline, per server CPU-second (end to end in parentheses; attest's "
-        "÷ off, ÷ haproxy and ÷ direct use the handshake workload's wrk runs, so per CPU-second "
-        "only); ! = the subject or that baseline had errors, not a clean measurement; idle: RSS "
+        "Ratios, subject ÷ baseline, per server CPU-second: the median of the ratios within "
+        "each round [their range] (end to end in parentheses; attest's ÷ off, ÷ haproxy and "
+        "÷ direct use the handshake workload's wrk runs, so per CPU-second only, as a ratio of "
+        "medians); ! = the subject or that baseline had errors, not a clean measurement; idle: RSS "
         "per connection, subject ÷ baseline (above 1 = more memory):",
         "",
         "| workload | subject | subject per server CPU-s | "
@@ -173,7 +181,13 @@ def render_markdown(doc: dict[str, Any]) -> str:
         per_cpu = peer.get("summary", {}).get("per_cpu")
         bad = _with_errors(w)
         cells = [
-            _ratio_cell(w["ratio_per_cpu"], w["ratio"], b, subject in bad or b in bad)
+            _ratio_cell(
+                w["ratio_per_cpu"],
+                w["ratio"],
+                b,
+                subject in bad or b in bad,
+                w.get("ratio_per_cpu_spread"),
+            )
             for b in BASELINES
         ]
         lines.append(

@@ -438,23 +438,59 @@ def _median(peer: dict[str, Any], key: str) -> float | None:
     return None if s is None else float(s["median"])
 
 
-def ratios(
-    peers: dict[str, dict[str, Any]], subject: str, key: str, invert: bool = False
-) -> dict[str, float]:
-    """``subject ÷ baseline`` of the medians of ``key`` for every baseline with a positive one."""
+def _paired(mine: dict[str, Any], base: dict[str, Any], key: str) -> list[float]:
+    """``subject ÷ baseline`` of ``key`` round by round (run i of each: the runs are interleaved,
+    so run i of every peer of a workload ran within the same minutes)."""
+    out = []
+    for a, b in zip(mine.get("runs", []), base.get("runs", []), strict=False):
+        x, y = a.get(key), b.get(key)
+        if x is not None and y is not None and x > 0 and y > 0:
+            out.append(x / y)
+    return out
+
+
+def ratios(peers: dict[str, dict[str, Any]], subject: str, key: str) -> dict[str, float]:
+    """``subject ÷ baseline`` of ``key`` for every baseline: the median of the ratios taken
+    within each round. On this kind of machine the same code runs 20–30 % faster or slower from
+    one minute to the next (docs/PERFORMANCE.md); within a round both runs share that drift, across
+    rounds they do not, so a ratio of medians could pair one peer's fast minute with another's
+    slow one. A baseline measured in another phase (``shared_with``: the attest workload's wrk
+    peers are the handshake workload's runs) has no round of its own to pair: the ratio of the
+    medians. ``ratio_spreads`` gives the per-round ratios' range."""
     out: dict[str, float] = {}
     mine = peers.get(subject)
     if mine is None:
         return out
-    s = _median(mine, key)
-    if s is None or s <= 0:
-        return out
     for name in BASELINES:
         if name == subject or name not in peers:
             continue
-        b = _median(peers[name], key)
-        if b is not None and b > 0:
-            out[name] = round(b / s if invert else s / b, 3)
+        base = peers[name]
+        if base.get("shared_with"):
+            s, b = _median(mine, key), _median(base, key)
+            if s is not None and b is not None and s > 0 and b > 0:
+                out[name] = round(s / b, 3)
+            continue
+        pairs = _paired(mine, base, key)
+        if pairs:
+            out[name] = round(statistics.median(pairs), 3)
+    return out
+
+
+def ratio_spreads(
+    peers: dict[str, dict[str, Any]], subject: str, key: str
+) -> dict[str, dict[str, float]]:
+    """The per-round ratios of ``ratios`` (median, min, max) for the baselines measured in the
+    same rounds as the subject."""
+    mine = peers.get(subject)
+    if mine is None:
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    for name in BASELINES:
+        if name == subject or name not in peers or peers[name].get("shared_with"):
+            continue
+        sp = spread(_paired(mine, peers[name], key))
+        if sp is not None:
+            out[name] = sp
     return out
 
 
@@ -571,6 +607,7 @@ async def throughput_workload(env: Env, workload: str, shared: dict[str, Any]) -
         "peers": peers,
         "ratio_per_cpu": ratios(peers, subject, "per_cpu"),
         "ratio": ratios(peers, subject, "throughput"),
+        "ratio_per_cpu_spread": ratio_spreads(peers, subject, "per_cpu"),
     }
     if workload == "attest":
         # The wrk peers' figures are the handshake workload's runs (an earlier phase, another

@@ -228,3 +228,39 @@ def test_a_child_off_its_cpu_is_reported() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_ratios_pair_the_runs_of_each_round() -> None:
+    # The machine drifts from one minute to the next; the runs are interleaved, so run i of every
+    # peer shares minute i. Round ratios 1.0, 0.5, 2.0: median 1.0 — the ratio of the medians
+    # (200 ÷ 150 = 1.33) would pair the subject's middle minute with the baseline's worst one.
+    from atls_proxy.bench.workloads import ratio_spreads, ratios, summarize
+
+    def peer(values: list[float], **extra: Any) -> dict[str, Any]:
+        runs = [{"per_cpu": v} for v in values]
+        return {"runs": runs, "summary": summarize(runs, ("per_cpu",)), **extra}
+
+    peers = {
+        "atls": peer([100, 200, 300]),
+        "off-asyncio": peer([100, 400, 150]),
+        # Measured in another phase: no round of its own, the ratio of the medians.
+        "off": peer([50, 100, 400], shared_with="handshake"),
+        "direct": peer([0, 0, 0]),  # no CPU reading: no ratio
+    }
+    assert ratios(peers, "atls", "per_cpu") == {"off-asyncio": 1.0, "off": 2.0}
+    assert ratio_spreads(peers, "atls", "per_cpu") == {
+        "off-asyncio": {"median": 1.0, "min": 0.5, "max": 2.0}
+    }
+    doc: dict[str, Any] = {
+        "options": {"repeat": 3, "duration_s": 2},
+        "workloads": {
+            "small": {
+                "subject": "atls",
+                "peers": peers,
+                "ratio_per_cpu": ratios(peers, "atls", "per_cpu"),
+                "ratio": {},
+                "ratio_per_cpu_spread": ratio_spreads(peers, "atls", "per_cpu"),
+            }
+        },
+    }
+    assert "| 1.00× [0.50–2.00] |" in render_markdown(doc)
