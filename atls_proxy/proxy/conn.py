@@ -28,6 +28,10 @@ work per connection saved (``docs/PERFORMANCE.md``); behaviour follows the strea
   the kernel's send queue (``TIOCOUTQ``), so that a slow reader's progress counts while the
   kernel buffer drains — got out for ``CLOSE_LINGER`` seconds, the connection is aborted.
 
+``wait_ended()`` waits, without reading, until the peer will send nothing more (its EOF or the
+connection's loss); ``unless(work, ending)`` runs a long wait on a peer's behalf (a queued quote,
+a whole attestation) and abandons it when such an ending comes first.
+
 Every connection the project opens or accepts is a ``Conn``: the listeners' (``serve``,
 ``connect``, the admin endpoint), the proxy's backend connections and the client's connections to
 an attested server. Accepted connections start their handler through ``on_made``
@@ -40,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import logging
 import socket
 import struct
@@ -259,6 +264,11 @@ class Conn(asyncio.Protocol):
             self._closed_waiter = asyncio.get_running_loop().create_future()
         await asyncio.shield(self._closed_waiter)
 
+    @property
+    def ended(self) -> bool:
+        """Whether the peer will send nothing more (see ``wait_ended``)."""
+        return self._eof
+
     async def wait_ended(self) -> None:
         """Until the peer will send nothing more: its EOF (a half-close counts) or the loss of the
         connection. Reads nothing: what arrived before stays buffered for ``read``."""
@@ -276,25 +286,46 @@ class Abandoned(Exception):
     """``unless``: the event that abandons the work came first."""
 
 
-async def unless(work: Coroutine[Any, Any, T], ending: Coroutine[Any, Any, None]) -> T:
-    """``work``'s result — unless ``ending`` completes first: then ``work`` is cancelled, awaited
-    (its own clean-up runs) and ``Abandoned`` is raised. For waits that can be long (a queued TEE
-    quote, a whole attestation) on behalf of a peer that may have gone meanwhile; a wait that
-    ends the same moment as ``ending`` still returns its result."""
+async def unless(
+    work: Coroutine[Any, Any, T],
+    ending: Coroutine[Any, Any, None],
+    dispose: Callable[[T], None] | None = None,
+) -> T:
+    """``work``'s outcome (its result, or the exception it raised) — unless ``ending`` completes
+    first: then ``Abandoned`` is raised and ``work`` is cancelled. For waits that can be long (a
+    queued TEE quote, a whole attestation) on behalf of a peer that may have gone meanwhile.
+
+    Work whose outcome the caller does not take — abandoned, or the caller itself cancelled
+    (``CancelledError`` always reaches it) — is cancelled and left to finish its own clean-up in
+    the background; whatever it then ends with is collected there: an exception is retrieved
+    (no "never retrieved" report), a result handed to ``dispose`` (a connection that completed
+    as the caller went away is closed, not leaked). Work that finished in the same loop
+    iteration as ``ending`` counts as finished: its outcome is returned."""
     task = asyncio.ensure_future(work)
     end = asyncio.ensure_future(ending)
+    taken = False
     try:
         await asyncio.wait((task, end), return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            taken = True
+            return task.result()
+        raise Abandoned
     finally:
         end.cancel()
-        if not task.done():
-            task.cancel()
-            # What the cancelled work raises on its way out is not the caller's to see.
-            with contextlib.suppress(BaseException):
-                await task
+        if not taken:
+            task.cancel()  # nothing if it is done
+            task.add_done_callback(functools.partial(_collect, dispose))
+
+
+def _collect(dispose: Callable[[Any], None] | None, task: asyncio.Future[Any]) -> None:
+    """The outcome of work ``unless`` did not hand to its caller (see there)."""
     if task.cancelled():
-        raise Abandoned
-    return task.result()
+        return
+    if task.exception() is None and dispose is not None:
+        try:
+            dispose(task.result())
+        except Exception:  # a done-callback's error would only reach the loop's handler
+            log.exception("disposing of abandoned work's result failed")
 
 
 def unsent_bytes(transport: Any) -> int:

@@ -8,7 +8,12 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
-from atls_proxy.proxy.client import AttestationFailed, ClientSettings, open_attested
+from atls_proxy.proxy.client import (
+    AttestationFailed,
+    AttestedConnection,
+    ClientSettings,
+    open_attested,
+)
 from atls_proxy.proxy.conn import Abandoned, Conn, unless
 from atls_proxy.proxy.listener import Listener, Outcome, forward, log_event, monotonic_ms
 
@@ -23,6 +28,10 @@ log = logging.getLogger("atls_proxy.client")
 # (tls.certificate, tls.hostname) are part of the appraisal and counted there: a diversion to a
 # server with another name's certificate shows in attestation_failures_total{check="tls.hostname"}.
 _PRE_ATTESTATION = {"tcp.connect": "backend_unavailable", "tls.handshake": "handshake_failed"}
+
+
+def _close_unused(conn: AttestedConnection) -> None:
+    conn.stream.close_nowait()
 
 
 class ClientForwarder(Listener):
@@ -65,8 +74,9 @@ class ClientForwarder(Listener):
                 # for the answer. Attestation can take the TEE's time (strict: a queued quote);
                 # a client that gave up (a reset) should not keep a place in that queue, and
                 # its attested connection is closed at once (open_attested cleans up when
-                # cancelled) instead of being completed and forwarded into a dead socket.
-                conn = await unless(open_attested(settings), local.wait_closed())
+                # cancelled; one that completed meanwhile is closed by the dispose hook) instead
+                # of being completed and forwarded into a dead socket.
+                conn = await unless(open_attested(settings), local.wait_closed(), _close_unused)
             except Abandoned:
                 log_event(
                     log,

@@ -372,26 +372,29 @@ class AttestedServer(Listener):
             # The request did not offer cmw_attestation: a plain RFC 9261 authenticator (expat-04 §3.1).
             return sess.authenticator(None)
         t0 = time.monotonic()
-        engine = self.engine
-        evidence = engine.evidence_for(ev.binding, keys.identity.private_key)
+        engine, key = self.engine, keys.identity.private_key
         if engine.tier is Tier.CACHED:
             # Signed here, or a wait for the epoch every connection shares: nothing to give back.
-            cmw = await evidence
+            cmw = await engine.evidence_for(ev.binding, key)
         else:
-            # A client that ends its side while it waits for a quote (strict: its own, queued
-            # behind others'; batched: a leaf in the next tree) can never send ACCEPT: it leaves
-            # the TEE's queue now rather than at the attestation timeout.
+            # A client that ended its side (EOF, reset) can never send ACCEPT: it gets no quote
+            # (strict: one of its own; batched: a leaf in the next tree), and one that ends it
+            # while queued leaves the TEE's queue now rather than at the attestation timeout. A
+            # quote already under way for it is spent: the TEE cannot take it back.
+            if conn.ended:
+                raise Refused("expat.exchange", _ENDED_BEFORE_EVIDENCE)
             try:
-                cmw = await unless(evidence, conn.wait_ended())
+                cmw = await unless(engine.evidence_for(ev.binding, key), conn.wait_ended())
             except Abandoned:
-                raise Refused(
-                    "expat.exchange", "client closed the connection while its evidence was made"
-                ) from None
+                raise Refused("expat.exchange", _ENDED_BEFORE_EVIDENCE) from None
         if self.metrics is not None:
             self.metrics.evidence(
                 self.engine.attester.name, self.engine.tier.value, time.monotonic() - t0
             )
         return sess.authenticator(cmw)
+
+
+_ENDED_BEFORE_EVIDENCE = "client closed the connection while its evidence was made"
 
 
 def _send_error(tls: TLSStream, sess: xs.AttesterSession, code: ErrorCode, reason: str) -> None:

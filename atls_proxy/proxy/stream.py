@@ -132,6 +132,10 @@ class TLSStream:
         waits for that (``wait_closed`` would cost a loop iteration per connection, and after the
         pump the transport reports to the pump's protocol, so it would never complete).
         """
+        self.close_nowait()
+
+    def close_nowait(self) -> None:
+        """``close`` for callers that cannot await (a done-callback): the same steps."""
         if not self.writer.is_closing():
             self.engine.close_notify()
             with contextlib.suppress(Exception):

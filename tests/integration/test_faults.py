@@ -11,6 +11,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -539,10 +540,10 @@ async def test_a_client_that_leaves_while_queued_for_a_strict_quote_costs_no_quo
             load_client_config(dev / "connect.toml", server=f"127.0.0.1:{port}")
         )
         b = asyncio.ensure_future(open_attested(settings, keep_open=False))
-        await asyncio.sleep(0.3)
+        await _until(lambda: slow.quotes == 1)  # B's quote under way
         a = asyncio.ensure_future(open_attested(settings, keep_open=False))
-        await asyncio.sleep(0.3)
-        assert slow.quotes == 1  # B's; A waits for the TEE
+        await _until(lambda: server.engine.stats.waiting == 2)  # A queued behind it
+        assert slow.quotes == 1
         a.cancel()  # A gives up: open_attested closes its connection
         with contextlib.suppress(asyncio.CancelledError):
             await a
@@ -552,4 +553,47 @@ async def test_a_client_that_leaves_while_queued_for_a_strict_quote_costs_no_quo
         assert server.stats.by_check.get("expat.exchange", 0) == 1, server.stats.by_check
     finally:
         task.cancel()
+        await server.close()
+
+
+async def _until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_client_that_already_ended_gets_no_strict_quote(tmp_path: Path) -> None:
+    # The request and the client's EOF arrived together: no quote starts for a connection that
+    # can never send ACCEPT (with the TEE idle, one would start at once and be spent).
+    from atls_proxy.expat import session as xs
+    from atls_proxy.proxy.server import Refused
+
+    dev = dev_init(tmp_path / "dev")
+    cfg = dev / "serve-strict.toml"
+    cfg.write_text(
+        (dev / "serve.toml")
+        .read_text()
+        .replace('kind = "software"\n', 'kind = "software"\ntier = "strict"\n', 1)
+    )
+    server = build_server(load_server_config(cfg, backend="127.0.0.1:9"))
+    slow = _SlowCounting(server.engine.attester, 0.0)
+    server.engine.attester = slow  # type: ignore[assignment]
+
+    class Ended:
+        ended = True
+
+        async def wait_ended(self) -> None:
+            return None
+
+    request = xs.AttestationRequested(
+        request=None,  # type: ignore[arg-type]  # not read on this path
+        binding=Binding("sha256", os.urandom(32), os.urandom(32)),
+    )
+    try:
+        with pytest.raises(Refused, match="closed the connection"):
+            await server._answer(Ended(), None, request, server.keys)  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+        assert slow.quotes == 0 and server.engine.stats.waiting == 0
+    finally:
         await server.close()

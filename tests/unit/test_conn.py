@@ -324,15 +324,20 @@ async def test_unless_returns_the_work_or_abandons_it_cleanly() -> None:
         try:
             await asyncio.sleep(3600)
         finally:
-            cleaned.append("work")  # its clean-up ran before unless returned
+            cleaned.append("work")  # its clean-up runs, in the background
         return 0
 
     ended = asyncio.Event()
-    waiter = asyncio.ensure_future(unless(long_work(), ended.wait()))  # type: ignore[arg-type]
+
+    async def end() -> None:
+        await ended.wait()
+
+    waiter = asyncio.ensure_future(unless(long_work(), end()))
     await asyncio.sleep(0.01)
     ended.set()
     with pytest.raises(Abandoned):
         await waiter
+    await asyncio.sleep(0)
     assert cleaned == ["work"]
 
     # The caller cancelled: the work is cancelled too, and the caller sees CancelledError.
@@ -342,6 +347,7 @@ async def test_unless_returns_the_work_or_abandons_it_cleanly() -> None:
     outer.cancel()
     with pytest.raises(asyncio.CancelledError):
         await outer
+    await asyncio.sleep(0)
     assert cleaned == ["work"]
 
     async def failing() -> int:
@@ -351,6 +357,71 @@ async def test_unless_returns_the_work_or_abandons_it_cleanly() -> None:
         await unless(failing(), never())
 
 
+async def test_unless_never_swallows_the_callers_cancellation() -> None:
+    # `ending` fired while the work's clean-up takes time; a caller cancelled while it has not
+    # returned sees CancelledError, never Abandoned (a handler being drained must end as drained,
+    # not as an attestation failure). Once it has returned Abandoned, there is nothing to cancel.
+    from atls_proxy.proxy.conn import Abandoned, unless
+
+    async def slow_to_clean_up() -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            await asyncio.sleep(0.2)
+
+    async def at_once() -> None:
+        return None
+
+    for delay in (0.0, 0.01, 0.05):
+        outer = asyncio.ensure_future(unless(slow_to_clean_up(), at_once()))
+        await asyncio.sleep(delay)
+        if outer.done():
+            assert isinstance(outer.exception(), Abandoned)
+            continue
+        outer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await outer
+
+
+async def test_unless_collects_what_the_caller_did_not_take() -> None:
+    # The caller is cancelled just as the work completes: a result goes to `dispose` (a connection
+    # nobody will use is closed, not leaked) and an exception is retrieved (no "never retrieved").
+    from atls_proxy.proxy.conn import unless
+
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, ctx: reported.append(ctx))
+    disposed: list[str] = []
+
+    async def never() -> None:
+        await asyncio.sleep(3600)
+
+    for outcome in ("result", "error"):
+        done = asyncio.Event()
+
+        async def work(outcome: str = outcome, done: asyncio.Event = done) -> str:
+            await done.wait()
+            if outcome == "error":
+                raise ValueError("nobody asked")
+            return "connection"
+
+        outer = asyncio.ensure_future(unless(work(), never(), disposed.append))
+        await asyncio.sleep(0.01)
+        done.set()
+        outer.cancel()  # before it resumes from its wait, the work finishing meanwhile
+        with pytest.raises(asyncio.CancelledError):
+            await outer
+        for _ in range(3):
+            await asyncio.sleep(0)
+    import gc
+
+    gc.collect()
+    await asyncio.sleep(0)
+    loop.set_exception_handler(None)
+    assert disposed == ["connection"]
+    assert reported == []
+
+
 async def test_wait_ended_sees_eof_and_loss_without_reading() -> None:
     server_conns: list[Conn] = []
     srv = await asyncio.get_running_loop().create_server(
@@ -358,16 +429,29 @@ async def test_wait_ended_sees_eof_and_loss_without_reading() -> None:
     )
     port = srv.sockets[0].getsockname()[1]
     try:
+        # EOF (a half-close): what came before it stays buffered for read().
         c = await open_conn("127.0.0.1", port)
         while not server_conns:
             await asyncio.sleep(0.01)
         s = server_conns[0]
+        assert not s.ended
         c.write(b"before the end")
         c.write_eof()
         await asyncio.wait_for(s.wait_ended(), 5)
-        assert await s.read() == b"before the end"  # still there for read()
+        assert s.ended and await s.read() == b"before the end"
         await s.wait_ended()  # already ended: returns at once
         c.close()
+        # A reset, no FIN: the loss ends it too.
+        c2 = await open_conn("127.0.0.1", port)
+        while len(server_conns) < 2:
+            await asyncio.sleep(0.01)
+        s2 = server_conns[1]
+        waiting = asyncio.ensure_future(s2.wait_ended())
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        c2.reset()
+        await asyncio.wait_for(waiting, 5)
+        assert s2.broken is not None
     finally:
         srv.close()
 
