@@ -10,7 +10,9 @@ Decoding demultiplexes on the first byte (RFC 9999 "Demuxing"). This profile is 
 input must be in preferred serialization with definite lengths (RFC 8949 §4.1), which we check by
 re-encoding the decoded value and comparing bytes. That one rule rejects duplicate map keys,
 indefinite lengths and over-long integer encodings — every way two parsers could read one CMW
-differently. Nesting depth, member count and total size are capped.
+differently. Nesting depth, member count and total size are capped, and before cbor2 sees the
+bytes a walk (atls_proxy/cborwalk.py) refuses every tag but the CMW ones: value sharing (tags
+28/29) would let a few hundred bytes decode into a graph that takes exponential time to re-encode.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 
 import cbor2
 
+from atls_proxy.cborwalk import check_cbor
 from atls_proxy.errors import DecodeError
 from atls_proxy.untrusted import json_loads
 
@@ -61,8 +64,15 @@ class CMWRecord:
             raise ValueError("CMW type is a media type string or a CoAP content-format number")
         if isinstance(self.media_type, int) and not 0 <= self.media_type <= 0xFFFF:
             raise ValueError("CoAP content-format is uint .size 2")
-        if isinstance(self.media_type, str) and not 0 < len(self.media_type) <= MAX_MEDIA_TYPE:
-            raise ValueError("media type must be 1..1024 characters")
+        if isinstance(self.media_type, str):
+            if not 0 < len(self.media_type) <= MAX_MEDIA_TYPE:
+                raise ValueError("media type must be 1..1024 characters")
+            try:
+                # A JSON CMW's "\ud800" escape decodes to a lone surrogate, which no UTF-8 (the
+                # CBOR form, the appraisal cache's key, logs) can carry.
+                self.media_type.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("media type is not valid Unicode text") from None
         if self.ind is not None and not 0 < self.ind < 1 << 32:
             raise ValueError("ind must be non-zero and at most 4 bytes")
 
@@ -231,8 +241,22 @@ def decode_cmw(data: bytes) -> CMW:
     raise DecodeError(f"first byte 0x{first:02x} is not a CMW")
 
 
+def _cmw_tag(tag: int) -> bool:
+    return TAG_MIN <= tag <= TAG_MAX
+
+
+# A collection nests a collection or a record (an array, or a tag around bytes) per level.
+_WALK_DEPTH = 2 * MAX_DEPTH + 2
+
+
 def _strict_cbor(data: bytes, what: str) -> Any:
-    """One CBOR item that is all of ``data`` and in preferred serialization (module docstring)."""
+    """One CBOR item that is all of ``data`` and in preferred serialization (module docstring).
+
+    Walked first (atls_proxy/cborwalk.py): no tag but the CMW ones (RFC 9999), so no value
+    sharing (tags 28/29) or string references (256/25), whose decoded graph a few hundred bytes
+    can make exponentially large to re-encode; definite lengths, shortest heads, int/text map
+    keys without duplicates, bounded nesting."""
+    check_cbor(data, what, max_depth=_WALK_DEPTH, tag_ok=_cmw_tag)
     stream = BytesIO(data)
     try:
         obj = cbor2.CBORDecoder(stream).decode()

@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
+from atls_proxy.cborwalk import Walker
 from atls_proxy.errors import DecodeError, VerificationError
 from atls_proxy.untrusted import shown
 
@@ -74,103 +75,6 @@ _UNDERSTOOD_LABELS = frozenset({HEADER_ALG, HEADER_CRIT, HEADER_KID})
 # ----------------------------------------------------------------------------------------------
 
 
-class _Walker:
-    """Checks that ``data`` is exactly one well-formed CBOR item of the restricted subset above.
-
-    RFC 8949 §3 (head format), §4.2.1 (shortest-form arguments, definite lengths). The walk does no
-    conversion; cbor2 does that afterwards, on bytes already known to be tame.
-    """
-
-    __slots__ = ("_data", "_pos", "_what")
-
-    def __init__(self, data: bytes, what: str) -> None:
-        self._data = data
-        self._pos = 0
-        self._what = what
-
-    def _fail(self, why: str) -> DecodeError:
-        return DecodeError(f"{self._what}: {why} at offset {self._pos}")
-
-    def _take(self, n: int) -> bytes:
-        if n > len(self._data) - self._pos:
-            raise self._fail("truncated")
-        out = self._data[self._pos : self._pos + n]
-        self._pos += n
-        return out
-
-    def _head(self) -> tuple[int, int, int]:
-        """Return (major type, additional info, argument); enforce shortest-form arguments."""
-        ib = self._take(1)[0]
-        major, info = ib >> 5, ib & 0x1F
-        if info < 24:
-            return major, info, info
-        if info == 31:
-            raise self._fail("indefinite-length item not allowed")
-        if info > 27:
-            raise self._fail(f"reserved additional information {info}")
-        size = 1 << (info - 24)
-        arg = int.from_bytes(self._take(size), "big")
-        # Floats (major 7, info 25..27) carry their value in the argument: no minimality rule.
-        if major != 7:
-            minimum = 24 if size == 1 else 1 << (8 * (size // 2))
-            if arg < minimum:
-                raise self._fail("non-shortest integer or length encoding")
-        return major, info, arg
-
-    def item(self, depth: int) -> None:
-        if depth > MAX_CBOR_DEPTH:
-            raise self._fail(f"nesting deeper than {MAX_CBOR_DEPTH}")
-        major, info, arg = self._head()
-        if major in (0, 1):
-            return
-        if major in (2, 3):
-            self._take(arg)
-            return
-        if major == 4:
-            if arg > len(self._data) - self._pos:  # every element takes at least one byte
-                raise self._fail("array longer than the input")
-            for _ in range(arg):
-                self.item(depth + 1)
-            return
-        if major == 5:
-            if 2 * arg > len(self._data) - self._pos:
-                raise self._fail("map longer than the input")
-            seen: set[bytes] = set()
-            for _ in range(arg):
-                start = self._pos
-                if start >= len(self._data):
-                    raise self._fail("truncated")
-                if self._data[start] >> 5 not in (0, 1, 3):
-                    # RFC 9052 §1.4 labels and RFC 8392 claim keys are int / tstr.
-                    raise self._fail("map key is not an integer or text string")
-                self.item(depth + 1)
-                key = self._data[start : self._pos]
-                if key in seen:
-                    raise self._fail("duplicate map key")
-                seen.add(key)
-                self.item(depth + 1)
-            return
-        if major == 6:
-            raise self._fail(f"unexpected CBOR tag {arg}")
-        # Major type 7: false, true, null, undefined (RFC 8949 §3.3) and floats only.
-        if info in (20, 21, 22, 23, 25, 26, 27):
-            return
-        raise self._fail(f"unassigned simple value {arg}")
-
-    def tag(self, expected: int) -> None:
-        major, _info, arg = self._head()
-        if major != 6 or arg != expected:
-            raise DecodeError(f"{self._what}: not a CBOR tag {expected} item")
-
-    @property
-    def position(self) -> int:
-        return self._pos
-
-    def end(self) -> None:
-        if self._pos != len(self._data):
-            raise self._fail(f"{len(self._data) - self._pos} trailing bytes")
-
-
 def decode_cbor(data: bytes, what: str, *, outer_tag: int | None = None) -> Any:
     """Decode one CBOR item strictly (module docstring); raise ``DecodeError`` on any problem.
 
@@ -180,7 +84,7 @@ def decode_cbor(data: bytes, what: str, *, outer_tag: int | None = None) -> Any:
     if len(data) > MAX_COSE_SIGN1_SIZE:
         raise DecodeError(f"{what}: {len(data)} bytes exceeds the {MAX_COSE_SIGN1_SIZE}-byte cap")
     data = bytes(data)
-    walker = _Walker(data, what)
+    walker = Walker(data, what, max_depth=MAX_CBOR_DEPTH)
     body = data
     if outer_tag is not None:
         walker.tag(outer_tag)

@@ -96,7 +96,7 @@ def test_collection_roundtrip_and_flatten() -> None:
         (b"\x81\x01", "first byte"),
         (cbor2.dumps(["a/b"]), "first byte"),
         (cbor2.dumps(["a/b", b"x", 1, 2]), "first byte"),
-        (bytes.fromhex("83") + cbor2.dumps("a/b") + bytes.fromhex("41780102"), "after"),
+        (bytes.fromhex("83") + cbor2.dumps("a/b") + bytes.fromhex("41780102"), "trailing"),
         (cbor2.dumps(["a/b", "text", 4]), "byte string"),
         (cbor2.dumps(["a/b", b"x", 0]), "non-zero"),
         (cbor2.dumps(["a/b", b"x", True]), "unsigned"),
@@ -104,8 +104,8 @@ def test_collection_roundtrip_and_flatten() -> None:
         (cbor2.dumps(["", b"x"]), "media type"),
         (b"\x9f\x63a/b\x41x\xff", "indefinite"),
         (b"\xa0", "indefinite-length or empty"),
-        (cbor2.dumps(["a/b", b"x"]) + b"\x00", "after"),
-        (bytes.fromhex("82 19 003c 41 78"), "preferred"),  # 60 in a 2-byte argument
+        (cbor2.dumps(["a/b", b"x"]) + b"\x00", "trailing"),
+        (bytes.fromhex("82 19 003c 41 78"), "non-shortest"),  # 60 in a 2-byte argument
         (bytes.fromhex("a2 61 61 82 01 41 00 61 61 82 01 41 01"), "duplicate"),
         (cbor2.dumps({"__cmwc_t": "x"}), "no members"),
         (cbor2.dumps(cbor2.CBORTag(5, b"x")), "not a CMW"),
@@ -210,10 +210,10 @@ def test_prefix_reuse_equals_a_full_decode() -> None:
 @pytest.mark.parametrize(
     "tail,why",
     [
-        (cbor2.dumps(["application/b", b"sig"]) + b"\x00", "bytes after"),  # trailing item
-        (bytes.fromhex("9f") + cbor2.dumps("application/b")[0:] + b"\x43sig\xff", "preferred"),
-        (bytes.fromhex("82") + bytes.fromhex("7800") + b"\x43sig", "preferred"),  # long length
-        (bytes.fromhex("8201"), "parse"),  # truncated
+        (cbor2.dumps(["application/b", b"sig"]) + b"\x00", "trailing bytes"),  # trailing item
+        (bytes.fromhex("9f") + cbor2.dumps("application/b")[0:] + b"\x43sig\xff", "indefinite"),
+        (bytes.fromhex("82") + bytes.fromhex("7800") + b"\x43sig", "non-shortest"),  # long length
+        (bytes.fromhex("8201"), "longer than the input"),  # truncated
         (cbor2.dumps({"x": ["a/b", b"1"]}), ""),  # a collection is a valid member value
         (cbor2.dumps(7), "not a CMW"),
     ],
@@ -237,3 +237,43 @@ def test_prefix_reuse_checks_the_new_bytes_like_a_full_decode(tail: bytes, why: 
         assert why in got
     else:
         assert got == expected
+
+
+def _shared_graph(levels: int) -> bytes:
+    """A CBOR CMW record whose value is a value-sharing graph (tags 28/29, RFC 8949 §9.2 /
+    IANA): shareable i = [shared(i-1), shared(i-1)]. ~8 bytes a level; cbor2 decodes it in linear
+    time, but re-encoding the result writes 2^levels leaves."""
+    body = b"\xd8\x1c\x41A"  # shareable 0: h'41'
+    for i in range(1, levels + 1):
+        ref = b"\xd8\x1d" + cbor2.dumps(i - 1)
+        body += b"\xd8\x1c\x82" + ref + ref
+    return b"\x82" + bytes([0x98, levels + 1]) + body + b"\x40"  # [[shareables…], h""]
+
+
+@pytest.mark.parametrize(
+    "data,tag",
+    [
+        (_shared_graph(40), 28),  # would take years to re-encode
+        (b"\x82\xd9\x01\x00\x82\x63a/b\xd8\x19\x00\x41x", 256),  # string references
+        (b"\x82\x63a/b\xd8\x18\x41x", 24),  # any other tag, e.g. embedded CBOR
+    ],
+)
+def test_tags_other_than_cmw_tags_are_refused_before_decoding(data: bytes, tag: int) -> None:
+    # A malicious server signs its own authenticator: these bytes reach the client's decoder.
+    with pytest.raises(DecodeError, match=f"unexpected CBOR tag {tag}"):
+        c.decode_cmw(data)
+
+
+def test_a_cmw_tag_is_still_accepted() -> None:
+    rec = c.CMWRecord(30001, b"x")  # CoAP content-format: the tag form TN(cf)
+    tagged = cbor2.dumps(cbor2.CBORTag(c.TAG_MIN + (30001 // 255) * 256 + 30001 % 255, b"x"))
+    assert c.decode_cmw(cbor2.dumps({"a": cbor2.loads(tagged), "b": ["x/y", b"v"]})) == (
+        c.CMWCollection({"a": rec, "b": c.CMWRecord("x/y", b"v")})
+    )
+
+
+def test_a_json_media_type_with_a_lone_surrogate_is_a_decode_error() -> None:
+    # "\ud800" is valid JSON and decodes to a str no UTF-8 can carry (it crashed the appraisal
+    # cache's key with UnicodeEncodeError).
+    with pytest.raises(DecodeError, match="Unicode"):
+        c.decode_cmw(b'["\\ud800x/y", "AAAA"]')
