@@ -212,3 +212,12 @@ def test_hostile_pem_is_linear() -> None:
         with pytest.raises(DecodeError):
             parse_amd_certificates(blob)
     assert time.monotonic() - start < 2.0
+
+
+def test_a_report_certs_container_with_tags_is_refused_before_decoding() -> None:
+    # Value sharing (tags 28/29) or any other tag: the container is two byte strings, nothing more.
+    shared = b"\xa2\x01\xd8\x1c" + cbor2.dumps(REPORT) + b"\x02\xd8\x1d\x00"
+    with pytest.raises(DecodeError, match="unexpected CBOR tag 28"):
+        parse_snp_evidence(shared)
+    plain = cbor2.dumps({1: REPORT, 2: bytes(24)})  # an empty table: its all-zero terminator
+    assert parse_snp_evidence(plain).container == "report+certs"  # the same without tags

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 
 import cbor2
 
+from atls_proxy.cborwalk import Walker
 from atls_proxy.errors import DecodeError
 from atls_proxy.verify.azure_hcl import HCL_MAGIC, parse_hcl_layout
 
@@ -324,6 +325,9 @@ def parse_cert_table(table: bytes) -> tuple[tuple[tuple[str, bytes], ...], int]:
 
 
 def _parse_cbor(data: bytes) -> SnpEvidence:
+    # No tags, definite lengths, shortest heads (atls_proxy/cborwalk.py): the map is two byte
+    # strings, and nothing else may make cbor2 build more than the bytes say.
+    Walker(data, "report+certs container", max_depth=MAX_CBOR_DEPTH).item()
     try:
         decoder = cbor2.CBORDecoder(io.BytesIO(data), max_depth=MAX_CBOR_DEPTH)
         value = decoder.decode()
