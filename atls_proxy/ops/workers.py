@@ -357,9 +357,23 @@ class Supervisor:
         )
         delay, w.backoff = w.backoff, min(BACKOFF_MAX, w.backoff * 2)
         await asyncio.sleep(delay)
-        if not self.stopping:
+        while not self.stopping:
             w.restarts += 1
-            await self._spawn(w)
+            try:
+                await self._spawn(w)
+                break
+            except OSError as exc:
+                # fork/exec failed (EAGAIN, ENOMEM, EMFILE on a host under pressure): the slot
+                # must not stay empty for good; the same back-off, doubling, then again.
+                delay, w.backoff = w.backoff, min(BACKOFF_MAX, w.backoff * 2)
+                log.error(
+                    "worker %d could not be started (%s); retrying in %.0f s",
+                    w.index,
+                    exc,
+                    delay,
+                    extra={"event": "worker", "result": "spawn_failed"},
+                )
+                await asyncio.sleep(delay)
         # A stop during the back-off: not restarted, and this may have been the last worker.
         self._check_done()
 

@@ -61,6 +61,42 @@ def handlers_installed() -> bool:
     return signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None)
 
 
+def test_a_failed_restart_is_retried(
+    supervisor: wk.Supervisor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker died and its restart's fork failed once (EAGAIN on a host under pressure): the
+    supervisor tries again after a back-off instead of leaving the slot empty for good."""
+    sup = supervisor
+    real = asyncio.create_subprocess_exec
+    calls = {"n": 0}
+
+    async def flaky(*a: Any, **k: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 3:  # the two starts, then the first restart
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        return await real(*a, **k)
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", flaky)
+
+    async def main() -> tuple[bool, int, int]:
+        task = asyncio.ensure_future(sup.run())
+        await _until(lambda: all(w.proc is not None for w in sup.workers))
+        await _until(handlers_installed)
+        w0 = sup.workers[0]
+        w0.backoff = 0.05
+        assert w0.proc is not None
+        old = w0.proc.pid
+        os.kill(old, signal.SIGKILL)
+        await _until(lambda: w0.running and w0.proc is not None and w0.proc.pid != old)
+        state = (w0.running, w0.restarts, calls["n"])
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.wait_for(task, 10)
+        return state
+
+    running, restarts, spawns = asyncio.run(main())
+    assert running and restarts == 2 and spawns == 4
+
+
 def test_sigterm_while_every_worker_waits_out_its_backoff(supervisor: wk.Supervisor) -> None:
     """Both workers dead (in a long back-off) when SIGTERM arrives: the supervisor must exit at
     once, not wait for a worker exit that will never come."""
