@@ -65,6 +65,7 @@ from atls_proxy.ops.admin import AdminServer
 from atls_proxy.ops.config import Address, ClientConfig, OpsConfig, ServerConfig
 from atls_proxy.ops.files import read_capped
 from atls_proxy.ops.metrics import Metrics
+from atls_proxy.proxy.conn import reset_closing, wait_flushed
 from atls_proxy.proxy.listener import Listener
 
 log = logging.getLogger("atls_proxy")
@@ -560,7 +561,11 @@ class Runtime:
         )
         self._notify("STOPPING=1", f"STATUS=draining {open_now} connection(s)")
         listener.stop_accepting()
-        idle = asyncio.ensure_future(listener.wait_idle(self.ops.drain_timeout))
+        deadline = time.monotonic() + self.ops.drain_timeout
+        # Finished connections whose last bytes are still leaving count as open until they are
+        # out (conn.wait_flushed): the process's exit would otherwise drop them and close the
+        # sockets with a FIN — a truncated stream that its peer reads as a clean end.
+        idle = asyncio.ensure_future(self._until_idle_and_flushed(listener, deadline))
         force = asyncio.ensure_future(self._force.wait())
         try:
             await asyncio.wait({idle, force}, return_when=asyncio.FIRST_COMPLETED)
@@ -574,6 +579,7 @@ class Runtime:
         idle.cancel()
         cut = listener.active
         await listener.close()
+        cut += reset_closing()  # what still holds bytes is reset, not ended with a FIN
         if self._force.is_set():
             log.warning(
                 "forced exit: closed %d connection(s)",
@@ -588,6 +594,14 @@ class Runtime:
             extra={"event": "drain", "result": "timeout", "closed": cut},
         )
         return EXIT_DRAIN_TIMEOUT
+
+    @staticmethod
+    async def _until_idle_and_flushed(listener: Listener, deadline: float) -> bool:
+        """Every connection finished, and what finished ones still held handed to the kernel,
+        before ``deadline``: True; else False (the caller resets those still holding bytes)."""
+        if not await listener.wait_idle(max(0.0, deadline - time.monotonic())):
+            return False
+        return await wait_flushed(max(0.0, deadline - time.monotonic()))
 
 
 _C = TypeVar("_C", ServerConfig, ClientConfig)

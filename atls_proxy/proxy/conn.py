@@ -49,6 +49,7 @@ import logging
 import socket
 import struct
 import termios
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -254,6 +255,7 @@ class Conn(asyncio.Protocol):
         tr = self.transport
         tr.close()
         if tr.get_write_buffer_size():
+            _closing[tr] = None
             asyncio.get_running_loop().call_later(CLOSE_LINGER, _linger, tr, unsent_bytes(tr))
 
     async def wait_closed(self) -> None:
@@ -352,13 +354,57 @@ def reset_transport(transport: Any) -> None:
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
 
+# Transports closed while their own write buffer still held bytes (``Conn.close``): the process
+# must not exit under them — its teardown would drop those bytes and close the socket with a FIN,
+# which the peer reads as a clean end of a truncated stream (``wait_flushed``, ``reset_closing``).
+# An entry leaves when ``_linger`` or ``wait_flushed`` finds it flushed, or when it is reset.
+_closing: dict[Any, None] = {}
+
+
+def _buffered(transport: Any) -> int:
+    """Bytes the transport itself still holds (0 once flushed to the kernel, or gone)."""
+    try:
+        return int(transport.get_write_buffer_size())
+    except Exception:  # a transport already gone (some loops refuse calls on closed handles)
+        return 0
+
+
+async def wait_flushed(timeout: float) -> bool:
+    """Before the process exits: wait up to ``timeout`` seconds for closed connections to hand
+    what they still hold to the kernel (which sends it, then its FIN, after the exit). Whether
+    they all did; those that did not are for ``reset_closing``."""
+    deadline = time.monotonic() + max(0.0, timeout)
+    while True:
+        for tr in [tr for tr in _closing if not _buffered(tr)]:
+            del _closing[tr]
+        if not _closing:
+            return True
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        await asyncio.sleep(min(0.05, left))
+
+
+def reset_closing() -> int:
+    """Reset (RST) every closed connection still holding bytes, so that its peer sees an error
+    rather than a clean end of a truncated stream; how many there were."""
+    cut = [tr for tr in _closing if _buffered(tr)]
+    _closing.clear()
+    for tr in cut:
+        with contextlib.suppress(Exception):
+            reset_transport(tr)
+    return len(cut)
+
+
 def _linger(transport: Any, before: int) -> None:
     """Abort a closing transport when nothing of what it holds got out in ``CLOSE_LINGER``."""
     try:
         if not transport.get_write_buffer_size():
+            _closing.pop(transport, None)
             return  # flushed: the transport closes (or has closed) by itself
         now = unsent_bytes(transport)
     except Exception:  # the transport is gone already (some loops refuse calls on closed handles)
+        _closing.pop(transport, None)
         return
     if now < before:
         asyncio.get_running_loop().call_later(CLOSE_LINGER, _linger, transport, now)
@@ -370,6 +416,7 @@ def _linger(transport: Any, before: int) -> None:
             CLOSE_LINGER,
         )
         # RST, not FIN: the peer must not read the bytes it never took as the stream's end.
+        _closing.pop(transport, None)
         reset_transport(transport)
 
 

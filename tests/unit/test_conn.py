@@ -5,6 +5,7 @@ on drain — against a fake transport, plus a real loopback round trip."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -460,3 +461,64 @@ def _kept(into: list[Conn]) -> Conn:
     conn = Conn()
     into.append(conn)
     return conn
+
+
+async def test_exit_waits_for_closed_connections_to_flush_and_resets_the_rest() -> None:
+    # A connection closed with bytes still in its transport's buffer (a slow reader): before the
+    # process exits, wait_flushed waits for them; what still holds bytes at the deadline is
+    # reset, so its peer reads an error — not a FIN after a truncated stream.
+    import socket
+
+    from atls_proxy.proxy import conn as conn_module
+
+    server_conns: list[Conn] = []
+    srv = await asyncio.get_running_loop().create_server(
+        lambda: _kept(server_conns), "127.0.0.1", 0
+    )
+    port = srv.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    try:
+        for reader_reads in (True, False):
+            peer = socket.create_connection(("127.0.0.1", port))
+            peer.setblocking(False)
+            while len(server_conns) < (1 if reader_reads else 2):
+                await asyncio.sleep(0.01)
+            s = server_conns[-1]
+            s.write(b"x" * (8 << 20))  # far more than the kernel buffers take
+            s.close()
+            assert s.transport.get_write_buffer_size() > 0
+            if reader_reads:
+
+                async def drain_peer(sock: socket.socket = peer) -> int:
+                    n = 0
+                    while True:
+                        chunk = await loop.sock_recv(sock, 1 << 20)
+                        if not chunk:
+                            return n
+                        n += len(chunk)
+
+                reading = asyncio.ensure_future(drain_peer())
+                assert await conn_module.wait_flushed(20)
+                got = await asyncio.wait_for(reading, 20)
+                assert got == 8 << 20  # everything, then the FIN
+                assert conn_module.reset_closing() == 0
+            else:
+                # The drain's wait: every handler finished, yet one connection still holds bytes.
+                from atls_proxy.ops.runtime import Runtime
+
+                class Idle:
+                    async def wait_idle(self, timeout: float) -> bool:
+                        return True
+
+                done = await Runtime._until_idle_and_flushed(
+                    Idle(),  # type: ignore[arg-type]
+                    time.monotonic() + 0.3,
+                )
+                assert not done  # not a clean drain
+                assert conn_module.reset_closing() == 1
+                with pytest.raises(ConnectionResetError):
+                    while await loop.sock_recv(peer, 1 << 20):
+                        pass
+            peer.close()
+    finally:
+        srv.close()
