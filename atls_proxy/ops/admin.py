@@ -31,6 +31,7 @@ import json
 import logging
 import re
 import socket
+import time
 from collections.abc import Callable, Mapping
 from typing import Final
 
@@ -47,6 +48,9 @@ READ_TIMEOUT: Final = 5.0
 WRITE_TIMEOUT: Final = 10.0
 MAX_CONNECTIONS: Final = 64
 LINGER_SECONDS: Final = 1.0
+# At the connection limit, a connection whose answer has been leaving this long may be closed to
+# serve a new one (make_room): a reader that keeps up has long finished.
+ANSWER_GRACE: Final = 1.0
 ALLOW: Final = "GET, HEAD"
 
 _REASONS: Final = {
@@ -108,6 +112,8 @@ class AdminServer(Listener):
         self.evicted = 0
         # Connections still waiting for their request head, oldest first (dicts keep order).
         self._waiting: dict[Conn, None] = {}
+        # Connections being answered, with when the answer started (make_room).
+        self._answering: dict[Conn, float] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -149,21 +155,32 @@ class AdminServer(Listener):
 
     def make_room(self) -> bool:
         """At the limit, abort the oldest connection still waiting for its request head, or
-        lingering after a refused one (neither has an answer pending)."""
-        for oldest in self._waiting:
-            del self._waiting[oldest]
-            oldest.transport.abort()
-            self.evicted += 1
-            if self.evicted == 1 or self.evicted % 100 == 0:  # not one line per connection
-                log.warning(
-                    "admin: %d connections open; closed the oldest one still waiting for its "
-                    "request (from %s) to serve a new one (%d so far)",
-                    self.active,
-                    peer_name(oldest),
-                    self.evicted,
-                )
-            return True
-        return False
+        lingering after a refused one (neither has an answer pending); failing that, the oldest
+        one whose answer has been leaving for ``ANSWER_GRACE`` seconds or more — a client that
+        asked for a large /metrics and does not read would otherwise keep its slot for the whole
+        write timeout, and enough of them would keep the probes out."""
+        victim = next(iter(self._waiting), None)
+        if victim is not None:
+            del self._waiting[victim]
+        else:
+            now = time.monotonic()
+            victim = next(
+                (c for c, t in self._answering.items() if now - t >= ANSWER_GRACE), None
+            )
+            if victim is None:
+                return False
+            del self._answering[victim]
+        victim.transport.abort()
+        self.evicted += 1
+        if self.evicted == 1 or self.evicted % 100 == 0:  # not one line per connection
+            log.warning(
+                "admin: %d connections open; closed the oldest one still waiting for its "
+                "request or not reading its answer (from %s) to serve a new one (%d so far)",
+                self.active,
+                peer_name(victim),
+                self.evicted,
+            )
+        return True
 
     async def _serve(self, conn: Conn) -> None:
         head_only = False
@@ -186,7 +203,11 @@ class AdminServer(Listener):
         except ConnectionError:
             conn.transport.abort()
             return
-        await self._respond(conn, status, ctype, body, extra, head_only)
+        self._answering[conn] = time.monotonic()
+        try:
+            await self._respond(conn, status, ctype, body, extra, head_only)
+        finally:
+            self._answering.pop(conn, None)
         if linger and not conn.is_closing():
             with contextlib.suppress(Exception):
                 conn.write_eof()  # tell the client we are done, then drain what it still sends
@@ -197,7 +218,11 @@ class AdminServer(Listener):
                 await self._linger(conn)
             finally:
                 self._waiting.pop(conn, None)
-        await self._close(conn)
+        self._answering[conn] = time.monotonic()
+        try:
+            await self._close(conn)  # the answer may still be leaving
+        finally:
+            self._answering.pop(conn, None)
 
     async def _read_head(self, reader: Conn) -> bytes:
         buf = bytearray()

@@ -320,6 +320,47 @@ async def test_concurrent_requests(admin: Admin) -> None:
     assert all(r.status == 200 for r in results)
 
 
+async def test_clients_that_do_not_read_a_large_answer_do_not_keep_probes_out() -> None:
+    # Every slot asked for a large /metrics and never reads it: the answers sit in the write
+    # buffers (up to write_timeout each). A probe takes the place of the oldest answer that has
+    # been leaving for ANSWER_GRACE seconds instead of being refused for the whole timeout.
+    import socket
+
+    from atls_proxy.ops import admin as admin_module
+
+    state = State()
+    big = b"#" * (8 << 20)  # more than the kernel buffers take
+
+    def metrics_cb() -> tuple[bytes, str]:
+        return big, "text/plain"
+
+    server = AdminServer(
+        "127.0.0.1",
+        0,
+        ready=state.ready_cb,
+        status=state.status_cb,
+        metrics=metrics_cb,
+        max_connections=4,
+        write_timeout=30.0,
+    )
+    port = (await server.start())[0][1]
+    stuck: list[socket.socket] = []
+    try:
+        for _ in range(4):
+            c = socket.create_connection(("127.0.0.1", port))
+            c.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            stuck.append(c)  # never read
+        await asyncio.sleep(admin_module.ANSWER_GRACE + 0.3)
+        assert server.active == 4
+        t0 = time.monotonic()
+        assert (await asyncio.wait_for(get(port, "/healthz"), 5.0)).status == 200
+        assert time.monotonic() - t0 < 2.0 and server.evicted >= 1
+    finally:
+        for c in stuck:
+            c.close()
+        await server.close()
+
+
 async def test_idle_connections_at_the_limit_do_not_keep_probes_out() -> None:
     # Whoever can reach the port could hold every slot with idle connections (re-opened every
     # read_timeout) and fail the kubelet's liveness probe; a new request takes the place of the
