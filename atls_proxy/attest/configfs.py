@@ -156,7 +156,7 @@ PRIVLEVEL_PROVIDERS: frozenset[str] = frozenset({"sev_guest"})
 
 # Read caps. outblob: a TDX quote with its PEM PCK chain is ~5 KB (some stacks pad to 8000
 # bytes), an SNP report 1184 bytes, a CCA token 1-3 KB. 64 KiB matches the TDX verifier's
-# MAX_QUOTE_SIZE, and evidence must fit a CMW of at most 65533 bytes anyway (expat/cmw.py).
+# MAX_QUOTE_SIZE, and evidence must fit a CMW of at most 65529 bytes anyway (expat/cmw.py).
 # Kernel 7.0 raised TSM_REPORT_OUTBLOB_MAX to 16 MiB for DICE/PQC evidence; such evidence
 # cannot travel in cmw_attestation and is refused with a clear error.
 MAX_OUTBLOB_SIZE = 64 * 1024

@@ -39,8 +39,10 @@ IND_ATTESTATION_RESULT = 8
 IND_APPRAISAL_POLICY = 16
 
 COLLECTION_TYPE_KEY = "__cmwc_t"
-# Expat carries cmw_data in a uint16-prefixed vector inside a uint16 extension (digest §1.3, O-13).
-MAX_CMW_SIZE = 65533
+# Expat carries cmw_data in a uint16-prefixed vector inside a uint16 extension (digest §1.3, O-13),
+# and that extension in the first CertificateEntry's extensions<0..2^16-1> (RFC 8446 §4.4.2), whose
+# 65535 bytes also hold the extension's own type and length: 65535 - 4 - 2 = 65529 bytes of CMW.
+MAX_CMW_SIZE = 65529
 # Collections of collections deeper than this have no use in Expat (one composite device: CPU + GPU).
 MAX_DEPTH = 4
 # Members of one collection: a CPU, a few accelerators, a TPM.

@@ -30,7 +30,7 @@ VERSION = 1
 PREAMBLE = MAGIC + bytes([VERSION])
 PREAMBLE_LEN = len(PREAMBLE)
 HEADER_LEN = 4
-# An authenticator is one Certificate (a short chain plus a CMW of at most 65533 bytes), a
+# An authenticator is one Certificate (a short chain plus a CMW of at most 65529 bytes), a
 # CertificateVerify and a Finished: well under 128 KiB in practice. 256 KiB bounds what one peer can
 # make us buffer before any check has run.
 MAX_FRAME_PAYLOAD = 256 * 1024

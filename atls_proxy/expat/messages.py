@@ -61,8 +61,8 @@ REQUEST_ONLY_EXTENSIONS = frozenset(
 # certificate_request_context<0..2^8-1> (RFC 8446 §4.3.2).
 MAX_CONTEXT = 255
 # An authenticator carries at most a short chain with one CMW: 256 KiB of handshake message is
-# far above any real chain plus a 64 KiB CMW (Expat's nested uint16 caps cmw_data at 65533 bytes,
-# digest O-13) and bounds what one peer can make us buffer and hash.
+# far above any real chain plus a 64 KiB CMW (Expat's nested uint16s inside the entry's extensions cap
+# cmw_data at 65529 bytes, digest O-13) and bounds what one peer can make us buffer and hash.
 MAX_HANDSHAKE_MESSAGE = 256 * 1024
 # A sane chain: leaf plus a few intermediates. Longer lists are refused before parsing certificates.
 MAX_CERTIFICATE_ENTRIES = 8

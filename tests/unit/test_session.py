@@ -352,3 +352,24 @@ def test_cmw_altered_in_flight_fails_certificate_verify(ident: ServerIdentity) -
     assert ok.signer.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo) == (
         ident.private_key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     )
+
+
+def test_the_largest_cmw_the_engine_passes_fits_the_certificate_entry(
+    ident: ServerIdentity,
+) -> None:
+    # The entry's extensions<0..2^16-1> hold cmw_attestation's type, length and cmw_len too:
+    # 65535 - 6 bytes of CMW. MAX_CMW_SIZE (the engine's and the decoder's cap) must be exactly
+    # that: one byte more cannot be carried (it failed inside authenticator(), after the quote).
+    from atls_proxy.expat.cmw import MAX_CMW_SIZE
+
+    assert MAX_CMW_SIZE == 0xFFFF - 6
+    rp, at = _pair(ident)
+    at.receive(rp.start())
+    cmw = b"\x82\x63a/b\x59" + (MAX_CMW_SIZE - 8).to_bytes(2, "big") + bytes(MAX_CMW_SIZE - 8)
+    assert len(cmw) == MAX_CMW_SIZE
+    (val,) = rp.receive(at.authenticator(cmw))
+    assert isinstance(val, xs.AuthenticatorValidated) and val.cmw == cmw
+    rp, at = _pair(ident)
+    at.receive(rp.start())
+    with pytest.raises(ValueError, match="does not fit"):
+        at.authenticator(cmw + b"\x00")
