@@ -164,9 +164,7 @@ class AdminServer(Listener):
             del self._waiting[victim]
         else:
             now = time.monotonic()
-            victim = next(
-                (c for c, t in self._answering.items() if now - t >= ANSWER_GRACE), None
-            )
+            victim = next((c for c, t in self._answering.items() if now - t >= ANSWER_GRACE), None)
             if victim is None:
                 return False
             del self._answering[victim]
