@@ -373,3 +373,71 @@ def test_the_largest_cmw_the_engine_passes_fits_the_certificate_entry(
     at.receive(rp.start())
     with pytest.raises(ValueError, match="does not fit"):
         at.authenticator(cmw + b"\x00")
+
+
+@pytest.mark.parametrize("suite", ["TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384"])
+def test_the_authenticator_matches_rfc_9261_recomputed_from_the_spec(
+    ident: ServerIdentity, suite: str
+) -> None:
+    # Both ends of the other tests run this project's code, so a transcript both got wrong the
+    # same way would pass them. Here every value is recomputed from the specification with
+    # hashlib/hmac and the TLS exporter alone — labels spelled out, not imported:
+    #   RFC 9261 §4:   handshake context / finished key = Exporter("EXPORTER-server
+    #                  authenticator handshake context" / "... finished key", "", Hash.length)
+    #   RFC 9261 §5.2.2: CertificateVerify signs 0x20 × 64 ‖ "Exported Authenticator" ‖ 0x00 ‖
+    #                  Hash(handshake context ‖ request ‖ Certificate)
+    #   RFC 9261 §5.2.3: Finished = HMAC(finished key, Hash(handshake context ‖ request ‖
+    #                  Certificate ‖ CertificateVerify))
+    #   expat (digest §1.3): binder = Hash(SPKI ‖ Exporter("EXPORTER-cmw-attestation",
+    #                  certificate_request_context, 32)), aik_hash = Hash(SPKI)
+    import hashlib
+    import hmac
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    client, server = tls_pair(ident, suite)
+    h = hashlib.sha384 if suite.endswith("SHA384") else hashlib.sha256
+    n = h().digest_size
+    leaf_cert = client.peer_certificate()
+    assert leaf_cert is not None
+    leaf = leaf_cert.public_bytes(Encoding.DER)
+    rp = xs.RelyingPartySession(
+        xs.TLSInfo(client.export, client.hash_name), PROFILE, os.urandom(32), leaf
+    )
+    at = xs.AttesterSession(
+        xs.TLSInfo(server.export, server.hash_name), ident.chain_der, ident.private_key, PROFILE
+    )
+    start = rp.start()
+    (ev,) = at.receive(start)
+    assert isinstance(ev, xs.AttestationRequested) and ev.binding is not None
+    request = start[f.PREAMBLE_LEN + f.HEADER_LEN :]  # the ClientCertificateRequest message
+    assert request[0] == 17  # RFC 9261 §4: ClientCertificateRequest
+    context = request[5 : 5 + request[4]]
+    frame = at.authenticator(CMW)
+    auth = frame[f.PREAMBLE_LEN + f.HEADER_LEN :]
+    msgs, i = [], 0
+    while i < len(auth):
+        length = int.from_bytes(auth[i + 1 : i + 4], "big")
+        msgs.append(auth[i : i + 4 + length])
+        i += 4 + length
+    cert, cv, fin = msgs
+    assert [cert[0], cv[0], fin[0]] == [11, 15, 20]
+
+    hc = client.export(b"EXPORTER-server authenticator handshake context", n, b"")
+    fk = client.export(b"EXPORTER-server authenticator finished key", n, b"")
+    content = b"\x20" * 64 + b"Exported Authenticator\x00" + h(hc + request + cert).digest()
+    assert int.from_bytes(cv[4:6], "big") == 0x0403  # ecdsa_secp256r1_sha256
+    sig = cv[8 : 8 + int.from_bytes(cv[6:8], "big")]
+    public_key = x509.load_der_x509_certificate(leaf).public_key()
+    assert isinstance(public_key, ec.EllipticCurvePublicKey)
+    public_key.verify(sig, content, ec.ECDSA(hashes.SHA256()))  # raises if anything differs
+    assert fin[4:] == hmac.new(fk, h(hc + request + cert + cv).digest(), h).digest()
+
+    spki = public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    exported = client.export(b"EXPORTER-cmw-attestation", 32, context)
+    assert ev.binding.binder == h(spki + exported).digest()
+    assert ev.binding.aik_hash == h(spki).digest()
+    (val,) = rp.receive(frame)
+    assert isinstance(val, xs.AuthenticatorValidated) and val.binding == ev.binding
