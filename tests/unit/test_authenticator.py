@@ -125,12 +125,27 @@ def test_hash_follows_suite(suite: str, idents: dict[str, object]) -> None:
 
 
 def test_wrong_role_labels_fail(idents: dict[str, object]) -> None:
-    ident, req, req_bytes, k_att, _ = _exchange(ea.Role.SERVER, "p256", idents)
-    client, _server = tls_pair(ident)  # type: ignore[arg-type]
-    auth = ea.authenticate(k_att, req, req_bytes, ident.chain_der, ident.private_key)  # type: ignore[attr-defined]
-    other = ea.AuthenticatorKeys.derive(client.export, ea.Role.CLIENT, client.hash_name)
-    with pytest.raises(VerificationError):
-        ea.validate(other, req, req_bytes, auth)
+    """RFC 9261 §4: each sender has its own labels. On the *same* connection, an authenticator
+    the server made does not validate as a client's, nor a client's as the server's
+    (reflection): without the split, one side's authenticator could be sent back to it."""
+    ident = idents["p256"]
+    client, server = tls_pair(ident)  # type: ignore[arg-type]
+    for sender, other_role in ((ea.Role.SERVER, ea.Role.CLIENT), (ea.Role.CLIENT, ea.Role.SERVER)):
+        att = server if sender is ea.Role.SERVER else client
+        msg_type = (
+            m.CLIENT_CERTIFICATE_REQUEST if sender is ea.Role.SERVER else m.CERTIFICATE_REQUEST
+        )
+        req = ea.build_request(msg_type, os.urandom(32))
+        keys = ea.AuthenticatorKeys.derive(att.export, sender, att.hash_name)
+        auth = ea.authenticate(keys, req, req.encode(), ident.chain_der, ident.private_key)  # type: ignore[attr-defined]
+        # The same connection, both ends agreeing, only the role's labels differ.
+        wrong = ea.AuthenticatorKeys.derive(client.export, other_role, client.hash_name)
+        assert wrong != ea.AuthenticatorKeys.derive(client.export, sender, client.hash_name)
+        with pytest.raises(VerificationError) as e:
+            ea.validate(wrong, req, req.encode(), auth)
+        assert e.value.check == "ea.signature"
+        right = ea.AuthenticatorKeys.derive(client.export, sender, client.hash_name)
+        assert not ea.validate(right, req, req.encode(), auth).empty
 
 
 def test_authenticator_bound_to_its_connection(idents: dict[str, object]) -> None:

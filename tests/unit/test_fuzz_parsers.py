@@ -45,6 +45,26 @@ AUTH = ea.authenticate(
 VALID_CMW = c.encode_cmw(
     c.CMWCollection({"a": c.CMWRecord("a/b", b"x", 4), 1: c.CMWRecord(60, b"y")})
 )
+# A relying party's request, as every RelyingPartySession with this context sends it, and an
+# authenticator that answers it on this connection (the session fuzz test mutates it).
+RP_CONTEXT = os.urandom(32)
+_RP_LEAF = CLIENT.peer_certificate()
+assert _RP_LEAF is not None
+_RP_START = xs.RelyingPartySession(
+    xs.TLSInfo(CLIENT.export, CLIENT.hash_name),
+    PROFILE,
+    RP_CONTEXT,
+    _RP_LEAF.public_bytes(Encoding.DER),
+).start()
+RP_REQ_BYTES = _RP_START[f.PREAMBLE_LEN + f.HEADER_LEN :]
+RP_AUTH = ea.authenticate(
+    KEYS,
+    m.AuthenticatorRequest.decode(RP_REQ_BYTES),
+    RP_REQ_BYTES,
+    IDENT.chain_der,
+    IDENT.private_key,
+    [PROFILE.attestation_extension(b"\x82\x61a\x41\x00")],
+)
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -237,27 +257,65 @@ def test_frame_decoder_chunks(chunks: list[bytes]) -> None:
 
 
 @FUZZ
-@given(st.binary(max_size=1024))
-def test_attester_session_random_after_preamble(data: bytes) -> None:
+@given(st.binary(max_size=1024), edits)
+def test_attester_session_random_after_preamble(data: bytes, e: list[tuple[int, int]]) -> None:
+    # Random bytes rarely make a whole AUTH_REQUEST frame; a mutated valid one reaches the
+    # request's decoding and checks (_on_request) every time.
+    valid = f.PREAMBLE + f.encode_frame(f.FrameType.AUTH_REQUEST, REQ_BYTES)
+    for payload in (f.PREAMBLE + data, _mutate(valid, e)):
+        at = xs.AttesterSession(
+            xs.TLSInfo(SERVER.export, SERVER.hash_name), IDENT.chain_der, IDENT.private_key, PROFILE
+        )
+        with contextlib.suppress(OURS):
+            at.receive(payload)
+
+
+def test_the_session_fuzz_inputs_reach_the_deep_checks() -> None:
+    # The unmutated inputs of the two session fuzz tests go all the way: the attester's request
+    # handling answers, and the relying party validates the authenticator (signature, Finished,
+    # identity) — so a mutation is judged by those checks, not stopped at the first one.
     at = xs.AttesterSession(
         xs.TLSInfo(SERVER.export, SERVER.hash_name), IDENT.chain_der, IDENT.private_key, PROFILE
     )
-    with contextlib.suppress(OURS):
-        at.receive(f.PREAMBLE + data)
+    (ev,) = at.receive(f.PREAMBLE + f.encode_frame(f.FrameType.AUTH_REQUEST, REQ_BYTES))
+    assert isinstance(ev, xs.AttestationRequested) and ev.binding is not None
+    (val,) = _rp().receive(f.PREAMBLE + f.encode_frame(f.FrameType.AUTHENTICATOR, RP_AUTH))
+    assert isinstance(val, xs.AuthenticatorValidated)
+    assert [ch.name for ch in val.checks if ch.name.startswith("ea.")] == [
+        "ea.context",
+        "ea.extensions",
+        "ea.signature",
+        "ea.finished",
+        "ea.identity",
+    ]
 
 
+def _rp() -> xs.RelyingPartySession:
+    leaf = CLIENT.peer_certificate()
+    assert leaf is not None
+    rp = xs.RelyingPartySession(
+        xs.TLSInfo(CLIENT.export, CLIENT.hash_name),
+        PROFILE,
+        RP_CONTEXT,
+        leaf.public_bytes(Encoding.DER),
+    )
+    rp.start()
+    return rp
+
+
+# A mutated certificate may carry a serial number cryptography parses with a deprecation warning
+# (it will refuse it in a future release; either way a DecodeError/VerificationError here).
+@pytest.mark.filterwarnings(
+    "ignore:Parsed a serial number:cryptography.utils.CryptographyDeprecationWarning"
+)
 @FUZZ
 @given(st.binary(max_size=1024), edits)
 def test_relying_party_session_hostile_server(data: bytes, e: list[tuple[int, int]]) -> None:
-    leaf = CLIENT.peer_certificate()
-    assert leaf is not None
-    for payload in (data, _mutate(f.PREAMBLE + f.encode_frame(f.FrameType.AUTHENTICATOR, AUTH), e)):
-        rp = xs.RelyingPartySession(
-            xs.TLSInfo(CLIENT.export, CLIENT.hash_name),
-            PROFILE,
-            os.urandom(32),
-            leaf.public_bytes(Encoding.DER),
-        )
-        rp.start()
+    # RP_AUTH answers the request every _rp() sends (same context, same schemes): a mutation of
+    # it is judged by the signature, Finished, identity and CMW checks, not stopped at ea.context.
+    for payload in (
+        data,
+        _mutate(f.PREAMBLE + f.encode_frame(f.FrameType.AUTHENTICATOR, RP_AUTH), e),
+    ):
         with contextlib.suppress(OURS):
-            rp.receive(payload)
+            _rp().receive(payload)
