@@ -112,7 +112,8 @@ def test_hostile_client(stack: Stack, case: str) -> None:
     _assert_logged(stack, check)
 
 
-def test_reused_context(stack: Stack) -> None:
+def test_a_second_request_on_a_connection_is_refused(stack: Stack) -> None:
+    # One exchange per connection (expat.frame); context reuse itself: test_session.py.
     ctx = os.urandom(32)
     with _tls_client(stack.server_port, stack.dev / "ca.pem") as s:
         s.sendall(f.PREAMBLE + f.encode_frame(f.FrameType.AUTH_REQUEST, _request(ctx)))
