@@ -1054,3 +1054,27 @@ def test_policy_errors_name_the_key(table: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_snp_policy(table, "snp", _no_files)
     assert info.value.key == key
+
+
+def test_a_vek_not_signed_by_the_ask_fails_the_chain() -> None:
+    # The same subject, issuer name, extensions and key as the genuine VCEK, signed by a key that
+    # is not the ASK's: the issuer *name* matches, the signature does not (snp.chain.vek). The
+    # report itself is signed by the VCEK's key, so only the chain check can catch it.
+    genuine = MILAN.vek
+    foreign = _key("foreign-ask", lambda: rsa.generate_private_key(65537, 2048))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(genuine.subject)
+        .issuer_name(genuine.issuer)
+        .public_key(MILAN.vek_key.public_key())
+        .serial_number(genuine.serial_number)
+        .not_valid_before(genuine.not_valid_before_utc)
+        .not_valid_after(genuine.not_valid_after_utc)
+    )
+    for ext in genuine.extensions:
+        builder = builder.add_extension(ext.value, ext.critical)
+    forged = builder.sign(foreign, hashes.SHA384(), rsa_padding=PSS)
+    trust = MILAN.trust(certificates=[("vek.der", forged.public_bytes(Encoding.DER))])
+    a = appraise(MILAN, MILAN.report(), trust=trust)
+    assert failed(a) == "snp.chain.vek", a.first_failure
+    assert appraise(MILAN, MILAN.report()).passed  # the genuine chain still passes
