@@ -224,3 +224,13 @@ def test_a_cached_verdict_is_not_reused_under_other_verifiers_or_freshness() -> 
     other = Freshness(max_epoch_age=5)
     assert appraise_cmw(cmw(proofs[0]), first, [echo], now, freshness=other, cache=cache)[0].passed
     assert echo.calls == 3  # other freshness rules: appraised again
+
+
+def test_the_cache_keeps_only_passing_appraisals() -> None:
+    cache = AppraisalCache()
+    key = AppraisalCache.key(CMWRecord("application/x-echo", b"v", 4), B)
+    cache.put(key, Appraisal("echo", [Check("evidence.binder", False)]), time.time() + 60)
+    assert cache.get(key, time.time()) is None  # a failure is appraised again every time
+    cache.put(key, Appraisal("echo", [Check("evidence.binder", True)]), time.time() + 60)
+    hit = cache.get(key, time.time())
+    assert hit is not None and hit.passed

@@ -338,3 +338,19 @@ def test_certificate_message_equals_the_codec(n: int) -> None:
         assert ea.certificate_message(context, chain, entry0) == (
             m.Certificate(context, entries).encode()
         )
+
+
+def test_a_finished_with_bytes_after_the_mac_is_refused(idents: dict[str, object]) -> None:
+    # RFC 9261 §5.2.3: verify_data is exactly Hash.length bytes; a longer Finished whose first
+    # bytes are the right MAC is not a match.
+    ident, req, req_bytes, k_att, k_rp = _exchange(ea.Role.SERVER, "p256", idents)
+    auth = ea.authenticate(k_att, req, req_bytes, ident.chain_der, ident.private_key)  # type: ignore[attr-defined]
+    i = 0
+    while auth[i] != m.FINISHED:
+        i += 4 + int.from_bytes(auth[i + 1 : i + 4], "big")
+    body = auth[i + 4 :]
+    longer = auth[:i] + bytes([m.FINISHED]) + (len(body) + 1).to_bytes(3, "big") + body + b"\x00"
+    with pytest.raises(VerificationError) as e:
+        ea.validate(k_rp, req, req_bytes, longer)
+    assert e.value.check == "ea.finished"
+    assert not ea.validate(k_rp, req, req_bytes, auth).empty  # the original validates

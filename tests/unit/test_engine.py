@@ -263,7 +263,8 @@ async def test_cached_binding_signature_covered_by_certificate_verify() -> None:
         cmw_signed_by_aik=True,
         freshness=ALL_TIERS,
     )
-    assert not a.passed
+    assert not a.passed and a.first_failure is not None
+    assert a.first_failure.name == "evidence.aik-hash", a.first_failure
 
 
 class Broken:
@@ -1033,3 +1034,15 @@ async def test_the_retired_keys_remembered_are_bounded() -> None:
     assert len(eng._retired) == engine_module.RETIRED_KEPT
     assert len(eng._epochs) <= engine_module.RETIRED_KEPT + 2
     await eng.close()
+
+
+def test_a_proof_longer_than_the_tree_is_deep_is_refused() -> None:
+    # RFC 9162 §2.1.3.2: the path ends where the tree does. An extra hash (for any leaf of any
+    # tree shape) is a malformed proof, not a different root to compare.
+    for n in (1, 2, 3, 5, 8):
+        bs = [os.urandom(32) for _ in range(n)]
+        _, proofs = merkle.build("sha256", bs)
+        for b, proof in zip(bs, proofs, strict=True):
+            longer = replace(proof, path=(*proof.path, os.urandom(32)))
+            with pytest.raises(DecodeError, match="longer than the tree is deep"):
+                merkle.root_from_proof("sha256", b, longer)

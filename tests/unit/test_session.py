@@ -157,8 +157,9 @@ def test_non_empty_offer_rejected(ident: ServerIdentity) -> None:
         os.urandom(32),
         extra_extensions=[m.Extension(0xFF00, b"\x00")],
     )
-    with pytest.raises(ProtocolError):
+    with pytest.raises(ProtocolError) as e:
         at.receive(f.PREAMBLE + f.encode_frame(f.FrameType.AUTH_REQUEST, req.encode()))
+    assert e.value.check == "expat.offer"
 
 
 def test_refusal_is_reported(ident: ServerIdentity) -> None:
@@ -441,3 +442,17 @@ def test_the_authenticator_matches_rfc_9261_recomputed_from_the_spec(
     assert ev.binding.aik_hash == h(spki).digest()
     (val,) = rp.receive(frame)
     assert isinstance(val, xs.AuthenticatorValidated) and val.binding == ev.binding
+
+
+def test_a_request_with_an_empty_context_is_refused_by_the_attester(
+    ident: ServerIdentity,
+) -> None:
+    # build_request will not make one: the message is built around a valid request's extensions
+    # (signature_algorithms and the cmw_attestation offer), with context<0..255> empty.
+    _, at = _pair(ident)
+    valid = ea.build_request(17, os.urandom(32), extra_extensions=[PROFILE.offer()])
+    request = m.AuthenticatorRequest(17, b"", valid.extensions).encode()
+    assert request[4] == 0  # the context's length byte
+    with pytest.raises(ProtocolError) as e:
+        at.receive(f.PREAMBLE + f.encode_frame(f.FrameType.AUTH_REQUEST, request))
+    assert e.value.check == "ea.context"
