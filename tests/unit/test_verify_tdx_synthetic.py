@@ -823,3 +823,24 @@ def test_tdx_components_skip_module_bytes() -> None:
     body0 = parse_quote(Synth(tee_tcb_svn=bytes([9, 0, 3]) + bytes(13)).quote()).body
     m = rules.match_levels(info, ext, body0, info.tdx_module)
     assert not m.outcome.ok  # version 0: byte 1 (0 < 9) is compared
+
+
+def test_a_root_ca_crl_not_signed_by_the_root_fails() -> None:
+    # The root CA CRL (which revokes the PCK CAs and the TCB signing certificate) under the
+    # root's name but another key's signature: not the root's word on revocation.
+    s = Synth()
+    forged_key = ec.generate_private_key(ec.SECP256R1())
+    trust = s.trust(root_crl=parse_crl(_crl(s.root, forged_key), "root_ca_crl"))
+    a = run(s, trust=trust)
+    assert a.first_failure is not None
+    assert a.first_failure.name == "tdx.collateral.root-ca-crl", a.first_failure
+    assert run(s).passed
+
+
+def test_tcb_info_for_the_fmspc_but_another_pce_id_fails() -> None:
+    # TCB Info is per (FMSPC, PCE-ID): one issued for another PCE does not describe this one.
+    info = default_tcb_info()
+    info["pceId"] = "0100"
+    a = run(Synth(tcb_info=info))
+    assert a.first_failure is not None and a.first_failure.name == "tdx.tcb.fmspc"
+    assert "PCE-ID differs" in a.first_failure.detail
