@@ -1,7 +1,8 @@
 """The attacks the design exists to stop (docs/SECURITY.md), each performed against the real CLI.
 
-Every test asserts the client's rejection (the failed check, by name) and that no backend byte
-reached the attacker.
+Every test asserts the client's rejection (the failed check, by name) and that no request reached
+the backend. The relaying attackers forward to the genuine server after the exchange, so there
+the test also counts the bytes that would have come back; the replaying ones have no upstream.
 """
 
 from __future__ import annotations

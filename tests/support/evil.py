@@ -274,8 +274,9 @@ class RelayMITM(Listener):
             await up.close()
             await down.close()
 
-    async def _copy(self, src: TLSStream, dst: TLSStream, from_server: bool) -> None:
-        seen_authenticator = False
+    async def _copy(
+        self, src: TLSStream, dst: TLSStream, from_server: bool, seen_authenticator: bool = False
+    ) -> None:
         while data := await src.read():
             if from_server and seen_authenticator:
                 self.relayed_bytes_from_server += len(data)
@@ -303,7 +304,11 @@ class RelayMITM(Listener):
         cert = m.split_handshake_messages(genuine)[0][1]
         cmw = m.Certificate.decode_body(cert).entries[0].extensions[0]
         await down.write(sess.authenticator(PROFILE.parse_attestation_extension(cmw)))
-        await asyncio.sleep(0.5)
+        # Then relay both ways, as the pure relay does: should the client ACCEPT, its request
+        # reaches the genuine server and whatever comes back is counted.
+        await asyncio.gather(
+            self._copy(down, up, False), self._copy(up, down, True, seen_authenticator=True)
+        )
 
 
 async def record_genuine(port: int) -> tuple[bytes, bytes]:
