@@ -5,7 +5,6 @@ finish, then cancel the rest) and one metrics event per connection outcome."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import time
@@ -102,11 +101,12 @@ class Listener:
         """Close the listener and cancel every open connection (drain, step 3)."""
         if self._server is not None:
             self._server.close()
-        for t in list(self._tasks):
+        tasks = list(self._tasks)
+        for t in tasks:
             t.cancel()
-        for t in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await t
+        # Their outcomes are theirs (each handler ends as drained or failed); a cancellation of
+        # whoever closes still reaches it, which suppressing around each await would swallow.
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def handle(self, conn: Conn) -> Outcome | None:
         raise NotImplementedError

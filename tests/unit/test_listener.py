@@ -32,3 +32,35 @@ def test_a_peers_reason_cannot_add_lines_to_the_text_log(caplog: pytest.LogCaptu
     )
     # The structured fields (JSON logs) keep the value as it was: JSON escapes it itself.
     assert rec.__dict__["reason"] == forged
+
+
+async def test_close_passes_its_callers_cancellation_on() -> None:
+    # close() cancels the handlers and waits for them; one whose clean-up takes a while must not
+    # make close() swallow a cancellation aimed at its own caller.
+    import asyncio
+
+    from atls_proxy.proxy.conn import Conn
+    from atls_proxy.proxy.listener import Listener, Outcome
+
+    cleaning = asyncio.Event()
+
+    class Slow(Listener):
+        async def handle(self, conn: Conn) -> Outcome | None:
+            try:
+                await asyncio.sleep(3600)
+            finally:
+                cleaning.set()
+                await asyncio.sleep(0.5)  # a slow clean-up
+            return None
+
+    lst = Slow(8)
+    (host, port), *_ = await lst.listen("127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection(host, port)
+    while lst.active == 0:
+        await asyncio.sleep(0.01)
+    closer = asyncio.ensure_future(lst.close())
+    await cleaning.wait()
+    closer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closer
+    writer.close()
