@@ -55,7 +55,7 @@ async def test_close_passes_its_callers_cancellation_on() -> None:
 
     lst = Slow(8)
     (host, port), *_ = await lst.listen("127.0.0.1", 0)
-    reader, writer = await asyncio.open_connection(host, port)
+    _reader, writer = await asyncio.open_connection(host, port)
     while lst.active == 0:
         await asyncio.sleep(0.01)
     closer = asyncio.ensure_future(lst.close())
