@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from atls_proxy.errors import ProtocolError
 from atls_proxy.expat.binding import DEFAULT_EXPORTER_LABEL
+from atls_proxy.expat.cmw import MAX_CMW_SIZE
 from atls_proxy.expat.messages import Extension
 from atls_proxy.expat.wire import Reader, opaque
 
@@ -37,8 +38,10 @@ class ExpatProfile:
         return Extension(self.extension_type, b"")
 
     def attestation_extension(self, cmw: bytes) -> Extension:
-        if not 1 <= len(cmw) <= 0xFFFF - 2:
-            raise ValueError("cmw_data is 1..65533 bytes (expat-04 §3)")
+        # The extension alone could carry 65533 bytes (expat-04 §3); in the first
+        # CertificateEntry, whose extensions are themselves a uint16 vector, 65529 (cmw.py).
+        if not 1 <= len(cmw) <= MAX_CMW_SIZE:
+            raise ValueError(f"cmw_data is 1..{MAX_CMW_SIZE} bytes in a CertificateEntry")
         return Extension(self.extension_type, opaque(2, cmw, minimum=1))
 
     def parse_attestation_extension(self, ext: Extension) -> bytes:

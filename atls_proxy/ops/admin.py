@@ -201,7 +201,8 @@ class AdminServer(Listener):
         except ConnectionError:
             conn.transport.abort()
             return
-        self._answering[conn] = time.monotonic()
+        answer_started = time.monotonic()  # the grace counts from here, through the close
+        self._answering[conn] = answer_started
         try:
             await self._respond(conn, status, ctype, body, extra, head_only)
         finally:
@@ -216,7 +217,7 @@ class AdminServer(Listener):
                 await self._linger(conn)
             finally:
                 self._waiting.pop(conn, None)
-        self._answering[conn] = time.monotonic()
+        self._answering[conn] = answer_started
         try:
             await self._close(conn)  # the answer may still be leaving
         finally:
@@ -306,7 +307,7 @@ class AdminServer(Listener):
         if writer.transport.is_closing():
             return
         try:
-            writer.close()
+            writer.close(flush_before_exit=False)  # bounded here; not the service's traffic
             await asyncio.wait_for(writer.wait_closed(), self.write_timeout)
         except (ConnectionError, TimeoutError, OSError):
             writer.transport.abort()

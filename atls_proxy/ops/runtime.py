@@ -579,19 +579,24 @@ class Runtime:
         idle.cancel()
         cut = listener.active
         await listener.close()
-        cut += reset_closing()  # what still holds bytes is reset, not ended with a FIN
+        # Finished connections whose last bytes are still unsent: reset, not ended with a FIN
+        # (counted by socket: a connection may hold bytes for both its peers).
+        reset = reset_closing()
+        also = f"; reset {reset} finished socket(s) still holding unsent bytes" if reset else ""
         if self._force.is_set():
             log.warning(
-                "forced exit: closed %d connection(s)",
+                "forced exit: closed %d connection(s)%s",
                 cut,
-                extra={"event": "drain", "result": "forced", "closed": cut},
+                also,
+                extra={"event": "drain", "result": "forced", "closed": cut, "reset_unsent": reset},
             )
             return EXIT_FORCED
         log.warning(
-            "drain timeout: closed %d connection(s) still open after %.0f s",
+            "drain timeout: closed %d connection(s) still open after %.0f s%s",
             cut,
             self.ops.drain_timeout,
-            extra={"event": "drain", "result": "timeout", "closed": cut},
+            also,
+            extra={"event": "drain", "result": "timeout", "closed": cut, "reset_unsent": reset},
         )
         return EXIT_DRAIN_TIMEOUT
 

@@ -358,13 +358,14 @@ class Supervisor:
         delay, w.backoff = w.backoff, min(BACKOFF_MAX, w.backoff * 2)
         await asyncio.sleep(delay)
         while not self.stopping:
-            w.restarts += 1
             try:
                 await self._spawn(w)
+                w.restarts += 1
                 break
-            except OSError as exc:
-                # fork/exec failed (EAGAIN, ENOMEM, EMFILE on a host under pressure): the slot
-                # must not stay empty for good; the same back-off, doubling, then again.
+            except Exception as exc:
+                # fork/exec failed (EAGAIN, ENOMEM, EMFILE on a host under pressure; with the
+                # stdlib loop, also a child watcher's thread that could not start): the slot must
+                # not stay empty for good; the same back-off, doubling, then again.
                 delay, w.backoff = w.backoff, min(BACKOFF_MAX, w.backoff * 2)
                 log.error(
                     "worker %d could not be started (%s); retrying in %.0f s",

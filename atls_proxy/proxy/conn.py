@@ -251,12 +251,17 @@ class Conn(asyncio.Protocol):
         not an end (a plain ``abort()`` sends a FIN, which reads as a clean EOF)."""
         reset_transport(self.transport)
 
-    def close(self) -> None:
+    def close(self, *, flush_before_exit: bool = True) -> None:
+        """``flush_before_exit``: the process's drain waits for what this connection still holds
+        (``wait_flushed``); the admin endpoint, whose answers are not the service's traffic,
+        passes False."""
         tr = self.transport
         tr.close()
         if tr.get_write_buffer_size():
-            _closing[tr] = None
-            asyncio.get_running_loop().call_later(CLOSE_LINGER, _linger, tr, unsent_bytes(tr))
+            loop = asyncio.get_running_loop()
+            if flush_before_exit:
+                _closing[tr] = loop
+            loop.call_later(CLOSE_LINGER, _linger, tr, unsent_bytes(tr))
 
     async def wait_closed(self) -> None:
         """Until the transport reported the connection lost (after ``close()``: flushed)."""
@@ -358,7 +363,20 @@ _LINGER_RESET = struct.pack("ii", 1, 0)
 # must not exit under them — its teardown would drop those bytes and close the socket with a FIN,
 # which the peer reads as a clean end of a truncated stream (``wait_flushed``, ``reset_closing``).
 # An entry leaves when ``_linger`` or ``wait_flushed`` finds it flushed, or when it is reset.
-_closing: dict[Any, None] = {}
+_closing: dict[Any, asyncio.AbstractEventLoop] = {}  # transport -> its loop
+
+
+def _forget_flushed() -> None:
+    """Drop the entries that hold nothing any more, or whose loop has closed (a process that ran
+    several loops, as tests do: their transports are gone with them)."""
+    for tr, loop in list(_closing.items()):
+        if loop.is_closed() or not _buffered(tr):
+            del _closing[tr]
+
+
+def _mine() -> list[Any]:
+    loop = asyncio.get_running_loop()
+    return [tr for tr, owner in _closing.items() if owner is loop]
 
 
 def _buffered(transport: Any) -> int:
@@ -375,9 +393,8 @@ async def wait_flushed(timeout: float) -> bool:
     they all did; those that did not are for ``reset_closing``."""
     deadline = time.monotonic() + max(0.0, timeout)
     while True:
-        for tr in [tr for tr in _closing if not _buffered(tr)]:
-            del _closing[tr]
-        if not _closing:
+        _forget_flushed()
+        if not _mine():
             return True
         left = deadline - time.monotonic()
         if left <= 0:
@@ -388,9 +405,10 @@ async def wait_flushed(timeout: float) -> bool:
 def reset_closing() -> int:
     """Reset (RST) every closed connection still holding bytes, so that its peer sees an error
     rather than a clean end of a truncated stream; how many there were."""
-    cut = [tr for tr in _closing if _buffered(tr)]
-    _closing.clear()
+    _forget_flushed()
+    cut = _mine()
     for tr in cut:
+        del _closing[tr]
         with contextlib.suppress(Exception):
             reset_transport(tr)
     return len(cut)

@@ -481,13 +481,21 @@ async def test_exit_waits_for_closed_connections_to_flush_and_resets_the_rest() 
         for reader_reads in (True, False):
             peer = socket.create_connection(("127.0.0.1", port))
             peer.setblocking(False)
-            while len(server_conns) < (1 if reader_reads else 2):
+            while len(server_conns) < (1 if reader_reads else 3):
                 await asyncio.sleep(0.01)
-            s = server_conns[-1]
+            s = server_conns[0] if reader_reads else server_conns[-1]
             s.write(b"x" * (8 << 20))  # far more than the kernel buffers take
             s.close()
             assert s.transport.get_write_buffer_size() > 0
             if reader_reads:
+                # Closed the admin endpoint's way: not the service's traffic, not waited for.
+                extra = socket.create_connection(("127.0.0.1", port))
+                while len(server_conns) < 2:
+                    await asyncio.sleep(0.01)
+                admin_like = server_conns[1]
+                admin_like.write(b"y" * (8 << 20))
+                admin_like.close(flush_before_exit=False)
+                assert admin_like.transport.get_write_buffer_size() > 0
 
                 async def drain_peer(sock: socket.socket = peer) -> int:
                     n = 0
@@ -501,7 +509,8 @@ async def test_exit_waits_for_closed_connections_to_flush_and_resets_the_rest() 
                 assert await conn_module.wait_flushed(20)
                 got = await asyncio.wait_for(reading, 20)
                 assert got == 8 << 20  # everything, then the FIN
-                assert conn_module.reset_closing() == 0
+                assert conn_module.reset_closing() == 0  # the admin-like one was never counted
+                extra.close()
             else:
                 # The drain's wait: every handler finished, yet one connection still holds bytes.
                 from atls_proxy.ops.runtime import Runtime
