@@ -98,6 +98,12 @@ class Service(Protocol):
 
     def watched_files(self) -> list[Path]: ...
 
+    # The watched files as the service found them just before it read them: their stat
+    # fingerprint and content revision (``files_snapshot``). ``Runtime`` starts watching from it,
+    # so that a change during a slow start-up (the cached tier's first quote, a TPM's open) is
+    # reloaded once the service is up instead of being taken for the loaded state.
+    loaded: FilesSnapshot | None
+
     def ops_config(self) -> OpsConfig:
         """The operations settings in force (after the last successful reload)."""
         ...
@@ -163,6 +169,21 @@ def file_revision(paths: Iterable[Path]) -> str:
 
 
 _Fingerprint = tuple[tuple[str, int, int, int, int, int, int, int], ...]
+
+
+@dataclass(frozen=True)
+class FilesSnapshot:
+    fingerprint: _Fingerprint
+    revision: str
+
+
+def files_snapshot(paths: list[Path]) -> FilesSnapshot | None:
+    """The stat fingerprint and content revision of ``paths`` (None if they cannot be read: the
+    service's own reading then reports why)."""
+    try:
+        return FilesSnapshot(_stat_fingerprint(paths), file_revision(paths))
+    except Exception:
+        return None
 
 
 def _stat_fingerprint(paths: Iterable[Path]) -> _Fingerprint:
@@ -311,7 +332,12 @@ class Runtime:
             self.addresses = await self.service.start(
                 self._attested_socket(), reuse_port=self.worker
             )
-            self.reload_state.revision = file_revision(self.service.watched_files())
+            loaded = getattr(self.service, "loaded", None)
+            self.reload_state.revision = (
+                loaded.revision
+                if loaded is not None
+                else file_revision(self.service.watched_files())
+            )
             self.metrics.reload(True)  # start-up counts as the first successful load
             await self._start_admin()
         except Exception:
@@ -506,7 +532,14 @@ class Runtime:
         interval = self.ops.reload_interval  # restart-only: fixed for this process
         max_ticks = max(1, int(RETRY_BACKOFF_MAX // interval))
         # Listing the files reads the policy (and lists trust folders): off the event loop.
-        last = await asyncio.to_thread(lambda: _stat_fingerprint(self._watched()))
+        # From the files as the service read them, not as they are now: a change made while it
+        # started is one to load.
+        loaded = getattr(self.service, "loaded", None)
+        last = (
+            loaded.fingerprint
+            if loaded is not None
+            else await asyncio.to_thread(lambda: _stat_fingerprint(self._watched()))
+        )
         unloaded = False  # a change seen here is not loaded yet (its reload failed or waits)
         attempts = 0  # failed reloads of that change
         wait = 0  # intervals left before the next retry
@@ -647,6 +680,7 @@ class ServerService:
         self.cfg = cfg
         self.overrides = overrides
         self.metrics = metrics
+        self.loaded = files_snapshot(self.watched_files())  # before the build reads them
         self.server = build_server(cfg, metrics)
         self.listener = self.server
 
@@ -735,6 +769,7 @@ class ClientService:
         self.cfg = cfg
         self.overrides = overrides
         self.metrics = metrics
+        self.loaded = files_snapshot(self.watched_files())  # before the build reads them
         if cfg.listen.kind != "tcp":
             raise ConfigError("client.listen", "the local listener is HOST:PORT")
         settings = replace(build_client_settings(cfg), metrics=metrics)

@@ -496,6 +496,50 @@ def test_reload_interval_picks_up_a_changed_file(
     assert "reloaded (file change)" in server.output()
 
 
+def test_a_file_changed_during_a_slow_start_is_reloaded_once_up(
+    tmp_path: Path, ps: Procs, slow_backend: int
+) -> None:
+    """The cached tier's first quote takes 2 s before the listener opens; the certificate is
+    renewed meanwhile. The watcher starts from the files as the service read them, so it loads
+    the renewal once up — it used to take the renewed files for the loaded ones and serve the old
+    certificate until the next change."""
+    dev = dev_init(tmp_path / "dev")
+    cfg = dev / "serve-slow-timer.toml"
+    cfg.write_text(
+        (dev / "serve.toml")
+        .read_text()
+        .replace("[server]\n", "[server]\nreload_interval = 1\n", 1)
+        .replace('kind = "software"\n', 'kind = "software"\ntier = "cached"\n', 1)
+        .replace(
+            'platform_key = "platform-key.pem"\n',
+            'platform_key = "platform-key.pem"\nsimulated_quote_ms = 2000\n',
+            1,
+        )
+    )
+    new_cert, new_key, new_fp = _new_leaf(dev, tmp_path)
+    port = free_port()
+    server = ps.cli(
+        "serve-slow-timer",
+        "serve",
+        "--config",
+        str(cfg),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--backend",
+        f"127.0.0.1:{slow_backend}",
+    )
+    wait_until(lambda: "SIMULATED software attester" in server.output(), what="the attester")
+    (dev / "server-key.pem").write_bytes(new_key.read_bytes())  # while the first quote runs
+    (dev / "server.pem").write_bytes(new_cert.read_bytes())
+    wait_port(port, server, timeout=30)
+    wait_until(
+        lambda: served_cert_sha256(port, dev / "ca.pem") == new_fp,
+        timeout=15,
+        what="the renewal made during start-up to be loaded",
+    )
+    assert "reloaded (file change)" in server.output()
+
+
 def test_client_side_reload_swaps_policy(tmp_path: Path, ps: Procs, slow_backend: int) -> None:
     """connect: a policy that no longer accepts the server takes effect for new connections."""
     dev = dev_init(tmp_path / "dev")
