@@ -20,7 +20,11 @@ from atls_proxy.verify.policy import DEFAULT_MAX_EPOCH_AGE
 from atls_proxy.verify.registry import verifiers_for
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from atls_proxy.ops.metrics import Metrics
+    from atls_proxy.verify.base import Verifier
+    from atls_proxy.verify.policy import Policy
 
 log = logging.getLogger("atls_proxy")
 
@@ -40,6 +44,12 @@ def warn_insecure_server(cfg: ServerConfig) -> None:
     if cfg.plain_clients == "serve-unattested":
         log.warning(
             "plain_clients = serve-unattested: TLS clients without Expat are forwarded UNATTESTED"
+        )
+    if cfg.allow_remote_backend and not cfg.backend.is_loopback():
+        log.warning(
+            "allow_remote_backend = true: the backend %s is not on this machine, so the traffic "
+            "the proxy decrypts leaves the confidential VM in plaintext",
+            cfg.backend,
         )
 
 
@@ -80,13 +90,17 @@ def build_server(cfg: ServerConfig, metrics: Metrics | None = None) -> AttestedS
     return AttestedServer(cfg, identity, ctx, engine, profile_from(cfg.expat), metrics)
 
 
-def build_client_settings(cfg: ClientConfig) -> ClientSettings:
-    policy = load_policy(cfg.policy)
-    hardware = verifiers_for_policy(policy, cfg.policy)
+def policy_verifiers(policy_file: Path) -> tuple[Policy, list[Verifier]]:
+    """The policy in ``policy_file`` and the verifiers it enables, with what it accepts that
+    weakens the verdict said as warnings — at every load (``connect``, ``attest``, reloads) and
+    by ``check-config`` on the policy file itself. Raises ``ConfigError`` for a policy that
+    enables no verifier."""
+    policy = load_policy(policy_file)
+    hardware = verifiers_for_policy(policy, policy_file)
     verifiers = verifiers_for(policy) + hardware
     if not verifiers:
         raise ConfigError(
-            "client.policy", f"{cfg.policy} enables no verifier: every server would be rejected"
+            "client.policy", f"{policy_file} enables no verifier: every server would be rejected"
         )
     if not hardware and policy.software is not None and not policy.software.allow_simulated:
         # Not an error: it is how an operator stops accepting simulated evidence (a reload
@@ -94,7 +108,7 @@ def build_client_settings(cfg: ClientConfig) -> ClientSettings:
         log.warning(
             "policy %s enables only the software verifier, without software.allow_simulated = "
             "true: it accepts no evidence, so every server is rejected",
-            cfg.policy,
+            policy_file,
         )
     for fmt, section in policy.hardware.items():
         if not getattr(section, "constrains_workload", True):
@@ -102,28 +116,32 @@ def build_client_settings(cfg: ClientConfig) -> ClientSettings:
                 "policy %s: [%s] names no reference value of the workload, so it accepts whatever "
                 "runs on genuine %s hardware; list the measurements you expect "
                 "(docs/VERIFIERS-%s.md)",
-                cfg.policy,
+                policy_file,
                 fmt,
                 fmt.upper(),
                 fmt.upper(),
             )
-    if not cfg.verify_pki:
-        log.warning(
-            "verify_pki = false: the server's PKI identity is NOT checked (insecure; attestation alone)"
-        )
-    # What a policy accepts that weakens the verdict is said at every load, not only in the file.
     if policy.software is not None and policy.software.allow_simulated:
         log.warning(
             "policy %s accepts SIMULATED software evidence (software.allow_simulated = true): it "
             "has no hardware root of trust and proves nothing about the server; development only",
-            cfg.policy,
+            policy_file,
         )
     if Tier.CACHED in policy.freshness.tiers:
         log.warning(
             "policy %s accepts the cached tier: its per-connection binding is the server's TLS "
             "key's signature alone, so whoever holds that key can present the genuine server's "
             "evidence (docs/SECURITY.md)",
-            cfg.policy,
+            policy_file,
+        )
+    return policy, verifiers
+
+
+def build_client_settings(cfg: ClientConfig) -> ClientSettings:
+    policy, verifiers = policy_verifiers(cfg.policy)
+    if not cfg.verify_pki:
+        log.warning(
+            "verify_pki = false: the server's PKI identity is NOT checked (insecure; attestation alone)"
         )
     if cfg.server.kind != "tcp":
         raise ConfigError("client.server", "the server is reached over TCP (HOST:PORT)")

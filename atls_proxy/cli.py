@@ -143,7 +143,6 @@ def cmd_attest(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     from atls_proxy.app import build_client_settings, build_server
     from atls_proxy.ops.config import detect_config_kind, load_client_config, load_server_config
-    from atls_proxy.ops.policyfile import load_policy
 
     kind = detect_config_kind(args.file)
     if kind == "server":
@@ -152,10 +151,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     elif kind == "client":
         build_client_settings(load_client_config(args.file))
     else:
-        # What connect does with it: the policy, then its hardware sections' trust material.
-        from atls_proxy.ops.evidence import verifiers_for_policy
+        # What connect does with it: the policy, its hardware sections' trust material, and the
+        # warnings about what it accepts.
+        from atls_proxy.app import policy_verifiers
 
-        verifiers_for_policy(load_policy(args.file), Path(args.file))
+        policy_verifiers(Path(args.file))
     print(f"{args.file}: OK ({kind} configuration)")
     return 0
 

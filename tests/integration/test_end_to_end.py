@@ -241,6 +241,22 @@ def test_version_and_check_config(stack: Stack, tmp_path: Path) -> None:
     for name in ("serve.toml", "connect.toml", "policy.toml"):
         res = run_cli("check-config", str(stack.dev / name))
         assert res.returncode == 0, res.stderr
+        if name == "policy.toml":
+            # What the policy accepts that weakens the verdict, said by check-config too
+            # (docs/SECURITY.md), not only when connect loads it.
+            assert "accepts SIMULATED software evidence" in res.stderr, res.stderr
+    remote = tmp_path / "remote.toml"
+    remote.write_text(
+        (stack.dev / "serve.toml")
+        .read_text()
+        .replace("[server]\n", "[server]\nallow_remote_backend = true\n", 1)
+        .replace('backend = "127.0.0.1:8080"', 'backend = "192.0.2.10:80"')
+        .replace('"server', f'"{stack.dev}/server')
+        .replace('"platform-key', f'"{stack.dev}/platform-key')
+    )
+    res = run_cli("check-config", str(remote))
+    assert res.returncode == 0, res.stderr
+    assert "leaves the confidential VM in plaintext" in res.stderr, res.stderr
     bad = tmp_path / "bad.toml"
     bad.write_text(
         (stack.dev / "serve.toml")
