@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -1046,3 +1047,56 @@ def test_a_proof_longer_than_the_tree_is_deep_is_refused() -> None:
             longer = replace(proof, path=(*proof.path, os.urandom(32)))
             with pytest.raises(DecodeError, match="longer than the tree is deep"):
                 merkle.root_from_proof("sha256", b, longer)
+
+
+async def test_a_batched_quote_covers_at_most_max_tree_requests() -> None:
+    # Tree building and proof hand-out run on the event loop: a quote takes at most MAX_TREE
+    # leaves (the rest wait for the next), so one busy round cannot stall every connection.
+    att = Recording(0.01)
+    eng = EvidenceEngine(att, Tier.BATCHED, max_waiters=10_000)
+    n = 2 * engine_module.MAX_TREE + 5
+    bs = [binding() for _ in range(n)]
+    cmws = await asyncio.gather(*(eng.evidence_for(b) for b in bs))
+    assert eng.stats.max_batch_size <= engine_module.MAX_TREE and att.calls >= 3
+    assert att.max_inflight == 1
+    for i in (0, n // 2, n - 1):  # every one still verifies its own binder
+        assert appraise(cmws[i], bs[i]).passed
+
+
+@pytest.mark.parametrize("tier", [Tier.STRICT, Tier.BATCHED])
+async def test_no_quote_after_close(tier: Tier) -> None:
+    # Requests queued behind the gate when the engine closes, and any that come later, are
+    # refused (the module docstring: they get no data); no quote starts for them.
+    att = Recording(0.05)
+    eng = EvidenceEngine(att, tier)
+    first = asyncio.ensure_future(eng.evidence_for(binding()))
+    await asyncio.sleep(0.01)  # its quote is under way
+    queued = [asyncio.ensure_future(eng.evidence_for(binding())) for _ in range(3)]
+    await asyncio.sleep(0.005)
+    calls = att.calls
+    await eng.close()
+    results = await asyncio.gather(first, *queued, return_exceptions=True)
+    assert all(isinstance(r, AttestationUnavailable) for r in results[1:]), results
+    with pytest.raises(AttestationUnavailable, match="closed"):
+        await eng.evidence_for(binding())
+    assert att.calls == calls
+
+
+async def test_close_passes_its_callers_cancellation_on() -> None:
+    class SlowToStop(Recording):
+        async def attest(self, b: Binding) -> Evidence:
+            try:
+                return await super().attest(b)
+            finally:
+                await asyncio.sleep(0.3)  # a TEE call that takes a moment to give up
+
+    eng = EvidenceEngine(SlowToStop(3600), Tier.BATCHED)
+    waiting = asyncio.ensure_future(eng.evidence_for(binding()))
+    await asyncio.sleep(0.02)
+    closer = asyncio.ensure_future(eng.close())
+    await asyncio.sleep(0.05)
+    closer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closer
+    with contextlib.suppress(BaseException):
+        await waiting
