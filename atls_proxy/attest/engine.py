@@ -320,13 +320,11 @@ class EvidenceEngine:
             self.stats.refused_full += 1
             raise AttestationUnavailable(f"quote queue full ({self._max_waiters} waiting)")
         self.stats.waiting += 1
-        if self.hooks is not None:
-            self.hooks.queue_depth(self.stats.waiting)
+        self._hook("queue_depth", self.stats.waiting)
 
     def _release(self) -> None:
         self.stats.waiting -= 1
-        if self.hooks is not None:
-            self.hooks.queue_depth(self.stats.waiting)
+        self._hook("queue_depth", self.stats.waiting)
 
     async def _quote(self, binding: Binding) -> Evidence:
         async with self._gate:
@@ -356,18 +354,25 @@ class EvidenceEngine:
                 )
             dt = time.monotonic() - t0
             self.stats.consecutive_failures = 0
-            if self.hooks is not None:
-                self.hooks.quote(self.attester.name, dt, True)
+            self._hook("quote", self.attester.name, dt, True)
             self.stats.quotes += 1
             self.stats.quote_seconds_total += dt
             self.stats.last_quote_seconds = dt
             return ev
 
+    def _hook(self, name: str, *args: object) -> None:
+        """A metrics hook; its failure is logged, never the connection's (nor the TEE's)."""
+        if self.hooks is None:
+            return
+        try:
+            getattr(self.hooks, name)(*args)
+        except Exception:
+            log.exception("evidence engine metrics hook %s failed", name)
+
     def _quote_failed(self, t0: float) -> None:
         self.stats.quote_failures += 1
         self.stats.consecutive_failures += 1
-        if self.hooks is not None:
-            self.hooks.quote(self.attester.name, time.monotonic() - t0, False)
+        self._hook("quote", self.attester.name, time.monotonic() - t0, False)
 
     # -- batched -----------------------------------------------------------------------------------
 
@@ -419,8 +424,7 @@ class EvidenceEngine:
         self.stats.max_batch_size = max(self.stats.max_batch_size, n)
         if len(self.stats.batch_sizes) < 100_000:
             self.stats.batch_sizes.append(n)
-        if self.hooks is not None:
-            self.hooks.batch(n)
+        self._hook("batch", n)
         try:
             ev = await self._quote(Binding(hash_name, root, aik_hash))
         except AttestationUnavailable as exc:

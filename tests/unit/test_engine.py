@@ -9,6 +9,7 @@ import logging
 import os
 import time
 from dataclasses import replace
+from typing import Any
 
 import cbor2
 import pytest
@@ -971,26 +972,45 @@ async def test_an_attester_that_returns_no_evidence_fails_that_quote(tier: Tier)
     await eng.close()
 
 
-class _HookFailsOnce:
-    """Engine hooks whose batch() raises once (a bug outside the TEE)."""
-
-    def __init__(self) -> None:
-        self.failed = False
+class _HooksThatFail:
+    """Engine hooks that raise every time (a metrics bug)."""
 
     def batch(self, n: int) -> None:
-        if not self.failed:
-            self.failed = True
-            raise RuntimeError("hook bug")
+        raise RuntimeError("hook bug")
 
     def quote(self, attester: str, seconds: float, ok: bool) -> None:
-        pass
+        raise RuntimeError("hook bug")
 
     def queue_depth(self, n: int) -> None:
-        pass
+        raise RuntimeError("hook bug")
 
 
-async def test_a_batch_that_fails_unexpectedly_is_answered_and_batching_goes_on() -> None:
-    eng = EvidenceEngine(Recording(), Tier.BATCHED, hooks=_HookFailsOnce())  # type: ignore[arg-type]
+@pytest.mark.parametrize("tier", [Tier.STRICT, Tier.BATCHED, Tier.CACHED])
+async def test_a_failing_metrics_hook_fails_no_connection(
+    tier: Tier, caplog: pytest.LogCaptureFixture
+) -> None:
+    eng = EvidenceEngine(Recording(), tier, aik_key=AIK, hooks=_HooksThatFail())  # type: ignore[arg-type]
+    b = binding()
+    with caplog.at_level(logging.ERROR, logger="atls_proxy"):
+        a = appraise(await asyncio.wait_for(eng.evidence_for(b, AIK), 5), b)
+    assert a.passed, a.first_failure
+    assert "metrics hook" in caplog.text
+    await eng.close()
+
+
+async def test_a_batch_that_fails_unexpectedly_is_answered_and_batching_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real, failed = merkle.build, []
+
+    def build_fails_once(hash_name: str, binders: Any) -> Any:
+        if not failed:
+            failed.append(True)
+            raise RuntimeError("a bug outside the TEE")
+        return real(hash_name, binders)
+
+    monkeypatch.setattr(engine_module.merkle, "build", build_fails_once)
+    eng = EvidenceEngine(Recording(), Tier.BATCHED)
     first = await asyncio.wait_for(
         asyncio.gather(*(eng.evidence_for(binding()) for _ in range(3)), return_exceptions=True),
         5,
