@@ -328,7 +328,10 @@ class FakeTsm:
                 return f"{self.privlevel_floor}\n".encode()
             if attribute == "manifestblob":
                 return b""
-        # outblob / auxblob: generate outside the lock, like the kernel drops to the slow path.
+        # outblob / auxblob: generated outside the fake's lock. The kernel holds tsm_rwsem for
+        # writing while it generates, so two entries never generate at once there; the fake lets
+        # them overlap (and counts it: max_concurrent) so that tests see whether the attester
+        # itself serialises its quotes, as it must on kernels and TEEs that do not.
         out, aux = self._generate(entry, path)
         blob = out if attribute == "outblob" else aux
         return blob[: limit + 1]
