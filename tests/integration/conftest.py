@@ -120,3 +120,23 @@ def serve_variant(dev: Path, name: str, server_lines: str) -> Path:
     out = dev / f"serve-{name}.toml"
     out.write_text(text)
     return out
+
+
+def attester_variant(
+    dev: Path, name: str, *, tier: str | None = None, quote_ms: int | None = None
+) -> Path:
+    """A copy of dev/serve.toml with the software attester's ``tier`` and simulated quote
+    latency set, written beside it (relative paths hold)."""
+    text = (dev / "serve.toml").read_text()
+    if tier is not None:
+        text = text.replace('kind = "software"\n', f'kind = "software"\ntier = "{tier}"\n', 1)
+    if quote_ms is not None:
+        text = text.replace(
+            "[attester.software]\n", f"[attester.software]\nsimulated_quote_ms = {quote_ms}\n", 1
+        )
+    assert (tier is None or f'tier = "{tier}"' in text) and (
+        quote_ms is None or f"simulated_quote_ms = {quote_ms}" in text
+    ), "dev-init's serve.toml changed shape"
+    out = dev / f"serve-{name}.toml"
+    out.write_text(text)
+    return out

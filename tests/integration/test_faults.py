@@ -29,6 +29,7 @@ from atls_proxy.proxy.server import ServerKeys
 from atls_proxy.tls.engine import TLSError
 from tests.integration.conftest import (
     Stack,
+    attester_variant,
     dev_init,
     serve_variant,
     start_client,
@@ -471,17 +472,7 @@ def test_connect_abandons_the_attestation_of_a_local_client_that_reset(
     from tests.support.procs import log_messages
 
     dev = dev_init(tmp_path / "dev")
-    slow = dev / "serve-slow.toml"
-    slow.write_text(
-        (dev / "serve.toml")
-        .read_text()
-        .replace('kind = "software"\n', 'kind = "software"\ntier = "strict"\n', 1)
-        .replace(
-            'platform_key = "platform-key.pem"\n',
-            'platform_key = "platform-key.pem"\nsimulated_quote_ms = 2500\n',
-            1,
-        )
-    )
+    slow = attester_variant(dev, "slow", tier="strict", quote_ms=2500)
     server, sport = start_server(ps, slow, 9)  # never forwarded to
     client, cport = start_client(ps, dev / "connect.toml", sport)
     local = socket.create_connection(("127.0.0.1", cport), timeout=5)
@@ -522,12 +513,7 @@ async def test_a_client_that_leaves_while_queued_for_a_strict_quote_costs_no_quo
     # it, gives up (closes). A can never send ACCEPT, so the server drops it from the TEE's queue
     # at once — not at its attestation timeout, after spending a quote nobody will read.
     dev = dev_init(tmp_path / "dev")
-    cfg = dev / "serve-strict.toml"
-    cfg.write_text(
-        (dev / "serve.toml")
-        .read_text()
-        .replace('kind = "software"\n', 'kind = "software"\ntier = "strict"\n', 1)
-    )
+    cfg = attester_variant(dev, "strict", tier="strict")
     scfg = load_server_config(cfg, backend="127.0.0.1:9")
     scfg = replace(scfg, listen=Address("tcp", "127.0.0.1", 0))
     server = build_server(scfg)
@@ -570,12 +556,7 @@ async def test_a_client_that_already_ended_gets_no_strict_quote(tmp_path: Path) 
     from atls_proxy.proxy.server import Refused
 
     dev = dev_init(tmp_path / "dev")
-    cfg = dev / "serve-strict.toml"
-    cfg.write_text(
-        (dev / "serve.toml")
-        .read_text()
-        .replace('kind = "software"\n', 'kind = "software"\ntier = "strict"\n', 1)
-    )
+    cfg = attester_variant(dev, "strict", tier="strict")
     server = build_server(load_server_config(cfg, backend="127.0.0.1:9"))
     slow = _SlowCounting(server.engine.attester, 0.0)
     server.engine.attester = slow  # type: ignore[assignment]

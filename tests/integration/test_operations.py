@@ -29,7 +29,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from atls_proxy.ops import devinit
-from tests.integration.conftest import dev_init, start_backend, start_client, start_server
+from tests.integration.conftest import (
+    attester_variant,
+    dev_init,
+    start_backend,
+    start_client,
+    start_server,
+)
 from tests.support.procs import Proc, Procs, free_port, run_cli, wait_port
 
 pytestmark = pytest.mark.integration
@@ -349,16 +355,7 @@ def test_sigterm_during_attestation_lets_it_finish(tmp_path: Path, ps: Procs) ->
     www.mkdir()
     (www / "hello.txt").write_text("hello\n")
     _, bport = start_backend(ps, www)
-    cfg = dev / "serve-slowquote.toml"
-    cfg.write_text(
-        (dev / "serve.toml")
-        .read_text()
-        .replace(
-            'platform_key = "platform-key.pem"\n',
-            'platform_key = "platform-key.pem"\nsimulated_quote_ms = 1500\n',
-            1,
-        )
-    )
+    cfg = attester_variant(dev, "slowquote", quote_ms=1500)
     server, sport = start_server(ps, cfg, bport)
     _, cport = start_client(ps, dev / "connect.toml", sport)
     req = background_curl(cport, "/hello.txt")
@@ -394,12 +391,7 @@ def test_sighup_swaps_certificate_open_connection_undisturbed(
     tmp_path: Path, ps: Procs, slow_backend: int, tier: str
 ) -> None:
     dev = dev_init(tmp_path / "dev")
-    cfg = dev / "serve-reload.toml"
-    cfg.write_text(
-        (dev / "serve.toml")
-        .read_text()
-        .replace('kind = "software"\n', f'kind = "software"\ntier = "{tier}"\n', 1)
-    )
+    cfg = attester_variant(dev, "reload", tier=tier)
     server, sport, admin, cport = serve_with_admin(ps, dev, cfg, slow_backend)
     old_fp = served_cert_sha256(sport, dev / "ca.pem")
 
@@ -504,18 +496,8 @@ def test_a_file_changed_during_a_slow_start_is_reloaded_once_up(
     the renewal once up — it used to take the renewed files for the loaded ones and serve the old
     certificate until the next change."""
     dev = dev_init(tmp_path / "dev")
-    cfg = dev / "serve-slow-timer.toml"
-    cfg.write_text(
-        (dev / "serve.toml")
-        .read_text()
-        .replace("[server]\n", "[server]\nreload_interval = 1\n", 1)
-        .replace('kind = "software"\n', 'kind = "software"\ntier = "cached"\n', 1)
-        .replace(
-            'platform_key = "platform-key.pem"\n',
-            'platform_key = "platform-key.pem"\nsimulated_quote_ms = 2000\n',
-            1,
-        )
-    )
+    cfg = attester_variant(dev, "slow-timer", tier="cached", quote_ms=2000)
+    cfg.write_text(cfg.read_text().replace("[server]\n", "[server]\nreload_interval = 1\n", 1))
     new_cert, new_key, new_fp = _new_leaf(dev, tmp_path)
     port = free_port()
     server = ps.cli(
@@ -1018,17 +1000,7 @@ def test_sighup_during_startup_is_honoured_once_listening(tmp_path: Path, ps: Pr
     """SIGHUP while the cached tier waits for its first quote (no handler yet, it used to kill the
     process): the process lives on, starts, and reloads once."""
     dev = dev_init(tmp_path / "dev")
-    cfg = dev / "serve-slowstart.toml"
-    cfg.write_text(
-        (dev / "serve.toml")
-        .read_text()
-        .replace('kind = "software"\n', 'kind = "software"\ntier = "cached"\n', 1)
-        .replace(
-            'platform_key = "platform-key.pem"\n',
-            'platform_key = "platform-key.pem"\nsimulated_quote_ms = 2000\n',
-            1,
-        )
-    )
+    cfg = attester_variant(dev, "slowstart", tier="cached", quote_ms=2000)
     port = free_port()
     server = ps.cli(
         "serve-slowstart",

@@ -21,7 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import dev_init, serve_variant, start_client, start_server
+from tests.integration.conftest import (
+    attester_variant,
+    dev_init,
+    serve_variant,
+    start_client,
+    start_server,
+)
 from tests.support.procs import Procs, free_port
 
 pytestmark = pytest.mark.integration
@@ -300,12 +306,7 @@ def test_a_local_program_that_resets_during_attestation_is_not_forwarded(
             got.append(conn.recv(100))
         conn.close()
 
-    slow = dev / "serve-slow.toml"
-    slow.write_text(
-        (dev / "serve.toml")
-        .read_text()
-        .replace("[attester.software]\n", "[attester.software]\nsimulated_quote_ms = 500\n", 1)
-    )
+    slow = attester_variant(dev, "slow", quote_ms=500)
     servers.append(backend := _Server(records))
     _server, sport = start_server(ps, slow, backend.port)
     client, cport = start_client(ps, dev / "connect.toml", sport)

@@ -50,12 +50,19 @@ VALID_CMW = c.encode_cmw(
 RP_CONTEXT = os.urandom(32)
 _RP_LEAF = CLIENT.peer_certificate()
 assert _RP_LEAF is not None
-_RP_START = xs.RelyingPartySession(
-    xs.TLSInfo(CLIENT.export, CLIENT.hash_name),
-    PROFILE,
-    RP_CONTEXT,
-    _RP_LEAF.public_bytes(Encoding.DER),
-).start()
+
+
+def _rp_unstarted() -> xs.RelyingPartySession:
+    assert _RP_LEAF is not None
+    return xs.RelyingPartySession(
+        xs.TLSInfo(CLIENT.export, CLIENT.hash_name),
+        PROFILE,
+        RP_CONTEXT,
+        _RP_LEAF.public_bytes(Encoding.DER),
+    )
+
+
+_RP_START = _rp_unstarted().start()
 RP_REQ_BYTES = _RP_START[f.PREAMBLE_LEN + f.HEADER_LEN :]
 RP_AUTH = ea.authenticate(
     KEYS,
@@ -291,14 +298,7 @@ def test_the_session_fuzz_inputs_reach_the_deep_checks() -> None:
 
 
 def _rp() -> xs.RelyingPartySession:
-    leaf = CLIENT.peer_certificate()
-    assert leaf is not None
-    rp = xs.RelyingPartySession(
-        xs.TLSInfo(CLIENT.export, CLIENT.hash_name),
-        PROFILE,
-        RP_CONTEXT,
-        leaf.public_bytes(Encoding.DER),
-    )
+    rp = _rp_unstarted()
     rp.start()
     return rp
 
