@@ -145,16 +145,7 @@ class Walker:
         if self._pos != len(self._data):
             raise self._fail(f"{len(self._data) - self._pos} trailing bytes")
 
-
-def check_cbor(
-    data: bytes,
-    what: str,
-    *,
-    max_depth: int,
-    tag_ok: Callable[[int], bool] = no_tags,
-    key_majors: frozenset[int] = INT_OR_TEXT_KEYS,
-) -> None:
-    """``data`` is exactly one tame CBOR item (module docstring), or ``DecodeError``."""
-    w = Walker(data, what, max_depth=max_depth, tag_ok=tag_ok, key_majors=key_majors)
-    w.item()
-    w.end()
+    def whole(self) -> None:
+        """The input is exactly one tame item (module docstring), or ``DecodeError``."""
+        self.item()
+        self.end()

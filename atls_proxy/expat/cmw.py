@@ -27,7 +27,7 @@ from typing import Any
 
 import cbor2
 
-from atls_proxy.cborwalk import check_cbor
+from atls_proxy.cborwalk import Walker
 from atls_proxy.errors import DecodeError
 from atls_proxy.untrusted import json_loads
 
@@ -258,7 +258,7 @@ def _strict_cbor(data: bytes, what: str) -> Any:
     sharing (tags 28/29) or string references (256/25), whose decoded graph a few hundred bytes
     can make exponentially large to re-encode; definite lengths, shortest heads, int/text map
     keys without duplicates, bounded nesting."""
-    check_cbor(data, what, max_depth=_WALK_DEPTH, tag_ok=_cmw_tag)
+    Walker(data, what, max_depth=_WALK_DEPTH, tag_ok=_cmw_tag).whole()
     stream = BytesIO(data)
     try:
         obj = cbor2.CBORDecoder(stream).decode()
